@@ -1,0 +1,37 @@
+import { Command, Options } from "@effect/cli"
+import { Console, Effect, Schema } from "effect"
+import { DEFAULT_MODEL_SEED, generateModel } from "../model/generateModel.js"
+import { ModelPreset } from "../model/ModelPresets.js"
+
+const preset = Options.choice("preset", ModelPreset.literals).pipe(
+  Options.withDescription("Model size: tiny (tests), demo (npm start) or bench (~125M parameters)")
+)
+
+const out = Options.file("out").pipe(Options.withDescription("Where to write the .gguf file"))
+
+const seed = Options.integer("seed").pipe(
+  Options.withSchema(Schema.Int.pipe(Schema.between(0, 0xffffffff))),
+  Options.withDefault(DEFAULT_MODEL_SEED),
+  Options.withDescription("Seed of the weights; the same preset and seed give a byte-identical file")
+)
+
+const formatMebibytes = (bytes: number): string => `${(bytes / (1024 * 1024)).toFixed(1)} MiB`
+
+const formatMillions = (count: number): string => `${(count / 1e6).toFixed(2)}M`
+
+const generateCommand = Command.make("generate", { preset, out, seed }, (options) =>
+  Effect.gen(function*() {
+    const started = performance.now()
+    const model = yield* generateModel(options)
+    const seconds = ((performance.now() - started) / 1000).toFixed(2)
+    yield* Console.log(model.path)
+    yield* Console.log(`  size        ${formatMebibytes(model.bytes)} (${model.bytes} bytes)`)
+    yield* Console.log(`  parameters  ${formatMillions(model.parameters)} (${model.parameters})`)
+    yield* Console.log(`  generated   in ${seconds}s (preset ${options.preset}, seed ${options.seed})`)
+  })).pipe(Command.withDescription("Write a deterministic llama-architecture GGUF with random weights and a real tokenizer"))
+
+/** `weft model …`: synthetic model files for tests, demos and benchmarks. */
+export const modelCommand = Command.make("model").pipe(
+  Command.withDescription("Synthetic GGUF models"),
+  Command.withSubcommands([generateCommand])
+)

@@ -1,0 +1,62 @@
+import { Context, Schema } from "effect"
+import type { Effect, Scope } from "effect"
+import type { SamplingOptions } from "./SamplingOptions.js"
+
+/** What the scheduler needs to know about the loaded model. */
+export interface ModelInfo {
+  readonly id: string
+  /** Number of sequence slots the context was created with. */
+  readonly parallel: number
+  /** KV cells available to one sequence (its context window). */
+  readonly contextSize: number
+  readonly trainContextSize: number
+  readonly vocabSize: number
+  /** Estimated KV cache bytes for one token in one sequence (K and V, every layer). */
+  readonly kvBytesPerToken: number
+  readonly bosToken: number | undefined
+}
+
+/** One decode step's outcome. */
+export type StepResult =
+  | { readonly _tag: "Token"; readonly token: number; readonly cells: number }
+  | { readonly _tag: "EndOfGeneration"; readonly token: number; readonly cells: number }
+
+/** A generation running on a slot: each `next` runs one decode step (the first one also prefills the prompt). */
+export interface Generation {
+  /** Evaluates the pending input and samples the next token. Uninterruptible: a native decode cannot be pre-empted. */
+  readonly next: Effect.Effect<StepResult, DecodeFailed>
+}
+
+/** The seam between the scheduler and an inference engine. Slots are identified by their index `0 … parallel-1`. */
+export interface BackendShape {
+  readonly info: ModelInfo
+  readonly tokenize: (text: string, options?: { readonly special?: boolean }) => Effect.Effect<ReadonlyArray<number>>
+  /** Text of `tokens`; `context` are the tokens before them, so leading spaces render as they would in the full text. */
+  readonly detokenize: (tokens: ReadonlyArray<number>, context?: ReadonlyArray<number>) => string
+  /** Starts generating on `slot` from `prompt`; the scope closes the native iterator (never the KV cells: the pool owns those). */
+  readonly start: (
+    slot: number,
+    prompt: ReadonlyArray<number>,
+    sampling: SamplingOptions
+  ) => Effect.Effect<Generation, DecodeFailed, Scope.Scope>
+  /** Erases every KV cell of `slot`. */
+  readonly erase: (slot: number) => Effect.Effect<void, KvEraseFailed>
+  /** KV cells the engine itself reports for `slot` (the ground truth accounting is checked against). */
+  readonly cells: (slot: number) => number
+}
+
+/** The inference engine behind the scheduler: `LlamaBackend` (node-llama-cpp) or `SimBackend` (deterministic, for tests). */
+export class Backend extends Context.Tag("weft/Backend")<Backend, BackendShape>() {}
+
+/** The engine failed while prefilling the prompt or decoding a token. */
+export class DecodeFailed extends Schema.TaggedError<DecodeFailed>()("DecodeFailed", {
+  slot: Schema.Number,
+  stage: Schema.Literal("prefill", "decode"),
+  message: Schema.String
+}) {}
+
+/** The engine could not erase a slot's KV cells. */
+export class KvEraseFailed extends Schema.TaggedError<KvEraseFailed>()("KvEraseFailed", {
+  slot: Schema.Number,
+  message: Schema.String
+}) {}

@@ -1,0 +1,33 @@
+/** Per-request sampling parameters, already validated and defaulted by the caller. */
+export interface SamplingOptions {
+  readonly temperature: number
+  readonly topP: number
+  readonly topK: number
+  readonly minP: number
+  /** Always set: the scheduler draws a fresh random seed when the client gave none. */
+  readonly seed: number
+  readonly presencePenalty: number
+  readonly frequencyPenalty: number
+  readonly repeatPenalty: number
+  /** When true, end-of-generation tokens are banned instead of ending the generation. */
+  readonly ignoreEos: boolean
+  /** Constrains output: `json` for any JSON object, `jsonSchema` for a given JSON schema. */
+  readonly grammar?: GrammarConstraint | undefined
+}
+
+/** A grammar the backend enforces while sampling. */
+export type GrammarConstraint =
+  | { readonly _tag: "Json" }
+  | { readonly _tag: "JsonSchema"; readonly schema: unknown }
+
+/** llama-server's defaults, so an empty request samples like it does. */
+export const defaultSampling: Omit<SamplingOptions, "seed"> = {
+  temperature: 0.8,
+  topP: 0.95,
+  topK: 40,
+  minP: 0.05,
+  presencePenalty: 0,
+  frequencyPenalty: 0,
+  repeatPenalty: 1,
+  ignoreEos: false
+}

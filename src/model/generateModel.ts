@@ -1,0 +1,221 @@
+import { randomUUID } from "node:crypto"
+import * as fs from "node:fs/promises"
+import { endianness } from "node:os"
+import * as path from "node:path"
+import { Effect, Schema } from "effect"
+import { float32ToFloat16Bits } from "./Float16.js"
+import { type GgufFile, type GgufTensor, GgufValue, GgufWriter, tensorElementCount } from "./GgufWriter.js"
+import { headDimension, type ModelDimensions, type ModelPreset, ModelPresets } from "./ModelPresets.js"
+import { SyntheticVocab } from "./SyntheticVocab.js"
+
+/** A model file could not be written. */
+export class ModelWriteFailed extends Schema.TaggedError<ModelWriteFailed>()("ModelWriteFailed", {
+  path: Schema.String,
+  reason: Schema.String
+}) {}
+
+/** A model file on disk. */
+export interface GeneratedModel {
+  readonly path: string
+  readonly bytes: number
+  readonly parameters: number
+}
+
+/** What to generate and where. */
+export interface GenerateModelOptions {
+  readonly preset: ModelPreset
+  readonly out: string
+  /** Seed of the weights (the tokenizer is the same for every seed); 42 when absent. */
+  readonly seed?: number
+}
+
+/** Seed used when none is given. */
+export const DEFAULT_MODEL_SEED = 42
+
+/** `ChatML`, the format node-llama-cpp recognises as its ChatML wrapper. */
+export const CHATML_TEMPLATE = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + " +
+  "'<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+
+const GGUF_ALIGNMENT = 32
+const LLAMA_FTYPE_MOSTLY_F16 = 1
+
+// Irwin–Hall: the sum of the four bytes of a uniform uint32 is close to normal, with mean 510 and this deviation.
+const FOUR_BYTE_SUM_MEAN = 510
+const FOUR_BYTE_SUM_DEVIATION = Math.sqrt(4 * (256 * 256 - 1) / 12)
+
+/** splitmix32-style mixing, so neighbouring (seed, tensor) pairs start from unrelated PRNG states. */
+const mixSeed = (seed: number, stream: number): number => {
+  let x = (seed ^ Math.imul(stream + 1, 0x9e3779b9)) >>> 0
+  x = Math.imul(x ^ (x >>> 16), 0x21f0aaad)
+  x = Math.imul(x ^ (x >>> 15), 0x735a2d97)
+  return (x ^ (x >>> 15)) >>> 0
+}
+
+/** f16 bytes of `count` approximately normal values with standard deviation `deviation`. */
+const normalFloat16Bytes = (count: number, deviation: number, seed: number): Uint8Array => {
+  // Only 1021 sums are possible, so convert each to half once and look it up per element.
+  const halfOfSum = new Uint16Array(4 * 255 + 1)
+  for (let sum = 0; sum < halfOfSum.length; sum++) {
+    halfOfSum[sum] = float32ToFloat16Bits((sum - FOUR_BYTE_SUM_MEAN) / FOUR_BYTE_SUM_DEVIATION * deviation)
+  }
+  const halves = new Uint16Array(count)
+  let state = seed | 0
+  for (let i = 0; i < count; i++) {
+    // mulberry32, inlined: this loop runs ~125M times for the bench preset.
+    state = (state + 0x6d2b79f5) | 0
+    let t = Math.imul(state ^ (state >>> 15), state | 1)
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
+    t ^= t >>> 14
+    halves[i] = halfOfSum[(t & 0xff) + ((t >>> 8) & 0xff) + ((t >>> 16) & 0xff) + ((t >>> 24) & 0xff)]!
+  }
+  return new Uint8Array(halves.buffer)
+}
+
+const onesFloat32Bytes = (count: number): Uint8Array => new Uint8Array(new Float32Array(count).fill(1).buffer)
+
+/** The tensors of a llama model with seeded weights; each tensor's data is generated only when the writer asks. */
+const llamaTensors = (dimensions: ModelDimensions, seed: number): Array<GgufTensor> => {
+  const embedding = dimensions.embeddingLength
+  const kvWidth = dimensions.headCountKv * headDimension(dimensions)
+  const tensors: Array<GgufTensor> = []
+  const matrix = (name: string, inner: number, outer: number, deviation: number): void => {
+    const stream = tensors.length
+    tensors.push({
+      name,
+      shape: [inner, outer],
+      type: "F16",
+      data: () => normalFloat16Bytes(inner * outer, deviation, mixSeed(seed, stream))
+    })
+  }
+  const norm = (name: string): void => {
+    tensors.push({ name, shape: [embedding], type: "F32", data: () => onesFloat32Bytes(embedding) })
+  }
+  // Fan-in scaling keeps activations O(1) through every block.
+  const fromEmbedding = 1 / Math.sqrt(embedding)
+  const fromFeedForward = 1 / Math.sqrt(dimensions.feedForwardLength)
+
+  matrix("token_embd.weight", embedding, dimensions.vocabSize, 1)
+  for (let block = 0; block < dimensions.blockCount; block++) {
+    norm(`blk.${block}.attn_norm.weight`)
+    matrix(`blk.${block}.attn_q.weight`, embedding, embedding, fromEmbedding)
+    matrix(`blk.${block}.attn_k.weight`, embedding, kvWidth, fromEmbedding)
+    matrix(`blk.${block}.attn_v.weight`, embedding, kvWidth, fromEmbedding)
+    matrix(`blk.${block}.attn_output.weight`, embedding, embedding, fromEmbedding)
+    norm(`blk.${block}.ffn_norm.weight`)
+    matrix(`blk.${block}.ffn_gate.weight`, embedding, dimensions.feedForwardLength, fromEmbedding)
+    matrix(`blk.${block}.ffn_up.weight`, embedding, dimensions.feedForwardLength, fromEmbedding)
+    matrix(`blk.${block}.ffn_down.weight`, dimensions.feedForwardLength, embedding, fromFeedForward)
+  }
+  norm("output_norm.weight")
+  // Logits with a standard deviation of ~2 give a varied but not flat next-token distribution.
+  matrix("output.weight", embedding, dimensions.vocabSize, 2 * fromEmbedding)
+  return tensors
+}
+
+/** The complete GGUF contents of a synthetic llama model. */
+const syntheticLlamaGguf = (preset: ModelPreset, seed: number): GgufFile => {
+  const dimensions = ModelPresets[preset]
+  const vocab = SyntheticVocab.make(dimensions.vocabSize)
+  return {
+    metadata: [
+      ["general.architecture", GgufValue.string("llama")],
+      ["general.name", GgufValue.string(`weft-${preset}-s${seed}`)],
+      ["general.alignment", GgufValue.uint32(GGUF_ALIGNMENT)],
+      ["general.file_type", GgufValue.uint32(LLAMA_FTYPE_MOSTLY_F16)],
+      ["llama.vocab_size", GgufValue.uint32(dimensions.vocabSize)],
+      ["llama.context_length", GgufValue.uint32(dimensions.contextLength)],
+      ["llama.embedding_length", GgufValue.uint32(dimensions.embeddingLength)],
+      ["llama.block_count", GgufValue.uint32(dimensions.blockCount)],
+      ["llama.feed_forward_length", GgufValue.uint32(dimensions.feedForwardLength)],
+      ["llama.rope.dimension_count", GgufValue.uint32(headDimension(dimensions))],
+      ["llama.rope.freq_base", GgufValue.float32(dimensions.ropeFreqBase)],
+      ["llama.attention.head_count", GgufValue.uint32(dimensions.headCount)],
+      ["llama.attention.head_count_kv", GgufValue.uint32(dimensions.headCountKv)],
+      ["llama.attention.layer_norm_rms_epsilon", GgufValue.float32(dimensions.rmsNormEpsilon)],
+      ["tokenizer.ggml.model", GgufValue.string("llama")],
+      ["tokenizer.ggml.tokens", GgufValue.array("string", vocab.tokens)],
+      ["tokenizer.ggml.scores", GgufValue.array("float32", vocab.scores)],
+      ["tokenizer.ggml.token_type", GgufValue.array("int32", vocab.tokenTypes)],
+      ["tokenizer.ggml.bos_token_id", GgufValue.uint32(vocab.bosTokenId)],
+      ["tokenizer.ggml.eos_token_id", GgufValue.uint32(vocab.eosTokenId)],
+      ["tokenizer.ggml.unknown_token_id", GgufValue.uint32(vocab.unknownTokenId)],
+      ["tokenizer.ggml.add_bos_token", GgufValue.bool(true)],
+      ["tokenizer.ggml.add_eos_token", GgufValue.bool(false)],
+      ["tokenizer.chat_template", GgufValue.string(CHATML_TEMPLATE)]
+    ],
+    tensors: llamaTensors(dimensions, seed)
+  }
+}
+
+const describe = (cause: unknown): string => cause instanceof Error ? cause.message : String(cause)
+
+const writeFully = async (handle: fs.FileHandle, chunk: Uint8Array): Promise<void> => {
+  let written = 0
+  while (written < chunk.byteLength) {
+    const { bytesWritten } = await handle.write(chunk, written, chunk.byteLength - written)
+    written += bytesWritten
+  }
+}
+
+/** Writes `chunks` to `target` one at a time, pulling the next only after the previous is on disk. */
+const writeChunks = (
+  target: string,
+  chunks: Iterable<Uint8Array>,
+  failed: (cause: unknown) => ModelWriteFailed
+): Effect.Effect<void, ModelWriteFailed> =>
+  Effect.acquireUseRelease(
+    Effect.tryPromise({ try: () => fs.open(target, "w"), catch: failed }),
+    (handle) =>
+      Effect.gen(function*() {
+        // A plain loop, not Effect.forEach: forEach would materialise every tensor up front.
+        for (const chunk of chunks) yield* Effect.tryPromise({ try: () => writeFully(handle, chunk), catch: failed })
+      }),
+    (handle) => Effect.promise(() => handle.close().catch(() => undefined))
+  )
+
+const isValidSeed = (seed: number): boolean => Number.isInteger(seed) && seed >= 0 && seed <= 0xffffffff
+
+/**
+ * Writes a llama-architecture GGUF with a SentencePiece-style tokenizer, ChatML template and seeded f16 weights.
+ * The same preset and seed always give the same bytes. The file appears at `out` only once complete.
+ */
+export const generateModel = Effect.fn("generateModel")(function*(options: GenerateModelOptions) {
+  const seed = options.seed ?? DEFAULT_MODEL_SEED
+  const out = path.resolve(options.out)
+  yield* Effect.annotateCurrentSpan({ preset: options.preset, seed, out })
+  if (!isValidSeed(seed)) {
+    return yield* new ModelWriteFailed({ path: out, reason: `seed must be an integer in [0, 2^32), got ${seed}` })
+  }
+  if (endianness() !== "LE") {
+    return yield* new ModelWriteFailed({ path: out, reason: "tensor data is laid out from typed arrays, which needs a little-endian host" })
+  }
+  const file = syntheticLlamaGguf(options.preset, seed)
+  const parameters = file.tensors.reduce((total, tensor) => total + tensorElementCount(tensor), 0)
+  const partial = `${out}.${process.pid}-${randomUUID().slice(0, 8)}.partial`
+  const failed = (cause: unknown) => new ModelWriteFailed({ path: out, reason: describe(cause) })
+
+  yield* Effect.tryPromise({ try: () => fs.mkdir(path.dirname(out), { recursive: true }), catch: failed })
+  yield* writeChunks(partial, GgufWriter.chunks(file), failed).pipe(
+    Effect.zipRight(Effect.tryPromise({ try: () => fs.rename(partial, out), catch: failed })),
+    Effect.onExit((exit) => exit._tag === "Success" ? Effect.void : Effect.promise(() => fs.rm(partial, { force: true })))
+  )
+  const { size } = yield* Effect.tryPromise({ try: () => fs.stat(out), catch: failed })
+  return { path: out, bytes: size, parameters } satisfies GeneratedModel
+})
+
+/** Path `ensureModel` uses for a preset and seed inside `dir`. */
+export const modelFileName = (preset: ModelPreset, seed: number = DEFAULT_MODEL_SEED): string =>
+  `weft-${preset}-s${seed}.gguf`
+
+/** Path of `dir/weft-{preset}-s{seed}.gguf`, generating the file first only if it does not exist yet. */
+export const ensureModel = Effect.fn("ensureModel")(function*(
+  preset: ModelPreset,
+  dir: string,
+  seed: number = DEFAULT_MODEL_SEED
+) {
+  const modelPath = path.resolve(dir, modelFileName(preset, seed))
+  const exists = yield* Effect.promise(() => fs.access(modelPath).then(() => true, () => false))
+  if (exists) return modelPath
+  const generated = yield* generateModel({ preset, out: modelPath, seed })
+  return generated.path
+})

@@ -1,0 +1,50 @@
+import { Data } from "effect"
+import type { SamplingOptions } from "../engine/SamplingOptions.js"
+import type { DecodeFailed } from "../engine/Backend.js"
+import type { StageTimedOut } from "./SchedulerErrors.js"
+
+export type Priority = "high" | "normal" | "low"
+
+/** Limits per stage, in milliseconds; `undefined` means unlimited. */
+export interface StageTimeouts {
+  /** From admission until a slot is held. */
+  readonly queueMs?: number | undefined
+  /** From holding a slot until the first token is sampled. */
+  readonly firstTokenMs?: number | undefined
+  /** From admission until the generation ends. */
+  readonly totalMs?: number | undefined
+}
+
+/** One generation to run: already tokenized and validated. */
+export interface GenerationRequest {
+  readonly id: string
+  readonly prompt: ReadonlyArray<number>
+  /** `seed` may be left out: the scheduler then draws a fresh random one for this request. */
+  readonly sampling: Omit<SamplingOptions, "seed"> & { readonly seed?: number | undefined }
+  /** Generated-token limit; `undefined` generates until end-of-generation or a full context. */
+  readonly maxTokens?: number | undefined
+  readonly stop?: ReadonlyArray<string> | undefined
+  readonly priority?: Priority | undefined
+  /** Per-request limits; each is capped by the server's own. */
+  readonly timeouts?: StageTimeouts | undefined
+}
+
+export type FinishReason = "stop" | "length" | "cancelled" | "timeout" | "error"
+
+export interface Usage {
+  readonly promptTokens: number
+  readonly completionTokens: number
+}
+
+/** What a running request reports to its caller, in order: `Started`, `Delta`s, then exactly one `Finished`. */
+export type GenerationEvent = Data.TaggedEnum<{
+  Started: { readonly requestId: string; readonly slot: number; readonly seed: number; readonly promptTokens: number }
+  Delta: { readonly text: string; readonly tokens: number }
+  Finished: {
+    readonly finishReason: FinishReason
+    readonly usage: Usage
+    readonly error?: StageTimedOut | DecodeFailed | undefined
+  }
+}>
+
+export const GenerationEvent = Data.taggedEnum<GenerationEvent>()

@@ -1,0 +1,68 @@
+import type { FinishReason, Priority } from "./GenerationRequest.js"
+
+/** One state machine for every request; `Rejected` happens only at admission. */
+export type RequestState = "Queued" | "Running" | "Completed" | "Failed" | "TimedOut" | "Cancelled" | "Rejected"
+
+export type CancelReason = "client" | "cancel" | "shutdown"
+
+const allowed: Record<RequestState, ReadonlyArray<RequestState>> = {
+  Queued: ["Running", "TimedOut", "Cancelled", "Failed"],
+  Running: ["Completed", "Failed", "TimedOut", "Cancelled"],
+  Completed: [],
+  Failed: [],
+  TimedOut: [],
+  Cancelled: [],
+  Rejected: []
+}
+
+export const isTerminal = (state: RequestState): boolean => allowed[state].length === 0
+
+/** Everything known about one request; timestamps are `Clock` milliseconds. */
+export interface RequestRecord {
+  readonly id: string
+  readonly priority: Priority
+  readonly state: RequestState
+  readonly promptTokens: number
+  readonly completionTokens: number
+  readonly slot?: number | undefined
+  readonly enqueuedAt: number
+  readonly startedAt?: number | undefined
+  readonly firstTokenAt?: number | undefined
+  readonly finishedAt?: number | undefined
+  readonly finishReason?: FinishReason | undefined
+  readonly cancelReason?: CancelReason | undefined
+  /** Why it was rejected or failed, for operators. */
+  readonly detail?: string | undefined
+}
+
+/** A state change, published to observers (metrics, logs, tests). */
+export interface LifecycleTransition {
+  readonly from: RequestState | undefined
+  readonly to: RequestState
+  readonly at: number
+  readonly record: RequestRecord
+}
+
+/** Moves `record` to `to`; an illegal move is a bug in the scheduler, so it throws. */
+export const transition = (record: RequestRecord, to: RequestState, changes: Partial<RequestRecord>): RequestRecord => {
+  if (!allowed[record.state].includes(to)) {
+    throw new Error(`Request ${record.id}: illegal transition ${record.state} → ${to}`)
+  }
+  return { ...record, ...changes, state: to }
+}
+
+/** Fixed-size memory of the most recently finished requests. */
+export class FinishedRing {
+  private readonly entries: Array<RequestRecord> = []
+  constructor(private readonly capacity: number) {}
+
+  add(record: RequestRecord): void {
+    this.entries.push(record)
+    if (this.entries.length > this.capacity) this.entries.shift()
+  }
+
+  /** Newest first. */
+  list(): ReadonlyArray<RequestRecord> {
+    return this.entries.slice().reverse()
+  }
+}
