@@ -27,12 +27,20 @@ export interface Generation {
   readonly next: Effect.Effect<StepResult, DecodeFailed>
 }
 
+/** One chat turn, as OpenAI's `messages` carry it once content parts are joined. */
+export interface ChatMessage {
+  readonly role: "system" | "user" | "assistant"
+  readonly content: string
+}
+
 /** The seam between the scheduler and an inference engine. Slots are identified by their index `0 … parallel-1`. */
 export interface BackendShape {
   readonly info: ModelInfo
   readonly tokenize: (text: string, options?: { readonly special?: boolean }) => Effect.Effect<ReadonlyArray<number>>
   /** Text of `tokens`; `context` are the tokens before them, so leading spaces render as they would in the full text. */
   readonly detokenize: (tokens: ReadonlyArray<number>, context?: ReadonlyArray<number>) => string
+  /** Renders a conversation with the model's own chat template, ending with the assistant's generation prompt. */
+  readonly renderChat: (messages: ReadonlyArray<ChatMessage>) => Effect.Effect<ReadonlyArray<number>, ChatTemplateFailed>
   /** Starts generating on `slot` from `prompt`; the scope closes the native iterator (never the KV cells: the pool owns those). */
   readonly start: (
     slot: number,
@@ -58,5 +66,10 @@ export class DecodeFailed extends Schema.TaggedError<DecodeFailed>()("DecodeFail
 /** The engine could not erase a slot's KV cells. */
 export class KvEraseFailed extends Schema.TaggedError<KvEraseFailed>()("KvEraseFailed", {
   slot: Schema.Number,
+  message: Schema.String
+}) {}
+
+/** The model's chat template could not render the conversation. */
+export class ChatTemplateFailed extends Schema.TaggedError<ChatTemplateFailed>()("ChatTemplateFailed", {
   message: Schema.String
 }) {}

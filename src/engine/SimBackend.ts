@@ -106,6 +106,11 @@ export const makeSimBackend = (config: SimBackendConfig): BackendShape => {
       bosToken: SimTokens.bos
     },
     tokenize: (text) => Effect.sync(() => Array.from(new TextEncoder().encode(text))),
+    renderChat: (messages) =>
+      Effect.sync(() => {
+        const text = messages.map((message) => `<${message.role}>${message.content}\n`).join("") + "<assistant>"
+        return [SimTokens.bos, ...new TextEncoder().encode(text)]
+      }),
     detokenize: (tokens) => utf8.decode(Uint8Array.from(tokens.filter((token) => token < 256))),
     start,
     erase,

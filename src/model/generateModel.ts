@@ -32,7 +32,7 @@ export interface GenerateModelOptions {
 /** Seed used when none is given. */
 export const DEFAULT_MODEL_SEED = 42
 
-/** `ChatML`, the format node-llama-cpp recognises as its ChatML wrapper. */
+/** The standard ChatML Jinja template; node-llama-cpp resolves it to its `ChatMLChatWrapper`. */
 export const CHATML_TEMPLATE = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + " +
   "'<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 
@@ -203,7 +203,7 @@ export const generateModel = Effect.fn("generateModel")(function*(options: Gener
   return { path: out, bytes: size, parameters } satisfies GeneratedModel
 })
 
-/** Path `ensureModel` uses for a preset and seed inside `dir`. */
+/** File name `ensureModel` uses for a preset and seed. */
 export const modelFileName = (preset: ModelPreset, seed: number = DEFAULT_MODEL_SEED): string =>
   `weft-${preset}-s${seed}.gguf`
 

@@ -99,8 +99,9 @@ export class RequestScheduler extends Effect.Service<RequestScheduler>()("weft/R
       return count
     }
 
+    /** Picks the next request only when a slot is free, so a later high-priority arrival can still overtake. */
     const grantNextTurn = Effect.map(Clock.currentTimeMillis, (now) => {
-      if (turnHolder !== undefined) return
+      if (turnHolder !== undefined || pool.freeNow() === 0) return
       const next = queue.takeNext(now)
       if (next === undefined) return
       turnHolder = next.id
@@ -325,6 +326,7 @@ export class RequestScheduler extends Effect.Service<RequestScheduler>()("weft/R
           const mailbox = yield* Mailbox.make<GenerationEvent>()
           const progress: Progress = { completionTokens: 0 }
           const run = Effect.scoped(generate(request, seed, limits, turn, mailbox, progress)).pipe(
+            Effect.ensuring(grantNextTurn),
             (body) => withStageLimit(body, "total", limits.totalMs),
             Effect.onExit((exit) => finish(request, mailbox, progress, exit)),
             Effect.exit,

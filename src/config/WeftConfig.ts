@@ -1,0 +1,293 @@
+import { FileSystem } from "@effect/platform"
+import { Config, Context, Effect, Either, Layer, Option, ParseResult, Schema } from "effect"
+import * as path from "node:path"
+
+/** Everything `weft serve` needs, validated and defaulted. Durations are milliseconds; `undefined` means no limit. */
+export interface WeftSettings {
+  /** GGUF to serve; `undefined` serves the generated random-weights demo model. */
+  readonly model: string | undefined
+  readonly modelId: string | undefined
+  readonly host: string
+  readonly port: number
+  readonly parallel: number
+  /** KV cells per sequence. */
+  readonly ctxSize: number
+  readonly batchSize: number | undefined
+  readonly threads: number | undefined
+  readonly gpu: "auto" | false
+  readonly maxQueue: number
+  readonly timeoutQueueMs: number | undefined
+  readonly timeoutFirstTokenMs: number | undefined
+  readonly timeoutTotalMs: number | undefined
+  readonly maxBodyBytes: number
+  readonly shutdownGraceMs: number
+  /** Where the demo model is generated. */
+  readonly dataDir: string
+}
+
+/** The validated settings of this process. */
+export class WeftConfig extends Context.Tag("weft/WeftConfig")<WeftConfig, WeftSettings>() {
+  static layer = (settings: WeftSettings): Layer.Layer<WeftConfig> => Layer.succeed(WeftConfig, settings)
+}
+
+/** A setting's value does not parse; `key` is where it came from (`WEFT_PORT`, `--port`, `weft.json: "port"`). */
+export class InvalidConfigValue extends Schema.TaggedError<InvalidConfigValue>()("InvalidConfigValue", {
+  key: Schema.String,
+  expected: Schema.String,
+  got: Schema.String
+}) {
+  override get message(): string {
+    return `${this.key}: expected ${this.expected}, got ${this.got}`
+  }
+}
+
+/** The config file is missing, unreadable, not JSON, or has keys weft does not know. */
+export class ConfigFileInvalid extends Schema.TaggedError<ConfigFileInvalid>()("ConfigFileInvalid", {
+  path: Schema.String,
+  reason: Schema.String
+}) {
+  override get message(): string {
+    return `config file ${this.path}: ${this.reason}`
+  }
+}
+
+const MiB = 1024 * 1024
+
+/** The defaults `npm start` runs with. */
+export const defaultSettings: WeftSettings = {
+  model: undefined,
+  modelId: undefined,
+  host: "127.0.0.1",
+  port: 8080,
+  parallel: 4,
+  ctxSize: 2048,
+  batchSize: undefined,
+  threads: undefined,
+  gpu: "auto",
+  maxQueue: 64,
+  timeoutQueueMs: 60_000,
+  timeoutFirstTokenMs: undefined,
+  timeoutTotalMs: undefined,
+  maxBodyBytes: 4 * MiB,
+  shutdownGraceMs: 10_000,
+  dataDir: ".weft"
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Value grammars: each setting decodes from text (flags, env) or from the text of a JSON scalar (config file).
+
+const integerPattern = /^[+-]?\d+$/
+
+const IntegerBetween = (min: number, max: number) =>
+  Schema.String.pipe(
+    Schema.pattern(integerPattern),
+    Schema.compose(Schema.NumberFromString),
+    Schema.compose(Schema.Int.pipe(Schema.between(min, max)))
+  )
+
+const durationUnits: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }
+
+/** `500ms`, `30s`, `2m`, `1h`; a bare number is seconds; `0`, `none` and `off` mean no limit. */
+const OptionalDuration = Schema.transformOrFail(Schema.String, Schema.UndefinedOr(Schema.Number), {
+  strict: true,
+  decode: (text, _, ast) => {
+    const trimmed = text.trim().toLowerCase()
+    if (trimmed === "none" || trimmed === "off") return ParseResult.succeed(undefined)
+    const match = /^(\d+(?:\.\d+)?)\s*(ms|s|m|h)?$/.exec(trimmed)
+    if (match === null) return ParseResult.fail(new ParseResult.Type(ast, text))
+    const ms = Math.round(Number(match[1]) * durationUnits[match[2] ?? "s"]!)
+    return ParseResult.succeed(ms === 0 ? undefined : ms)
+  },
+  encode: (ms) => ParseResult.succeed(ms === undefined ? "none" : `${ms}ms`)
+})
+
+/** A duration that must be given (zero allowed). */
+const Duration = OptionalDuration.pipe(
+  Schema.transform(Schema.Number, { strict: true, decode: (ms) => ms ?? 0, encode: (ms) => (ms === 0 ? undefined : ms) })
+)
+
+const sizeUnits: Record<string, number> = { b: 1, k: 1024, kb: 1024, kib: 1024, m: MiB, mb: MiB, mib: MiB, g: 1024 * MiB, gb: 1024 * MiB, gib: 1024 * MiB }
+
+/** `4MiB`, `512KiB`, `1048576`; K/M/G are binary (1024-based), a bare number is bytes. */
+const ByteSize = Schema.transformOrFail(Schema.String, Schema.Number, {
+  strict: true,
+  decode: (text, _, ast) => {
+    const match = /^(\d+(?:\.\d+)?)\s*([a-z]*)$/.exec(text.trim().toLowerCase())
+    const unit = match === null ? undefined : sizeUnits[match[2] === "" ? "b" : match[2]!]
+    if (match === null || unit === undefined) return ParseResult.fail(new ParseResult.Type(ast, text))
+    const bytes = Math.floor(Number(match[1]) * unit)
+    return bytes >= 1024 ? ParseResult.succeed(bytes) : ParseResult.fail(new ParseResult.Type(ast, text))
+  },
+  encode: (bytes) => ParseResult.succeed(String(bytes))
+})
+
+const NonEmptyText = Schema.String.pipe(
+  Schema.compose(Schema.Trim),
+  Schema.compose(Schema.NonEmptyString)
+)
+
+const Gpu = Schema.transformOrFail(Schema.String, Schema.Union(Schema.Literal("auto"), Schema.Literal(false)), {
+  strict: true,
+  decode: (text, _, ast) => {
+    const value = text.trim().toLowerCase()
+    if (value === "auto" || value === "on" || value === "true") return ParseResult.succeed("auto" as const)
+    if (value === "off" || value === "false" || value === "none") return ParseResult.succeed(false as const)
+    return ParseResult.fail(new ParseResult.Type(ast, text))
+  },
+  encode: (gpu) => ParseResult.succeed(gpu === false ? "off" : "auto")
+})
+
+interface SettingSpec<K extends keyof WeftSettings> {
+  readonly field: K
+  /** The flag name, also the config file key. */
+  readonly name: string
+  readonly schema: Schema.Schema<WeftSettings[K], string> | Schema.Schema<Exclude<WeftSettings[K], undefined>, string>
+  /** What a valid value looks like, for error messages. */
+  readonly expected: string
+  readonly description: string
+}
+
+const spec = <K extends keyof WeftSettings>(value: SettingSpec<K>): SettingSpec<K> => value
+
+/** Every setting: its flag / config-file key, its `WEFT_*` variable, grammar and help text. */
+export const settingSpecs = [
+  spec({
+    field: "model",
+    name: "model",
+    schema: NonEmptyText,
+    expected: "a path to a .gguf file",
+    description: "GGUF model to serve (default: a generated random-weights demo model)"
+  }),
+  spec({
+    field: "modelId",
+    name: "model-id",
+    schema: NonEmptyText,
+    expected: "a non-empty name",
+    description: "Model id clients send as `model` (default: the file name without .gguf)"
+  }),
+  spec({ field: "host", name: "host", schema: NonEmptyText, expected: "a host name or IP address", description: "Address to listen on (default 127.0.0.1)" }),
+  spec({ field: "port", name: "port", schema: IntegerBetween(0, 65535), expected: "an integer between 0 and 65535", description: "Port to listen on; 0 picks a free one (default 8080)" }),
+  spec({ field: "parallel", name: "parallel", schema: IntegerBetween(1, 256), expected: "an integer between 1 and 256", description: "Sequences decoded concurrently (default 4)" }),
+  spec({ field: "ctxSize", name: "ctx-size", schema: IntegerBetween(16, 1 << 20), expected: "an integer between 16 and 1048576", description: "Context window per sequence, in tokens (default 2048)" }),
+  spec({
+    field: "batchSize",
+    name: "batch-size",
+    schema: IntegerBetween(1, 1 << 20),
+    expected: "an integer between 1 and 1048576",
+    description: "Tokens per llama_decode call (default: node-llama-cpp's)"
+  }),
+  spec({
+    field: "threads",
+    name: "threads",
+    schema: IntegerBetween(1, 1024),
+    expected: "an integer between 1 and 1024",
+    description: "CPU threads (default: the cores available; more threads than cores is much slower)"
+  }),
+  spec({ field: "gpu", name: "gpu", schema: Gpu, expected: "auto or off", description: "GPU offloading: auto or off (default auto)" }),
+  spec({ field: "maxQueue", name: "max-queue", schema: IntegerBetween(0, 1_000_000), expected: "an integer between 0 and 1000000", description: "Requests that may wait for a slot before 429 (default 64)" }),
+  spec({ field: "timeoutQueueMs", name: "timeout-queue", schema: OptionalDuration, expected: "a duration like 500ms, 30s, 2m, or none", description: "Longest wait for a slot before 408 (default 60s)" }),
+  spec({ field: "timeoutFirstTokenMs", name: "timeout-first-token", schema: OptionalDuration, expected: "a duration like 500ms, 30s, 2m, or none", description: "Longest time from slot to first token before 504 (default none)" }),
+  spec({ field: "timeoutTotalMs", name: "timeout-total", schema: OptionalDuration, expected: "a duration like 500ms, 30s, 2m, or none", description: "Longest time for a whole request before 504 (default none)" }),
+  spec({ field: "maxBodyBytes", name: "max-body", schema: ByteSize, expected: "a size of at least 1KiB like 4MiB, 512KiB or 1048576", description: "Largest request body before 413 (default 4MiB)" }),
+  spec({ field: "shutdownGraceMs", name: "shutdown-grace", schema: Duration, expected: "a duration like 500ms, 10s or 0", description: "On SIGINT/SIGTERM, how long in-flight requests may finish (default 10s)" }),
+  spec({ field: "dataDir", name: "data-dir", schema: NonEmptyText, expected: "a directory path", description: "Where the demo model is generated and kept (default ./.weft)" })
+] as const
+
+type AnySpec = (typeof settingSpecs)[number]
+
+/** `ctx-size` → `WEFT_CTX_SIZE`. */
+export const envName = (name: string): string => `WEFT_${name.toUpperCase().replace(/-/g, "_")}`
+
+/** Raw values as the command line gave them, by flag name. */
+export type FlagValues = Readonly<Record<string, string | undefined>>
+
+/** Where the settings come from, lowest precedence first: defaults ← config file ← env ← flags. */
+export interface ConfigSources {
+  readonly flags: FlagValues
+  /** `--config`; `WEFT_CONFIG` when absent. */
+  readonly configPath?: string | undefined
+}
+
+const describeRaw = (value: unknown): string => JSON.stringify(value) ?? String(value)
+
+const decodeSetting = (setting: AnySpec, raw: string, key: string) =>
+  Schema.decodeUnknownEither(setting.schema as Schema.Schema<unknown, string>)(raw).pipe(
+    Either.mapLeft(() => new InvalidConfigValue({ key, expected: setting.expected, got: describeRaw(raw) }))
+  )
+
+const readConfigFile = (file: string) =>
+  Effect.gen(function*() {
+    const fs = yield* FileSystem.FileSystem
+    const text = yield* fs.readFileString(file).pipe(
+      Effect.mapError((error) => new ConfigFileInvalid({ path: file, reason: error.message }))
+    )
+    const parsed = yield* Effect.try({
+      try: (): unknown => JSON.parse(text),
+      catch: (error) => new ConfigFileInvalid({ path: file, reason: `not valid JSON (${error instanceof Error ? error.message : String(error)})` })
+    })
+    if (typeof parsed !== "object" || parsed === null || Array.isArray(parsed)) {
+      return yield* new ConfigFileInvalid({ path: file, reason: "expected a JSON object of settings" })
+    }
+    const known = new Set<string>(settingSpecs.map((setting) => setting.name))
+    for (const key of Object.keys(parsed)) {
+      if (!known.has(key)) {
+        return yield* new ConfigFileInvalid({ path: file, reason: `unknown key "${key}" (keys are the flag names, e.g. "ctx-size")` })
+      }
+    }
+    return parsed as Record<string, unknown>
+  })
+
+const checkModelFile = (model: string, key: string) =>
+  Effect.gen(function*() {
+    const fs = yield* FileSystem.FileSystem
+    const info = yield* fs.stat(model).pipe(Effect.option)
+    if (Option.isNone(info) || info.value.type !== "File") {
+      return yield* new InvalidConfigValue({ key, expected: "a path to an existing .gguf file", got: describeRaw(model) })
+    }
+  })
+
+/**
+ * Resolves the settings from defaults, the optional JSON config file, `WEFT_*` variables (read through Effect's
+ * `ConfigProvider`) and flags. The first invalid value fails, naming where it came from.
+ */
+export const loadWeftSettings = Effect.fn("WeftConfig.load")(function*(sources: ConfigSources) {
+  const configPath = sources.configPath ?? Option.getOrUndefined(yield* Config.option(Config.string("WEFT_CONFIG")))
+  const file = configPath === undefined ? {} : yield* readConfigFile(configPath)
+  const settings: Record<string, unknown> = { ...defaultSettings }
+  const origin: Record<string, string> = {}
+
+  for (const setting of settingSpecs) {
+    const fromFlag = sources.flags[setting.name]
+    const fromEnv = Option.getOrUndefined(yield* Config.option(Config.string(envName(setting.name))))
+    const fromFile = file[setting.name]
+    let raw: string | undefined
+    let key: string | undefined
+    if (fromFlag !== undefined) {
+      raw = fromFlag
+      key = `--${setting.name}`
+    } else if (fromEnv !== undefined) {
+      raw = fromEnv
+      key = envName(setting.name)
+    } else if (fromFile !== undefined && configPath !== undefined) {
+      key = `${configPath}: "${setting.name}"`
+      if (typeof fromFile !== "string" && typeof fromFile !== "number" && typeof fromFile !== "boolean") {
+        return yield* new InvalidConfigValue({ key, expected: setting.expected, got: describeRaw(fromFile) })
+      }
+      raw = String(fromFile)
+    }
+    if (raw === undefined || key === undefined) continue
+    settings[setting.field] = yield* decodeSetting(setting, raw, key)
+    origin[setting.field] = key
+  }
+
+  const resolved = settings as unknown as WeftSettings
+  if (resolved.model !== undefined) {
+    // A config file's relative model path is relative to the file, as a reader of that file would expect.
+    const model = origin.model?.startsWith(`${configPath}:`) && configPath !== undefined
+      ? path.resolve(path.dirname(configPath), resolved.model)
+      : path.resolve(resolved.model)
+    yield* checkModelFile(model, origin.model ?? "model")
+    return { ...resolved, model, dataDir: path.resolve(resolved.dataDir) } satisfies WeftSettings
+  }
+  return { ...resolved, dataDir: path.resolve(resolved.dataDir) } satisfies WeftSettings
+})

@@ -1,0 +1,131 @@
+import { HttpServerResponse } from "@effect/platform"
+import { Chunk, Effect, Option, Stream } from "effect"
+import type { GenerationEvent } from "../scheduler/GenerationRequest.js"
+import type { AdmissionRejected } from "../scheduler/SchedulerErrors.js"
+import { GenerationCancelled } from "./HttpErrors.js"
+import { errorReply } from "./OpenAiErrors.js"
+import type { ApiFailure } from "./OpenAiErrors.js"
+import { chunkBody, completionBody } from "./OpenAiResponses.js"
+import type { ChunkPart, OpenAiFinishReason, ResponseMeta } from "./OpenAiResponses.js"
+
+type Finished = Extract<GenerationEvent, { readonly _tag: "Finished" }>
+
+type Outcome =
+  | { readonly _tag: "Done"; readonly reason: OpenAiFinishReason }
+  | { readonly _tag: "Failed"; readonly failure: ApiFailure }
+
+/** How a finished generation is answered: its OpenAI finish reason, or the failure it ended with. */
+const outcomeOf = (finished: Finished, isDraining: Effect.Effect<boolean>): Effect.Effect<Outcome> => {
+  switch (finished.finishReason) {
+    case "stop":
+    case "length":
+      return Effect.succeed({ _tag: "Done", reason: finished.finishReason })
+    case "timeout":
+    case "error":
+      if (finished.error !== undefined) return Effect.succeed({ _tag: "Failed", failure: finished.error })
+      break
+    case "cancelled":
+      break
+  }
+  return Effect.map(isDraining, (shuttingDown) => ({ _tag: "Failed", failure: new GenerationCancelled({ shuttingDown }) }))
+}
+
+/** The generation's events, and what `outcomeOf` needs to tell a shutdown from an operator's cancel. */
+export interface GenerationRun {
+  readonly meta: ResponseMeta
+  readonly events: Stream.Stream<GenerationEvent, AdmissionRejected>
+  readonly isDraining: Effect.Effect<boolean>
+}
+
+/** Runs the generation to its end and answers with one JSON body; a client that disconnects interrupts the run. */
+export const jsonResponse = (
+  { events, isDraining, meta }: GenerationRun
+): Effect.Effect<HttpServerResponse.HttpServerResponse, ApiFailure> =>
+  Effect.gen(function*() {
+    const { finished, parts } = yield* Stream.runFold(
+      events,
+      { parts: [] as Array<string>, finished: undefined as Finished | undefined },
+      (state, event) => {
+        if (event._tag === "Delta") state.parts.push(event.text)
+        else if (event._tag === "Finished") state.finished = event
+        return state
+      }
+    )
+    if (finished === undefined) return yield* Effect.dieMessage("generation stream ended without a Finished event")
+    const outcome = yield* outcomeOf(finished, isDraining)
+    if (outcome._tag === "Failed") return yield* Effect.fail(outcome.failure)
+    return HttpServerResponse.unsafeJson(completionBody(meta, parts.join(""), outcome.reason, finished.usage))
+  })
+
+const frame = (body: unknown) => `data: ${JSON.stringify(body)}\n\n`
+
+/** Frames the events after the slot was granted; the last content chunk carries `finish_reason`, so one delta is held back. */
+const sseFrames = ({ isDraining, meta }: GenerationRun, includeUsage: boolean) => {
+  let held: string | undefined
+  const chunk = (part: ChunkPart) => frame(chunkBody(meta, part, includeUsage))
+  return (event: GenerationEvent): Effect.Effect<ReadonlyArray<string>> => {
+    switch (event._tag) {
+      case "Started":
+        return Effect.succeed(meta.kind === "chat" ? [chunk({ _tag: "Role" })] : [])
+      case "Delta": {
+        const previous = held
+        held = event.text
+        return Effect.succeed(previous === undefined ? [] : [chunk({ _tag: "Content", text: previous, finishReason: null })])
+      }
+      case "Finished":
+        return Effect.flatMap(outcomeOf(event, isDraining), (outcome) => {
+          if (outcome._tag === "Done") {
+            const frames = [chunk({ _tag: "Content", text: held ?? "", finishReason: outcome.reason })]
+            if (includeUsage) frames.push(chunk({ _tag: "Usage", usage: event.usage }))
+            frames.push("data: [DONE]\n\n")
+            return Effect.succeed(frames)
+          }
+          const frames = held === undefined ? [] : [chunk({ _tag: "Content", text: held, finishReason: null })]
+          const reply = errorReply(outcome.failure)
+          frames.push(frame({ error: reply.error }))
+          const log = outcome.failure._tag === "DecodeFailed"
+            ? Effect.logError("Generation failed mid-stream", outcome.failure)
+            : Effect.void
+          return Effect.as(log, frames)
+        })
+    }
+  }
+}
+
+/**
+ * Answers with Server-Sent Events. Headers go out only once the request holds a slot, so admission failures and
+ * queue timeouts still get their own status codes; later failures arrive as an in-band `data: {"error": …}` frame.
+ */
+export const sseResponse = (run: GenerationRun, includeUsage: boolean) =>
+  Effect.gen(function*() {
+    // Pulled in the request's scope, which stays open until the response body is fully written.
+    const pull = yield* Stream.toPull(run.events)
+    const head: Array<GenerationEvent> = []
+    while (!head.some((event) => event._tag === "Started")) {
+      const next = yield* pull.pipe(
+        Effect.map(Option.some),
+        Effect.catchAll(Option.match({ onNone: () => Effect.succeed(Option.none()), onSome: (error) => Effect.fail(error) }))
+      )
+      if (Option.isNone(next)) return yield* Effect.dieMessage("generation stream ended before it started")
+      head.push(...Chunk.toReadonlyArray(next.value))
+      const finished = head.find((event): event is Finished => event._tag === "Finished")
+      if (finished !== undefined && !head.some((event) => event._tag === "Started")) {
+        const outcome = yield* outcomeOf(finished, run.isDraining)
+        return yield* outcome._tag === "Failed"
+          ? Effect.fail(outcome.failure)
+          : Effect.dieMessage("generation finished without starting")
+      }
+    }
+    const rest = Stream.repeatEffectChunkOption(
+      pull.pipe(Effect.catchAll(Option.match({ onNone: () => Effect.fail(Option.none()), onSome: (error) => Effect.die(error) })))
+    )
+    const body = Stream.concat(Stream.fromIterable(head), rest).pipe(
+      Stream.mapEffect(sseFrames(run, includeUsage)),
+      Stream.flattenIterables,
+      Stream.encodeText
+    )
+    return HttpServerResponse.stream(body, {
+      contentType: "text/event-stream",
+      headers: { "cache-control": "no-cache", "x-accel-buffering": "no" }
+    })
+  })

@@ -1,0 +1,64 @@
+import { HttpServerRequest } from "@effect/platform"
+import { NodeHttpServerRequest, NodeStream } from "@effect/platform-node"
+import { Effect, Stream } from "effect"
+import type * as Http from "node:http"
+import { BodyNotJson, BodyTooLarge } from "./HttpErrors.js"
+
+/** After a 413, how much of the rest of an oversized body is discarded before the connection is cut. */
+const discardLimitBytes = 16 * 1024 * 1024
+
+/**
+ * Lets the client finish sending while the 413 goes out: closing a socket that still has unread bytes makes the
+ * kernel reset the connection, and the client may lose the response. Past the discard limit the socket is cut.
+ */
+const discardRest = (incoming: Http.IncomingMessage) =>
+  Effect.sync(() => {
+    let discarded = 0
+    incoming.on("data", (chunk: Buffer) => {
+      discarded += chunk.length
+      if (discarded > discardLimitBytes) incoming.socket.destroy()
+    })
+    incoming.resume()
+  })
+
+const declaredLength = (header: string | undefined): number | undefined => {
+  if (header === undefined || !/^\d+$/.test(header.trim())) return undefined
+  return Number(header.trim())
+}
+
+/**
+ * Reads the request body as JSON, refusing bodies over `limitBytes`: from `Content-Length` before reading a byte,
+ * and while reading for chunked bodies.
+ */
+export const readJsonBody = (limitBytes: number) =>
+  Effect.gen(function*() {
+    const request = yield* HttpServerRequest.HttpServerRequest
+    const incoming = NodeHttpServerRequest.toIncomingMessage(request)
+    const declared = declaredLength(request.headers["content-length"])
+    if (declared !== undefined && declared > limitBytes) {
+      yield* discardRest(incoming)
+      return yield* new BodyTooLarge({ limitBytes, declaredBytes: declared })
+    }
+    const chunks: Array<Uint8Array> = []
+    yield* NodeStream.fromReadable<BodyNotJson, Uint8Array>(
+      () => incoming,
+      () => new BodyNotJson({ reason: "the body could not be read" }),
+      // Destroying the request would destroy the socket too, and with it the chance to answer 413.
+      { closeOnDone: false }
+    ).pipe(
+      Stream.runFoldEffect(0, (received, chunk) => {
+        const total = received + chunk.length
+        if (total > limitBytes) return new BodyTooLarge({ limitBytes })
+        chunks.push(chunk)
+        return Effect.succeed(total)
+      }),
+      // Only once the stream has let go of the request, so its listeners do not hold the data back.
+      Effect.tapError((error) => (error._tag === "BodyTooLarge" ? discardRest(incoming) : Effect.void))
+    )
+    const text = Buffer.concat(chunks).toString("utf8")
+    if (text.trim() === "") return yield* new BodyNotJson({ reason: "the body is empty" })
+    return yield* Effect.try({
+      try: (): unknown => JSON.parse(text),
+      catch: (error) => new BodyNotJson({ reason: error instanceof Error ? error.message : "invalid JSON" })
+    })
+  })

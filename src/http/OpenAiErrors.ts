@@ -1,0 +1,110 @@
+import { HttpServerResponse } from "@effect/platform"
+import type { DecodeFailed, ChatTemplateFailed } from "../engine/Backend.js"
+import type { PromptEmpty, PromptTooLong, QueueFull, ShuttingDown, StageTimedOut } from "../scheduler/SchedulerErrors.js"
+import type { BodyNotJson, BodyTooLarge, GenerationCancelled, InvalidParam, ModelNotFound } from "./HttpErrors.js"
+import type { ModelLoading } from "./ModelHost.js"
+
+/** Every expected failure an OpenAI endpoint can answer with. */
+export type ApiFailure =
+  | BodyNotJson
+  | BodyTooLarge
+  | InvalidParam
+  | ModelNotFound
+  | ModelLoading
+  | GenerationCancelled
+  | QueueFull
+  | ShuttingDown
+  | PromptTooLong
+  | PromptEmpty
+  | StageTimedOut
+  | DecodeFailed
+  | ChatTemplateFailed
+
+/** OpenAI's error object, as it appears under `error` in a response body or an SSE frame. */
+export interface OpenAiErrorBody {
+  readonly message: string
+  readonly type: string
+  readonly param: string | null
+  readonly code: string | null
+}
+
+/** An error answer: status, OpenAI's envelope, and extra headers. */
+export interface ErrorReply {
+  readonly status: number
+  readonly error: OpenAiErrorBody
+  readonly headers: Readonly<Record<string, string>>
+}
+
+const reply = (
+  status: number,
+  error: OpenAiErrorBody,
+  headers: Readonly<Record<string, string>> = {}
+): ErrorReply => ({ status, error, headers })
+
+const invalid = (message: string, param: string | null, code: string | null) =>
+  reply(400, { message, type: "invalid_request_error", param, code })
+
+/** The one mapping from failures to HTTP status and OpenAI's envelope. */
+export const errorReply = (failure: ApiFailure): ErrorReply => {
+  switch (failure._tag) {
+    case "BodyNotJson":
+      return invalid(failure.message, null, null)
+    case "InvalidParam":
+      return invalid(failure.message, failure.param, failure.code)
+    case "PromptEmpty":
+      return invalid("The prompt is empty: it has no tokens to continue from", null, "empty_prompt")
+    case "PromptTooLong":
+      return invalid(
+        `This model's maximum context length is ${failure.contextSize} tokens. However, your prompt has ` +
+          `${failure.promptTokens} tokens. Please reduce the length of the prompt.`,
+        null,
+        "context_length_exceeded"
+      )
+    case "ChatTemplateFailed":
+      return invalid(`The model's chat template could not render these messages: ${failure.message}`, "messages", "chat_template_failed")
+    case "ModelNotFound":
+      return reply(404, { message: failure.message, type: "invalid_request_error", param: "model", code: "model_not_found" })
+    case "BodyTooLarge":
+      return reply(413, { message: failure.message, type: "invalid_request_error", param: null, code: "request_too_large" }, {
+        connection: "close"
+      })
+    case "QueueFull":
+      return reply(
+        429,
+        {
+          message: `The server is busy: ${failure.queued} requests are already waiting (limit ${failure.limit}). ` +
+            `Retry after ${failure.retryAfterSeconds} s.`,
+          type: "rate_limit_error",
+          param: null,
+          code: "queue_full"
+        },
+        { "retry-after": String(failure.retryAfterSeconds) }
+      )
+    case "StageTimedOut":
+      return failure.stage === "queue"
+        ? reply(408, { message: `Timed out waiting for a free slot: ${failure.message}`, type: "timeout_error", param: null, code: "queue_timeout" })
+        : reply(504, { message: `Generation timed out: ${failure.message}`, type: "timeout_error", param: null, code: "generation_timeout" })
+    case "ShuttingDown":
+      return reply(503, { message: "The server is shutting down and accepts no new requests", type: "server_error", param: null, code: "shutting_down" }, {
+        connection: "close"
+      })
+    case "ModelLoading":
+      return reply(503, { message: failure.message, type: "server_error", param: null, code: "model_loading" }, { "retry-after": "1" })
+    case "GenerationCancelled":
+      return reply(503, { message: failure.message, type: "server_error", param: null, code: failure.shuttingDown ? "shutting_down" : "cancelled" })
+    case "DecodeFailed":
+      return internalError()
+  }
+}
+
+/** A 500 that tells the client nothing about internals; the cause is logged with the request id. */
+export const internalError = (): ErrorReply =>
+  reply(500, { message: "The server had an error while processing your request", type: "server_error", param: null, code: "internal_error" })
+
+/** 404 for a path (or method) the server does not route. */
+export const unknownRoute = (method: string, url: string): ErrorReply =>
+  reply(404, { message: `Unknown request URL: ${method} ${url.split("?")[0]}`, type: "invalid_request_error", param: null, code: "unknown_url" })
+
+/** The reply as an HTTP response. */
+export const errorResponse = (error: ErrorReply): HttpServerResponse.HttpServerResponse =>
+  HttpServerResponse.unsafeJson({ error: error.error }, { status: error.status, headers: error.headers })

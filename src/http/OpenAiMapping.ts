@@ -1,0 +1,162 @@
+import { Effect, Either, ParseResult, Schema } from "effect"
+import type { BackendShape, ChatMessage, ModelInfo } from "../engine/Backend.js"
+import { defaultSampling } from "../engine/SamplingOptions.js"
+import type { GrammarConstraint } from "../engine/SamplingOptions.js"
+import type { GenerationRequest, Priority } from "../scheduler/GenerationRequest.js"
+import { InvalidParam, ModelNotFound } from "./HttpErrors.js"
+import { toGrammarSchema } from "./JsonSchemaGrammar.js"
+import type { ChatMessageInput, CompletionRequest, ResponseFormat, SharedRequest } from "./OpenAiRequests.js"
+
+/** Everything about a generation except its id and prompt, and how to answer it. */
+export interface GenerationPlan {
+  readonly request: Omit<GenerationRequest, "id" | "prompt">
+  readonly stream: boolean
+  readonly includeUsage: boolean
+}
+
+type PathSegment = PropertyKey
+
+const formatPath = (path: ReadonlyArray<PathSegment>): string =>
+  path.reduce<string>(
+    (text, segment) => (typeof segment === "number" ? `${text}[${segment}]` : text === "" ? String(segment) : `${text}.${String(segment)}`),
+    ""
+  )
+
+const valueAt = (input: unknown, path: ReadonlyArray<PathSegment>): unknown =>
+  path.reduce<unknown>(
+    (value, segment) => (typeof value === "object" && value !== null ? (value as Record<PropertyKey, unknown>)[segment] : undefined),
+    input
+  )
+
+/** Optional fields also accept `null`/`undefined`; those alternatives only add noise to a report. */
+const isNullableNoise = (issue: ParseResult.ArrayFormatterIssue) =>
+  issue._tag === "Type" && /^Expected (null|undefined), actual /.test(issue.message)
+
+/** The issue worth reporting: the most specific (deepest) one that is not about the null alternative. */
+const reportedIssue = (issues: ReadonlyArray<ParseResult.ArrayFormatterIssue>) => {
+  const useful = issues.filter((issue) => !isNullableNoise(issue))
+  const candidates = useful.length > 0 ? useful : issues
+  return candidates.reduce((best, issue) => (issue.path.length > best.path.length ? issue : best), candidates[0]!)
+}
+
+/** Decodes a JSON body with `schema`, failing with a 400 that names the offending parameter. */
+export const decodeBody = <A, I>(schema: Schema.Schema<A, I>, body: unknown): Effect.Effect<A, InvalidParam> => {
+  if (typeof body !== "object" || body === null || Array.isArray(body)) {
+    return Effect.fail(new InvalidParam({ param: null, message: "The request body must be a JSON object", code: "invalid_type" }))
+  }
+  return Schema.decodeUnknown(schema, { errors: "all" })(body).pipe(
+    Effect.mapError((error) => {
+      const issue = reportedIssue(ParseResult.ArrayFormatter.formatErrorSync(error))
+      const param = formatPath(issue.path)
+      if (issue._tag === "Missing") {
+        return new InvalidParam({ param, message: `Missing required parameter: '${param}'.`, code: "missing_required_parameter" })
+      }
+      const detail = issue.message.startsWith("Expected ")
+        ? issue.message
+        : `expected ${issue.message}, got ${JSON.stringify(valueAt(body, issue.path)) ?? "undefined"}`
+      return new InvalidParam({
+        param,
+        message: `Invalid value for '${param}': ${detail}`,
+        code: issue._tag === "Type" ? "invalid_type" : "invalid_value"
+      })
+    })
+  )
+}
+
+/** The one model this server serves must be the one asked for. */
+export const checkModel = (requested: string, info: ModelInfo): Effect.Effect<void, ModelNotFound> =>
+  requested === info.id ? Effect.void : Effect.fail(new ModelNotFound({ model: requested }))
+
+const priorityOf = (priority: SharedRequest["priority"]): Priority | undefined => {
+  if (priority === undefined) return undefined
+  if (typeof priority === "string") return priority
+  return priority < 0 ? "high" : priority > 0 ? "low" : "normal"
+}
+
+const grammarOf = (format: ResponseFormat | undefined): Effect.Effect<GrammarConstraint | undefined, InvalidParam> => {
+  if (format === undefined || format.type === "text") return Effect.succeed(undefined)
+  if (format.type === "json_object") return Effect.succeed({ _tag: "Json" })
+  return Either.match(toGrammarSchema(format.json_schema.schema), {
+    onLeft: (problem) => {
+      const param = `response_format.json_schema.schema${problem.at === "" ? "" : `.${problem.at}`}`
+      return Effect.fail(
+        new InvalidParam({ param, message: `Invalid JSON schema at '${param}': ${problem.message}`, code: "invalid_json_schema" })
+      )
+    },
+    onRight: (schema) => Effect.succeed({ _tag: "JsonSchema", schema } as const)
+  })
+}
+
+/** Validates what the schema cannot (n, stop strings) and maps the parameters to a scheduler request. */
+export const planOf = (
+  body: SharedRequest,
+  defaults: { readonly maxTokens: number | undefined }
+): Effect.Effect<GenerationPlan, InvalidParam> =>
+  Effect.gen(function*() {
+    if (body.n !== undefined && body.n !== 1) {
+      return yield* new InvalidParam({ param: "n", message: "Only n=1 is supported: this server generates one choice per request", code: "unsupported_value" })
+    }
+    const stop = body.stop === undefined ? [] : typeof body.stop === "string" ? [body.stop] : body.stop
+    const grammar = yield* grammarOf(body.response_format)
+    const seed = body.seed === undefined || body.seed === -1 ? undefined : body.seed >>> 0
+    return {
+      request: {
+        sampling: {
+          temperature: body.temperature ?? defaultSampling.temperature,
+          topP: body.top_p ?? defaultSampling.topP,
+          topK: body.top_k ?? defaultSampling.topK,
+          minP: body.min_p ?? defaultSampling.minP,
+          presencePenalty: body.presence_penalty ?? defaultSampling.presencePenalty,
+          frequencyPenalty: body.frequency_penalty ?? defaultSampling.frequencyPenalty,
+          repeatPenalty: body.repeat_penalty ?? defaultSampling.repeatPenalty,
+          ignoreEos: body.ignore_eos ?? defaultSampling.ignoreEos,
+          seed,
+          grammar
+        },
+        maxTokens: body.max_completion_tokens ?? body.max_tokens ?? defaults.maxTokens,
+        stop: stop.filter((text) => text.length > 0),
+        priority: priorityOf(body.priority),
+        timeouts: {
+          queueMs: body.timeout_queue_ms,
+          firstTokenMs: body.timeout_first_token_ms,
+          totalMs: body.timeout_total_ms
+        }
+      },
+      stream: body.stream ?? false,
+      includeUsage: body.stream_options?.include_usage ?? false
+    }
+  })
+
+const messageText = (content: ChatMessageInput["content"]): string =>
+  content === undefined ? "" : typeof content === "string" ? content : content.map((part) => part.text).join("")
+
+/** Chat messages rendered with the model's own chat template. */
+export const chatPrompt = (backend: BackendShape, messages: ReadonlyArray<ChatMessageInput>) =>
+  backend.renderChat(
+    messages.map((message): ChatMessage => ({
+      role: message.role === "developer" ? "system" : message.role,
+      content: messageText(message.content)
+    }))
+  )
+
+/**
+ * A completion prompt as tokens, BOS first when the model has one. Special-token text is parsed, as llama-server
+ * does for raw prompts, so a prompt can spell out a template by hand.
+ */
+export const completionPrompt = (
+  backend: BackendShape,
+  prompt: CompletionRequest["prompt"]
+): Effect.Effect<ReadonlyArray<number>, InvalidParam> =>
+  Effect.gen(function*() {
+    if (typeof prompt !== "string" && prompt.length > 1) {
+      return yield* new InvalidParam({
+        param: "prompt",
+        message: "Only one prompt per request is supported (like n=1); send the prompts as separate requests",
+        code: "unsupported_value"
+      })
+    }
+    const text = typeof prompt === "string" ? prompt : prompt[0]!
+    const tokens = yield* backend.tokenize(text, { special: true })
+    const bos = backend.info.bosToken
+    return bos === undefined || tokens[0] === bos ? tokens : [bos, ...tokens]
+  })

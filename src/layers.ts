@@ -1,0 +1,104 @@
+import type { HttpServer } from "@effect/platform"
+import type { HttpServerError } from "@effect/platform"
+import { Effect, Layer } from "effect"
+import { WeftConfig } from "./config/WeftConfig.js"
+import type { WeftSettings } from "./config/WeftConfig.js"
+import { Backend as BackendTag } from "./engine/Backend.js"
+import type { Backend } from "./engine/Backend.js"
+import { LlamaBackend } from "./engine/LlamaBackend.js"
+import type { LlamaBackendConfig, ModelLoadFailed } from "./engine/LlamaBackend.js"
+import { SeqPool } from "./engine/SeqPool.js"
+import { ModelHost } from "./http/ModelHost.js"
+import type { EngineStartFailed } from "./http/ModelHost.js"
+import { WeftHttpServer } from "./http/WeftHttpServer.js"
+import type { HttpServerOptions } from "./http/WeftHttpServer.js"
+import { ensureModel } from "./model/generateModel.js"
+import { RequestScheduler } from "./scheduler/RequestScheduler.js"
+import { SchedulerConfig } from "./scheduler/SchedulerConfig.js"
+import type { SchedulerSettings } from "./scheduler/SchedulerConfig.js"
+
+/** The scheduler stack over any backend: SeqPool and RequestScheduler, with the backend still visible for tokenizing. */
+export const engineLayer = <E>(
+  backend: Layer.Layer<Backend, E>,
+  scheduler: Partial<SchedulerSettings> = {}
+): Layer.Layer<RequestScheduler | SeqPool | Backend, E> =>
+  RequestScheduler.Default.pipe(
+    Layer.provideMerge(SeqPool.Default),
+    Layer.provide(SchedulerConfig.layer(scheduler)),
+    Layer.provideMerge(backend)
+  )
+
+/** The HTTP server in front of an engine that loads in the background (`/health` says 503 until it is ready). */
+export const serverLayer = (
+  engine: Layer.Layer<RequestScheduler | Backend, EngineStartFailed>,
+  http: HttpServerOptions
+): Layer.Layer<HttpServer.HttpServer | ModelHost, HttpServerError.ServeError> =>
+  WeftHttpServer.layer(http).pipe(Layer.provideMerge(ModelHost.layer(engine)))
+
+/**
+ * LlamaBackend, reporting the context a sequence can really use: node-llama-cpp keeps one cell of every sequence
+ * free (`freeSpace = contextSize - 1 - nextTokenIndex`) and asks for a context shift instead, so a generation that
+ * reaches the reported size would fail with "context shift requested" rather than end with `length`.
+ * Remove once LlamaBackend reports `context.contextSize - 1` itself.
+ */
+export const llamaBackendLayer = (config: LlamaBackendConfig): Layer.Layer<Backend, ModelLoadFailed> =>
+  Layer.effect(
+    BackendTag,
+    Effect.map(BackendTag, (backend) => ({ ...backend, info: { ...backend.info, contextSize: backend.info.contextSize - 1 } }))
+  ).pipe(Layer.provide(LlamaBackend.layer(config)))
+
+/** The model `weft serve` loads: the configured GGUF, or the demo model, generated into the data dir once. */
+export const modelPathOf = (settings: WeftSettings) =>
+  settings.model === undefined ? ensureModel("demo", settings.dataDir) : Effect.succeed(settings.model)
+
+/** node-llama-cpp behind the scheduler, as configured. */
+export const llamaEngineLayer = (settings: WeftSettings) =>
+  engineLayer(
+    Layer.unwrapEffect(
+      Effect.map(modelPathOf(settings), (modelPath) =>
+        llamaBackendLayer({
+          modelPath,
+          modelId: settings.modelId,
+          parallel: settings.parallel,
+          contextSize: settings.ctxSize,
+          batchSize: settings.batchSize,
+          threads: settings.threads,
+          gpu: settings.gpu
+        }))
+    ),
+    {
+      maxQueue: settings.maxQueue,
+      timeouts: { queueMs: settings.timeoutQueueMs, firstTokenMs: settings.timeoutFirstTokenMs, totalMs: settings.timeoutTotalMs },
+      shutdownGraceMs: settings.shutdownGraceMs
+    }
+  )
+
+/** The composition root of `weft serve`: config → LlamaBackend → SeqPool → RequestScheduler → HTTP server. */
+export const WeftLive: Layer.Layer<HttpServer.HttpServer | ModelHost, HttpServerError.ServeError, WeftConfig> = Layer.unwrapEffect(
+  Effect.map(WeftConfig, (settings) =>
+    serverLayer(llamaEngineLayer(settings), {
+      host: settings.host,
+      port: settings.port,
+      maxBodyBytes: settings.maxBodyBytes,
+      shutdownGraceMs: settings.shutdownGraceMs
+    }))
+)
+
+/** Options of `testServerLayer`; everything has a test-friendly default. */
+export interface TestServerOptions {
+  readonly scheduler?: Partial<SchedulerSettings>
+  readonly maxBodyBytes?: number
+  readonly shutdownGraceMs?: number
+}
+
+/** A server on 127.0.0.1 and a free port in front of any backend (LlamaBackend on a tiny model, or SimBackend). */
+export const testServerLayer = <E extends EngineStartFailed>(
+  backend: Layer.Layer<Backend, E>,
+  options: TestServerOptions = {}
+): Layer.Layer<HttpServer.HttpServer | ModelHost, HttpServerError.ServeError> =>
+  serverLayer(engineLayer(backend, options.scheduler), {
+    host: "127.0.0.1",
+    port: 0,
+    maxBodyBytes: options.maxBodyBytes ?? 4 * 1024 * 1024,
+    shutdownGraceMs: options.shutdownGraceMs ?? 0
+  })

@@ -1,0 +1,51 @@
+import { Command, ValidationError } from "@effect/cli"
+import { NodeContext, NodeRuntime } from "@effect/platform-node"
+import { Cause, Console, Effect, Option } from "effect"
+import packageJson from "../package.json" with { type: "json" }
+import { modelCommand } from "./cli/ModelCommand.js"
+import { serveCommand } from "./cli/ServeCommand.js"
+
+const weft = Command.make("weft").pipe(
+  Command.withDescription("Effect-native LLM server: GGUF models behind an OpenAI-compatible API"),
+  Command.withSubcommands([serveCommand, modelCommand])
+)
+
+const cli = Command.run(weft, { name: "weft", version: packageJson.version })
+
+/** Expected failures print as one line naming what is wrong; @effect/cli has already printed its own. */
+const report = (cause: Cause.Cause<unknown>) => {
+  const failure = Cause.failureOption(cause)
+  if (Option.isSome(failure)) {
+    if (ValidationError.isValidationError(failure.value)) return Effect.void
+    const message = failure.value instanceof Error ? failure.value.message : String(failure.value)
+    return Console.error(`weft: ${message}`)
+  }
+  return Cause.isInterruptedOnly(cause) ? Effect.void : Console.error(Cause.pretty(cause))
+}
+
+/**
+ * runMain drains on the first SIGINT/SIGTERM and then stops listening, after which Node's default would kill the
+ * process mid-drain. Wrappers deliver the first Ctrl-C twice (tsx relays the terminal's SIGINT to its child again),
+ * so repeats within a second are ignored; a later one forces an exit.
+ */
+const forceExitOnRepeatedSignal = () => {
+  let firstAt: number | undefined
+  const onSignal = () => {
+    const now = Date.now()
+    if (firstAt === undefined) firstAt = now
+    else if (now - firstAt > 1000) {
+      process.stderr.write("weft: forced exit\n")
+      process.exit(130)
+    }
+  }
+  process.on("SIGINT", onSignal)
+  process.on("SIGTERM", onSignal)
+}
+
+forceExitOnRepeatedSignal()
+
+cli(process.argv).pipe(
+  Effect.tapErrorCause(report),
+  Effect.provide(NodeContext.layer),
+  NodeRuntime.runMain({ disableErrorReporting: true })
+)

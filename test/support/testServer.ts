@@ -1,0 +1,148 @@
+import { HttpServer } from "@effect/platform"
+import { Effect, ManagedRuntime } from "effect"
+import type { Layer } from "effect"
+import * as net from "node:net"
+import type { Backend } from "../../src/engine/Backend.js"
+import type { Engine, EngineStartFailed } from "../../src/http/ModelHost.js"
+import { ModelHost } from "../../src/http/ModelHost.js"
+import { testServerLayer } from "../../src/layers.js"
+import type { TestServerOptions } from "../../src/layers.js"
+
+/** A running server on a free port; `close` drains it like SIGTERM does. */
+export interface TestServer {
+  readonly url: string
+  readonly port: number
+  /** For the `openai` client. */
+  readonly baseURL: string
+  readonly engine: Engine
+  readonly close: () => Promise<void>
+}
+
+/** A server that is listening but whose model may still be loading. */
+export interface LoadingServer {
+  readonly url: string
+  readonly port: number
+  readonly ready: () => Promise<Engine>
+  readonly close: () => Promise<void>
+}
+
+/** Starts the real HTTP server on 127.0.0.1:0 in front of `backend`, without waiting for the model. */
+export const startListening = async <E extends EngineStartFailed>(
+  backend: Layer.Layer<Backend, E>,
+  options: TestServerOptions = {}
+): Promise<LoadingServer> => {
+  const runtime = ManagedRuntime.make(testServerLayer(backend, options))
+  const port = await runtime.runPromise(
+    Effect.flatMap(HttpServer.HttpServer, (server) =>
+      server.address._tag === "TcpAddress" ? Effect.succeed(server.address.port) : Effect.dieMessage("expected a TCP address"))
+  )
+  return {
+    url: `http://127.0.0.1:${port}`,
+    port,
+    ready: () => runtime.runPromise(Effect.flatMap(ModelHost, (host) => host.ready)),
+    close: () => runtime.dispose()
+  }
+}
+
+/** Starts the real HTTP server on 127.0.0.1:0 in front of `backend`, once its model is loaded. */
+export const startServer = async <E extends EngineStartFailed>(
+  backend: Layer.Layer<Backend, E>,
+  options: TestServerOptions = {}
+): Promise<TestServer> => {
+  const server = await startListening(backend, options)
+  const engine = await server.ready()
+  return { url: server.url, port: server.port, baseURL: `${server.url}/v1`, engine, close: server.close }
+}
+
+export interface HealthBody {
+  readonly status: string
+  readonly slots: { readonly total: number; readonly free: number }
+  readonly queue: { readonly length: number; readonly limit: number }
+}
+
+export const health = async (server: { readonly url: string }): Promise<{ readonly status: number; readonly body: HealthBody }> => {
+  const response = await fetch(`${server.url}/health`)
+  return { status: response.status, body: (await response.json()) as HealthBody }
+}
+
+/** Polls `/health` until `predicate` holds; fails the test after `attempts` polls. */
+export const waitForHealth = async (
+  server: { readonly url: string },
+  predicate: (body: HealthBody) => boolean,
+  attempts = 400
+): Promise<HealthBody> => {
+  let last: HealthBody | undefined
+  for (let attempt = 0; attempt < attempts; attempt++) {
+    last = (await health(server)).body
+    if (predicate(last)) return last
+    await new Promise((resolve) => setTimeout(resolve, 25))
+  }
+  throw new Error(`health never matched; last: ${JSON.stringify(last)}`)
+}
+
+export const postJson = (server: { readonly url: string }, path: string, body: unknown, init: RequestInit = {}) =>
+  fetch(`${server.url}${path}`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: typeof body === "string" ? body : JSON.stringify(body),
+    ...init
+  })
+
+/** The `data:` payloads of an SSE body, in order. */
+export const sseData = (text: string): Array<string> =>
+  text.split("\n\n").filter((frame) => frame.startsWith("data: ")).map((frame) => frame.slice("data: ".length))
+
+/** Reads an SSE response until its first `data:` frame arrives (the request holds a slot by then). */
+export const firstSseFrame = async (response: Response): Promise<ReadableStreamDefaultReader<Uint8Array>> => {
+  const reader = response.body!.getReader()
+  let text = ""
+  while (!text.includes("\n\n")) {
+    const { done, value } = await reader.read()
+    if (done) throw new Error(`stream ended before its first frame: ${text}`)
+    text += new TextDecoder().decode(value)
+  }
+  return reader
+}
+
+/** Reads the rest of a stream as text. */
+export const readAll = async (reader: ReadableStreamDefaultReader<Uint8Array>): Promise<string> => {
+  const decoder = new TextDecoder()
+  let text = ""
+  while (true) {
+    const { done, value } = await reader.read()
+    if (done) return text + decoder.decode()
+    text += decoder.decode(value, { stream: true })
+  }
+}
+
+/**
+ * Sends `head` (request line and headers, maybe a little body) on a raw socket and resolves with what the
+ * server answers before it stops; `rest`, if given, is written after the response has started arriving.
+ */
+export const rawExchange = (port: number, head: string | Uint8Array, options: { readonly keepWriting?: Uint8Array } = {}) =>
+  new Promise<string>((resolve, reject) => {
+    const socket = net.connect(port, "127.0.0.1")
+    let received = ""
+    let settled = false
+    const finish = () => {
+      if (settled) return
+      settled = true
+      socket.destroy()
+      resolve(received)
+    }
+    socket.on("data", (data) => {
+      received += data.toString("latin1")
+      const headerEnd = received.indexOf("\r\n\r\n")
+      if (headerEnd === -1) return
+      const length = /content-length: (\d+)/i.exec(received.slice(0, headerEnd))
+      if (length !== null && received.length >= headerEnd + 4 + Number(length[1])) finish()
+    })
+    socket.on("end", finish)
+    socket.on("close", finish)
+    socket.on("error", (error) => (received === "" ? reject(error) : finish()))
+    socket.write(head)
+    if (options.keepWriting !== undefined) socket.write(options.keepWriting)
+  })
+
+/** Status code of a raw HTTP response text. */
+export const rawStatus = (response: string): number => Number(/^HTTP\/1\.1 (\d{3})/.exec(response)?.[1] ?? "0")
