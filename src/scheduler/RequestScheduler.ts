@@ -10,7 +10,7 @@ import type { FinishReason, GenerationRequest, Priority, StageTimeouts } from ".
 import { FinishedRing, transition } from "./RequestLifecycle.js"
 import type { CancelReason, LifecycleTransition, RequestRecord, RequestState } from "./RequestLifecycle.js"
 import { SchedulerConfig } from "./SchedulerConfig.js"
-import { PromptEmpty, PromptTooLong, QueueFull, ShuttingDown, StageTimedOut } from "./SchedulerErrors.js"
+import { PromptEmpty, PromptTokenInvalid, PromptTooLong, QueueFull, ShuttingDown, StageTimedOut } from "./SchedulerErrors.js"
 import type { AdmissionRejected } from "./SchedulerErrors.js"
 
 /** What the scheduler publishes as requests move: every state change, and the first token of each request. */
@@ -173,6 +173,10 @@ export class RequestScheduler extends Effect.Service<RequestScheduler>()("weft/R
         if (request.prompt.length === 0) return reject(request, new PromptEmpty())
         if (request.prompt.length > backend.info.contextSize) {
           return reject(request, new PromptTooLong({ promptTokens: request.prompt.length, contextSize: backend.info.contextSize }))
+        }
+        const invalidToken = request.prompt.find((token) => !Number.isInteger(token) || token < 0 || token >= backend.info.vocabSize)
+        if (invalidToken !== undefined) {
+          return reject(request, new PromptTokenInvalid({ token: invalidToken, vocabSize: backend.info.vocabSize }))
         }
         // A request that a free slot can take at once does not wait, so free slots add to the queue's room.
         const queued = queuedCount()

@@ -20,6 +20,12 @@ export class PromptTooLong extends Schema.TaggedError<PromptTooLong>()("PromptTo
 /** The prompt has no tokens at all. */
 export class PromptEmpty extends Schema.TaggedError<PromptEmpty>()("PromptEmpty", {}) {}
 
+/** The prompt holds a token id outside the model's vocabulary (it would fail the whole batch it lands in). */
+export class PromptTokenInvalid extends Schema.TaggedError<PromptTokenInvalid>()("PromptTokenInvalid", {
+  token: Schema.Number,
+  vocabSize: Schema.Number
+}) {}
+
 /** A request stage outlived its limit. */
 export class StageTimedOut extends Schema.TaggedError<StageTimedOut>()("StageTimedOut", {
   stage: Schema.Literal("queue", "firstToken", "total"),
@@ -32,4 +38,4 @@ export class StageTimedOut extends Schema.TaggedError<StageTimedOut>()("StageTim
 }
 
 /** Why a request was turned away at admission. */
-export type AdmissionRejected = QueueFull | ShuttingDown | PromptTooLong | PromptEmpty
+export type AdmissionRejected = QueueFull | ShuttingDown | PromptTooLong | PromptEmpty | PromptTokenInvalid

@@ -222,4 +222,12 @@ describe("RequestScheduler", () => {
       }
       expect(new Set(seeds).size).toBe(3)
     }).pipe(Effect.provide(schedulerLayer())))
+
+  it.effect("a prompt token outside the vocabulary is rejected before it can fail a shared batch", () =>
+    Effect.gen(function*() {
+      const scheduler = yield* RequestScheduler
+      const rejected = yield* collect(scheduler.submit(request("bad", { prompt: [1, 99_999] })))
+      expect(Either.isLeft(rejected) && rejected.left).toMatchObject({ _tag: "PromptTokenInvalid", token: 99_999 })
+      expect((yield* scheduler.inspect).recent[0]).toMatchObject({ id: "bad", state: "Rejected" })
+    }).pipe(Effect.provide(schedulerLayer())))
 })
