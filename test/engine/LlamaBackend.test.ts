@@ -1,4 +1,4 @@
-import { describe, expect, it } from "@effect/vitest"
+import { describe, expect, layer } from "@effect/vitest"
 import { Chunk, Deferred, Effect, Fiber, Layer, Stream } from "effect"
 import { Backend, DecodeFailed } from "../../src/engine/Backend.js"
 import type { BackendShape } from "../../src/engine/Backend.js"
@@ -42,7 +42,7 @@ const backendLayer = Layer.effect(Backend, Effect.map(Backend, (backend) => inje
   Layer.provide(llamaLayer)
 )
 
-const layer = RequestScheduler.Default.pipe(
+const engineLayer = RequestScheduler.Default.pipe(
   Layer.provideMerge(SeqPool.Default),
   Layer.provide(SchedulerConfig.layer({ maxQueue: 16, shutdownGraceMs: 0 })),
   Layer.provideMerge(backendLayer)
@@ -69,7 +69,7 @@ const finishedOf = (events: ReadonlyArray<GenerationEvent>) => {
 }
 
 describe("LlamaBackend on the tiny model", () => {
-  it.layer(layer, { timeout: 120_000, excludeTestServices: true })((it) => {
+  layer(engineLayer, { timeout: 120_000, excludeTestServices: true })((it) => {
     it.effect("N concurrent generations share one context, each on its own slot", () =>
       Effect.gen(function*() {
         const scheduler = yield* RequestScheduler
