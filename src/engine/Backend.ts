@@ -41,7 +41,8 @@ export interface BackendShape {
   readonly detokenize: (tokens: ReadonlyArray<number>, context?: ReadonlyArray<number>) => string
   /** Renders a conversation with the model's own chat template, ending with the assistant's generation prompt. */
   readonly renderChat: (messages: ReadonlyArray<ChatMessage>) => Effect.Effect<ReadonlyArray<number>, ChatTemplateFailed>
-  /** Starts generating on `slot` from `prompt`; the scope closes the native iterator (never the KV cells: the pool owns those). */
+  /** Starts generating on `slot` from `prompt`, appended after the cells the slot already holds; the scope closes
+   * the native iterator (never the KV cells: the pool owns those). */
   readonly start: (
     slot: number,
     prompt: ReadonlyArray<number>,
@@ -49,8 +50,12 @@ export interface BackendShape {
   ) => Effect.Effect<Generation, DecodeFailed, Scope.Scope>
   /** Erases every KV cell of `slot`. */
   readonly erase: (slot: number) => Effect.Effect<void, KvEraseFailed>
+  /** Erases the cells of `slot` from position `keep` on, keeping the first `keep` tokens as a reusable prefix. */
+  readonly trim: (slot: number, keep: number) => Effect.Effect<void, KvEraseFailed>
   /** KV cells the engine itself reports for `slot` (the ground truth accounting is checked against). */
   readonly cells: (slot: number) => number
+  /** The tokens whose KV cells `slot` holds, in position order. */
+  readonly tokensOf: (slot: number) => ReadonlyArray<number>
 }
 
 /** The inference engine behind the scheduler: `LlamaBackend` (node-llama-cpp) or `SimBackend` (deterministic, for tests). */

@@ -229,7 +229,16 @@ export const LlamaBackend = {
               try: () => sequences[slot]!.clearHistory(),
               catch: (error) => new KvEraseFailed({ slot, message: errorMessage(error) })
             }),
-          cells: (slot) => sequences[slot]!.nextTokenIndex
+          trim: (slot, keep) =>
+            Effect.tryPromise({
+              try: () => {
+                const sequence = sequences[slot]!
+                return sequence.eraseContextTokenRanges([{ start: keep, end: sequence.nextTokenIndex }])
+              },
+              catch: (error) => new KvEraseFailed({ slot, message: errorMessage(error) })
+            }),
+          cells: (slot) => sequences[slot]!.nextTokenIndex,
+          tokensOf: (slot) => sequences[slot]!.contextTokens
         } satisfies BackendShape
       })
     )

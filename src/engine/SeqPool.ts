@@ -1,12 +1,46 @@
-import { Effect, Schedule } from "effect"
+import { Cause, Context, Effect, Exit, Layer, Option, Schedule } from "effect"
 import { Backend } from "./Backend.js"
 
-/** A slot held by one running request; released (and its KV erased) when the holder's scope closes. */
+/** How released sequences are kept as reusable prefixes, and when they are evicted. */
+export interface PrefixCacheSettings {
+  /** Keep a released slot's KV cells as a cached prefix instead of erasing them. */
+  readonly enabled: boolean
+  /** Cached (not running) tokens allowed across all slots; `undefined` is no limit beyond the context. */
+  readonly maxCachedTokens?: number | undefined
+  /** Estimated KV bytes of cached tokens allowed; `undefined` is no limit. */
+  readonly maxCachedBytes?: number | undefined
+  /** Eviction starts once cached use crosses this fraction of a limit, and brings it back under. */
+  readonly evictionThreshold: number
+}
+
+export class PrefixCacheConfig extends Context.Tag("weft/PrefixCacheConfig")<PrefixCacheConfig, PrefixCacheSettings>() {
+  static readonly defaults: PrefixCacheSettings = { enabled: true, evictionThreshold: 0.8 }
+  static layer = (settings: Partial<PrefixCacheSettings> = {}): Layer.Layer<PrefixCacheConfig> =>
+    Layer.succeed(PrefixCacheConfig, { ...PrefixCacheConfig.defaults, ...settings })
+}
+
+/** What a request's prompt is matched under: only entries with the same key (tenant, API key, cache salt) are reused. */
+export interface SlotRequest {
+  readonly prompt: ReadonlyArray<number>
+  readonly cacheKey?: string | undefined
+}
+
+/** A slot held by one running request; released (its KV kept as a prefix, or erased) when the holder's scope closes. */
 export interface SlotLease {
   readonly slot: number
   readonly requestId: string
+  /** Leading prompt tokens already in the slot's KV: only the rest needs evaluating. */
+  readonly reusedTokens: number
   /** Records how many KV cells the holder's sequence occupies now. */
   readonly setCells: (cells: number) => Effect.Effect<void>
+}
+
+export interface PrefixCacheStats {
+  readonly lookups: number
+  readonly hits: number
+  readonly hitTokens: number
+  readonly evictions: number
+  readonly evictedTokens: number
 }
 
 /** A point-in-time view of the pool. */
@@ -16,68 +50,213 @@ export interface SeqPoolStats {
   /** Slots whose KV erase kept failing: taken out of service rather than handed out dirty. */
   readonly quarantined: ReadonlyArray<number>
   readonly holders: ReadonlyArray<{ readonly slot: number; readonly requestId: string; readonly cells: number }>
+  /** Tokens in KV: running + cached. */
   readonly kvTokens: number
+  readonly runningTokens: number
+  readonly cachedTokens: number
   readonly kvBytes: number
+  readonly cache: PrefixCacheStats
 }
 
-interface SlotState {
-  holder: string | undefined
-  cells: number
-  quarantined: boolean
-}
+/** Every slot is in exactly one of these: its cells are running, cached, or erased — never lost track of. */
+type SlotState =
+  | { readonly _tag: "Empty" }
+  | { readonly _tag: "Held"; readonly requestId: string; readonly cacheKey: string; cells: number }
+  | {
+    readonly _tag: "Cached"
+    readonly tokens: ReadonlyArray<number>
+    readonly cacheKey: string
+    readonly lastUsed: number
+  }
+  | { readonly _tag: "Evicting" }
+  | { readonly _tag: "Quarantined"; readonly cells: number }
 
 const eraseRetries = Schedule.recurs(2)
 
+const sharedPrefixLength = (a: ReadonlyArray<number>, b: ReadonlyArray<number>): number => {
+  const limit = Math.min(a.length, b.length)
+  let index = 0
+  while (index < limit && a[index] === b[index]) index++
+  return index
+}
+
+/** A failure that may have left the slot's cells half-written: those are erased, never cached. */
+const leftCellsUnknown = (exit: Exit.Exit<unknown, unknown>): boolean =>
+  Exit.isFailure(exit) &&
+  (Cause.isDie(exit.cause) ||
+    Cause.failures(exit.cause).pipe((failures) =>
+      [...failures].some((error) => (error as { _tag?: string })._tag === "DecodeFailed")
+    ))
+
 /**
- * The sequence slots of the one context: a Semaphore bounds how many are held, ids come from a free list,
- * and a lease's finalizer erases the slot's KV cells and returns the id, however its holder ended.
+ * The sequence slots of the one context. A Semaphore bounds how many are held; a lease's finalizer returns the slot
+ * however its holder ended, keeping its cells as a cached prefix (evicted LRU-first under the limits) or erasing them.
+ * A new request gets the free slot sharing the longest prefix with its prompt under the same cache key.
  */
 export class SeqPool extends Effect.Service<SeqPool>()("weft/SeqPool", {
   effect: Effect.gen(function*() {
     const backend = yield* Backend
+    const cacheSettings = Option.getOrElse(yield* Effect.serviceOption(PrefixCacheConfig), () => PrefixCacheConfig.defaults)
     const total = backend.info.parallel
     const permits = yield* Effect.makeSemaphore(total)
-    const freeSlots: Array<number> = Array.from({ length: total }, (_, slot) => total - 1 - slot)
-    const slots: Array<SlotState> = Array.from({ length: total }, () => ({ holder: undefined, cells: 0, quarantined: false }))
+    const slots: Array<SlotState> = Array.from({ length: total }, () => ({ _tag: "Empty" }))
+    const counters = { lookups: 0, hits: 0, hitTokens: 0, evictions: 0, evictedTokens: 0 }
+    let useClock = 0
 
-    const release = (slot: number) =>
+    const cachedTokens = () =>
+      slots.reduce((sum, state) => sum + (state._tag === "Cached" ? state.tokens.length : 0), 0)
+
+    /** Erases a slot with retries; a slot that still cannot be erased is quarantined and keeps its permit. */
+    const eraseOrQuarantine = (slot: number) =>
       backend.erase(slot).pipe(
         Effect.retry(eraseRetries),
-        Effect.matchEffect({
-          onSuccess: () =>
+        Effect.as(true),
+        Effect.catchAll((error) =>
+          Effect.as(
             Effect.zipRight(
               Effect.sync(() => {
-                slots[slot] = { holder: undefined, cells: 0, quarantined: false }
-                freeSlots.push(slot)
-              }),
-              permits.release(1)
-            ),
-          onFailure: (error) =>
-            Effect.zipRight(
-              Effect.sync(() => {
-                slots[slot] = { holder: undefined, cells: backend.cells(slot), quarantined: true }
+                slots[slot] = { _tag: "Quarantined", cells: backend.cells(slot) }
               }),
               Effect.logError("KV erase kept failing; slot taken out of service", error)
-            )
-        }),
-        Effect.withSpan("SeqPool.release", { attributes: { slot } })
+            ),
+            false
+          )
+        )
       )
 
+    const overLimit = () => {
+      const cached = cachedTokens()
+      const threshold = cacheSettings.evictionThreshold
+      const tokenLimit = cacheSettings.maxCachedTokens
+      const byteLimit = cacheSettings.maxCachedBytes
+      return (tokenLimit !== undefined && cached > threshold * tokenLimit) ||
+        (byteLimit !== undefined && cached * backend.info.kvBytesPerToken > threshold * byteLimit)
+    }
+
+    /**
+     * Erases least-recently-used cached prefixes until the cache is back under its limits; never touches held slots.
+     * Runs inside `release` while the releasing holder still has its permit, so each victim is reserved before its
+     * (asynchronous) erase and free permits always equal choosable slots. A victim that cannot be erased is
+     * quarantined and takes over that permit; returns whether the caller still has its permit to release.
+     */
+    const evictOverLimit = (hasPermit: boolean): Effect.Effect<boolean> =>
+      Effect.suspend(() => {
+        if (!hasPermit || !overLimit()) return Effect.succeed(hasPermit)
+        let victim = -1
+        let oldest = Infinity
+        slots.forEach((state, slot) => {
+          if (state._tag === "Cached" && state.lastUsed < oldest) {
+            victim = slot
+            oldest = state.lastUsed
+          }
+        })
+        if (victim === -1) return Effect.succeed(hasPermit)
+        const evicted = (slots[victim] as Extract<SlotState, { _tag: "Cached" }>).tokens.length
+        slots[victim] = { _tag: "Evicting" }
+        return Effect.flatMap(eraseOrQuarantine(victim), (erased) => {
+          counters.evictions += 1
+          counters.evictedTokens += evicted
+          if (erased) slots[victim] = { _tag: "Empty" }
+          return evictOverLimit(erased)
+        })
+      })
+
+    const release = (slot: number, cacheKey: string, exit: Exit.Exit<unknown, unknown>) =>
+      Effect.gen(function*() {
+        let hasPermit: boolean
+        if (cacheSettings.enabled && !leftCellsUnknown(exit)) {
+          slots[slot] = { _tag: "Cached", tokens: backend.tokensOf(slot), cacheKey, lastUsed: useClock++ }
+          hasPermit = yield* evictOverLimit(true)
+        } else {
+          hasPermit = yield* eraseOrQuarantine(slot)
+          if (hasPermit) slots[slot] = { _tag: "Empty" }
+        }
+        if (hasPermit) yield* permits.release(1)
+      }).pipe(Effect.withSpan("SeqPool.release", { attributes: { slot } }))
+
+    /** The free slot to give `request`: longest shared prefix under its key, then least recently used (empty first). */
+    const chooseSlot = (request: SlotRequest, cacheKey: string) => {
+      let best = -1
+      let bestShared = -1
+      let bestUse = Infinity
+      slots.forEach((state, slot) => {
+        if (state._tag !== "Empty" && state._tag !== "Cached") return
+        const shared = state._tag === "Cached" && state.cacheKey === cacheKey
+          ? sharedPrefixLength(state.tokens, request.prompt)
+          : 0
+        const lastUsed = state._tag === "Cached" ? state.lastUsed : -1
+        if (shared > bestShared || (shared === bestShared && lastUsed < bestUse)) {
+          best = slot
+          bestShared = shared
+          bestUse = lastUsed
+        }
+      })
+      return { slot: best, shared: bestShared }
+    }
+
+    type HeldState = Extract<SlotState, { _tag: "Held" }>
+
+    /**
+     * Reserves the chosen slot at once (so no other acquirer can pick it while its trim runs), then trims it to the part
+     * of its cached prefix the prompt reuses; at least one prompt token is always left to evaluate.
+     */
+    const takeSlot = (
+      requestId: string,
+      request: SlotRequest,
+      cacheKey: string
+    ): Effect.Effect<{ readonly slot: number; readonly held: HeldState } | undefined> =>
+      Effect.suspend(() => {
+        const { shared, slot } = chooseSlot(request, cacheKey)
+        if (slot === -1) return Effect.dieMessage("SeqPool: a permit was granted with no free slot")
+        const previous = slots[slot]!
+        const cachedLength = previous._tag === "Cached" ? previous.tokens.length : 0
+        const reused = Math.min(shared, request.prompt.length - 1)
+        const held: HeldState = { _tag: "Held", requestId, cacheKey, cells: cachedLength }
+        slots[slot] = held
+        counters.lookups += 1
+        if (reused > 0) {
+          counters.hits += 1
+          counters.hitTokens += reused
+        }
+        if (cachedLength === reused) return Effect.succeed({ slot, held })
+        counters.evictedTokens += cachedLength - reused
+        const trim = reused === 0 ? backend.erase(slot) : backend.trim(slot, reused)
+        return trim.pipe(
+          Effect.retry(eraseRetries),
+          Effect.map(() => {
+            held.cells = reused
+            return { slot, held }
+          }),
+          Effect.catchAll(() =>
+            Effect.map(eraseOrQuarantine(slot), (erased) => {
+              if (!erased) return undefined
+              held.cells = 0
+              return { slot, held }
+            })
+          )
+        )
+      })
+
     /** Waits for a free slot (interruptibly) and holds it until the caller's scope closes. */
-    const acquire = Effect.fn("SeqPool.acquire")(function*(requestId: string) {
+    const acquire = Effect.fn("SeqPool.acquire")(function*(requestId: string, request: SlotRequest) {
+      const cacheKey = request.cacheKey ?? ""
       return yield* Effect.uninterruptibleMask((restore) =>
         Effect.gen(function*() {
-          yield* restore(permits.take(1))
-          const slot = freeSlots.pop()
-          if (slot === undefined) return yield* Effect.dieMessage("SeqPool: a permit was granted with no free slot")
-          slots[slot] = { holder: requestId, cells: 0, quarantined: false }
-          yield* Effect.addFinalizer(() => release(slot))
+          let taken: { readonly slot: number; readonly held: HeldState } | undefined
+          while (taken === undefined) {
+            yield* restore(permits.take(1))
+            // A slot quarantined while being trimmed keeps that permit; take another.
+            taken = yield* takeSlot(requestId, request, cacheKey)
+          }
+          const { held, slot } = taken
+          yield* Effect.addFinalizer((exit) => release(slot, cacheKey, exit))
           const lease: SlotLease = {
             slot,
             requestId,
+            reusedTokens: held.cells,
             setCells: (cells) =>
               Effect.sync(() => {
-                slots[slot]!.cells = cells
+                held.cells = cells
               })
           }
           return lease
@@ -87,16 +266,20 @@ export class SeqPool extends Effect.Service<SeqPool>()("weft/SeqPool", {
 
     const stats = Effect.sync((): SeqPoolStats => {
       const holders = slots.flatMap((state, slot) =>
-        state.holder === undefined ? [] : [{ slot, requestId: state.holder, cells: state.cells }]
+        state._tag === "Held" ? [{ slot, requestId: state.requestId, cells: state.cells }] : []
       )
-      const kvTokens = slots.reduce((sum, state) => sum + state.cells, 0)
+      const runningTokens = holders.reduce((sum, holder) => sum + holder.cells, 0)
+      const cached = cachedTokens()
       return {
         total,
-        free: freeSlots.length,
-        quarantined: slots.flatMap((state, slot) => (state.quarantined ? [slot] : [])),
+        free: slots.filter((state) => state._tag === "Empty" || state._tag === "Cached").length,
+        quarantined: slots.flatMap((state, slot) => (state._tag === "Quarantined" ? [slot] : [])),
         holders,
-        kvTokens,
-        kvBytes: kvTokens * backend.info.kvBytesPerToken
+        kvTokens: runningTokens + cached,
+        runningTokens,
+        cachedTokens: cached,
+        kvBytes: (runningTokens + cached) * backend.info.kvBytesPerToken,
+        cache: { ...counters }
       }
     })
 
@@ -104,7 +287,7 @@ export class SeqPool extends Effect.Service<SeqPool>()("weft/SeqPool", {
       acquire,
       stats,
       /** Free slots right now, read synchronously so admission can check and enqueue in one step. */
-      freeNow: () => freeSlots.length,
+      freeNow: () => slots.filter((state) => state._tag === "Empty" || state._tag === "Cached").length,
       info: backend.info
     } as const
   })

@@ -27,6 +27,8 @@ export interface GenerationRequest {
   readonly priority?: Priority | undefined
   /** Per-request limits; each is capped by the server's own. */
   readonly timeouts?: StageTimeouts | undefined
+  /** Isolates prefix-cache reuse: only requests with the same key (tenant, API key, cache salt) share cached KV. */
+  readonly cacheKey?: string | undefined
 }
 
 export type FinishReason = "stop" | "length" | "cancelled" | "timeout" | "error"
@@ -34,11 +36,19 @@ export type FinishReason = "stop" | "length" | "cancelled" | "timeout" | "error"
 export interface Usage {
   readonly promptTokens: number
   readonly completionTokens: number
+  /** Prompt tokens served from the prefix cache instead of being evaluated. */
+  readonly cachedTokens: number
 }
 
 /** What a running request reports to its caller, in order: `Started`, `Delta`s, then exactly one `Finished`. */
 export type GenerationEvent = Data.TaggedEnum<{
-  Started: { readonly requestId: string; readonly slot: number; readonly seed: number; readonly promptTokens: number }
+  Started: {
+    readonly requestId: string
+    readonly slot: number
+    readonly seed: number
+    readonly promptTokens: number
+    readonly cachedTokens: number
+  }
   Delta: { readonly text: string; readonly tokens: number }
   Finished: {
     readonly finishReason: FinishReason

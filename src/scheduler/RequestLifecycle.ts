@@ -24,6 +24,7 @@ export interface RequestRecord {
   readonly state: RequestState
   readonly promptTokens: number
   readonly completionTokens: number
+  readonly cachedTokens?: number | undefined
   readonly slot?: number | undefined
   readonly enqueuedAt: number
   readonly startedAt?: number | undefined

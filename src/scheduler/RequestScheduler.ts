@@ -50,6 +50,8 @@ interface Outcome {
 /** A request's mutable progress, read when it ends however it ends. */
 interface Progress {
   completionTokens: number
+  /** Prompt tokens whose KV was reused from the prefix cache. */
+  cachedTokens: number
 }
 
 const secondsPerRequestPrior = 1
@@ -215,16 +217,26 @@ export class RequestScheduler extends Effect.Service<RequestScheduler>()("weft/R
     ): Effect.Effect<Outcome, StageTimedOut | DecodeFailed, Scope.Scope> =>
       Effect.gen(function*() {
         const lease = yield* withStageLimit(
-          Effect.zipRight(Deferred.await(turn), pool.acquire(request.id)).pipe(Effect.ensuring(leaveQueue(request.id))),
+          Effect.zipRight(Deferred.await(turn), pool.acquire(request.id, { prompt: request.prompt, cacheKey: request.cacheKey })).pipe(
+            Effect.ensuring(leaveQueue(request.id))
+          ),
           "queue",
           limits.queueMs
         )
-        yield* moveTo(request.id, "Running", (now) => ({ startedAt: now, slot: lease.slot }))
+        progress.cachedTokens = lease.reusedTokens
+        yield* moveTo(request.id, "Running", (now) => ({ startedAt: now, slot: lease.slot, cachedTokens: lease.reusedTokens }))
         yield* mailbox.offer(
-          GenerationEvent.Started({ requestId: request.id, slot: lease.slot, seed, promptTokens: request.prompt.length })
+          GenerationEvent.Started({
+            requestId: request.id,
+            slot: lease.slot,
+            seed,
+            promptTokens: request.prompt.length,
+            cachedTokens: lease.reusedTokens
+          })
         )
 
-        const generation = yield* backend.start(lease.slot, request.prompt, { ...request.sampling, seed })
+        const suffix = request.prompt.slice(lease.reusedTokens)
+        const generation = yield* backend.start(lease.slot, suffix, { ...request.sampling, seed })
         const assembler = new TextAssembler(backend.detokenize, request.stop ?? [], request.prompt.slice(-4))
         const contextSize = backend.info.contextSize
         let unreportedTokens = 0
@@ -280,7 +292,11 @@ export class RequestScheduler extends Effect.Service<RequestScheduler>()("weft/R
       exit: Exit.Exit<Outcome, StageTimedOut | DecodeFailed>
     ) =>
       Effect.gen(function*() {
-        const usage = { promptTokens: request.prompt.length, completionTokens: progress.completionTokens }
+        const usage = {
+          promptTokens: request.prompt.length,
+          completionTokens: progress.completionTokens,
+          cachedTokens: progress.cachedTokens
+        }
         let state: RequestState
         let finishReason: FinishReason
         let error: StageTimedOut | DecodeFailed | undefined
@@ -328,7 +344,7 @@ export class RequestScheduler extends Effect.Service<RequestScheduler>()("weft/R
           const seed = request.sampling.seed ?? (yield* Random.nextIntBetween(0, 2 ** 31 - 1))
           const limits = effectiveTimeouts(settings.timeouts, request.timeouts)
           const mailbox = yield* Mailbox.make<GenerationEvent>()
-          const progress: Progress = { completionTokens: 0 }
+          const progress: Progress = { completionTokens: 0, cachedTokens: 0 }
           const run = Effect.scoped(generate(request, seed, limits, turn, mailbox, progress)).pipe(
             Effect.ensuring(grantNextTurn),
             (body) => withStageLimit(body, "total", limits.totalMs),

@@ -3,7 +3,7 @@ import { Chunk, Effect, Either, FastCheck as fc, Fiber, Layer, PubSub, Queue, St
 import { Backend } from "../../src/engine/Backend.js"
 import type { BackendShape } from "../../src/engine/Backend.js"
 import { defaultSampling } from "../../src/engine/SamplingOptions.js"
-import { SeqPool } from "../../src/engine/SeqPool.js"
+import { PrefixCacheConfig, SeqPool } from "../../src/engine/SeqPool.js"
 import { makeSimBackend } from "../../src/engine/SimBackend.js"
 import type { SimScript } from "../../src/engine/SimBackend.js"
 import type { GenerationEvent, Priority } from "../../src/scheduler/GenerationRequest.js"
@@ -13,6 +13,8 @@ import { SchedulerConfig } from "../../src/scheduler/SchedulerConfig.js"
 
 interface PlannedRequest {
   readonly arrivalMs: number
+  /** Prefix-cache isolation key: requests of different tenants never reuse each other's cells. */
+  readonly tenant: "t0" | "t1"
   readonly priority: Priority
   readonly promptLength: number
   readonly maxTokens: number | undefined
@@ -26,6 +28,9 @@ interface PlannedRequest {
 }
 
 interface Workload {
+  readonly cache: { readonly enabled: boolean; readonly maxCachedTokens: number | undefined }
+  /** Leading prompt tokens every request shares, so prefixes are worth reusing. */
+  readonly sharedPrefix: number
   readonly parallel: number
   readonly maxQueue: number
   readonly contextSize: number
@@ -36,6 +41,7 @@ const optional = <A>(arb: fc.Arbitrary<A>) => fc.option(arb, { nil: undefined, f
 
 const plannedRequest: fc.Arbitrary<PlannedRequest> = fc.record({
   arrivalMs: fc.integer({ min: 0, max: 300 }),
+  tenant: fc.constantFrom<"t0" | "t1">("t0", "t1"),
   priority: fc.constantFrom<Priority>("high", "normal", "low"),
   promptLength: fc.integer({ min: 1, max: 24 }),
   maxTokens: optional(fc.integer({ min: 0, max: 40 })),
@@ -59,29 +65,57 @@ const plannedRequest: fc.Arbitrary<PlannedRequest> = fc.record({
 })
 
 const workload: fc.Arbitrary<Workload> = fc.record({
+  cache: fc.record({ enabled: fc.boolean(), maxCachedTokens: optional(fc.integer({ min: 0, max: 80 })) }),
+  sharedPrefix: fc.integer({ min: 0, max: 12 }),
   parallel: fc.integer({ min: 1, max: 4 }),
   maxQueue: fc.integer({ min: 0, max: 6 }),
-  contextSize: fc.integer({ min: 24, max: 64 }),
+  contextSize: fc.integer({ min: 40, max: 72 }),
   requests: fc.array(plannedRequest, { minLength: 1, maxLength: 14 })
 })
 
-/** Wraps a backend to catch a generation starting on a slot that is busy or still holds another request's cells. */
-const watchSlots = (backend: BackendShape, violations: Array<string>, active: Array<boolean>): BackendShape => ({
-  ...backend,
-  start: (slot, prompt, sampling) =>
-    Effect.gen(function*() {
-      if (active[slot]) violations.push(`slot ${slot} started while another generation is live on it`)
-      if (backend.cells(slot) !== 0) violations.push(`slot ${slot} handed out holding ${backend.cells(slot)} cells`)
-      active[slot] = true
-      yield* Effect.addFinalizer(() => Effect.sync(() => (active[slot] = false)))
-      return yield* backend.start(slot, prompt, sampling)
-    })
-})
+/** The request a prompt belongs to: its marker token follows the shared prefix (letters) every prompt starts with. */
+const markerBase = 200
+const requestIndexOf = (prompt: ReadonlyArray<number>) => prompt.find((token) => token >= markerBase)! - markerBase
+
+const promptOf = (plan: Workload, index: number): Array<number> => [
+  ...Array.from({ length: plan.sharedPrefix }, (_, i) => 97 + (i % 26)),
+  markerBase + index,
+  ...Array.from({ length: plan.requests[index]!.promptLength - 1 }, (_, i) => 97 + ((i * 7) % 26))
+]
+
+/**
+ * Wraps a backend to catch a generation starting on a slot that is busy, or whose kept cells are not exactly a prefix
+ * of the request's own prompt, or were left by another tenant.
+ */
+const watchSlots = (backend: BackendShape, plan: Workload, violations: Array<string>, active: Array<boolean>): BackendShape => {
+  const lastTenant: Array<string | undefined> = []
+  return {
+    ...backend,
+    start: (slot, prompt, sampling) =>
+      Effect.gen(function*() {
+        if (active[slot]) violations.push(`slot ${slot} started while another generation is live on it`)
+        const kept = backend.tokensOf(slot)
+        const index = requestIndexOf([...kept, ...prompt])
+        const expected = promptOf(plan, index)
+        if (JSON.stringify([...kept, ...prompt]) !== JSON.stringify(expected)) {
+          violations.push(`slot ${slot}: kept cells ${JSON.stringify(kept)} are not a prefix of request ${index}'s prompt`)
+        }
+        const tenant = plan.requests[index]!.tenant
+        if (kept.length > 0 && lastTenant[slot] !== tenant) violations.push(`slot ${slot}: ${tenant} reused ${lastTenant[slot]}'s cells`)
+        if (!plan.cache.enabled && kept.length > 0) violations.push(`slot ${slot} kept cells with the cache off`)
+        lastTenant[slot] = tenant
+        active[slot] = true
+        yield* Effect.addFinalizer(() => Effect.sync(() => (active[slot] = false)))
+        return yield* backend.start(slot, prompt, sampling)
+      })
+  }
+}
 
 const tokenLatencyMs = 5
 
 /** Terminal states seen over all runs, so the property is known to exercise every ending. */
 const endingsSeen = new Map<string, number>()
+let cacheHitsSeen = 0
 
 const runWorkload = (plan: Workload) => {
   const violations: Array<string> = []
@@ -93,12 +127,12 @@ const runWorkload = (plan: Workload) => {
     contextSize: plan.contextSize,
     tokenLatency: tokenLatencyMs,
     prefillLatencyPerToken: 1,
-    // Every prompt starts with its request's index, which picks its script.
-    script: (prompt) => scripts.get(prompt[0]!) ?? {}
+    script: (prompt) => scripts.get(requestIndexOf(prompt)) ?? {}
   })
-  const backendLayer = Layer.succeed(Backend, watchSlots(sim, violations, active))
+  const backendLayer = Layer.succeed(Backend, watchSlots(sim, plan, violations, active))
   const layer = RequestScheduler.Default.pipe(
     Layer.provideMerge(SeqPool.Default),
+    Layer.provide(PrefixCacheConfig.layer(plan.cache)),
     Layer.provide(SchedulerConfig.layer({ maxQueue: plan.maxQueue, agingMs: 1_000_000, shutdownGraceMs: 0 })),
     Layer.provideMerge(backendLayer)
   )
@@ -110,7 +144,7 @@ const runWorkload = (plan: Workload) => {
     const sideFibers: Array<Fiber.RuntimeFiber<unknown, unknown>> = []
     const consumers = yield* Effect.forEach(plan.requests, (request, index) => {
       const id = `r${index}`
-      const prompt = [index, ...Array.from({ length: request.promptLength - 1 }, (_, i) => 97 + (i % 26))]
+      const prompt = promptOf(plan, index)
       const consume = scheduler
         .submit({
           id,
@@ -119,7 +153,8 @@ const runWorkload = (plan: Workload) => {
           maxTokens: request.maxTokens,
           stop: request.stop,
           priority: request.priority,
-          timeouts: request.timeouts
+          timeouts: request.timeouts,
+          cacheKey: request.tenant
         })
         .pipe(Stream.runCollect, Effect.map(Chunk.toReadonlyArray), Effect.either)
       return Effect.gen(function*() {
@@ -151,6 +186,10 @@ const runWorkload = (plan: Workload) => {
         violations.push(`queued ${stats.queued} > limit ${plan.maxQueue} + ${stats.slots.free} free slots`)
       }
       if (active.filter(Boolean).length > plan.parallel) violations.push("more live generations than slots")
+      const backendCells = Array.from({ length: plan.parallel }, (_, slot) => sim.cells(slot)).reduce((a, b) => a + b, 0)
+      if (stats.slots.runningTokens + stats.slots.cachedTokens !== backendCells) {
+        violations.push(`running ${stats.slots.runningTokens} + cached ${stats.slots.cachedTokens} != backend ${backendCells}`)
+      }
       for (const holder of stats.slots.holders) {
         if (holder.cells !== sim.cells(holder.slot)) {
           violations.push(`slot ${holder.slot}: accounted ${holder.cells} cells, backend holds ${sim.cells(holder.slot)}`)
@@ -164,9 +203,13 @@ const runWorkload = (plan: Workload) => {
     // Quiescence: every slot free, no KV held anywhere.
     const stats = yield* pool.stats
     expect(stats.free).toBe(plan.parallel)
-    expect(stats.kvTokens).toBe(0)
+    expect(stats.runningTokens).toBe(0)
     expect(stats.holders).toEqual([])
-    for (let slot = 0; slot < plan.parallel; slot++) expect(sim.cells(slot)).toBe(0)
+    const backendCells = Array.from({ length: plan.parallel }, (_, slot) => sim.cells(slot)).reduce((a, b) => a + b, 0)
+    expect(stats.cachedTokens).toBe(backendCells)
+    if (!plan.cache.enabled) expect(backendCells).toBe(0)
+    if (plan.cache.maxCachedTokens !== undefined) expect(stats.cachedTokens).toBeLessThanOrEqual(0.8 * plan.cache.maxCachedTokens)
+    if (stats.cache.hits > 0) cacheHitsSeen++
     expect(violations).toEqual([])
 
     // Exactly one terminal state per request; rejected ones never ran.
@@ -228,6 +271,7 @@ describe("RequestScheduler properties (SimBackend, TestClock)", () => {
           for (const ending of ["Completed", "Failed", "TimedOut", "Rejected", "Cancelled:cancel", "Cancelled:client"]) {
             expect(endingsSeen.get(ending) ?? 0, ending).toBeGreaterThan(0)
           }
+          expect(cacheHitsSeen).toBeGreaterThan(0)
         })
       )
     ))

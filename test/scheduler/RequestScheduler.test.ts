@@ -43,7 +43,7 @@ describe("RequestScheduler", () => {
       expect(events[0]!._tag).toBe("Started")
       const finished = finishedOf(events)
       expect(finished.finishReason).toBe("length")
-      expect(finished.usage).toEqual({ promptTokens: 3, completionTokens: 5 })
+      expect(finished.usage).toEqual({ promptTokens: 3, completionTokens: 5, cachedTokens: 0 })
       const pool = yield* SeqPool
       expect((yield* pool.stats).free).toBe(1)
     }).pipe(Effect.provide(schedulerLayer())))
@@ -202,7 +202,7 @@ describe("RequestScheduler", () => {
       expect(finishedOf(Either.getOrThrow(yield* Fiber.join(long))).finishReason).toBe("cancelled")
       const stats = yield* scheduler.stats
       expect(stats.slots.free).toBe(2)
-      expect(stats.slots.kvTokens).toBe(0)
+      expect(stats.slots.runningTokens).toBe(0)
       expect((yield* scheduler.inspect).recent[0]).toMatchObject({ id: "long", cancelReason: "shutdown" })
     }).pipe(Effect.provide(schedulerLayer({ parallel: 2 }))))
 
