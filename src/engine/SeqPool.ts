@@ -219,6 +219,8 @@ export class SeqPool extends Effect.Service<SeqPool>()("weft/SeqPool", {
           counters.hitTokens += reused
         }
         if (cachedLength === reused) return Effect.succeed({ slot, held })
+        // Taking a cached slot it shares nothing with evicts that prefix to make room.
+        if (reused === 0) counters.evictions += 1
         counters.evictedTokens += cachedLength - reused
         const trim = reused === 0 ? backend.erase(slot) : backend.trim(slot, reused)
         return trim.pipe(
