@@ -1,0 +1,200 @@
+import { SqlClient } from "@effect/sql"
+import type { SqlError } from "@effect/sql/SqlError"
+import { SqliteClient } from "@effect/sql-sqlite-node"
+import { Clock, Context, Duration, Effect, Layer, Option, Schedule, Schema } from "effect"
+import type { ChatMessage } from "../engine/Backend.js"
+
+/** Where sessions live and how long an idle one is kept. */
+export interface SessionSettings {
+  /** SQLite file; `:memory:` keeps sessions for the process only. */
+  readonly databasePath: string
+  readonly ttlMs: number
+  /** How often expired sessions are swept. */
+  readonly sweepIntervalMs: number
+}
+
+export class SessionConfig extends Context.Tag("weft/SessionConfig")<SessionConfig, SessionSettings>() {
+  static layer = (settings: Partial<SessionSettings> & Pick<SessionSettings, "databasePath">): Layer.Layer<SessionConfig> =>
+    Layer.succeed(SessionConfig, { ttlMs: 24 * 60 * 60 * 1000, sweepIntervalMs: 60_000, ...settings })
+}
+
+const ChatMessageSchema = Schema.Struct({
+  role: Schema.Literal("system", "user", "assistant"),
+  content: Schema.String
+})
+
+/** A stored conversation: its history, who it belongs to, and its totals. */
+export class Session extends Schema.Class<Session>("Session")({
+  id: Schema.String,
+  /** The prefix-cache isolation key of the client that owns the session. */
+  cacheKey: Schema.String,
+  messages: Schema.Array(ChatMessageSchema),
+  turns: Schema.Number,
+  promptTokens: Schema.Number,
+  completionTokens: Schema.Number,
+  cachedTokens: Schema.Number,
+  createdAt: Schema.Number,
+  updatedAt: Schema.Number
+}) {}
+
+/** The session store's database failed. */
+export class SessionStoreFailed extends Schema.TaggedError<SessionStoreFailed>()("SessionStoreFailed", {
+  operation: Schema.String,
+  message: Schema.String
+}) {}
+
+const SessionRow = Schema.Struct({
+  id: Schema.String,
+  cache_key: Schema.String,
+  messages: Schema.parseJson(Schema.Array(ChatMessageSchema)),
+  turns: Schema.Number,
+  prompt_tokens: Schema.Number,
+  completion_tokens: Schema.Number,
+  cached_tokens: Schema.Number,
+  created_at: Schema.Number,
+  updated_at: Schema.Number
+})
+
+const decodeRow = Schema.decodeUnknown(SessionRow)
+
+const failed = (operation: string) => (error: SqlError | { readonly message: string }) =>
+  new SessionStoreFailed({ operation, message: error.message })
+
+/** One finished turn, appended to a session. */
+export interface SessionTurn {
+  readonly newMessages: ReadonlyArray<ChatMessage>
+  readonly reply: ChatMessage
+  readonly usage: { readonly promptTokens: number; readonly completionTokens: number; readonly cachedTokens: number }
+}
+
+/**
+ * Chat sessions persisted in SQLite, so they survive a restart. Turns of one session run one at a time
+ * (`withTurnLock`); idle sessions past the TTL are swept.
+ */
+export class SessionStore extends Effect.Service<SessionStore>()("weft/SessionStore", {
+  scoped: Effect.gen(function*() {
+    const settings = yield* SessionConfig
+    const sql = yield* SqlClient.SqlClient
+    yield* sql`CREATE TABLE IF NOT EXISTS sessions (
+      id TEXT PRIMARY KEY,
+      cache_key TEXT NOT NULL,
+      messages TEXT NOT NULL,
+      turns INTEGER NOT NULL,
+      prompt_tokens INTEGER NOT NULL,
+      completion_tokens INTEGER NOT NULL,
+      cached_tokens INTEGER NOT NULL,
+      created_at INTEGER NOT NULL,
+      updated_at INTEGER NOT NULL
+    )`.pipe(Effect.orDie)
+    yield* sql`CREATE INDEX IF NOT EXISTS sessions_updated_at ON sessions (updated_at)`.pipe(Effect.orDie)
+
+    const locks = new Map<string, { readonly semaphore: Effect.Semaphore; users: number }>()
+
+    /** Runs `effect` as the only turn in flight for session `id`; other sessions are not blocked. */
+    const withTurnLock = <A, E, R>(id: string, effect: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> =>
+      Effect.acquireUseRelease(
+        Effect.sync(() => {
+          let lock = locks.get(id)
+          if (lock === undefined) {
+            lock = { semaphore: Effect.unsafeMakeSemaphore(1), users: 0 }
+            locks.set(id, lock)
+          }
+          lock.users += 1
+          return lock
+        }),
+        (lock) => lock.semaphore.withPermits(1)(effect),
+        (lock) =>
+          Effect.sync(() => {
+            lock.users -= 1
+            if (lock.users === 0) locks.delete(id)
+          })
+      )
+
+    const expiredBefore = (now: number) => now - settings.ttlMs
+
+    /** The live (unexpired) session `id`. */
+    const get = Effect.fn("SessionStore.get")(function*(id: string) {
+      const now = yield* Clock.currentTimeMillis
+      const rows = yield* sql`SELECT * FROM sessions WHERE id = ${id} AND updated_at >= ${expiredBefore(now)}`.pipe(
+        Effect.mapError(failed("get"))
+      )
+      if (rows.length === 0) return Option.none<Session>()
+      const row = yield* decodeRow(rows[0]).pipe(Effect.mapError(failed("get")))
+      return Option.some(
+        new Session({
+          id: row.id,
+          cacheKey: row.cache_key,
+          messages: row.messages,
+          turns: row.turns,
+          promptTokens: row.prompt_tokens,
+          completionTokens: row.completion_tokens,
+          cachedTokens: row.cached_tokens,
+          createdAt: row.created_at,
+          updatedAt: row.updated_at
+        })
+      )
+    })
+
+    /** Appends a finished turn, creating the session on its first turn. */
+    const appendTurn = Effect.fn("SessionStore.appendTurn")(function*(id: string, cacheKey: string, turn: SessionTurn) {
+      const now = yield* Clock.currentTimeMillis
+      const existing = yield* get(id)
+      const messages = [...Option.match(existing, { onNone: () => [], onSome: (session) => session.messages }), ...turn.newMessages, turn.reply]
+      const encoded = JSON.stringify(messages)
+      if (Option.isNone(existing)) {
+        yield* sql`INSERT OR REPLACE INTO sessions ${
+          sql.insert({
+            id,
+            cache_key: cacheKey,
+            messages: encoded,
+            turns: 1,
+            prompt_tokens: turn.usage.promptTokens,
+            completion_tokens: turn.usage.completionTokens,
+            cached_tokens: turn.usage.cachedTokens,
+            created_at: now,
+            updated_at: now
+          })
+        }`.pipe(Effect.mapError(failed("appendTurn")))
+      } else {
+        yield* sql`UPDATE sessions SET
+          messages = ${encoded},
+          turns = turns + 1,
+          prompt_tokens = prompt_tokens + ${turn.usage.promptTokens},
+          completion_tokens = completion_tokens + ${turn.usage.completionTokens},
+          cached_tokens = cached_tokens + ${turn.usage.cachedTokens},
+          updated_at = ${now}
+          WHERE id = ${id}`.pipe(Effect.mapError(failed("appendTurn")))
+      }
+    })
+
+    /** Deletes session `id`; true when it existed. */
+    const remove = Effect.fn("SessionStore.remove")(function*(id: string) {
+      const existing = yield* get(id)
+      yield* sql`DELETE FROM sessions WHERE id = ${id}`.pipe(Effect.mapError(failed("remove")))
+      return Option.isSome(existing)
+    })
+
+    /** Deletes every session idle past the TTL; returns how many. */
+    const sweepExpired = Effect.gen(function*() {
+      const now = yield* Clock.currentTimeMillis
+      const rows = yield* sql<{ count: number }>`SELECT COUNT(*) AS count FROM sessions WHERE updated_at < ${expiredBefore(now)}`
+      yield* sql`DELETE FROM sessions WHERE updated_at < ${expiredBefore(now)}`
+      return rows[0]?.count ?? 0
+    }).pipe(Effect.mapError(failed("sweepExpired")))
+
+    yield* sweepExpired.pipe(
+      Effect.catchAll((error) => Effect.logWarning("Sweeping expired sessions failed", error)),
+      Effect.repeat(Schedule.spaced(Duration.millis(settings.sweepIntervalMs))),
+      Effect.forkScoped
+    )
+
+    return { get, appendTurn, remove, sweepExpired, withTurnLock } as const
+  })
+}) {
+  /** The store on a SQLite file (created if missing). */
+  static readonly layerSqlite = (settings: Partial<SessionSettings> & Pick<SessionSettings, "databasePath">) =>
+    SessionStore.Default.pipe(
+      Layer.provide(SqliteClient.layer({ filename: settings.databasePath })),
+      Layer.provide(SessionConfig.layer(settings))
+    )
+}
