@@ -73,7 +73,6 @@ export const defaultSettings: WeftSettings = {
   dataDir: ".weft"
 }
 
-// ---------------------------------------------------------------------------------------------------------------
 // Value grammars: each setting decodes from text (flags, env) or from the text of a JSON scalar (config file).
 
 const integerPattern = /^[+-]?\d+$/
@@ -102,7 +101,7 @@ const OptionalDuration = Schema.transformOrFail(Schema.String, Schema.UndefinedO
 })
 
 /** A duration that must be given (zero allowed). */
-const Duration = OptionalDuration.pipe(
+const RequiredDuration = OptionalDuration.pipe(
   Schema.transform(Schema.Number, { strict: true, decode: (ms) => ms ?? 0, encode: (ms) => (ms === 0 ? undefined : ms) })
 )
 
@@ -189,7 +188,7 @@ export const settingSpecs = [
   spec({ field: "timeoutFirstTokenMs", name: "timeout-first-token", schema: OptionalDuration, expected: "a duration like 500ms, 30s, 2m, or none", description: "Longest time from slot to first token before 504 (default none)" }),
   spec({ field: "timeoutTotalMs", name: "timeout-total", schema: OptionalDuration, expected: "a duration like 500ms, 30s, 2m, or none", description: "Longest time for a whole request before 504 (default none)" }),
   spec({ field: "maxBodyBytes", name: "max-body", schema: ByteSize, expected: "a size of at least 1KiB like 4MiB, 512KiB or 1048576", description: "Largest request body before 413 (default 4MiB)" }),
-  spec({ field: "shutdownGraceMs", name: "shutdown-grace", schema: Duration, expected: "a duration like 500ms, 10s or 0", description: "On SIGINT/SIGTERM, how long in-flight requests may finish (default 10s)" }),
+  spec({ field: "shutdownGraceMs", name: "shutdown-grace", schema: RequiredDuration, expected: "a duration like 500ms, 10s or 0", description: "On SIGINT/SIGTERM, how long in-flight requests may finish (default 10s)" }),
   spec({ field: "dataDir", name: "data-dir", schema: NonEmptyText, expected: "a directory path", description: "Where the demo model is generated and kept (default ./.weft)" })
 ] as const
 
@@ -210,10 +209,22 @@ export interface ConfigSources {
 
 const describeRaw = (value: unknown): string => JSON.stringify(value) ?? String(value)
 
-const decodeSetting = (setting: AnySpec, raw: string, key: string) =>
-  Schema.decodeUnknownEither(setting.schema as Schema.Schema<unknown, string>)(raw).pipe(
-    Either.mapLeft(() => new InvalidConfigValue({ key, expected: setting.expected, got: describeRaw(raw) }))
-  )
+/** A setting's value as its source gave it: text from flags and env, any JSON value from the config file. */
+interface RawValue {
+  readonly key: string
+  readonly value: unknown
+}
+
+const decodeSetting = (setting: AnySpec, raw: RawValue) => {
+  const text = typeof raw.value === "string"
+    ? raw.value
+    : typeof raw.value === "number" || typeof raw.value === "boolean"
+    ? String(raw.value)
+    : undefined
+  const invalid = () => new InvalidConfigValue({ key: raw.key, expected: setting.expected, got: describeRaw(raw.value) })
+  if (text === undefined) return Either.left(invalid())
+  return Schema.decodeUnknownEither(setting.schema as Schema.Schema<unknown, string>)(text).pipe(Either.mapLeft(invalid))
+}
 
 const readConfigFile = (file: string) =>
   Effect.gen(function*() {
@@ -246,6 +257,24 @@ const checkModelFile = (model: string, key: string) =>
     }
   })
 
+/** Where a setting's value comes from: a flag, else `WEFT_*`, else the config file; `undefined` keeps the default. */
+const highestPrecedence = (
+  setting: AnySpec,
+  flags: FlagValues,
+  file: Readonly<Record<string, unknown>>,
+  configPath: string | undefined
+) =>
+  Effect.gen(function*() {
+    const fromFlag = flags[setting.name]
+    if (fromFlag !== undefined) return { key: `--${setting.name}`, value: fromFlag } satisfies RawValue
+    const fromEnv = yield* Config.option(Config.string(envName(setting.name)))
+    if (Option.isSome(fromEnv)) return { key: envName(setting.name), value: fromEnv.value } satisfies RawValue
+    if (configPath !== undefined && file[setting.name] !== undefined) {
+      return { key: `${configPath}: "${setting.name}"`, value: file[setting.name] } satisfies RawValue
+    }
+    return undefined
+  })
+
 /**
  * Resolves the settings from defaults, the optional JSON config file, `WEFT_*` variables (read through Effect's
  * `ConfigProvider`) and flags. The first invalid value fails, naming where it came from.
@@ -257,37 +286,19 @@ export const loadWeftSettings = Effect.fn("WeftConfig.load")(function*(sources: 
   const origin: Record<string, string> = {}
 
   for (const setting of settingSpecs) {
-    const fromFlag = sources.flags[setting.name]
-    const fromEnv = Option.getOrUndefined(yield* Config.option(Config.string(envName(setting.name))))
-    const fromFile = file[setting.name]
-    let raw: string | undefined
-    let key: string | undefined
-    if (fromFlag !== undefined) {
-      raw = fromFlag
-      key = `--${setting.name}`
-    } else if (fromEnv !== undefined) {
-      raw = fromEnv
-      key = envName(setting.name)
-    } else if (fromFile !== undefined && configPath !== undefined) {
-      key = `${configPath}: "${setting.name}"`
-      if (typeof fromFile !== "string" && typeof fromFile !== "number" && typeof fromFile !== "boolean") {
-        return yield* new InvalidConfigValue({ key, expected: setting.expected, got: describeRaw(fromFile) })
-      }
-      raw = String(fromFile)
-    }
-    if (raw === undefined || key === undefined) continue
-    settings[setting.field] = yield* decodeSetting(setting, raw, key)
-    origin[setting.field] = key
+    const raw = yield* highestPrecedence(setting, sources.flags, file, configPath)
+    if (raw === undefined) continue
+    settings[setting.field] = yield* decodeSetting(setting, raw)
+    origin[setting.field] = raw.key
   }
 
   const resolved = settings as unknown as WeftSettings
-  if (resolved.model !== undefined) {
-    // A config file's relative model path is relative to the file, as a reader of that file would expect.
-    const model = origin.model?.startsWith(`${configPath}:`) && configPath !== undefined
-      ? path.resolve(path.dirname(configPath), resolved.model)
-      : path.resolve(resolved.model)
-    yield* checkModelFile(model, origin.model ?? "model")
-    return { ...resolved, model, dataDir: path.resolve(resolved.dataDir) } satisfies WeftSettings
-  }
-  return { ...resolved, dataDir: path.resolve(resolved.dataDir) } satisfies WeftSettings
+  // Paths in a config file are relative to the file, as a reader of that file would expect.
+  const resolvePath = (field: "model" | "dataDir", value: string) =>
+    configPath !== undefined && origin[field]?.startsWith(`${configPath}:`) === true
+      ? path.resolve(path.dirname(configPath), value)
+      : path.resolve(value)
+  const model = resolved.model === undefined ? undefined : resolvePath("model", resolved.model)
+  if (model !== undefined) yield* checkModelFile(model, origin.model ?? "model")
+  return { ...resolved, model, dataDir: resolvePath("dataDir", resolved.dataDir) } satisfies WeftSettings
 })

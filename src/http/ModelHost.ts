@@ -70,8 +70,7 @@ export class ModelHost extends Context.Tag("weft/ModelHost")<ModelHost, ModelHos
 
         return {
           state,
-          engine: Effect.flatMap(state, (current) =>
-            current._tag === "Ready" ? Effect.succeed(current.engine) : new ModelLoading()),
+          engine: Effect.flatMap(state, (now) => (now._tag === "Ready" ? Effect.succeed(now.engine) : new ModelLoading())),
           ready: Deferred.await(loaded)
         } satisfies ModelHostShape
       })

@@ -1,6 +1,6 @@
 import { HttpServerResponse } from "@effect/platform"
 import type { DecodeFailed, ChatTemplateFailed } from "../engine/Backend.js"
-import type { PromptEmpty, PromptTooLong, QueueFull, ShuttingDown, StageTimedOut } from "../scheduler/SchedulerErrors.js"
+import type { AdmissionRejected, StageTimedOut } from "../scheduler/SchedulerErrors.js"
 import type { BodyNotJson, BodyTooLarge, GenerationCancelled, InvalidParam, ModelNotFound } from "./HttpErrors.js"
 import type { ModelLoading } from "./ModelHost.js"
 
@@ -12,10 +12,7 @@ export type ApiFailure =
   | ModelNotFound
   | ModelLoading
   | GenerationCancelled
-  | QueueFull
-  | ShuttingDown
-  | PromptTooLong
-  | PromptEmpty
+  | AdmissionRejected
   | StageTimedOut
   | DecodeFailed
   | ChatTemplateFailed
@@ -60,6 +57,8 @@ export const errorReply = (failure: ApiFailure): ErrorReply => {
         null,
         "context_length_exceeded"
       )
+    case "PromptTokenInvalid":
+      return invalid(`The prompt holds token id ${failure.token}, outside the model's vocabulary of ${failure.vocabSize}`, "prompt", "invalid_token")
     case "ChatTemplateFailed":
       return invalid(`The model's chat template could not render these messages: ${failure.message}`, "messages", "chat_template_failed")
     case "ModelNotFound":

@@ -116,6 +116,8 @@ export const planOf = (
         maxTokens: body.max_completion_tokens ?? body.max_tokens ?? defaults.maxTokens,
         stop: stop.filter((text) => text.length > 0),
         priority: priorityOf(body.priority),
+        // vLLM's `cache_salt`: only requests with the same salt reuse each other's cached prompt prefixes.
+        cacheKey: body.cache_salt,
         timeouts: {
           queueMs: body.timeout_queue_ms,
           firstTokenMs: body.timeout_first_token_ms,

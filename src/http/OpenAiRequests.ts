@@ -80,6 +80,7 @@ const SharedFields = {
   repeat_penalty: optional(NumberBetween(0, 10)),
   ignore_eos: optional(Schema.Boolean),
   priority: optional(Priority),
+  cache_salt: optional(Schema.String),
   timeout_queue_ms: optional(PositiveInt),
   timeout_first_token_ms: optional(PositiveInt),
   timeout_total_ms: optional(PositiveInt)

@@ -19,12 +19,15 @@ export interface OpenAiUsage {
   readonly prompt_tokens: number
   readonly completion_tokens: number
   readonly total_tokens: number
+  /** Prompt tokens served from the prefix cache, as OpenAI reports cached input. */
+  readonly prompt_tokens_details: { readonly cached_tokens: number }
 }
 
 export const usageOf = (usage: Usage): OpenAiUsage => ({
   prompt_tokens: usage.promptTokens,
   completion_tokens: usage.completionTokens,
-  total_tokens: usage.promptTokens + usage.completionTokens
+  total_tokens: usage.promptTokens + usage.completionTokens,
+  prompt_tokens_details: { cached_tokens: usage.cachedTokens }
 })
 
 /** The complete (non-streaming) response body. */

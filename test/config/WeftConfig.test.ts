@@ -1,0 +1,95 @@
+import { NodeContext } from "@effect/platform-node"
+import { ConfigProvider, Effect, Exit } from "effect"
+import * as fs from "node:fs"
+import * as os from "node:os"
+import * as path from "node:path"
+import { afterAll, describe, expect, it } from "vitest"
+import { defaultSettings, loadWeftSettings } from "../../src/config/WeftConfig.js"
+import type { ConfigSources } from "../../src/config/WeftConfig.js"
+
+const dir = fs.mkdtempSync(path.join(os.tmpdir(), "weft-config-"))
+afterAll(() => fs.rmSync(dir, { recursive: true, force: true }))
+
+const load = (sources: Partial<ConfigSources>, env: Record<string, string> = {}) =>
+  Effect.runPromiseExit(
+    loadWeftSettings({ flags: {}, ...sources }).pipe(
+      Effect.withConfigProvider(ConfigProvider.fromMap(new Map(Object.entries(env)))),
+      Effect.provide(NodeContext.layer)
+    )
+  )
+
+const settingsOf = async (sources: Partial<ConfigSources>, env: Record<string, string> = {}) => {
+  const exit = await load(sources, env)
+  if (Exit.isFailure(exit)) throw new Error(`expected settings, got ${String(exit.cause)}`)
+  return exit.value
+}
+
+const errorOf = async (sources: Partial<ConfigSources>, env: Record<string, string> = {}) => {
+  const exit = await load(sources, env)
+  if (Exit.isSuccess(exit)) throw new Error("expected a failure")
+  const failure = exit.cause._tag === "Fail" ? exit.cause.error : undefined
+  return failure?.message ?? String(exit.cause)
+}
+
+const writeJson = (name: string, value: unknown) => {
+  const file = path.join(dir, name)
+  fs.writeFileSync(file, JSON.stringify(value))
+  return file
+}
+
+describe("WeftConfig", () => {
+  it("defaults to 127.0.0.1:8080 and the demo model", async () => {
+    const settings = await settingsOf({})
+    expect(settings).toEqual({ ...defaultSettings, dataDir: path.resolve(".weft") })
+  })
+
+  it("layers config file ← env ← flags", async () => {
+    const config = writeJson("layers.json", { port: 9000, parallel: 2, "ctx-size": 1024, "timeout-total": "2m" })
+    const settings = await settingsOf(
+      { configPath: config, flags: { parallel: "8" } },
+      { WEFT_PORT: "9001", WEFT_PARALLEL: "3", WEFT_MAX_BODY: "512KiB", WEFT_TIMEOUT_QUEUE: "none" }
+    )
+    expect(settings.port).toBe(9001)
+    expect(settings.parallel).toBe(8)
+    expect(settings.ctxSize).toBe(1024)
+    expect(settings.timeoutTotalMs).toBe(120_000)
+    expect(settings.timeoutQueueMs).toBeUndefined()
+    expect(settings.maxBodyBytes).toBe(512 * 1024)
+  })
+
+  it("reads the config file named by WEFT_CONFIG", async () => {
+    const config = writeJson("env.json", { host: "0.0.0.0" })
+    expect((await settingsOf({}, { WEFT_CONFIG: config })).host).toBe("0.0.0.0")
+  })
+
+  it("parses durations and sizes", async () => {
+    const settings = await settingsOf({ flags: { "timeout-queue": "500ms", "timeout-first-token": "1.5", "shutdown-grace": "0", "max-body": "4mb" } })
+    expect(settings.timeoutQueueMs).toBe(500)
+    expect(settings.timeoutFirstTokenMs).toBe(1500)
+    expect(settings.shutdownGraceMs).toBe(0)
+    expect(settings.maxBodyBytes).toBe(4 * 1024 * 1024)
+  })
+
+  it("names the key of an invalid value, wherever it came from", async () => {
+    expect(await errorOf({}, { WEFT_PORT: "abc" })).toBe("WEFT_PORT: expected an integer between 0 and 65535, got \"abc\"")
+    expect(await errorOf({ flags: { parallel: "0" } })).toBe("--parallel: expected an integer between 1 and 256, got \"0\"")
+    expect(await errorOf({ flags: { "timeout-total": "soon" } })).toContain("--timeout-total: expected a duration")
+    const config = writeJson("bad.json", { "max-queue": -1 })
+    expect(await errorOf({ configPath: config })).toBe(`${config}: "max-queue": expected an integer between 0 and 1000000, got -1`)
+  })
+
+  it("rejects unknown config keys, bad JSON and missing model files", async () => {
+    expect(await errorOf({ configPath: writeJson("typo.json", { prot: 1 }) })).toContain("unknown key \"prot\"")
+    const broken = path.join(dir, "broken.json")
+    fs.writeFileSync(broken, "{ port: ")
+    expect(await errorOf({ configPath: broken })).toContain("not valid JSON")
+    expect(await errorOf({ configPath: path.join(dir, "missing.json") })).toContain("missing.json")
+    expect(await errorOf({ flags: { model: path.join(dir, "nope.gguf") } })).toContain("--model: expected a path to an existing .gguf file")
+  })
+
+  it("resolves a config file's model path relative to the file", async () => {
+    fs.writeFileSync(path.join(dir, "m.gguf"), "")
+    const settings = await settingsOf({ configPath: writeJson("model.json", { model: "./m.gguf" }) })
+    expect(settings.model).toBe(path.join(dir, "m.gguf"))
+  })
+})
