@@ -8,5 +8,7 @@ import { fileURLToPath } from "node:url"
 const require = createRequire(import.meta.url)
 const tsxCli = join(dirname(require.resolve("tsx/package.json")), "dist", "cli.mjs")
 const entry = join(dirname(fileURLToPath(import.meta.url)), "..", "src", "main.ts")
+// The child gets the terminal's signals itself; the wrapper stays alive until weft has drained and exited.
+for (const signal of ["SIGINT", "SIGTERM"]) process.on(signal, () => {})
 const result = spawnSync(process.execPath, [tsxCli, entry, ...process.argv.slice(2)], { stdio: "inherit" })
 process.exit(result.status ?? 1)

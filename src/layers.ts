@@ -3,7 +3,6 @@ import type { HttpServerError } from "@effect/platform"
 import { Effect, Layer } from "effect"
 import { WeftConfig } from "./config/WeftConfig.js"
 import type { WeftSettings } from "./config/WeftConfig.js"
-import { Backend as BackendTag } from "./engine/Backend.js"
 import type { Backend } from "./engine/Backend.js"
 import { LlamaBackend } from "./engine/LlamaBackend.js"
 import type { LlamaBackendConfig, ModelLoadFailed } from "./engine/LlamaBackend.js"
@@ -35,17 +34,8 @@ export const serverLayer = (
 ): Layer.Layer<HttpServer.HttpServer | ModelHost, HttpServerError.ServeError> =>
   WeftHttpServer.layer(http).pipe(Layer.provideMerge(ModelHost.layer(engine)))
 
-/**
- * LlamaBackend, reporting the context a sequence can really use: node-llama-cpp keeps one cell of every sequence
- * free (`freeSpace = contextSize - 1 - nextTokenIndex`) and asks for a context shift instead, so a generation that
- * reaches the reported size would fail with "context shift requested" rather than end with `length`.
- * Remove once LlamaBackend reports `context.contextSize - 1` itself.
- */
-export const llamaBackendLayer = (config: LlamaBackendConfig): Layer.Layer<Backend, ModelLoadFailed> =>
-  Layer.effect(
-    BackendTag,
-    Effect.map(BackendTag, (backend) => ({ ...backend, info: { ...backend.info, contextSize: backend.info.contextSize - 1 } }))
-  ).pipe(Layer.provide(LlamaBackend.layer(config)))
+/** node-llama-cpp as the engine. */
+export const llamaBackendLayer = (config: LlamaBackendConfig): Layer.Layer<Backend, ModelLoadFailed> => LlamaBackend.layer(config)
 
 /** The model `weft serve` loads: the configured GGUF, or the demo model, generated into the data dir once. */
 export const modelPathOf = (settings: WeftSettings) =>

@@ -14,6 +14,8 @@ export interface ModelInfo {
   /** Estimated KV cache bytes for one token in one sequence (K and V, every layer). */
   readonly kvBytesPerToken: number
   readonly bosToken: number | undefined
+  /** Whether the model expects BOS before a raw (non-chat) prompt. */
+  readonly addBosToken: boolean
 }
 
 /** One decode step's outcome. */

@@ -4,6 +4,8 @@ import { Effect, Layer, Schema } from "effect"
 import { getLlama, LlamaGrammarEvaluationState, LlamaLogLevel, resolveChatWrapper, TokenBias } from "node-llama-cpp"
 import type {
   ChatHistoryItem,
+  CustomBatchingPrioritizationStrategy,
+  LlamaContext,
   LlamaContextSequence,
   LlamaGrammar,
   LlamaModel,
@@ -12,6 +14,8 @@ import type {
 } from "node-llama-cpp"
 import { Backend, ChatTemplateFailed, DecodeFailed, KvEraseFailed } from "./Backend.js"
 import type { BackendShape, ChatMessage, Generation, ModelInfo, StepResult } from "./Backend.js"
+import { planBatch } from "./BatchPlan.js"
+import { StepBatcher } from "./StepBatcher.js"
 import type { GrammarConstraint, SamplingOptions } from "./SamplingOptions.js"
 
 export interface LlamaBackendConfig {
@@ -22,8 +26,13 @@ export interface LlamaBackendConfig {
   readonly parallel: number
   /** KV cells per sequence. */
   readonly contextSize: number
-  /** Tokens per llama_decode call; defaults to node-llama-cpp's (512, or less for small contexts). */
+  /** Most tokens one llama_decode evaluates; defaults to 512 (less for small contexts). */
   readonly batchSize?: number | undefined
+  /**
+   * Most prompt tokens one generation evaluates per decode step: a long prompt is prefilled in chunks interleaved
+   * with the running generations' steps, so they stall by one chunk at most. Defaults to 256.
+   */
+  readonly prefillChunk?: number | undefined
   /** Defaults to the cores this process may run on: more threads than cores collapses llama.cpp's spinning barrier. */
   readonly threads?: number | undefined
   readonly gpu?: "auto" | false | undefined
@@ -39,6 +48,43 @@ const errorMessage = (error: unknown) => (error instanceof Error ? error.message
 
 /** How many penalised tokens llama.cpp looks back over (its `penalty_last_n` default). */
 const penaltyWindow = 64
+
+const defaultPrefillChunk = 256
+
+/**
+ * How long a decode step waits for a generation still handling its previous token (once nothing is decoding) before
+ * going without it. The between-steps work of every generation takes well under a millisecond; this only bounds
+ * the wait for one that stalls.
+ */
+const stepWaitMs = 5
+
+/**
+ * Orders each batch by sequence id, single-token decodes first (see `planBatch`). node-llama-cpp hands the strategy
+ * batch items without their sequence ids; each item's `tokens` array is the very array of one entry of the
+ * context's internal `_queuedDecodes` (LlamaContext.js `dispatchPendingBatch` → `getOrderedQueuedDecodes`), which
+ * carries the id.
+ */
+const sequenceOrderStrategy = (context: () => LlamaContext | undefined): CustomBatchingPrioritizationStrategy =>
+({ items, size }) => {
+  // node-llama-cpp internal: LlamaContext#_queuedDecodes, entries { sequenceId, tokens, ... }.
+  const queued = (context() as any)?._queuedDecodes as
+    | ReadonlyArray<{ readonly sequenceId: number; readonly tokens: ReadonlyArray<Token> }>
+    | undefined
+  const sequenceOf = new Map<ReadonlyArray<Token>, number>()
+  for (const decode of queued ?? []) sequenceOf.set(decode.tokens, decode.sequenceId)
+  const plan = planBatch(
+    items.map((item) => ({ sequenceId: sequenceOf.get(item.tokens) ?? Number.MAX_SAFE_INTEGER, tokens: item.tokens.length })),
+    size
+  )
+  return plan.map((planned) => ({ item: items[planned.index]!, processAmount: planned.amount }))
+}
+
+/** `prompt` cut into pieces of at most `chunk` tokens (one empty piece for an empty prompt). */
+const chunksOf = (prompt: ReadonlyArray<Token>, chunk: number): Array<Array<Token>> => {
+  const chunks: Array<Array<Token>> = []
+  for (let start = 0; start < prompt.length; start += chunk) chunks.push(prompt.slice(start, start + chunk))
+  return chunks.length === 0 ? [[]] : chunks
+}
 
 /** K and V of every layer, f16 (node-llama-cpp's default KV type). */
 const kvBytesPerToken = (model: LlamaModel): number => {
@@ -82,6 +128,8 @@ export const LlamaBackend = {
           Effect.tryPromise({ try: () => llama.loadModel({ modelPath: config.modelPath }), catch: loadFailed }),
           (model) => Effect.promise(() => model.dispose())
         )
+        const prefillChunk = Math.max(1, config.prefillChunk ?? defaultPrefillChunk)
+        let created: LlamaContext | undefined
         const context = yield* Effect.acquireRelease(
           Effect.tryPromise({
             try: () =>
@@ -89,12 +137,15 @@ export const LlamaBackend = {
                 sequences: config.parallel,
                 contextSize: config.contextSize,
                 threads,
-                ...(config.batchSize === undefined ? {} : { batchSize: config.batchSize })
+                batchSize: config.batchSize ?? Math.min(512, config.contextSize * config.parallel),
+                batching: { itemPrioritizationStrategy: sequenceOrderStrategy(() => created) }
               }),
             catch: loadFailed
           }),
           (context) => Effect.promise(() => context.dispose())
         )
+        created = context
+        const batcher = new StepBatcher({ maxWaitMs: stepWaitMs })
         const sequences: Array<LlamaContextSequence> = Array.from({ length: config.parallel }, () =>
           context.getSequence({
             // The scheduler ends a full sequence with `length`; a shift here would be a scheduler bug, never silent.
@@ -114,7 +165,10 @@ export const LlamaBackend = {
           if (model.isEogToken(token as Token)) endOfGenerationTokens.push(token as Token)
         }
         const banEndOfGeneration = new TokenBias(model.tokenizer)
-        for (const token of endOfGenerationTokens) banEndOfGeneration.set(token, "never")
+        // TokenBias.set skips end-of-generation tokens on purpose (node-llama-cpp dist/evaluator/TokenBias.js:41-48),
+        // so `ignore_eos` writes its internal `_biases` map, which the sampler reads as llama.cpp logit biases.
+        const biases = (banEndOfGeneration as unknown as { _biases: Map<Token, number> })._biases
+        for (const token of endOfGenerationTokens) biases.set(token, -Infinity)
 
         const grammars = new Map<string, Promise<LlamaGrammar>>()
         const grammarFor = (constraint: GrammarConstraint) => {
@@ -153,11 +207,14 @@ export const LlamaBackend = {
         const info: ModelInfo = {
           id: config.modelId ?? basename(config.modelPath).replace(/\.gguf$/i, ""),
           parallel: config.parallel,
-          contextSize: context.contextSize,
+          // node-llama-cpp keeps one cell of each sequence free and asks for a context shift to use it
+          // (dist/evaluator/LlamaContext/LlamaContext.js:1977), so one cell fewer is usable.
+          contextSize: context.contextSize - 1,
           trainContextSize: model.trainContextSize,
           vocabSize,
           kvBytesPerToken: kvBytesPerToken(model),
-          bosToken: model.tokens.bos ?? undefined
+          bosToken: model.tokens.bos ?? undefined,
+          addBosToken: model.tokens.shouldPrependBosToken
         }
 
         const evaluateOptions = (sampling: SamplingOptions, generated: Array<Token>, grammar: LlamaGrammar | undefined) => {
@@ -193,11 +250,30 @@ export const LlamaBackend = {
                 catch: (error) => new DecodeFailed({ slot, stage: "prefill", message: `grammar: ${errorMessage(error)}` })
               })
             const generated: Array<Token> = []
-            const iterator = sequence.evaluate(prompt as Array<Token>, evaluateOptions(sampling, generated, grammar))
-            yield* Effect.addFinalizer(() => Effect.promise(() => iterator.return()))
+            const options = evaluateOptions(sampling, generated, grammar)
+            const chunks = chunksOf(prompt as ReadonlyArray<Token>, prefillChunk)
+            const participant = batcher.join()
+            let iterator: AsyncGenerator<Token, void, Token | Array<Token> | undefined> | undefined
+            yield* Effect.addFinalizer(() =>
+              Effect.promise(async () => {
+                participant.leave()
+                await iterator?.return()
+              })
+            )
+            // Every chunk but the last is evaluated without sampling, one per step; the last one samples the first token.
+            const step = async () => {
+              if (iterator === undefined) {
+                for (const chunk of chunks.slice(0, -1)) {
+                  await participant.step(() => sequence.evaluateWithoutGeneratingNewTokens(chunk))
+                }
+                iterator = sequence.evaluate(chunks[chunks.length - 1]!, options)
+              }
+              const current = iterator
+              return participant.step(() => current.next())
+            }
             let prefilled = false
             const next = Effect.tryPromise({
-              try: () => iterator.next(),
+              try: step,
               catch: (error) =>
                 new DecodeFailed({ slot, stage: prefilled ? "decode" : "prefill", message: errorMessage(error) })
             }).pipe(

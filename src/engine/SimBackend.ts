@@ -105,7 +105,8 @@ export const makeSimBackend = (config: SimBackendConfig): BackendShape => {
       trainContextSize: config.contextSize,
       vocabSize: SimTokens.vocabSize,
       kvBytesPerToken: 1024,
-      bosToken: SimTokens.bos
+      bosToken: SimTokens.bos,
+      addBosToken: true
     },
     tokenize: (text) => Effect.sync(() => Array.from(new TextEncoder().encode(text))),
     renderChat: (messages) =>

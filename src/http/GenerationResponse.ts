@@ -15,7 +15,7 @@ type Outcome =
   | { readonly _tag: "Failed"; readonly failure: ApiFailure }
 
 /** How a finished generation is answered: its OpenAI finish reason, or the failure it ended with. */
-const outcomeOf = (finished: Finished, isDraining: Effect.Effect<boolean>): Effect.Effect<Outcome> => {
+const outcomeOf = (finished: Finished): Effect.Effect<Outcome> => {
   switch (finished.finishReason) {
     case "stop":
     case "length":
@@ -27,19 +27,21 @@ const outcomeOf = (finished: Finished, isDraining: Effect.Effect<boolean>): Effe
     case "cancelled":
       break
   }
-  return Effect.map(isDraining, (shuttingDown) => ({ _tag: "Failed", failure: new GenerationCancelled({ shuttingDown }) }))
+  return Effect.succeed({
+    _tag: "Failed",
+    failure: new GenerationCancelled({ shuttingDown: finished.cancelReason === "shutdown" })
+  })
 }
 
-/** The generation's events, and what `outcomeOf` needs to tell a shutdown from an operator's cancel. */
+/** The generation's events and the response's identity. */
 export interface GenerationRun {
   readonly meta: ResponseMeta
   readonly events: Stream.Stream<GenerationEvent, AdmissionRejected>
-  readonly isDraining: Effect.Effect<boolean>
 }
 
 /** Runs the generation to its end and answers with one JSON body; a client that disconnects interrupts the run. */
 export const jsonResponse = (
-  { events, isDraining, meta }: GenerationRun
+  { events, meta }: GenerationRun
 ): Effect.Effect<HttpServerResponse.HttpServerResponse, ApiFailure> =>
   Effect.gen(function*() {
     const { finished, parts } = yield* Stream.runFold(
@@ -52,7 +54,7 @@ export const jsonResponse = (
       }
     )
     if (finished === undefined) return yield* Effect.dieMessage("generation stream ended without a Finished event")
-    const outcome = yield* outcomeOf(finished, isDraining)
+    const outcome = yield* outcomeOf(finished)
     if (outcome._tag === "Failed") return yield* Effect.fail(outcome.failure)
     return HttpServerResponse.unsafeJson(completionBody(meta, parts.join(""), outcome.reason, finished.usage))
   })
@@ -60,7 +62,7 @@ export const jsonResponse = (
 const frame = (body: unknown) => `data: ${JSON.stringify(body)}\n\n`
 
 /** Frames the events after the slot was granted; the last content chunk carries `finish_reason`, so one delta is held back. */
-const sseFrames = ({ isDraining, meta }: GenerationRun, includeUsage: boolean) => {
+const sseFrames = ({ meta }: GenerationRun, includeUsage: boolean) => {
   let held: string | undefined
   const chunk = (part: ChunkPart) => frame(chunkBody(meta, part, includeUsage))
   return (event: GenerationEvent): Effect.Effect<ReadonlyArray<string>> => {
@@ -73,7 +75,7 @@ const sseFrames = ({ isDraining, meta }: GenerationRun, includeUsage: boolean) =
         return Effect.succeed(previous === undefined ? [] : [chunk({ _tag: "Content", text: previous, finishReason: null })])
       }
       case "Finished":
-        return Effect.flatMap(outcomeOf(event, isDraining), (outcome) => {
+        return Effect.flatMap(outcomeOf(event), (outcome) => {
           if (outcome._tag === "Done") {
             const frames = [chunk({ _tag: "Content", text: held ?? "", finishReason: outcome.reason })]
             if (includeUsage) frames.push(chunk({ _tag: "Usage", usage: event.usage }))
@@ -110,7 +112,7 @@ export const sseResponse = (run: GenerationRun, includeUsage: boolean) =>
       head.push(...Chunk.toReadonlyArray(next.value))
       const finished = head.find((event): event is Finished => event._tag === "Finished")
       if (finished !== undefined && !head.some((event) => event._tag === "Started")) {
-        const outcome = yield* outcomeOf(finished, run.isDraining)
+        const outcome = yield* outcomeOf(finished)
         return yield* outcome._tag === "Failed"
           ? Effect.fail(outcome.failure)
           : Effect.dieMessage("generation finished without starting")

@@ -160,5 +160,5 @@ export const completionPrompt = (
     const text = typeof prompt === "string" ? prompt : prompt[0]!
     const tokens = yield* backend.tokenize(text, { special: true })
     const bos = backend.info.bosToken
-    return bos === undefined || tokens[0] === bos ? tokens : [bos, ...tokens]
+    return bos === undefined || !backend.info.addBosToken || tokens[0] === bos ? tokens : [bos, ...tokens]
   })

@@ -36,7 +36,7 @@ const generationRoute = <A extends SharedRequest, I>(
     const prompt = yield* promptOf(backend, body)
     const id = newId(kind)
     const meta = { kind, id, created: Math.floor((yield* Clock.currentTimeMillis) / 1000), model: backend.info.id }
-    const run = { meta, events: scheduler.submit({ id, prompt, ...plan.request }), isDraining: scheduler.isDraining }
+    const run = { meta, events: scheduler.submit({ id, prompt, ...plan.request }) }
     return plan.stream ? yield* sseResponse(run, plan.includeUsage) : yield* jsonResponse(run)
   }).pipe(Effect.withSpan(kind === "chat" ? "http.chatCompletions" : "http.completions"))
 

@@ -2,6 +2,7 @@ import { Data } from "effect"
 import type { SamplingOptions } from "../engine/SamplingOptions.js"
 import type { DecodeFailed } from "../engine/Backend.js"
 import type { StageTimedOut } from "./SchedulerErrors.js"
+import type { CancelReason } from "./RequestLifecycle.js"
 
 export type Priority = "high" | "normal" | "low"
 
@@ -54,6 +55,8 @@ export type GenerationEvent = Data.TaggedEnum<{
     readonly finishReason: FinishReason
     readonly usage: Usage
     readonly error?: StageTimedOut | DecodeFailed | undefined
+    /** Who cancelled it, when `finishReason` is `cancelled`. */
+    readonly cancelReason?: CancelReason | undefined
   }
 }>
 

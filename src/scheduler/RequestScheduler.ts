@@ -1,4 +1,4 @@
-import { Cause, Clock, Deferred, Duration, Effect, Exit, FiberMap, Mailbox, Option, PubSub, Random, Stream, SubscriptionRef } from "effect"
+import { Cause, Clock, Deferred, Duration, Effect, Exit, Fiber, FiberMap, Mailbox, Option, PubSub, Random, Stream, SubscriptionRef } from "effect"
 import type { Scope } from "effect"
 import { Backend, DecodeFailed } from "../engine/Backend.js"
 import { SeqPool } from "../engine/SeqPool.js"
@@ -323,15 +323,15 @@ export class RequestScheduler extends Effect.Service<RequestScheduler>()("weft/R
           }
           detail = error.message
         }
-        const cancelReason = live.get(request.id)?.cancelReason
+        const cancelReason = state === "Cancelled" ? (live.get(request.id)?.cancelReason ?? "client") : undefined
         yield* moveTo(request.id, state, (now) => ({
           finishedAt: now,
           finishReason,
           completionTokens: progress.completionTokens,
           detail,
-          cancelReason: state === "Cancelled" ? (cancelReason ?? "client") : undefined
+          cancelReason
         }))
-        yield* mailbox.offer(GenerationEvent.Finished({ finishReason, usage, error }))
+        yield* mailbox.offer(GenerationEvent.Finished({ finishReason, usage, error, cancelReason }))
         yield* mailbox.end
       })
 
@@ -409,7 +409,8 @@ export class RequestScheduler extends Effect.Service<RequestScheduler>()("weft/R
       slots
     }))
 
-    yield* Effect.addFinalizer(() => shutdown())
+    // Finalizers run uninterruptibly, so the grace timeout inside `shutdown` could never fire there: run it on its own fiber.
+    yield* Effect.addFinalizer(() => Effect.flatMap(Effect.forkDaemon(Effect.interruptible(shutdown())), Fiber.join))
 
     return {
       submit,
