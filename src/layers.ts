@@ -1,3 +1,5 @@
+import * as fs from "node:fs"
+import * as path from "node:path"
 import type { HttpServer } from "@effect/platform"
 import type { HttpServerError } from "@effect/platform"
 import { Effect, Layer } from "effect"
@@ -6,7 +8,8 @@ import type { WeftSettings } from "./config/WeftConfig.js"
 import type { Backend } from "./engine/Backend.js"
 import { LlamaBackend } from "./engine/LlamaBackend.js"
 import type { LlamaBackendConfig, ModelLoadFailed } from "./engine/LlamaBackend.js"
-import { SeqPool } from "./engine/SeqPool.js"
+import { PrefixCacheConfig, SeqPool } from "./engine/SeqPool.js"
+import type { PrefixCacheSettings } from "./engine/SeqPool.js"
 import { ModelHost } from "./http/ModelHost.js"
 import type { EngineStartFailed } from "./http/ModelHost.js"
 import { WeftHttpServer } from "./http/WeftHttpServer.js"
@@ -14,25 +17,35 @@ import type { HttpServerOptions } from "./http/WeftHttpServer.js"
 import { ensureModel } from "./model/generateModel.js"
 import { RequestScheduler } from "./scheduler/RequestScheduler.js"
 import { SchedulerConfig } from "./scheduler/SchedulerConfig.js"
+import { SessionStore } from "./sessions/SessionStore.js"
 import type { SchedulerSettings } from "./scheduler/SchedulerConfig.js"
 
 /** The scheduler stack over any backend: SeqPool and RequestScheduler, with the backend still visible for tokenizing. */
 export const engineLayer = <E>(
   backend: Layer.Layer<Backend, E>,
-  scheduler: Partial<SchedulerSettings> = {}
+  scheduler: Partial<SchedulerSettings> = {},
+  cache: Partial<PrefixCacheSettings> = {}
 ): Layer.Layer<RequestScheduler | SeqPool | Backend, E> =>
   RequestScheduler.Default.pipe(
     Layer.provideMerge(SeqPool.Default),
     Layer.provide(SchedulerConfig.layer(scheduler)),
+    Layer.provide(PrefixCacheConfig.layer(cache)),
     Layer.provideMerge(backend)
   )
 
 /** The HTTP server in front of an engine that loads in the background (`/health` says 503 until it is ready). */
 export const serverLayer = (
   engine: Layer.Layer<RequestScheduler | Backend, EngineStartFailed>,
-  http: HttpServerOptions
+  http: HttpServerOptions,
+  sessions: SessionSettingsInput
 ): Layer.Layer<HttpServer.HttpServer | ModelHost, HttpServerError.ServeError> =>
-  WeftHttpServer.layer(http).pipe(Layer.provideMerge(ModelHost.layer(engine)))
+  WeftHttpServer.layer(http).pipe(
+    Layer.provideMerge(ModelHost.layer(engine)),
+    // A session database that cannot be opened is a start-up failure, reported like any other.
+    Layer.provide(Layer.orDie(SessionStore.layerSqlite(sessions)))
+  )
+
+type SessionSettingsInput = Parameters<typeof SessionStore.layerSqlite>[0]
 
 /** node-llama-cpp as the engine. */
 export const llamaBackendLayer = (config: LlamaBackendConfig): Layer.Layer<Backend, ModelLoadFailed> => LlamaBackend.layer(config)
@@ -60,23 +73,34 @@ export const llamaEngineLayer = (settings: WeftSettings) =>
       maxQueue: settings.maxQueue,
       timeouts: { queueMs: settings.timeoutQueueMs, firstTokenMs: settings.timeoutFirstTokenMs, totalMs: settings.timeoutTotalMs },
       shutdownGraceMs: settings.shutdownGraceMs
-    }
+    },
+    { maxCachedTokens: settings.cacheMaxTokens }
   )
 
 /** The composition root of `weft serve`: config → LlamaBackend → SeqPool → RequestScheduler → HTTP server. */
 export const WeftLive: Layer.Layer<HttpServer.HttpServer | ModelHost, HttpServerError.ServeError, WeftConfig> = Layer.unwrapEffect(
-  Effect.map(WeftConfig, (settings) =>
-    serverLayer(llamaEngineLayer(settings), {
-      host: settings.host,
-      port: settings.port,
-      maxBodyBytes: settings.maxBodyBytes,
-      shutdownGraceMs: settings.shutdownGraceMs
-    }))
+  Effect.map(WeftConfig, (settings) => {
+    // The sessions database lives in the data dir, which a `--model` run may not have created yet.
+    fs.mkdirSync(settings.dataDir, { recursive: true })
+    return serverLayer(
+      llamaEngineLayer(settings),
+      {
+        host: settings.host,
+        port: settings.port,
+        maxBodyBytes: settings.maxBodyBytes,
+        shutdownGraceMs: settings.shutdownGraceMs
+      },
+      { databasePath: path.join(settings.dataDir, "sessions.sqlite"), ttlMs: settings.sessionTtlMs }
+    )
+  })
 )
 
 /** Options of `testServerLayer`; everything has a test-friendly default. */
 export interface TestServerOptions {
   readonly scheduler?: Partial<SchedulerSettings>
+  readonly cache?: Partial<PrefixCacheSettings>
+  /** Defaults to an in-memory database. */
+  readonly sessionsDatabasePath?: string
   readonly maxBodyBytes?: number
   readonly shutdownGraceMs?: number
 }
@@ -86,9 +110,13 @@ export const testServerLayer = <E extends EngineStartFailed>(
   backend: Layer.Layer<Backend, E>,
   options: TestServerOptions = {}
 ): Layer.Layer<HttpServer.HttpServer | ModelHost, HttpServerError.ServeError> =>
-  serverLayer(engineLayer(backend, options.scheduler), {
-    host: "127.0.0.1",
-    port: 0,
-    maxBodyBytes: options.maxBodyBytes ?? 4 * 1024 * 1024,
-    shutdownGraceMs: options.shutdownGraceMs ?? 0
-  })
+  serverLayer(
+    engineLayer(backend, options.scheduler, options.cache),
+    {
+      host: "127.0.0.1",
+      port: 0,
+      maxBodyBytes: options.maxBodyBytes ?? 4 * 1024 * 1024,
+      shutdownGraceMs: options.shutdownGraceMs ?? 0
+    },
+    { databasePath: options.sessionsDatabasePath ?? ":memory:" }
+  )

@@ -21,8 +21,12 @@ export interface WeftSettings {
   readonly timeoutTotalMs: number | undefined
   readonly maxBodyBytes: number
   readonly shutdownGraceMs: number
-  /** Where the demo model is generated. */
+  /** Where the demo model is generated and sessions are stored. */
   readonly dataDir: string
+  /** Idle chat sessions are deleted after this long. */
+  readonly sessionTtlMs: number
+  /** Cached prefix tokens kept across slots; `undefined` is as many as the slots hold. */
+  readonly cacheMaxTokens: number | undefined
 }
 
 /** The validated settings of this process. */
@@ -70,7 +74,9 @@ export const defaultSettings: WeftSettings = {
   timeoutTotalMs: undefined,
   maxBodyBytes: 4 * MiB,
   shutdownGraceMs: 10_000,
-  dataDir: ".weft"
+  dataDir: ".weft",
+  sessionTtlMs: 24 * 60 * 60 * 1000,
+  cacheMaxTokens: undefined
 }
 
 // Value grammars: each setting decodes from text (flags, env) or from the text of a JSON scalar (config file).
@@ -101,6 +107,17 @@ const OptionalDuration = Schema.transformOrFail(Schema.String, Schema.UndefinedO
 })
 
 /** A duration that must be given (zero allowed). */
+/** A whole number, or `none` for no limit. */
+const OptionalCount = Schema.transformOrFail(Schema.String, Schema.UndefinedOr(Schema.Number), {
+  strict: true,
+  decode: (text, _, ast) => {
+    const trimmed = text.trim().toLowerCase()
+    if (trimmed === "none" || trimmed === "off") return ParseResult.succeed(undefined)
+    return /^\d+$/.test(trimmed) ? ParseResult.succeed(Number(trimmed)) : ParseResult.fail(new ParseResult.Type(ast, text))
+  },
+  encode: (count) => ParseResult.succeed(count === undefined ? "none" : String(count))
+})
+
 const RequiredDuration = OptionalDuration.pipe(
   Schema.transform(Schema.Number, { strict: true, decode: (ms) => ms ?? 0, encode: (ms) => (ms === 0 ? undefined : ms) })
 )
@@ -189,7 +206,15 @@ export const settingSpecs = [
   spec({ field: "timeoutTotalMs", name: "timeout-total", schema: OptionalDuration, expected: "a duration like 500ms, 30s, 2m, or none", description: "Longest time for a whole request before 504 (default none)" }),
   spec({ field: "maxBodyBytes", name: "max-body", schema: ByteSize, expected: "a size of at least 1KiB like 4MiB, 512KiB or 1048576", description: "Largest request body before 413 (default 4MiB)" }),
   spec({ field: "shutdownGraceMs", name: "shutdown-grace", schema: RequiredDuration, expected: "a duration like 500ms, 10s or 0", description: "On SIGINT/SIGTERM, how long in-flight requests may finish (default 10s)" }),
-  spec({ field: "dataDir", name: "data-dir", schema: NonEmptyText, expected: "a directory path", description: "Where the demo model is generated and kept (default ./.weft)" })
+  spec({ field: "dataDir", name: "data-dir", schema: NonEmptyText, expected: "a directory path", description: "Where the demo model and the sessions database are kept (default ./.weft)" }),
+  spec({ field: "sessionTtlMs", name: "session-ttl", schema: RequiredDuration, expected: "a duration like 30m, 24h or 0", description: "Idle chat sessions are deleted after this long (default 24h)" }),
+  spec({
+    field: "cacheMaxTokens",
+    name: "cache-max-tokens",
+    schema: OptionalCount,
+    expected: "a whole number of tokens, or none",
+    description: "Prefix-cache tokens kept across slots; LRU eviction starts at 80% (default: what the slots hold)"
+  })
 ] as const
 
 type AnySpec = (typeof settingSpecs)[number]

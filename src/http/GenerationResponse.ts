@@ -1,7 +1,6 @@
 import { HttpServerResponse } from "@effect/platform"
 import { Chunk, Effect, Option, Stream } from "effect"
 import type { GenerationEvent } from "../scheduler/GenerationRequest.js"
-import type { AdmissionRejected } from "../scheduler/SchedulerErrors.js"
 import { GenerationCancelled } from "./HttpErrors.js"
 import { errorReply } from "./OpenAiErrors.js"
 import type { ApiFailure } from "./OpenAiErrors.js"
@@ -36,7 +35,7 @@ const outcomeOf = (finished: Finished): Effect.Effect<Outcome> => {
 /** The generation's events and the response's identity. */
 export interface GenerationRun {
   readonly meta: ResponseMeta
-  readonly events: Stream.Stream<GenerationEvent, AdmissionRejected>
+  readonly events: Stream.Stream<GenerationEvent, ApiFailure>
 }
 
 /** Runs the generation to its end and answers with one JSON body; a client that disconnects interrupts the run. */

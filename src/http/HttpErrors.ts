@@ -48,3 +48,12 @@ export class GenerationCancelled extends Schema.TaggedError<GenerationCancelled>
       : "The request was cancelled before it finished"
   }
 }
+
+/** No live session has this id for this client (never created, deleted, expired, or another client's). */
+export class SessionNotFound extends Schema.TaggedError<SessionNotFound>()("SessionNotFound", {
+  sessionId: Schema.String
+}) {
+  override get message(): string {
+    return `No session with id \`${this.sessionId}\` exists (it may have expired or been deleted).`
+  }
+}

@@ -1,7 +1,8 @@
 import { HttpServerResponse } from "@effect/platform"
 import type { DecodeFailed, ChatTemplateFailed } from "../engine/Backend.js"
 import type { AdmissionRejected, StageTimedOut } from "../scheduler/SchedulerErrors.js"
-import type { BodyNotJson, BodyTooLarge, GenerationCancelled, InvalidParam, ModelNotFound } from "./HttpErrors.js"
+import type { SessionStoreFailed } from "../sessions/SessionStore.js"
+import type { BodyNotJson, BodyTooLarge, GenerationCancelled, InvalidParam, ModelNotFound, SessionNotFound } from "./HttpErrors.js"
 import type { ModelLoading } from "./ModelHost.js"
 
 /** Every expected failure an OpenAI endpoint can answer with. */
@@ -16,6 +17,8 @@ export type ApiFailure =
   | StageTimedOut
   | DecodeFailed
   | ChatTemplateFailed
+  | SessionNotFound
+  | SessionStoreFailed
 
 /** OpenAI's error object, as it appears under `error` in a response body or an SSE frame. */
 export interface OpenAiErrorBody {
@@ -61,6 +64,10 @@ export const errorReply = (failure: ApiFailure): ErrorReply => {
       return invalid(`The prompt holds token id ${failure.token}, outside the model's vocabulary of ${failure.vocabSize}`, "prompt", "invalid_token")
     case "ChatTemplateFailed":
       return invalid(`The model's chat template could not render these messages: ${failure.message}`, "messages", "chat_template_failed")
+    case "SessionNotFound":
+      return reply(404, { message: failure.message, type: "invalid_request_error", param: "session_id", code: "session_not_found" })
+    case "SessionStoreFailed":
+      return reply(500, { message: "The session store failed; the turn was not saved", type: "server_error", param: null, code: null })
     case "ModelNotFound":
       return reply(404, { message: failure.message, type: "invalid_request_error", param: "model", code: "model_not_found" })
     case "BodyTooLarge":

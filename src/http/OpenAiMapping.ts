@@ -133,13 +133,15 @@ const messageText = (content: ChatMessageInput["content"]): string =>
   content === undefined ? "" : typeof content === "string" ? content : content.map((part) => part.text).join("")
 
 /** Chat messages rendered with the model's own chat template. */
+/** OpenAI messages as the chat template takes them (`developer` is a system message, content parts joined). */
+export const chatMessagesOf = (messages: ReadonlyArray<ChatMessageInput>): ReadonlyArray<ChatMessage> =>
+  messages.map((message): ChatMessage => ({
+    role: message.role === "developer" ? "system" : message.role,
+    content: messageText(message.content)
+  }))
+
 export const chatPrompt = (backend: BackendShape, messages: ReadonlyArray<ChatMessageInput>) =>
-  backend.renderChat(
-    messages.map((message): ChatMessage => ({
-      role: message.role === "developer" ? "system" : message.role,
-      content: messageText(message.content)
-    }))
-  )
+  backend.renderChat(chatMessagesOf(messages))
 
 /**
  * A completion prompt as tokens, BOS first when the model has one. Special-token text is parsed, as llama-server

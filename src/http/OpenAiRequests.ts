@@ -89,6 +89,8 @@ const SharedFields = {
 /** Body of `POST /v1/chat/completions`. */
 export const ChatCompletionRequest = Schema.Struct({
   ...SharedFields,
+  /** Weft extension: continue a server-kept conversation; `messages` then carries only this turn's new messages. */
+  session_id: optional(Schema.String.pipe(Schema.pattern(/^[\w.:-]{1,128}$/, { message: () => "1–128 letters, digits, or . _ : -" }))),
   messages: Schema.Array(ChatMessageInput).annotations(expected("an array of messages")).pipe(
     Schema.minItems(1, { message: () => "a non-empty array of messages" })
   )

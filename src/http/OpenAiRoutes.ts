@@ -1,14 +1,16 @@
-import { HttpRouter, HttpServerResponse } from "@effect/platform"
-import { Clock, Effect } from "effect"
+import { HttpRouter, HttpServerRequest, HttpServerResponse } from "@effect/platform"
+import { Clock, Effect, Option, Stream } from "effect"
 import type { Schema } from "effect"
 import { randomUUID } from "node:crypto"
-import type { BackendShape, ChatTemplateFailed } from "../engine/Backend.js"
-import { ModelNotFound } from "./HttpErrors.js"
-import type { InvalidParam } from "./HttpErrors.js"
+import type { BackendShape } from "../engine/Backend.js"
+import type { GenerationEvent } from "../scheduler/GenerationRequest.js"
+import { SessionStore } from "../sessions/SessionStore.js"
+import { InvalidParam, ModelNotFound, SessionNotFound } from "./HttpErrors.js"
+import type { ApiFailure } from "./OpenAiErrors.js"
 import { jsonResponse, sseResponse } from "./GenerationResponse.js"
 import { readJsonBody } from "./JsonBody.js"
 import { ModelHost } from "./ModelHost.js"
-import { chatPrompt, checkModel, completionPrompt, decodeBody, planOf } from "./OpenAiMapping.js"
+import { chatMessagesOf, chatPrompt, checkModel, completionPrompt, decodeBody, planOf } from "./OpenAiMapping.js"
 import { ChatCompletionRequest, CompletionRequest } from "./OpenAiRequests.js"
 import type { SharedRequest } from "./OpenAiRequests.js"
 import type { CompletionKind } from "./OpenAiResponses.js"
@@ -22,23 +24,72 @@ const legacyCompletionMaxTokens = 16
 
 const newId = (kind: CompletionKind) => `${kind === "chat" ? "chatcmpl" : "cmpl"}-${randomUUID().replaceAll("-", "")}`
 
+/** Builds the generation's event stream once the prompt is known; sessions wrap it to load and save the conversation. */
+type RunOf<A> = (
+  backend: BackendShape,
+  body: A,
+  submit: (prompt: ReadonlyArray<number>) => Stream.Stream<GenerationEvent, ApiFailure>
+) => Effect.Effect<{ readonly events: Stream.Stream<GenerationEvent, ApiFailure>; readonly headers?: Record<string, string> }, ApiFailure, SessionStore | HttpServerRequest.HttpServerRequest>
+
 const generationRoute = <A extends SharedRequest, I>(
   options: OpenAiRoutesOptions,
   kind: CompletionKind,
   schema: Schema.Schema<A, I>,
-  promptOf: (backend: BackendShape, body: A) => Effect.Effect<ReadonlyArray<number>, InvalidParam | ChatTemplateFailed>
+  runOf: RunOf<A>
 ) =>
   Effect.gen(function*() {
     const body = yield* decodeBody(schema, yield* readJsonBody(options.maxBodyBytes))
     const { backend, scheduler } = yield* Effect.flatMap(ModelHost, (host) => host.engine)
     yield* checkModel(body.model, backend.info)
     const plan = yield* planOf(body, { maxTokens: kind === "text" ? legacyCompletionMaxTokens : undefined })
-    const prompt = yield* promptOf(backend, body)
     const id = newId(kind)
     const meta = { kind, id, created: Math.floor((yield* Clock.currentTimeMillis) / 1000), model: backend.info.id }
-    const run = { meta, events: scheduler.submit({ id, prompt, ...plan.request }) }
-    return plan.stream ? yield* sseResponse(run, plan.includeUsage) : yield* jsonResponse(run)
+    const { events, headers } = yield* runOf(backend, body, (prompt) => scheduler.submit({ id, prompt, ...plan.request }))
+    const response = plan.stream ? yield* sseResponse({ meta, events }, plan.includeUsage) : yield* jsonResponse({ meta, events })
+    return headers === undefined ? response : HttpServerResponse.setHeaders(response, headers)
   }).pipe(Effect.withSpan(kind === "chat" ? "http.chatCompletions" : "http.completions"))
+
+/** A plain generation: the prompt is the request's own. */
+const promptRun = <A>(promptOf: (backend: BackendShape, body: A) => Effect.Effect<ReadonlyArray<number>, ApiFailure>): RunOf<A> =>
+  (backend, body, submit) => Effect.map(promptOf(backend, body), (prompt) => ({ events: submit(prompt) }))
+
+/**
+ * A chat turn. With a session id (`session_id`, or the `X-Session-Id` header) the server keeps the conversation:
+ * `messages` holds only this turn's new messages, the stored history goes before them, and the reply is saved when
+ * the generation ends. Turns of one session run one at a time; its prefix stays in the KV cache between turns.
+ */
+const chatRun: RunOf<ChatCompletionRequest> = (backend, body, submit) =>
+  Effect.gen(function*() {
+    const request = yield* HttpServerRequest.HttpServerRequest
+    const sessionId = body.session_id ?? request.headers["x-session-id"]
+    if (sessionId === undefined) return { events: submit(yield* chatPrompt(backend, body.messages)) }
+    if (!/^[\w.:-]{1,128}$/.test(sessionId)) {
+      return yield* new InvalidParam({ param: "session_id", message: "session_id must be 1–128 letters, digits, or . _ : -", code: "invalid_value" })
+    }
+    const store = yield* SessionStore
+    const cacheKey = body.cache_salt ?? ""
+    const newMessages = chatMessagesOf(body.messages)
+    const events = Stream.unwrapScoped(
+      Effect.gen(function*() {
+        yield* store.lockTurn(sessionId)
+        const existing = yield* store.get(sessionId)
+        if (Option.isSome(existing) && existing.value.cacheKey !== cacheKey) return yield* new SessionNotFound({ sessionId })
+        const history = Option.match(existing, { onNone: () => [], onSome: (session) => session.messages })
+        const prompt = yield* backend.renderChat([...history, ...newMessages])
+        let reply = ""
+        return submit(prompt).pipe(
+          Stream.tap((event) => {
+            if (event._tag === "Delta") reply += event.text
+            if (event._tag !== "Finished" || (event.finishReason !== "stop" && event.finishReason !== "length")) return Effect.void
+            return store.appendTurn(sessionId, cacheKey, { newMessages, reply: { role: "assistant", content: reply }, usage: event.usage }).pipe(
+              Effect.catchAll((error) => Effect.logError("The session turn could not be saved", error))
+            )
+          })
+        )
+      })
+    )
+    return { events, headers: { "x-session-id": sessionId } }
+  })
 
 const safeDecode = (text: string) => {
   try {
@@ -56,11 +107,11 @@ export const openAiRoutes = (options: OpenAiRoutesOptions) => {
   return HttpRouter.empty.pipe(
     HttpRouter.post(
       "/v1/chat/completions",
-      generationRoute(options, "chat", ChatCompletionRequest, (backend, body) => chatPrompt(backend, body.messages))
+      generationRoute(options, "chat", ChatCompletionRequest, chatRun)
     ),
     HttpRouter.post(
       "/v1/completions",
-      generationRoute(options, "text", CompletionRequest, (backend, body) => completionPrompt(backend, body.prompt))
+      generationRoute(options, "text", CompletionRequest, promptRun((backend, body: CompletionRequest) => completionPrompt(backend, body.prompt)))
     ),
     HttpRouter.get(
       "/v1/models",

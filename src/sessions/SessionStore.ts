@@ -2,6 +2,7 @@ import { SqlClient } from "@effect/sql"
 import type { SqlError } from "@effect/sql/SqlError"
 import { SqliteClient } from "@effect/sql-sqlite-node"
 import { Clock, Context, Duration, Effect, Layer, Option, Schedule, Schema } from "effect"
+import type { Scope } from "effect"
 import type { ChatMessage } from "../engine/Backend.js"
 
 /** Where sessions live and how long an idle one is kept. */
@@ -90,9 +91,9 @@ export class SessionStore extends Effect.Service<SessionStore>()("weft/SessionSt
 
     const locks = new Map<string, { readonly semaphore: Effect.Semaphore; users: number }>()
 
-    /** Runs `effect` as the only turn in flight for session `id`; other sessions are not blocked. */
-    const withTurnLock = <A, E, R>(id: string, effect: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> =>
-      Effect.acquireUseRelease(
+    /** Holds the turn lock of session `id` until the caller's scope closes; other sessions are not blocked. */
+    const lockTurn = (id: string): Effect.Effect<void, never, Scope.Scope> =>
+      Effect.acquireRelease(
         Effect.sync(() => {
           let lock = locks.get(id)
           if (lock === undefined) {
@@ -102,13 +103,16 @@ export class SessionStore extends Effect.Service<SessionStore>()("weft/SessionSt
           lock.users += 1
           return lock
         }),
-        (lock) => lock.semaphore.withPermits(1)(effect),
         (lock) =>
           Effect.sync(() => {
             lock.users -= 1
             if (lock.users === 0) locks.delete(id)
           })
-      )
+      ).pipe(Effect.flatMap((lock) => Effect.acquireRelease(lock.semaphore.take(1), () => lock.semaphore.release(1))))
+
+    /** Runs `effect` as the only turn in flight for session `id`. */
+    const withTurnLock = <A, E, R>(id: string, effect: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> =>
+      Effect.scoped(Effect.zipRight(lockTurn(id), effect))
 
     const expiredBefore = (now: number) => now - settings.ttlMs
 
@@ -188,7 +192,7 @@ export class SessionStore extends Effect.Service<SessionStore>()("weft/SessionSt
       Effect.forkScoped
     )
 
-    return { get, appendTurn, remove, sweepExpired, withTurnLock } as const
+    return { get, appendTurn, remove, sweepExpired, lockTurn, withTurnLock } as const
   })
 }) {
   /** The store on a SQLite file (created if missing). */

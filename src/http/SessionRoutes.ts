@@ -1,0 +1,45 @@
+import { HttpRouter, HttpServerResponse } from "@effect/platform"
+import { Effect, Option } from "effect"
+import { SessionStore } from "../sessions/SessionStore.js"
+import type { Session } from "../sessions/SessionStore.js"
+import { SessionNotFound } from "./HttpErrors.js"
+
+const sessionIdParam = Effect.map(HttpRouter.params, (params) => params["id"] ?? "")
+
+const sessionObject = (session: Session) => ({
+  id: session.id,
+  object: "chat.session",
+  created: Math.floor(session.createdAt / 1000),
+  updated: Math.floor(session.updatedAt / 1000),
+  turns: session.turns,
+  messages: session.messages,
+  usage: {
+    prompt_tokens: session.promptTokens,
+    completion_tokens: session.completionTokens,
+    total_tokens: session.promptTokens + session.completionTokens,
+    prompt_tokens_details: { cached_tokens: session.cachedTokens }
+  }
+})
+
+/** `GET /v1/sessions/{id}` (the stored conversation) and `DELETE /v1/sessions/{id}`. */
+export const sessionRoutes = HttpRouter.empty.pipe(
+  HttpRouter.get(
+    "/v1/sessions/:id",
+    Effect.gen(function*() {
+      const sessionId = yield* sessionIdParam
+      const session = yield* Effect.flatMap(SessionStore, (store) => store.get(sessionId))
+      if (Option.isNone(session)) return yield* new SessionNotFound({ sessionId })
+      return HttpServerResponse.unsafeJson(sessionObject(session.value))
+    })
+  ),
+  HttpRouter.del(
+    "/v1/sessions/:id",
+    Effect.gen(function*() {
+      const sessionId = yield* sessionIdParam
+      const store = yield* SessionStore
+      const deleted = yield* store.withTurnLock(sessionId, store.remove(sessionId))
+      if (!deleted) return yield* new SessionNotFound({ sessionId })
+      return HttpServerResponse.unsafeJson({ id: sessionId, object: "chat.session.deleted", deleted: true })
+    })
+  )
+)
