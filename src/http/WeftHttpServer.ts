@@ -9,6 +9,8 @@ import type { ModelHostShape } from "./ModelHost.js"
 import { errorReply, errorResponse, internalError, unknownRoute } from "./OpenAiErrors.js"
 import type { ApiFailure } from "./OpenAiErrors.js"
 import { openAiRoutes } from "./OpenAiRoutes.js"
+import { sessionRoutes } from "./SessionRoutes.js"
+import type { SessionStore } from "../sessions/SessionStore.js"
 
 /** Where to listen and the limits the HTTP layer enforces itself. */
 export interface HttpServerOptions {
@@ -96,11 +98,11 @@ const gracefulShutdown = (server: Http.Server, host: ModelHostShape, graceMs: nu
 
 /** The OpenAI-compatible HTTP server on Node's `http`, in front of the engine `ModelHost` loads. */
 export const WeftHttpServer = {
-  layer: (options: HttpServerOptions): Layer.Layer<HttpServer.HttpServer, HttpServerError.ServeError, ModelHost> =>
+  layer: (options: HttpServerOptions): Layer.Layer<HttpServer.HttpServer, HttpServerError.ServeError, ModelHost | SessionStore> =>
     Layer.unwrapEffect(
       Effect.sync(() => {
         const server = Http.createServer()
-        const router = openAiRoutes(options).pipe(HttpRouter.get("/health", health))
+        const router = openAiRoutes(options).pipe(HttpRouter.concat(sessionRoutes), HttpRouter.get("/health", health))
         // One scope, so the shutdown finalizer (added last) runs before the request handler is removed.
         const serve = Layer.scopedDiscard(
           Effect.gen(function*() {
