@@ -74,7 +74,7 @@ export const llamaEngineLayer = (settings: WeftSettings) =>
       timeouts: { queueMs: settings.timeoutQueueMs, firstTokenMs: settings.timeoutFirstTokenMs, totalMs: settings.timeoutTotalMs },
       shutdownGraceMs: settings.shutdownGraceMs
     },
-    { maxCachedTokens: settings.cacheMaxTokens }
+    { maxCachedTokens: settings.cacheMaxTokens, maxCachedBytes: settings.cacheMaxBytes }
   )
 
 /** The composition root of `weft serve`: config → LlamaBackend → SeqPool → RequestScheduler → HTTP server. */

@@ -27,6 +27,8 @@ export interface WeftSettings {
   readonly sessionTtlMs: number
   /** Cached prefix tokens kept across slots; `undefined` is as many as the slots hold. */
   readonly cacheMaxTokens: number | undefined
+  /** Estimated KV bytes of cached prefixes; `undefined` is no limit. */
+  readonly cacheMaxBytes: number | undefined
 }
 
 /** The validated settings of this process. */
@@ -76,7 +78,8 @@ export const defaultSettings: WeftSettings = {
   shutdownGraceMs: 10_000,
   dataDir: ".weft",
   sessionTtlMs: 24 * 60 * 60 * 1000,
-  cacheMaxTokens: undefined
+  cacheMaxTokens: undefined,
+  cacheMaxBytes: undefined
 }
 
 // Value grammars: each setting decodes from text (flags, env) or from the text of a JSON scalar (config file).
@@ -135,6 +138,17 @@ const ByteSize = Schema.transformOrFail(Schema.String, Schema.Number, {
     return bytes >= 1024 ? ParseResult.succeed(bytes) : ParseResult.fail(new ParseResult.Type(ast, text))
   },
   encode: (bytes) => ParseResult.succeed(String(bytes))
+})
+
+/** A size, or `none` for no limit. */
+const OptionalByteSize = Schema.transformOrFail(Schema.String, Schema.UndefinedOr(Schema.Number), {
+  strict: true,
+  decode: (text, options, ast) => {
+    const trimmed = text.trim().toLowerCase()
+    if (trimmed === "none" || trimmed === "off") return ParseResult.succeed(undefined)
+    return ParseResult.decodeUnknown(ByteSize)(text, options).pipe(ParseResult.mapError(() => new ParseResult.Type(ast, text)))
+  },
+  encode: (bytes) => ParseResult.succeed(bytes === undefined ? "none" : String(bytes))
 })
 
 const NonEmptyText = Schema.String.pipe(
@@ -214,6 +228,13 @@ export const settingSpecs = [
     schema: OptionalCount,
     expected: "a whole number of tokens, or none",
     description: "Prefix-cache tokens kept across slots; LRU eviction starts at 80% (default: what the slots hold)"
+  }),
+  spec({
+    field: "cacheMaxBytes",
+    name: "cache-max-bytes",
+    schema: OptionalByteSize,
+    expected: "a size like 512MiB, or none",
+    description: "Estimated KV bytes of cached prefixes; LRU eviction starts at 80% (default none)"
   })
 ] as const
 
