@@ -2,7 +2,7 @@ import * as fs from "node:fs"
 import * as path from "node:path"
 import type { HttpServer } from "@effect/platform"
 import type { HttpServerError } from "@effect/platform"
-import { Effect, Layer } from "effect"
+import { Effect, Layer, Logger, LogLevel } from "effect"
 import { WeftConfig } from "./config/WeftConfig.js"
 import type { WeftSettings } from "./config/WeftConfig.js"
 import type { Backend } from "./engine/Backend.js"
@@ -15,6 +15,12 @@ import type { EngineStartFailed } from "./http/ModelHost.js"
 import { WeftHttpServer } from "./http/WeftHttpServer.js"
 import type { HttpServerOptions } from "./http/WeftHttpServer.js"
 import { ensureModel } from "./model/generateModel.js"
+import { JsonLogger } from "./observability/JsonLogger.js"
+import { OtlpTracing } from "./observability/OtlpTracing.js"
+import { ProcessMetrics } from "./observability/ProcessMetrics.js"
+import { RequestLog, RequestLogConfig } from "./observability/RequestLog.js"
+import type { RequestLogSettings } from "./observability/RequestLog.js"
+import { SchedulerMetrics } from "./observability/SchedulerMetrics.js"
 import { RequestScheduler } from "./scheduler/RequestScheduler.js"
 import { SchedulerConfig } from "./scheduler/SchedulerConfig.js"
 import { SessionStore } from "./sessions/SessionStore.js"
@@ -33,14 +39,26 @@ export const engineLayer = <E>(
     Layer.provideMerge(backend)
   )
 
+/** An engine whose lifecycle events feed the metrics and the per-request log lines. */
+export const observedEngineLayer = <E>(
+  engine: Layer.Layer<RequestScheduler | Backend, E>,
+  requestLog: Partial<RequestLogSettings> = {}
+): Layer.Layer<RequestScheduler | Backend | SchedulerMetrics, E> =>
+  Layer.merge(SchedulerMetrics.Default, RequestLog.Default).pipe(
+    Layer.provide(RequestLogConfig.layer(requestLog)),
+    Layer.provideMerge(engine)
+  )
+
 /** The HTTP server in front of an engine that loads in the background (`/health` says 503 until it is ready). */
 export const serverLayer = (
   engine: Layer.Layer<RequestScheduler | Backend, EngineStartFailed>,
   http: HttpServerOptions,
-  sessions: SessionSettingsInput
+  sessions: SessionSettingsInput,
+  requestLog: Partial<RequestLogSettings> = {}
 ): Layer.Layer<HttpServer.HttpServer | ModelHost, HttpServerError.ServeError> =>
   WeftHttpServer.layer(http).pipe(
-    Layer.provideMerge(ModelHost.layer(engine)),
+    Layer.provideMerge(ModelHost.layer(observedEngineLayer(engine, requestLog))),
+    Layer.provide(ProcessMetrics.Default),
     // A session database that cannot be opened is a start-up failure, reported like any other.
     Layer.provide(Layer.orDie(SessionStore.layerSqlite(sessions)))
   )
@@ -90,10 +108,15 @@ export const WeftLive: Layer.Layer<HttpServer.HttpServer | ModelHost, HttpServer
         maxBodyBytes: settings.maxBodyBytes,
         shutdownGraceMs: settings.shutdownGraceMs
       },
-      { databasePath: path.join(settings.dataDir, "sessions.sqlite"), ttlMs: settings.sessionTtlMs }
-    )
+      { databasePath: path.join(settings.dataDir, "sessions.sqlite"), ttlMs: settings.sessionTtlMs },
+      { logText: settings.logText }
+    ).pipe(Layer.provide(observabilityLayer(settings)))
   })
 )
+
+/** Logging as configured, and span export over OTLP when `OTEL_EXPORTER_OTLP_*ENDPOINT` is set (off otherwise). */
+export const observabilityLayer = (settings: Pick<WeftSettings, "logLevel" | "logFormat">): Layer.Layer<never> =>
+  Layer.merge(JsonLogger.layer({ level: settings.logLevel, format: settings.logFormat }), OtlpTracing.fromEnv())
 
 /** Options of `testServerLayer`; everything has a test-friendly default. */
 export interface TestServerOptions {
@@ -103,6 +126,9 @@ export interface TestServerOptions {
   readonly sessionsDatabasePath?: string
   readonly maxBodyBytes?: number
   readonly shutdownGraceMs?: number
+  readonly logText?: boolean
+  /** What the server is built under, such as a test logger or tracer; by default only errors are logged. */
+  readonly observability?: Layer.Layer<never>
 }
 
 /** A server on 127.0.0.1 and a free port in front of any backend (LlamaBackend on a tiny model, or SimBackend). */
@@ -118,5 +144,6 @@ export const testServerLayer = <E extends EngineStartFailed>(
       maxBodyBytes: options.maxBodyBytes ?? 4 * 1024 * 1024,
       shutdownGraceMs: options.shutdownGraceMs ?? 0
     },
-    { databasePath: options.sessionsDatabasePath ?? ":memory:" }
-  )
+    { databasePath: options.sessionsDatabasePath ?? ":memory:" },
+    { logText: options.logText ?? false }
+  ).pipe(Layer.provide(options.observability ?? Logger.minimumLogLevel(LogLevel.Error)))

@@ -1,6 +1,8 @@
 import { FileSystem } from "@effect/platform"
 import { Config, Context, Effect, Either, Layer, Option, ParseResult, Schema } from "effect"
 import * as path from "node:path"
+import { logLevelNames } from "../observability/JsonLogger.js"
+import type { LogLevelName } from "../observability/JsonLogger.js"
 
 /** Everything `weft serve` needs, validated and defaulted. Durations are milliseconds; `undefined` means no limit. */
 export interface WeftSettings {
@@ -29,6 +31,12 @@ export interface WeftSettings {
   readonly cacheMaxTokens: number | undefined
   /** Estimated KV bytes of cached prefixes; `undefined` is no limit. */
   readonly cacheMaxBytes: number | undefined
+  /** Least severe log level written. */
+  readonly logLevel: LogLevelName
+  /** `json`: one object per line; `pretty`: for a person at a terminal. */
+  readonly logFormat: "json" | "pretty"
+  /** Adds prompt and completion text to the per-request log lines. */
+  readonly logText: boolean
 }
 
 /** The validated settings of this process. */
@@ -79,7 +87,10 @@ export const defaultSettings: WeftSettings = {
   dataDir: ".weft",
   sessionTtlMs: 24 * 60 * 60 * 1000,
   cacheMaxTokens: undefined,
-  cacheMaxBytes: undefined
+  cacheMaxBytes: undefined,
+  logLevel: "info",
+  logFormat: "json",
+  logText: false
 }
 
 // Value grammars: each setting decodes from text (flags, env) or from the text of a JSON scalar (config file).
@@ -155,6 +166,25 @@ const NonEmptyText = Schema.String.pipe(
   Schema.compose(Schema.Trim),
   Schema.compose(Schema.NonEmptyString)
 )
+
+const LogLevelSetting = Schema.String.pipe(
+  Schema.compose(Schema.Trim),
+  Schema.compose(Schema.Lowercase),
+  Schema.compose(Schema.Literal(...logLevelNames))
+)
+
+const LogFormat = Schema.String.pipe(Schema.compose(Schema.Trim), Schema.compose(Schema.Lowercase), Schema.compose(Schema.Literal("json", "pretty")))
+
+const Switch = Schema.transformOrFail(Schema.String, Schema.Boolean, {
+  strict: true,
+  decode: (text, _, ast) => {
+    const value = text.trim().toLowerCase()
+    if (value === "on" || value === "true" || value === "yes" || value === "1") return ParseResult.succeed(true)
+    if (value === "off" || value === "false" || value === "no" || value === "0") return ParseResult.succeed(false)
+    return ParseResult.fail(new ParseResult.Type(ast, text))
+  },
+  encode: (on) => ParseResult.succeed(on ? "on" : "off")
+})
 
 const Gpu = Schema.transformOrFail(Schema.String, Schema.Union(Schema.Literal("auto"), Schema.Literal(false)), {
   strict: true,
@@ -235,6 +265,21 @@ export const settingSpecs = [
     schema: OptionalByteSize,
     expected: "a size like 512MiB, or none",
     description: "Estimated KV bytes of cached prefixes; LRU eviction starts at 80% (default none)"
+  }),
+  spec({
+    field: "logLevel",
+    name: "log-level",
+    schema: LogLevelSetting,
+    expected: `one of ${logLevelNames.join(", ")}`,
+    description: "Least severe log level written: trace, debug, info, warn, error, fatal, all or none (default info)"
+  }),
+  spec({ field: "logFormat", name: "log-format", schema: LogFormat, expected: "json or pretty", description: "Log lines as JSON objects, or pretty for a terminal (default json)" }),
+  spec({
+    field: "logText",
+    name: "log-text",
+    schema: Switch,
+    expected: "on or off",
+    description: "Put prompt and completion text in the per-request log lines (default off: they may hold anything)"
   })
 ] as const
 

@@ -3,6 +3,7 @@ import { Backend } from "../engine/Backend.js"
 import type { BackendShape } from "../engine/Backend.js"
 import type { ModelLoadFailed } from "../engine/LlamaBackend.js"
 import type { ModelWriteFailed } from "../model/generateModel.js"
+import { SchedulerMetrics } from "../observability/SchedulerMetrics.js"
 import { RequestScheduler } from "../scheduler/RequestScheduler.js"
 
 /** Why the engine behind the server could not start. */
@@ -19,6 +20,8 @@ export class ModelLoading extends Schema.TaggedError<ModelLoading>()("ModelLoadi
 export interface Engine {
   readonly backend: BackendShape
   readonly scheduler: RequestScheduler
+  /** The scheduler's metrics, for `/metrics` and `/admin/stats`. */
+  readonly metrics: SchedulerMetrics
 }
 
 /** Where the engine is in its start-up. */
@@ -40,7 +43,7 @@ export interface ModelHostShape {
  * answers `/health` with 503 while the model loads, and serves once it is ready.
  */
 export class ModelHost extends Context.Tag("weft/ModelHost")<ModelHost, ModelHostShape>() {
-  static layer = (engine: Layer.Layer<RequestScheduler | Backend, EngineStartFailed>): Layer.Layer<ModelHost> =>
+  static layer = (engine: Layer.Layer<RequestScheduler | Backend | SchedulerMetrics, EngineStartFailed>): Layer.Layer<ModelHost> =>
     Layer.scoped(
       ModelHost,
       Effect.gen(function*() {
@@ -51,7 +54,8 @@ export class ModelHost extends Context.Tag("weft/ModelHost")<ModelHost, ModelHos
         const build = Layer.buildWithScope(engine, engineScope).pipe(
           Effect.map((context): Engine => ({
             backend: Context.get(context, Backend),
-            scheduler: Context.get(context, RequestScheduler)
+            scheduler: Context.get(context, RequestScheduler),
+            metrics: Context.get(context, SchedulerMetrics)
           })),
           Effect.exit,
           Effect.tap((exit) =>
@@ -61,6 +65,15 @@ export class ModelHost extends Context.Tag("weft/ModelHost")<ModelHost, ModelHos
                 : { _tag: "Failed", message: Cause.pretty(exit.cause) }
             })
           ),
+          Effect.tap((exit) => {
+            if (Exit.isFailure(exit)) {
+              return Cause.isInterruptedOnly(exit.cause) ? Effect.void : Effect.logError("engine failed to start", exit.cause)
+            }
+            const info = exit.value.backend.info
+            return Effect.logInfo("engine ready").pipe(
+              Effect.annotateLogs({ model: info.id, parallel: info.parallel, contextSize: info.contextSize })
+            )
+          }),
           Effect.flatMap((exit) => Deferred.done(loaded, exit))
         )
         const fiber = yield* Effect.forkDaemon(build)

@@ -34,6 +34,13 @@ export interface RequestRecord {
   readonly cancelReason?: CancelReason | undefined
   /** Why it was rejected or failed, for operators. */
   readonly detail?: string | undefined
+  /** Which stage limit ended it, when `state` is `TimedOut`. */
+  readonly timeoutStage?: "queue" | "firstToken" | "total" | undefined
+  /** The trace and span the request was submitted under, for logs that outlive the submitter. */
+  readonly traceId?: string | undefined
+  readonly spanId?: string | undefined
+  /** The submitter's log annotations (such as the HTTP request id), for the same reason. */
+  readonly annotations?: Readonly<Record<string, unknown>> | undefined
 }
 
 /** A state change, published to observers (metrics, logs, tests). */

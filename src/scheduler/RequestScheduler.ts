@@ -1,6 +1,7 @@
-import { Cause, Clock, Deferred, Duration, Effect, Exit, Fiber, FiberMap, Mailbox, Option, PubSub, Random, Stream, SubscriptionRef } from "effect"
+import { Cause, Clock, Deferred, Duration, Effect, Exit, Fiber, FiberMap, FiberRef, HashMap, Mailbox, Option, PubSub, Random, Stream, SubscriptionRef } from "effect"
 import type { Scope } from "effect"
 import { Backend, DecodeFailed } from "../engine/Backend.js"
+import type { StepResult } from "../engine/Backend.js"
 import { SeqPool } from "../engine/SeqPool.js"
 import type { SeqPoolStats } from "../engine/SeqPool.js"
 import { TextAssembler } from "../engine/TextAssembler.js"
@@ -13,10 +14,27 @@ import { SchedulerConfig } from "./SchedulerConfig.js"
 import { PromptEmpty, PromptTokenInvalid, PromptTooLong, QueueFull, ShuttingDown, StageTimedOut } from "./SchedulerErrors.js"
 import type { AdmissionRejected } from "./SchedulerErrors.js"
 
-/** What the scheduler publishes as requests move: every state change, and the first token of each request. */
+/**
+ * What the scheduler publishes as requests move: every state change (admission's carries the prompt), the first
+ * step of each request, and every generated token.
+ */
 export type SchedulerEvent =
-  | ({ readonly _tag: "Transition" } & LifecycleTransition)
+  | ({ readonly _tag: "Transition"; readonly prompt?: ReadonlyArray<number> | undefined } & LifecycleTransition)
   | { readonly _tag: "FirstToken"; readonly requestId: string; readonly at: number }
+  | { readonly _tag: "Token"; readonly requestId: string; readonly at: number; readonly token: number }
+
+/** Who submitted a request: its trace and log annotations, kept on the record for observers. */
+type Origin = Pick<RequestRecord, "traceId" | "spanId" | "annotations">
+
+const currentOrigin: Effect.Effect<Origin> = Effect.zipWith(
+  Effect.option(Effect.currentParentSpan),
+  FiberRef.get(FiberRef.currentLogAnnotations),
+  (span, annotations): Origin => ({
+    traceId: Option.isSome(span) ? span.value.traceId : undefined,
+    spanId: Option.isSome(span) ? span.value.spanId : undefined,
+    annotations: HashMap.size(annotations) === 0 ? undefined : Object.fromEntries(annotations)
+  })
+)
 
 /** A queued or running request as `inspect()` shows it. */
 export interface LiveRequest {
@@ -118,8 +136,8 @@ export class RequestScheduler extends Effect.Service<RequestScheduler>()("weft/R
         return grantNextTurn
       })
 
-    const publishTransition = (from: RequestState | undefined, record: RequestRecord, at: number) =>
-      PubSub.publish(events, { _tag: "Transition", from, to: record.state, at, record })
+    const publishTransition = (from: RequestState | undefined, record: RequestRecord, at: number, prompt?: ReadonlyArray<number>) =>
+      PubSub.publish(events, { _tag: "Transition", from, to: record.state, at, record, prompt })
 
     const moveTo = (id: string, to: RequestState, changes: (now: number) => Partial<RequestRecord> = () => ({})) =>
       Effect.flatMap(Clock.currentTimeMillis, (now) => {
@@ -151,9 +169,10 @@ export class RequestScheduler extends Effect.Service<RequestScheduler>()("weft/R
     const retryAfterSeconds = (queued: number) =>
       Math.max(1, Math.ceil(((queued + 1) / backend.info.parallel) * secondsPerRequest))
 
-    const reject = (request: GenerationRequest, error: AdmissionRejected) =>
+    const reject = (request: GenerationRequest, origin: Origin, error: AdmissionRejected) =>
       Effect.flatMap(Clock.currentTimeMillis, (now) => {
         const record: RequestRecord = {
+          ...origin,
           id: request.id,
           priority: request.priority ?? "normal",
           state: "Rejected",
@@ -164,28 +183,29 @@ export class RequestScheduler extends Effect.Service<RequestScheduler>()("weft/R
           detail: error._tag
         }
         recent.add(record)
-        return Effect.zipRight(publishTransition(undefined, record, now), Effect.fail(error))
+        return Effect.zipRight(publishTransition(undefined, record, now, request.prompt), Effect.fail(error))
       })
 
     /** Checks admission and enqueues atomically (no other fiber runs between the check and the enqueue). */
-    const admit = (request: GenerationRequest, turn: Deferred.Deferred<void>) =>
+    const admit = (request: GenerationRequest, origin: Origin, turn: Deferred.Deferred<void>) =>
       Effect.flatMap(Clock.currentTimeMillis, (now) => {
         if (live.has(request.id)) return Effect.dieMessage(`Request id ${request.id} is already live`)
-        if (draining) return reject(request, new ShuttingDown())
-        if (request.prompt.length === 0) return reject(request, new PromptEmpty())
+        if (draining) return reject(request, origin, new ShuttingDown())
+        if (request.prompt.length === 0) return reject(request, origin, new PromptEmpty())
         if (request.prompt.length > backend.info.contextSize) {
-          return reject(request, new PromptTooLong({ promptTokens: request.prompt.length, contextSize: backend.info.contextSize }))
+          return reject(request, origin, new PromptTooLong({ promptTokens: request.prompt.length, contextSize: backend.info.contextSize }))
         }
         const invalidToken = request.prompt.find((token) => !Number.isInteger(token) || token < 0 || token >= backend.info.vocabSize)
         if (invalidToken !== undefined) {
-          return reject(request, new PromptTokenInvalid({ token: invalidToken, vocabSize: backend.info.vocabSize }))
+          return reject(request, origin, new PromptTokenInvalid({ token: invalidToken, vocabSize: backend.info.vocabSize }))
         }
         // A request that a free slot can take at once does not wait, so free slots add to the queue's room.
         const queued = queuedCount()
         if (queued >= settings.maxQueue + pool.freeNow()) {
-          return reject(request, new QueueFull({ queued, limit: settings.maxQueue, retryAfterSeconds: retryAfterSeconds(queued) }))
+          return reject(request, origin, new QueueFull({ queued, limit: settings.maxQueue, retryAfterSeconds: retryAfterSeconds(queued) }))
         }
         const record: RequestRecord = {
+          ...origin,
           id: request.id,
           priority: request.priority ?? "normal",
           state: "Queued",
@@ -202,7 +222,7 @@ export class RequestScheduler extends Effect.Service<RequestScheduler>()("weft/R
         })
         return Effect.all([
           SubscriptionRef.update(liveCount, (count) => count + 1),
-          publishTransition(undefined, record, now),
+          publishTransition(undefined, record, now, request.prompt),
           grantNextTurn
         ])
       })
@@ -217,7 +237,10 @@ export class RequestScheduler extends Effect.Service<RequestScheduler>()("weft/R
     ): Effect.Effect<Outcome, StageTimedOut | DecodeFailed, Scope.Scope> =>
       Effect.gen(function*() {
         const lease = yield* withStageLimit(
-          Effect.zipRight(Deferred.await(turn), pool.acquire(request.id, { prompt: request.prompt, cacheKey: request.cacheKey })).pipe(
+          Effect.zipRight(
+            Deferred.await(turn).pipe(Effect.withSpan("RequestScheduler.queueWait")),
+            pool.acquire(request.id, { prompt: request.prompt, cacheKey: request.cacheKey })
+          ).pipe(
             Effect.ensuring(leaveQueue(request.id))
           ),
           "queue",
@@ -261,28 +284,41 @@ export class RequestScheduler extends Effect.Service<RequestScheduler>()("weft/R
                 PubSub.publish(events, { _tag: "FirstToken", requestId: request.id, at: now })
               )
             )
-          )
+          ),
+          Effect.withSpan("RequestScheduler.prefill", { attributes: { "weft.prompt_tokens": suffix.length } })
         )
 
-        let first = true
-        while (true) {
-          if (request.maxTokens !== undefined && progress.completionTokens >= request.maxTokens) {
-            return yield* finishWithRest("length")
+        const atLimit = () => request.maxTokens !== undefined && progress.completionTokens >= request.maxTokens
+
+        /** Takes in one step's result; an outcome when it ends the generation. */
+        const consume = (step: StepResult) =>
+          Effect.gen(function*() {
+            cells = step.cells
+            yield* lease.setCells(cells)
+            if (step._tag === "EndOfGeneration") return yield* finishWithRest("stop")
+            progress.completionTokens += 1
+            unreportedTokens += 1
+            yield* patch(request.id, { completionTokens: progress.completionTokens })
+            yield* Effect.flatMap(Clock.currentTimeMillis, (now) =>
+              PubSub.publish(events, { _tag: "Token", requestId: request.id, at: now, token: step.token })
+            )
+            const out = assembler.push(step.token)
+            yield* emit(out.text)
+            return out.stopped ? ({ finishReason: "stop" } satisfies Outcome) : undefined
+          })
+
+        if (atLimit()) return yield* finishWithRest("length")
+        const firstOutcome = yield* Effect.flatMap(firstStep, consume)
+        if (firstOutcome !== undefined) return firstOutcome
+        return yield* Effect.gen(function*() {
+          while (true) {
+            if (atLimit()) return yield* finishWithRest("length")
+            // Each later step writes one more cell; a full context ends the generation instead of shifting it.
+            if (cells + 1 > contextSize) return yield* finishWithRest("length")
+            const outcome = yield* Effect.flatMap(generation.next, consume)
+            if (outcome !== undefined) return outcome
           }
-          // Each later step writes one more cell; a full context ends the generation instead of shifting it.
-          if (!first && cells + 1 > contextSize) return yield* finishWithRest("length")
-          const step = yield* (first ? firstStep : generation.next)
-          first = false
-          cells = step.cells
-          yield* lease.setCells(cells)
-          if (step._tag === "EndOfGeneration") return yield* finishWithRest("stop")
-          progress.completionTokens += 1
-          unreportedTokens += 1
-          yield* patch(request.id, { completionTokens: progress.completionTokens })
-          const out = assembler.push(step.token)
-          yield* emit(out.text)
-          if (out.stopped) return { finishReason: "stop" } satisfies Outcome
-        }
+        }).pipe(Effect.withSpan("RequestScheduler.decode"))
       })
 
     const finish = (
@@ -323,13 +359,15 @@ export class RequestScheduler extends Effect.Service<RequestScheduler>()("weft/R
           }
           detail = error.message
         }
+        const timeoutStage = error?._tag === "StageTimedOut" ? error.stage : undefined
         const cancelReason = state === "Cancelled" ? (live.get(request.id)?.cancelReason ?? "client") : undefined
         yield* moveTo(request.id, state, (now) => ({
           finishedAt: now,
           finishReason,
           completionTokens: progress.completionTokens,
           detail,
-          cancelReason
+          cancelReason,
+          timeoutStage
         }))
         yield* mailbox.offer(GenerationEvent.Finished({ finishReason, usage, error, cancelReason }))
         yield* mailbox.end
@@ -340,12 +378,15 @@ export class RequestScheduler extends Effect.Service<RequestScheduler>()("weft/R
       Stream.unwrapScoped(
         Effect.gen(function*() {
           const turn = yield* Deferred.make<void>()
-          yield* admit(request, turn)
+          yield* admit(request, yield* currentOrigin, turn)
           const seed = request.sampling.seed ?? (yield* Random.nextIntBetween(0, 2 ** 31 - 1))
           const limits = effectiveTimeouts(settings.timeouts, request.timeouts)
           const mailbox = yield* Mailbox.make<GenerationEvent>()
           const progress: Progress = { completionTokens: 0, cachedTokens: 0 }
           const run = Effect.scoped(generate(request, seed, limits, turn, mailbox, progress)).pipe(
+            Effect.withSpan("RequestScheduler.generation", {
+              attributes: { "weft.request_id": request.id, "weft.prompt_tokens": request.prompt.length }
+            }),
             Effect.ensuring(grantNextTurn),
             (body) => withStageLimit(body, "total", limits.totalMs),
             Effect.onExit((exit) => finish(request, mailbox, progress, exit)),
