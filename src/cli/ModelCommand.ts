@@ -4,7 +4,7 @@ import { DEFAULT_MODEL_SEED, generateModel } from "../model/generateModel.js"
 import { ModelPreset } from "../model/ModelPresets.js"
 
 const preset = Options.choice("preset", ModelPreset.literals).pipe(
-  Options.withDescription("Model size: tiny (tests), demo (npm start) or bench (~125M parameters)")
+  Options.withDescription("Model size: tiny (tests), demo (npm start) or bench (~100M parameters)")
 )
 
 const out = Options.file("out").pipe(Options.withDescription("Where to write the .gguf file"))

@@ -42,3 +42,15 @@ export const planBatch = (queued: ReadonlyArray<QueuedDecode>, size: number): Ar
     .map(([index, amount]) => ({ index, amount }))
     .sort((a, b) => queued[a.index]!.sequenceId - queued[b.index]!.sequenceId)
 }
+
+/**
+ * `planBatch` as a node-llama-cpp batch-item prioritization strategy: `items` are its batch items (each carrying the
+ * `tokens` still queued), `sequenceOf` finds the sequence an item's tokens belong to (unknown ones go last).
+ */
+export const prioritizeBySequence = <Item extends { readonly tokens: ReadonlyArray<unknown> }>(
+  items: ReadonlyArray<Item>,
+  size: number,
+  sequenceOf: (tokens: Item["tokens"]) => number | undefined
+): Array<{ readonly item: Item; readonly processAmount: number }> =>
+  planBatch(items.map((item) => ({ sequenceId: sequenceOf(item.tokens) ?? Number.MAX_SAFE_INTEGER, tokens: item.tokens.length })), size)
+    .map((planned) => ({ item: items[planned.index]!, processAmount: planned.amount }))

@@ -14,8 +14,9 @@ import type {
 } from "node-llama-cpp"
 import { Backend, ChatTemplateFailed, DecodeFailed, KvEraseFailed } from "./Backend.js"
 import type { BackendShape, ChatMessage, Generation, ModelInfo, StepResult } from "./Backend.js"
-import { planBatch } from "./BatchPlan.js"
+import { prioritizeBySequence } from "./BatchPlan.js"
 import { StepBatcher } from "./StepBatcher.js"
+import { defaultThreadTunerOptions, ThreadTuner } from "./ThreadTuner.js"
 import type { GrammarConstraint, SamplingOptions } from "./SamplingOptions.js"
 
 export interface LlamaBackendConfig {
@@ -30,11 +31,16 @@ export interface LlamaBackendConfig {
   readonly batchSize?: number | undefined
   /**
    * Most prompt tokens one generation evaluates per decode step: a long prompt is prefilled in chunks interleaved
-   * with the running generations' steps, so they stall by one chunk at most. Defaults to 256.
+   * with the running generations' steps, so they stall by one chunk at most. Defaults to 128.
    */
   readonly prefillChunk?: number | undefined
   /** Defaults to the cores this process may run on: more threads than cores collapses llama.cpp's spinning barrier. */
   readonly threads?: number | undefined
+  /**
+   * Let each decode step use `threads` or half of it, whichever measures faster for steps of its width (see
+   * `ThreadTuner`); `false` pins every step to `threads`. Defaults to true.
+   */
+  readonly tuneThreads?: boolean | undefined
   readonly gpu?: "auto" | false | undefined
 }
 
@@ -49,12 +55,12 @@ const errorMessage = (error: unknown) => (error instanceof Error ? error.message
 /** How many penalised tokens llama.cpp looks back over (its `penalty_last_n` default). */
 const penaltyWindow = 64
 
-const defaultPrefillChunk = 256
+const defaultPrefillChunk = 128
 
 /**
- * How long a decode step waits for a generation still handling its previous token (once nothing is decoding) before
- * going without it. The between-steps work of every generation takes well under a millisecond; this only bounds
- * the wait for one that stalls.
+ * How long a decode step waits for a generation still handling its previous token (nothing decoding, no other
+ * generation arriving meanwhile) before going without it. Between-steps work takes well under a millisecond per
+ * generation; this only bounds the wait for one that stalls.
  */
 const stepWaitMs = 5
 
@@ -72,11 +78,53 @@ const sequenceOrderStrategy = (context: () => LlamaContext | undefined): CustomB
     | undefined
   const sequenceOf = new Map<ReadonlyArray<Token>, number>()
   for (const decode of queued ?? []) sequenceOf.set(decode.tokens, decode.sequenceId)
-  const plan = planBatch(
-    items.map((item) => ({ sequenceId: sequenceOf.get(item.tokens) ?? Number.MAX_SAFE_INTEGER, tokens: item.tokens.length })),
-    size
-  )
-  return plan.map((planned) => ({ item: items[planned.index]!, processAmount: planned.amount }))
+  return prioritizeBySequence(items, size, (tokens) => sequenceOf.get(tokens))
+}
+
+/**
+ * Routes every decode step's thread count through `tuner`. node-llama-cpp internal: LlamaContext#_ctx is the native
+ * AddonContext; its dispatch loop (LlamaContext.js `dispatchPendingBatch` → `decodeTokenBatchItems`) calls
+ * `_ctx.initBatch(tokens)`, `_ctx.addToBatch(...)`, `_ctx.setThreads(allocation)` and then `_ctx.decodeBatch()`, so a
+ * proxy that sets the tuner's choice right before `decodeBatch` and times it sees every step. Its methods cannot be
+ * overridden on the native object itself (they are read-only), hence the proxy.
+ */
+const tuneThreads = (context: LlamaContext, tuner: ThreadTuner): void => {
+  // node-llama-cpp internal: LlamaContext#_ctx (AddonContext).
+  const native = (context as any)._ctx as Record<PropertyKey, unknown> & {
+    initBatch: (tokens: number) => unknown
+    setThreads: (threads: number) => void
+    decodeBatch: () => Promise<unknown>
+  }
+  let tokens = 0
+  const bound = new Map<PropertyKey, unknown>()
+  const initBatch = (size: number) => {
+    tokens = size
+    return native.initBatch(size)
+  }
+  const decodeBatch = () => {
+    const threads = tuner.choose(tokens)
+    native.setThreads(threads)
+    const started = performance.now()
+    const measured = tokens
+    return native.decodeBatch().then((result) => {
+      tuner.record(measured, threads, performance.now() - started)
+      return result
+    })
+  }
+  ;(context as any)._ctx = new Proxy(native, {
+    get: (target, key) => {
+      if (key === "initBatch") return initBatch
+      if (key === "decodeBatch") return decodeBatch
+      const value = target[key]
+      if (typeof value !== "function") return value
+      let method = bound.get(key)
+      if (method === undefined) {
+        method = value.bind(target)
+        bound.set(key, method)
+      }
+      return method
+    }
+  })
 }
 
 /** `prompt` cut into pieces of at most `chunk` tokens (one empty piece for an empty prompt). */
@@ -145,6 +193,7 @@ export const LlamaBackend = {
           (context) => Effect.promise(() => context.dispose())
         )
         created = context
+        if (config.tuneThreads !== false) tuneThreads(context, new ThreadTuner(defaultThreadTunerOptions(threads)))
         const batcher = new StepBatcher({ maxWaitMs: stepWaitMs })
         const sequences: Array<LlamaContextSequence> = Array.from({ length: config.parallel }, () =>
           context.getSequence({
@@ -261,15 +310,23 @@ export const LlamaBackend = {
               })
             )
             // Every chunk but the last is evaluated without sampling, one per step; the last one samples the first token.
+            // The first chunk goes out at once rather than waiting for the running generations' next step: it is
+            // decoded right after the step in flight, and they wait for it just as they would have in a shared step
+            // (llama.cpp splits a prompt from single-token decodes into a micro-batch of its own anyway), while the
+            // new request gets its first token a step sooner.
             const step = async () => {
+              let eager = true
               if (iterator === undefined) {
                 for (const chunk of chunks.slice(0, -1)) {
-                  await participant.step(() => sequence.evaluateWithoutGeneratingNewTokens(chunk))
+                  await participant.step(() => sequence.evaluateWithoutGeneratingNewTokens(chunk), { eager })
+                  eager = false
                 }
                 iterator = sequence.evaluate(chunks[chunks.length - 1]!, options)
+              } else {
+                eager = false
               }
               const current = iterator
-              return participant.step(() => current.next())
+              return participant.step(() => current.next(), { eager })
             }
             let prefilled = false
             const next = Effect.tryPromise({

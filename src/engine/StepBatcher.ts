@@ -1,15 +1,18 @@
 /** One generation taking part in batched decode steps. */
 export interface StepParticipant {
-  /** Waits until this step may go out with everyone else's, then issues it; resolves with its result. */
-  readonly step: <A>(issue: () => Promise<A>) => Promise<A>
+  /**
+   * Waits until this step may go out with everyone else's, then issues it; resolves with its result. An `eager` step
+   * goes out at once (the others then wait for it to come back before their next step).
+   */
+  readonly step: <A>(issue: () => Promise<A>, options?: { readonly eager?: boolean }) => Promise<A>
   /** Stops taking part: the others no longer wait for this one. Idempotent. */
   readonly leave: () => void
 }
 
 export interface StepBatcherOptions {
   /**
-   * How long the waiting steps wait for a generation that is still doing its between-steps work once nothing is
-   * being decoded; after that they go without it (it joins the next step).
+   * How long the waiting steps wait, once nothing is being decoded and no other generation has arrived meanwhile,
+   * for a generation still doing its between-steps work; after that they go without it (it joins the next step).
    */
   readonly maxWaitMs: number
 }
@@ -23,7 +26,7 @@ type State = "working" | "waiting" | "inflight" | "left"
  * and one step of N streams becomes several `llama_decode` calls of a few tokens, each a full pass over the weights.
  *
  * A step is released when every live generation is waiting for it. A generation still between steps (doing its JS
- * work) is waited for at most `maxWaitMs`, counted from the moment no decode is running.
+ * work) is waited for until no other generation has arrived for `maxWaitMs` while no decode is running.
  */
 export class StepBatcher {
   private live = 0
@@ -38,9 +41,21 @@ export class StepBatcher {
     this.live += 1
     let state: State = "working"
     let entry: { readonly release: () => void } | undefined
-    const step = <A>(issue: () => Promise<A>): Promise<A> => {
+    const finished = () => {
+      if (state !== "inflight") return
+      state = "working"
+      this.inflight -= 1
+      this.check()
+    }
+    const step = <A>(issue: () => Promise<A>, options?: { readonly eager?: boolean }): Promise<A> => {
       if (state === "left") return issue()
       if (state !== "working") return Promise.reject(new Error(`StepBatcher: a step was issued while ${state}`))
+      if (options?.eager === true) {
+        state = "inflight"
+        this.inflight += 1
+        this.clearTimer()
+        return issue().finally(finished)
+      }
       return new Promise<void>((resolve) => {
         state = "waiting"
         entry = {
@@ -54,15 +69,11 @@ export class StepBatcher {
           }
         }
         this.waiting.push(entry)
+        // Each arrival restarts the straggler timeout: while generations keep arriving, the JS thread is still
+        // working through them (one at a time), and cutting the batch short would split it.
+        this.clearTimer()
         this.check()
-      }).then(() =>
-        issue().finally(() => {
-          if (state !== "inflight") return
-          state = "working"
-          this.inflight -= 1
-          this.check()
-        })
-      )
+      }).then(() => issue().finally(finished))
     }
     const leave = () => {
       if (state === "left") return
@@ -85,33 +96,26 @@ export class StepBatcher {
     return { live: this.live, waiting: this.waiting.length, inflight: this.inflight }
   }
 
-  private releaseAll() {
+  private clearTimer() {
     if (this.timer !== undefined) {
       clearTimeout(this.timer)
       this.timer = undefined
     }
+  }
+
+  private releaseAll() {
+    this.clearTimer()
     const released = this.waiting.splice(0, this.waiting.length)
     for (const entry of released) entry.release()
   }
 
   private check() {
-    if (this.waiting.length === 0) {
-      if (this.timer !== undefined) {
-        clearTimeout(this.timer)
-        this.timer = undefined
-      }
+    // Steps being decoded come back and join the next release; releasing before would split the batch.
+    if (this.waiting.length === 0 || this.inflight > 0) {
+      this.clearTimer()
       return
     }
-    // Steps decoding now come back and join the next release; releasing before would split the batch.
-    if (this.inflight > 0) {
-      if (this.timer !== undefined) {
-        clearTimeout(this.timer)
-        this.timer = undefined
-      }
-      return
-    }
-    const working = this.live - this.waiting.length
-    if (working <= 0) {
+    if (this.live - this.waiting.length <= 0) {
       this.releaseAll()
       return
     }

@@ -15,9 +15,11 @@ export interface ModelDimensions {
   readonly contextLength: number
   readonly rmsNormEpsilon: number
   readonly ropeFreqBase: number
+  /** Leave out `output.weight`: llama.cpp then projects logits with `token_embd` (tied embeddings). */
+  readonly tiedOutput?: boolean
 }
 
-/** Dimensions of each preset: `tiny` for tests, `demo` for `npm start`, `bench` (~125M parameters) for benchmarks. */
+/** Dimensions of each preset: `tiny` for tests, `demo` for `npm start`, `bench` (~100M parameters, ~200 MB) for benchmarks. */
 export const ModelPresets: { readonly [P in ModelPreset]: ModelDimensions } = {
   tiny: {
     vocabSize: 3072,
@@ -50,7 +52,8 @@ export const ModelPresets: { readonly [P in ModelPreset]: ModelDimensions } = {
     feedForwardLength: 2048,
     contextLength: 4096,
     rmsNormEpsilon: 1e-5,
-    ropeFreqBase: 10000
+    ropeFreqBase: 10000,
+    tiedOutput: true
   }
 }
 

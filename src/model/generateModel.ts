@@ -61,7 +61,7 @@ const normalFloat16Bytes = (count: number, deviation: number, seed: number): Uin
   const halves = new Uint16Array(count)
   let state = seed | 0
   for (let i = 0; i < count; i++) {
-    // mulberry32, inlined: this loop runs ~125M times for the bench preset.
+    // mulberry32, inlined: this loop runs ~100M times for the bench preset.
     state = (state + 0x6d2b79f5) | 0
     let t = Math.imul(state ^ (state >>> 15), state | 1)
     t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
@@ -94,7 +94,9 @@ const llamaTensors = (dimensions: ModelDimensions, seed: number): Array<GgufTens
   const fromEmbedding = 1 / Math.sqrt(embedding)
   const fromFeedForward = 1 / Math.sqrt(dimensions.feedForwardLength)
 
-  matrix("token_embd.weight", embedding, dimensions.vocabSize, 1)
+  // A tied embedding also projects the logits, so it gets the output's scale (below) rather than unit variance.
+  const tied = dimensions.tiedOutput === true
+  matrix("token_embd.weight", embedding, dimensions.vocabSize, tied ? 2 * fromEmbedding : 1)
   for (let block = 0; block < dimensions.blockCount; block++) {
     norm(`blk.${block}.attn_norm.weight`)
     matrix(`blk.${block}.attn_q.weight`, embedding, embedding, fromEmbedding)
@@ -108,7 +110,7 @@ const llamaTensors = (dimensions: ModelDimensions, seed: number): Array<GgufTens
   }
   norm("output_norm.weight")
   // Logits with a standard deviation of ~2 give a varied but not flat next-token distribution.
-  matrix("output.weight", embedding, dimensions.vocabSize, 2 * fromEmbedding)
+  if (!tied) matrix("output.weight", embedding, dimensions.vocabSize, 2 * fromEmbedding)
   return tensors
 }
 

@@ -1,0 +1,102 @@
+import { Effect } from "effect"
+import type { Scope } from "effect"
+import { getLlama, LlamaLogLevel, TokenBias } from "node-llama-cpp"
+import type { LlamaContext, LlamaContextSequence, Token } from "node-llama-cpp"
+import type { BenchTarget, GenerationCall } from "./BenchTarget.js"
+import { sampleOrFailure } from "./BenchTarget.js"
+
+/** How the naive mode loads the model: only what every mode shares. */
+export interface NaiveTargetConfig {
+  readonly modelPath: string
+  readonly threads: number
+  readonly gpu: "auto" | false
+}
+
+/**
+ * node-llama-cpp used the straightforward way, as a first program would: one context with a sequence per stream, one
+ * `sequence.evaluate` loop per stream, `threads` set to the cores, every other option (context size, batch size,
+ * batching, flash attention) left at its default. The sampling parameters and the ignore_eos ban are the server's, so
+ * the modes differ only in how they drive the engine.
+ */
+export const naiveTarget = (config: NaiveTargetConfig): Effect.Effect<BenchTarget, Error, Scope.Scope> =>
+  Effect.gen(function*() {
+    const llama = yield* Effect.acquireRelease(
+      Effect.tryPromise(() => getLlama({ build: "never", gpu: config.gpu, logLevel: LlamaLogLevel.error })),
+      (llama) => Effect.promise(() => llama.dispose())
+    )
+    const model = yield* Effect.acquireRelease(
+      Effect.tryPromise(() => llama.loadModel({ modelPath: config.modelPath })),
+      (model) => Effect.promise(() => model.dispose())
+    )
+    const banEndOfGeneration = new TokenBias(model.tokenizer)
+    // TokenBias.set skips end-of-generation tokens (node-llama-cpp dist/evaluator/TokenBias.js), so, as LlamaBackend
+    // does for ignore_eos, the ban goes into its internal `_biases` map, which the sampler reads as logit biases.
+    const biases = (banEndOfGeneration as unknown as { _biases: Map<Token, number> })._biases
+    const vocabSize = model.fileInfo.metadata.tokenizer.ggml.tokens.length
+    for (let token = 0; token < vocabSize; token++) {
+      if (model.isEogToken(token as Token)) biases.set(token as Token, -Infinity)
+    }
+
+    let context: LlamaContext | undefined
+    let idle: Array<LlamaContextSequence> = []
+    yield* Effect.addFinalizer(() => Effect.promise(async () => context?.dispose()))
+
+    const prepare = (concurrency: number) =>
+      Effect.promise(async () => {
+        if (context !== undefined && context.totalSequences === concurrency) return
+        await context?.dispose()
+        context = await model.createContext({ sequences: concurrency, threads: config.threads })
+        idle = Array.from({ length: concurrency }, () => context!.getSequence())
+      })
+
+    const generate = (call: GenerationCall) =>
+      Effect.acquireUseRelease(
+        Effect.sync(() => {
+          const sequence = idle.pop()
+          if (sequence === undefined) throw new Error("naive: more streams than prepared sequences")
+          return sequence
+        }),
+        (sequence) =>
+          Effect.tryPromise(async () => {
+            const startedAt = performance.now()
+            const text = model.tokenize(call.prompt, true)
+            const bos = model.tokens.bos
+            const prompt = bos === null || !model.tokens.shouldPrependBosToken || text[0] === bos ? text : [bos, ...text]
+            const chunkTimes: Array<number> = []
+            const options = {
+              temperature: call.temperature,
+              topK: 40,
+              topP: 0.95,
+              minP: 0.05,
+              seed: call.seed,
+              tokenBias: banEndOfGeneration
+            }
+            for await (const _token of sequence.evaluate(prompt, options)) {
+              const at = performance.now()
+              chunkTimes.push(at)
+              call.onChunk?.(at)
+              if (chunkTimes.length >= call.maxTokens) break
+            }
+            return {
+              ok: true,
+              startedAt,
+              endedAt: performance.now(),
+              chunkTimes,
+              completionTokens: chunkTimes.length,
+              promptTokens: prompt.length
+            }
+          }),
+        (sequence) =>
+          Effect.promise(async () => {
+            await sequence.clearHistory()
+            idle.push(sequence)
+          })
+      )
+
+    return {
+      name: "naive",
+      pids: [],
+      prepare,
+      send: (call) => sampleOrFailure(generate(call))
+    } satisfies BenchTarget
+  })

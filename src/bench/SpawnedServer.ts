@@ -1,0 +1,96 @@
+import { spawn } from "node:child_process"
+import type { ChildProcess } from "node:child_process"
+import * as net from "node:net"
+import { fileURLToPath } from "node:url"
+import { Effect, Schema } from "effect"
+import type { Scope } from "effect"
+import { awaitHealthy } from "./HttpTarget.js"
+import type { EngineBenchConfig } from "./InProcessTarget.js"
+
+/** `weft serve` could not be started for the bench. */
+export class ServerStartFailed extends Schema.TaggedError<ServerStartFailed>()("ServerStartFailed", {
+  message: Schema.String,
+  output: Schema.String
+}) {}
+
+/** A `weft serve` child process and where it listens. */
+export interface SpawnedServer {
+  readonly baseUrl: string
+  readonly pid: number | undefined
+}
+
+const freePort = Effect.async<number, ServerStartFailed>((resume) => {
+  const server = net.createServer()
+  server.once("error", (cause) => resume(Effect.fail(new ServerStartFailed({ message: cause.message, output: "" }))))
+  server.listen(0, "127.0.0.1", () => {
+    const address = server.address()
+    const port = typeof address === "object" && address !== null ? address.port : 0
+    server.close(() => resume(Effect.succeed(port)))
+  })
+})
+
+const mainEntry = fileURLToPath(new URL("../main.ts", import.meta.url))
+
+const exited = (child: ChildProcess) =>
+  new Promise<void>((resolve) => {
+    if (child.exitCode !== null || child.signalCode !== null) resolve()
+    else child.once("exit", () => resolve())
+  })
+
+/**
+ * Starts `weft serve` on the model in a child process (so the load generator's JS never runs on the server's event
+ * loop), waits until `/health` is 200, and stops it with SIGTERM when the scope closes.
+ */
+export const spawnWeft = (
+  config: EngineBenchConfig,
+  extraArgs: ReadonlyArray<string> = []
+): Effect.Effect<SpawnedServer, ServerStartFailed, Scope.Scope> =>
+  Effect.gen(function*() {
+    const port = yield* freePort
+    const args = [
+      "--import",
+      "tsx",
+      mainEntry,
+      "serve",
+      "--model", config.modelPath,
+      "--host", "127.0.0.1",
+      "--port", String(port),
+      "--parallel", String(config.parallel),
+      "--ctx-size", String(config.contextSize),
+      "--threads", String(config.threads),
+      "--gpu", config.gpu === false ? "off" : "auto",
+      "--max-queue", "1024",
+      "--shutdown-grace", "0",
+      ...(config.batchSize === undefined ? [] : ["--batch-size", String(config.batchSize)]),
+      ...extraArgs
+    ]
+    let output = ""
+    const child = yield* Effect.acquireRelease(
+      Effect.sync(() => {
+        const child = spawn(process.execPath, args, { stdio: ["ignore", "pipe", "pipe"] })
+        const keep = (part: Buffer) => {
+          output = (output + part.toString("utf8")).slice(-4000)
+        }
+        child.stdout?.on("data", keep)
+        child.stderr?.on("data", keep)
+        return child
+      }),
+      (child) =>
+        Effect.promise(async () => {
+          if (child.exitCode !== null || child.signalCode !== null) return
+          child.kill("SIGTERM")
+          const timer = setTimeout(() => child.kill("SIGKILL"), 15_000)
+          await exited(child)
+          clearTimeout(timer)
+        })
+    )
+    const baseUrl = `http://127.0.0.1:${port}`
+    yield* awaitHealthy(baseUrl, 120_000).pipe(
+      Effect.raceFirst(
+        Effect.flatMap(Effect.promise(() => exited(child)), () =>
+          Effect.fail(new ServerStartFailed({ message: `weft serve exited with ${child.exitCode ?? child.signalCode}`, output })))
+      ),
+      Effect.catchTag("ServerUnreachable", (error) => Effect.fail(new ServerStartFailed({ message: error.message, output })))
+    )
+    return { baseUrl, pid: child.pid }
+  })

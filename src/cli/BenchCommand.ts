@@ -1,0 +1,128 @@
+import { Command, Options } from "@effect/cli"
+import { Effect, Option, Schema } from "effect"
+import { defaultBenchSettings, runBench } from "../bench/Bench.js"
+import type { BenchMode, BenchSettings } from "../bench/Bench.js"
+
+/** A comma-separated list of positive integers, e.g. `1,4,8,16`. */
+const LevelList = Schema.String.pipe(
+  Schema.pattern(/^\s*\d+(\s*,\s*\d+)*\s*$/, { message: () => "a comma-separated list of integers, e.g. 1,4,8,16" }),
+  Schema.transform(Schema.Array(Schema.Int.pipe(Schema.between(1, 256))), {
+    strict: true,
+    decode: (text) => text.split(",").map((part) => Number(part.trim())),
+    encode: (levels) => levels.join(",")
+  })
+)
+
+const positive = (name: string, fallback: number, description: string) =>
+  Options.integer(name).pipe(
+    Options.withSchema(Schema.Int.pipe(Schema.greaterThanOrEqualTo(1))),
+    Options.withDefault(fallback),
+    Options.withDescription(description)
+  )
+
+const options = {
+  url: Options.text("url").pipe(
+    Options.withDescription("Measure any OpenAI-compatible server at this base URL (e.g. http://127.0.0.1:8080)"),
+    Options.optional
+  ),
+  urlModel: Options.text("url-model").pipe(
+    Options.withDescription("Model name sent to --url (default: the first one its /v1/models lists)"),
+    Options.optional
+  ),
+  apiKey: Options.text("api-key").pipe(Options.withDescription("Bearer token for --url"), Options.optional),
+  spawn: Options.boolean("spawn").pipe(Options.withDescription("Start `weft serve` in a child process and measure it over HTTP")),
+  inProcess: Options.boolean("in-process").pipe(Options.withDescription("Measure the scheduler in this process, without HTTP")),
+  naive: Options.boolean("naive").pipe(
+    Options.withDescription("Measure node-llama-cpp used directly: one sequence.evaluate loop per stream, threads = cores")
+  ),
+  model: Options.file("model").pipe(
+    Options.withDescription("GGUF for the naive, in-process and spawn modes (default: the generated bench model)"),
+    Options.optional
+  ),
+  dataDir: Options.directory("data-dir").pipe(
+    Options.withDefault(defaultBenchSettings.dataDir),
+    Options.withDescription("Where the bench model is generated and kept")
+  ),
+  levels: Options.text("levels").pipe(
+    Options.withSchema(LevelList),
+    Options.withDefault(defaultBenchSettings.levels),
+    Options.withDescription("Closed-loop concurrency levels")
+  ),
+  promptTokens: positive("prompt-tokens", defaultBenchSettings.promptTokens, "Prompt length in tokens, BOS included"),
+  completionTokens: positive("completion-tokens", defaultBenchSettings.completionTokens, "Tokens generated per request (ignore_eos)"),
+  seconds: positive("seconds", defaultBenchSettings.seconds, "Measurement window per level, after the streams have ramped up"),
+  threads: positive("threads", defaultBenchSettings.threads, "llama.cpp threads (default: the cores)"),
+  parallel: Options.integer("parallel").pipe(
+    Options.withDescription("Sequences of the Weft engine (default: the largest level)"),
+    Options.optional
+  ),
+  contextSize: positive("ctx-size", defaultBenchSettings.contextSize, "Context per sequence"),
+  batchSize: Options.integer("batch-size").pipe(Options.withDescription("Weft's --batch-size"), Options.optional),
+  gpu: Options.choice("gpu", ["auto", "off"]).pipe(Options.withDefault("auto" as const), Options.withDescription("GPU offloading")),
+  prefillTokens: Options.integer("prefill-tokens").pipe(
+    Options.withDefault(2000),
+    Options.withDescription("Long-prompt probe: its prompt length; 0 skips the probe")
+  ),
+  prefillStreams: positive("prefill-streams", 8, "Long-prompt probe: streams already running"),
+  rounds: positive("rounds", defaultBenchSettings.rounds, "Measure every level this many times per mode, modes interleaved"),
+  quietBelow: Options.integer("quiet-below").pipe(
+    Options.withDefault(defaultBenchSettings.quietBelow),
+    Options.withDescription("Before each measurement wait until other processes use less than this % CPU (0: don't wait)")
+  ),
+  quietMaxWait: positive("quiet-max-wait", defaultBenchSettings.quietMaxWaitSeconds, "Longest wait for --quiet-below, seconds"),
+  out: Options.directory("out").pipe(
+    Options.withDefault(defaultBenchSettings.outDir),
+    Options.withDescription("Directory for the JSON and markdown results")
+  ),
+  temperature: Options.float("temperature").pipe(Options.withDefault(defaultBenchSettings.temperature))
+}
+
+/** The modes asked for, in the order they run; naive, in-process and spawn when none is named. */
+const modesOf = (selected: { readonly url: boolean; readonly spawn: boolean; readonly inProcess: boolean; readonly naive: boolean }) => {
+  const modes: Array<BenchMode> = []
+  if (selected.naive) modes.push("naive")
+  if (selected.inProcess) modes.push("in-process")
+  if (selected.spawn) modes.push("spawn")
+  if (selected.url) modes.push("url")
+  return modes.length === 0 ? defaultBenchSettings.modes : modes
+}
+
+/** How this run was invoked, for the report. */
+const invocation = () => {
+  const args = process.argv.slice(2)
+  return args[0] === "bench" ? `weft ${args.join(" ")}` : `npm run bench -- ${args.join(" ")}`.trimEnd()
+}
+
+/** `weft bench`: a closed-loop load generator for Weft and any OpenAI-compatible server, with side-by-side baselines. */
+export const benchCommand = Command.make("bench", options, (flags) =>
+  Effect.gen(function*() {
+    const url = Option.getOrUndefined(flags.url)
+    const settings: BenchSettings = {
+      modes: modesOf({ url: url !== undefined, spawn: flags.spawn, inProcess: flags.inProcess, naive: flags.naive }),
+      url,
+      urlModel: Option.getOrUndefined(flags.urlModel),
+      apiKey: Option.getOrUndefined(flags.apiKey),
+      modelPath: Option.getOrUndefined(flags.model),
+      dataDir: flags.dataDir,
+      levels: flags.levels,
+      promptTokens: flags.promptTokens,
+      completionTokens: flags.completionTokens,
+      seconds: flags.seconds,
+      temperature: flags.temperature,
+      threads: flags.threads,
+      parallel: Option.getOrUndefined(flags.parallel),
+      contextSize: flags.contextSize,
+      batchSize: Option.getOrUndefined(flags.batchSize),
+      gpu: flags.gpu === "off" ? false : "auto",
+      prefill: flags.prefillTokens > 0 ? { streams: flags.prefillStreams, promptTokens: flags.prefillTokens } : undefined,
+      rounds: flags.rounds,
+      quietBelow: flags.quietBelow,
+      quietMaxWaitSeconds: flags.quietMaxWait,
+      outDir: flags.out
+    }
+    yield* runBench(settings, invocation())
+  })).pipe(
+    Command.withDescription(
+      "Closed-loop streaming load generator: tok/s, TTFT, inter-token latency at each concurrency, naive and in-process side by side"
+    )
+  )

@@ -1,0 +1,113 @@
+/** How the tuner explores. */
+export interface ThreadTunerOptions {
+  /** The configured thread count: the most any step uses. */
+  readonly maxThreads: number
+  /** Steps measured with each candidate before the tuner starts choosing (per batch-size class). */
+  readonly warmupSamples: number
+  /** Weight of the newest measurement in each running average. */
+  readonly smoothing: number
+  /** One step in this many re-measures the candidate not chosen, when it was close (within 1.5×). */
+  readonly probeEvery: number
+  /** The same for a candidate that was far behind. */
+  readonly probeRarelyEvery: number
+}
+
+export const defaultThreadTunerOptions = (maxThreads: number): ThreadTunerOptions => ({
+  maxThreads,
+  warmupSamples: 6,
+  smoothing: 0.1,
+  probeEvery: 32,
+  probeRarelyEvery: 256
+})
+
+interface Estimate {
+  samples: number
+  /** Running average of milliseconds per evaluated token. */
+  msPerToken: number
+}
+
+interface SizeClass {
+  readonly estimates: Map<number, Estimate>
+  choices: number
+}
+
+/** Batch-size classes: steps of similar width share what was learnt (1, 2–3, 4–7, 8–15, …). */
+const classOf = (tokens: number): number => Math.floor(Math.log2(Math.max(1, tokens)))
+
+/**
+ * Picks the thread count of each decode step from measurements, per batch-size class, between the configured
+ * count and half of it (at least 1).
+ *
+ * llama.cpp's CPU threads meet at a spinning barrier after every operation of the graph: if one of them loses its
+ * core for a moment (another process, a VM's vCPU stall, our own JS thread), all of them wait. A one-token step is
+ * memory-bound and gains little from a second thread, but pays every such stall; on a 2-core machine one thread
+ * decodes a single stream faster on average than two (llama.cpp itself has a separate `n_threads` for one-token
+ * steps). Wide batches are compute-bound and want every core. Which one wins depends on the machine and on its load,
+ * so it is measured, not assumed: each class keeps a running average per candidate, and the candidate not in use is
+ * re-measured now and then, often when it was close, rarely when it was far behind.
+ */
+export class ThreadTuner {
+  private readonly classes = new Map<number, SizeClass>()
+  private readonly candidates: ReadonlyArray<number>
+
+  constructor(private readonly options: ThreadTunerOptions) {
+    const max = Math.max(1, Math.floor(options.maxThreads))
+    this.candidates = [...new Set([max, Math.max(1, Math.floor(max / 2))])]
+  }
+
+  /** Threads for a step that evaluates `tokens` tokens. */
+  choose(tokens: number): number {
+    if (this.candidates.length === 1) return this.candidates[0]!
+    const sizeClass = this.classFor(tokens)
+    sizeClass.choices += 1
+    const measured = this.candidates.map((threads) => ({ threads, estimate: sizeClass.estimates.get(threads) }))
+    const unsure = measured
+      .filter(({ estimate }) => (estimate?.samples ?? 0) < this.options.warmupSamples)
+      .sort((a, b) => (a.estimate?.samples ?? 0) - (b.estimate?.samples ?? 0))
+    if (unsure.length > 0) return unsure[0]!.threads
+    const ranked = [...measured].sort((a, b) => a.estimate!.msPerToken - b.estimate!.msPerToken)
+    const best = ranked[0]!
+    const other = ranked[1]!
+    const close = other.estimate!.msPerToken <= 1.5 * best.estimate!.msPerToken
+    const interval = close ? this.options.probeEvery : this.options.probeRarelyEvery
+    return sizeClass.choices % interval === 0 ? other.threads : best.threads
+  }
+
+  /** Records how long a step of `tokens` tokens took with `threads` threads. */
+  record(tokens: number, threads: number, milliseconds: number): void {
+    if (!(milliseconds >= 0) || tokens <= 0) return
+    const sizeClass = this.classFor(tokens)
+    const perToken = milliseconds / tokens
+    const estimate = sizeClass.estimates.get(threads)
+    if (estimate === undefined) {
+      sizeClass.estimates.set(threads, { samples: 1, msPerToken: perToken })
+      return
+    }
+    estimate.samples += 1
+    // A plain mean while warming up, then a running average that follows the machine's load.
+    const weight = estimate.samples <= this.options.warmupSamples ? 1 / estimate.samples : this.options.smoothing
+    estimate.msPerToken += weight * (perToken - estimate.msPerToken)
+  }
+
+  /** What was learnt, per batch-size class (for diagnostics and tests). */
+  snapshot(): ReadonlyArray<{ readonly minTokens: number; readonly threads: number; readonly msPerToken: number; readonly samples: number }> {
+    return [...this.classes.entries()].sort((a, b) => a[0] - b[0]).flatMap(([sizeClass, { estimates }]) =>
+      [...estimates.entries()].map(([threads, estimate]) => ({
+        minTokens: 2 ** sizeClass,
+        threads,
+        msPerToken: estimate.msPerToken,
+        samples: estimate.samples
+      }))
+    )
+  }
+
+  private classFor(tokens: number): SizeClass {
+    const key = classOf(tokens)
+    let sizeClass = this.classes.get(key)
+    if (sizeClass === undefined) {
+      sizeClass = { estimates: new Map(), choices: 0 }
+      this.classes.set(key, sizeClass)
+    }
+    return sizeClass
+  }
+}

@@ -1,0 +1,77 @@
+import { describe, expect, it } from "@effect/vitest"
+import * as http from "node:http"
+import type { AddressInfo } from "node:net"
+import { Effect } from "effect"
+import { makeAgent, streamCompletion } from "../../src/bench/SseClient.js"
+
+/** A fake OpenAI-compatible server answering every completion with `events` (already framed), one write each. */
+const fakeServer = (status: number, events: ReadonlyArray<string>) =>
+  Effect.acquireRelease(
+    Effect.async<{ readonly url: string; readonly bodies: Array<unknown>; readonly server: http.Server }>((resume) => {
+      const bodies: Array<unknown> = []
+      const server = http.createServer((request, response) => {
+        let body = ""
+        request.on("data", (part: Buffer) => (body += part.toString("utf8")))
+        request.on("end", () => {
+          bodies.push(JSON.parse(body))
+          response.writeHead(status, { "content-type": status === 200 ? "text/event-stream" : "application/json" })
+          let index = 0
+          const next = () => {
+            if (index === events.length) return response.end()
+            response.write(events[index++]!)
+            setTimeout(next, 2)
+          }
+          next()
+        })
+      })
+      server.listen(0, "127.0.0.1", () => {
+        const { port } = server.address() as AddressInfo
+        resume(Effect.succeed({ url: `http://127.0.0.1:${port}`, bodies, server }))
+      })
+    }),
+    (fake) => Effect.promise(() => new Promise<void>((resolve) => fake.server.close(() => resolve())))
+  )
+
+const call = (baseUrl: string) => ({
+  baseUrl,
+  model: "m",
+  prompt: "hello",
+  maxTokens: 3,
+  temperature: 0.8,
+  seed: 7,
+  ignoreEos: true
+})
+
+const chunk = (text: string) => `data: ${JSON.stringify({ choices: [{ index: 0, text, finish_reason: null }] })}\n\n`
+
+describe("streamCompletion", () => {
+  it.scopedLive("records one arrival per text chunk, takes usage from the last chunk, and sends ignore_eos", () =>
+    Effect.gen(function*() {
+      const usage = `data: ${JSON.stringify({ choices: [], usage: { prompt_tokens: 5, completion_tokens: 3 } })}\r\n\r\n`
+      // An event split across writes, CRLF framing, an empty text chunk: all as real servers send them.
+      const server = yield* fakeServer(200, [chunk("a"), chunk("b").slice(0, 10), chunk("b").slice(10), chunk(""), chunk("c"), usage, "data: [DONE]\n\n"])
+      const agent = makeAgent(server.url, 1)
+      const sample = yield* streamCompletion(call(server.url), agent)
+      agent.destroy()
+      expect(sample.ok).toBe(true)
+      expect(sample.chunkTimes).toHaveLength(3)
+      expect(sample.completionTokens).toBe(3)
+      expect(sample.promptTokens).toBe(5)
+      expect(sample.chunkTimes[0]!).toBeGreaterThanOrEqual(sample.startedAt)
+      expect(server.bodies[0]).toMatchObject({ model: "m", prompt: "hello", max_tokens: 3, stream: true, ignore_eos: true, seed: 7 })
+    }))
+
+  it.scopedLive("an HTTP error or an in-band error event is a failed sample, not a failure", () =>
+    Effect.gen(function*() {
+      const rejecting = yield* fakeServer(429, ['{"error":{"message":"queue full"}}'])
+      const agent = makeAgent(rejecting.url, 1)
+      const rejected = yield* streamCompletion(call(rejecting.url), agent)
+      expect(rejected.ok).toBe(false)
+      expect(rejected.error).toMatch(/HTTP 429/)
+      const failing = yield* fakeServer(200, [chunk("a"), `data: ${JSON.stringify({ error: { message: "decode failed" } })}\n\n`])
+      const failed = yield* streamCompletion(call(failing.url), makeAgent(failing.url, 1))
+      expect(failed.ok).toBe(false)
+      expect(failed.error).toBe("decode failed")
+      agent.destroy()
+    }))
+})
