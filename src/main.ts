@@ -2,12 +2,13 @@ import { Command, ValidationError } from "@effect/cli"
 import { NodeContext, NodeRuntime } from "@effect/platform-node"
 import { Cause, Console, Effect, Option } from "effect"
 import packageJson from "../package.json" with { type: "json" }
+import { benchCommand } from "./cli/BenchCommand.js"
 import { modelCommand } from "./cli/ModelCommand.js"
 import { serveCommand } from "./cli/ServeCommand.js"
 
 const weft = Command.make("weft").pipe(
   Command.withDescription("Effect-native LLM server: GGUF models behind an OpenAI-compatible API"),
-  Command.withSubcommands([serveCommand, modelCommand])
+  Command.withSubcommands([serveCommand, modelCommand, benchCommand])
 )
 
 const cli = Command.run(weft, { name: "weft", version: packageJson.version })
