@@ -97,21 +97,22 @@ export const llamaEngineLayer = (settings: WeftSettings) =>
 
 /** The composition root of `weft serve`: config → LlamaBackend → SeqPool → RequestScheduler → HTTP server. */
 export const WeftLive: Layer.Layer<HttpServer.HttpServer | ModelHost, HttpServerError.ServeError, WeftConfig> = Layer.unwrapEffect(
-  Effect.map(WeftConfig, (settings) => {
+  Effect.flatMap(WeftConfig, (settings) =>
     // The sessions database lives in the data dir, which a `--model` run may not have created yet.
-    fs.mkdirSync(settings.dataDir, { recursive: true })
-    return serverLayer(
-      llamaEngineLayer(settings),
-      {
-        host: settings.host,
-        port: settings.port,
-        maxBodyBytes: settings.maxBodyBytes,
-        shutdownGraceMs: settings.shutdownGraceMs
-      },
-      { databasePath: path.join(settings.dataDir, "sessions.sqlite"), ttlMs: settings.sessionTtlMs },
-      { logText: settings.logText }
-    ).pipe(Layer.provide(observabilityLayer(settings)))
-  })
+    Effect.sync(() => {
+      fs.mkdirSync(settings.dataDir, { recursive: true })
+      return serverLayer(
+        llamaEngineLayer(settings),
+        {
+          host: settings.host,
+          port: settings.port,
+          maxBodyBytes: settings.maxBodyBytes,
+          shutdownGraceMs: settings.shutdownGraceMs
+        },
+        { databasePath: path.join(settings.dataDir, "sessions.sqlite"), ttlMs: settings.sessionTtlMs },
+        { logText: settings.logText }
+      ).pipe(Layer.provide(observabilityLayer(settings)))
+    }))
 )
 
 /** Logging as configured, and span export over OTLP when `OTEL_EXPORTER_OTLP_*ENDPOINT` is set (off otherwise). */
