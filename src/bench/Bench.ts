@@ -29,6 +29,10 @@ export interface BenchSettings {
   /** Model name sent to the `url` server; its first listed model when absent. */
   readonly urlModel: string | undefined
   readonly apiKey: string | undefined
+  /** How the `url` server is named in the tables; its URL when absent. */
+  readonly urlName: string | undefined
+  /** Process id of the server behind `url`, so its CPU is not counted as background load. */
+  readonly urlPid: number | undefined
   /** GGUF for the naive, in-process and spawn modes; the generated `bench` model when absent. */
   readonly modelPath: string | undefined
   readonly dataDir: string
@@ -61,10 +65,12 @@ export const defaultBenchSettings: BenchSettings = {
   url: undefined,
   urlModel: undefined,
   apiKey: undefined,
+  urlPid: undefined,
+  urlName: undefined,
   modelPath: undefined,
   dataDir: ".weft",
   levels: [1, 4, 8, 16],
-  promptTokens: 32,
+  promptTokens: 16,
   completionTokens: 64,
   seconds: 6,
   temperature: 0.8,
@@ -176,7 +182,14 @@ const targetOf = (
     case "url":
       return settings.url === undefined
         ? Effect.dieMessage("url mode needs --url")
-        : httpTarget({ name: settings.url, baseUrl: settings.url, model: settings.urlModel, apiKey: settings.apiKey, sockets })
+        : httpTarget({
+          name: settings.urlName ?? settings.url,
+          baseUrl: settings.url,
+          model: settings.urlModel,
+          apiKey: settings.apiKey,
+          sockets,
+          pids: settings.urlPid === undefined ? [] : [settings.urlPid]
+        })
   }
 }
 

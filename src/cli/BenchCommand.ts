@@ -30,6 +30,11 @@ const options = {
     Options.optional
   ),
   apiKey: Options.text("api-key").pipe(Options.withDescription("Bearer token for --url"), Options.optional),
+  urlName: Options.text("url-name").pipe(Options.withDescription("Name of the --url server in the tables"), Options.optional),
+  urlPid: Options.integer("url-pid").pipe(
+    Options.withDescription("Process id of the server behind --url (Linux): its CPU is then not counted as other load"),
+    Options.optional
+  ),
   spawn: Options.boolean("spawn").pipe(Options.withDescription("Start `weft serve` in a child process and measure it over HTTP")),
   inProcess: Options.boolean("in-process").pipe(Options.withDescription("Measure the scheduler in this process, without HTTP")),
   naive: Options.boolean("naive").pipe(
@@ -102,6 +107,8 @@ export const benchCommand = Command.make("bench", options, (flags) =>
       url,
       urlModel: Option.getOrUndefined(flags.urlModel),
       apiKey: Option.getOrUndefined(flags.apiKey),
+      urlPid: Option.getOrUndefined(flags.urlPid),
+      urlName: Option.getOrUndefined(flags.urlName),
       modelPath: Option.getOrUndefined(flags.model),
       dataDir: flags.dataDir,
       levels: flags.levels,
