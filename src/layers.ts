@@ -84,6 +84,8 @@ export const llamaEngineLayer = (settings: WeftSettings) =>
           contextSize: settings.ctxSize,
           batchSize: settings.batchSize,
           threads: settings.threads,
+          prefillChunk: settings.prefillChunk,
+          flashAttention: settings.flashAttention,
           gpu: settings.gpu
         }))
     ),

@@ -15,6 +15,8 @@ import { summarize } from "./LevelResult.js"
 import type { LevelResult, RequestSample } from "./LevelResult.js"
 import { naiveTarget } from "./NaiveTarget.js"
 import { runPrefillProbe } from "./PrefillProbe.js"
+import { measureDecodeCeiling } from "./DecodeCeiling.js"
+import type { CeilingResult } from "./DecodeCeiling.js"
 import type { PrefillProbeResult } from "./PrefillProbe.js"
 import { spawnWeft } from "./SpawnedServer.js"
 
@@ -24,6 +26,8 @@ export type BenchMode = "naive" | "in-process" | "spawn" | "url"
 /** Everything one `weft bench` run does. */
 export interface BenchSettings {
   readonly modes: ReadonlyArray<BenchMode>
+  /** Also measures `llama_decode` alone at each level and round (see `measureDecodeCeiling`). */
+  readonly ceiling: boolean
   /** Base URL of any OpenAI-compatible server, for the `url` mode. */
   readonly url: string | undefined
   /** Model name sent to the `url` server; its first listed model when absent. */
@@ -49,6 +53,8 @@ export interface BenchSettings {
   readonly parallel: number | undefined
   readonly contextSize: number
   readonly batchSize: number | undefined
+  /** Flash attention in the Weft modes (the naive mode keeps node-llama-cpp's default). */
+  readonly flashAttention: boolean
   readonly gpu: "auto" | false
   /** Runs the long-prompt-under-load probe: `streams` running, one prompt of `promptTokens`. */
   readonly prefill: { readonly streams: number; readonly promptTokens: number } | undefined
@@ -62,6 +68,7 @@ export interface BenchSettings {
 
 export const defaultBenchSettings: BenchSettings = {
   modes: ["naive", "in-process", "spawn"],
+  ceiling: true,
   url: undefined,
   urlModel: undefined,
   apiKey: undefined,
@@ -78,6 +85,7 @@ export const defaultBenchSettings: BenchSettings = {
   parallel: undefined,
   contextSize: 2560,
   batchSize: undefined,
+  flashAttention: true,
   gpu: "auto",
   prefill: { streams: 8, promptTokens: 2000 },
   rounds: 1,
@@ -100,6 +108,7 @@ export interface BenchRun {
   readonly settings: BenchSettings & { readonly modelPath: string | undefined }
   /** Every measured level of every mode and round, in the order measured. */
   readonly results: ReadonlyArray<LevelResult>
+  readonly ceiling: ReadonlyArray<CeilingResult>
   readonly prefill: ReadonlyArray<PrefillProbeResult>
 }
 
@@ -212,7 +221,7 @@ const waitForQuiet = (threshold: number, maxSeconds: number, pids: ReadonlyArray
  */
 export const runBench = (settings: BenchSettings, command: string) =>
   Effect.scoped(Effect.gen(function*() {
-    const needsModel = settings.modes.some((mode) => mode !== "url")
+    const needsModel = settings.ceiling || settings.modes.some((mode) => mode !== "url")
     const modelPath = needsModel
       ? settings.modelPath ?? (yield* ensureModel("bench", settings.dataDir))
       : settings.modelPath
@@ -223,6 +232,7 @@ export const runBench = (settings: BenchSettings, command: string) =>
       contextSize: settings.contextSize,
       threads: settings.threads,
       batchSize: settings.batchSize,
+      flashAttention: settings.flashAttention,
       gpu: settings.gpu
     }
     const targets: Array<BenchTarget> = []
@@ -235,9 +245,21 @@ export const runBench = (settings: BenchSettings, command: string) =>
       ? waitForQuiet(settings.quietBelow / 100, settings.quietMaxWaitSeconds, allPids)
       : Effect.void
     const results: Array<LevelResult> = []
+    const ceiling: Array<CeilingResult> = []
     let indexBase = 0
     for (const concurrency of settings.levels) {
       for (let round = 0; round < settings.rounds; round++) {
+        if (settings.ceiling && modelPath !== undefined) {
+          yield* quiet
+          const measured = yield* Effect.scoped(
+            measureDecodeCeiling(engine, concurrency, Math.min(settings.seconds, 4), round)
+          )
+          ceiling.push(measured)
+          yield* Console.log(
+            `  ceiling     ${String(concurrency).padStart(3)} streams  ${measured.tokensPerSecond.toFixed(1).padStart(7)} tok/s` +
+              `  (llama_decode alone, ${measured.msPerStep.toFixed(1)} ms per step)`
+          )
+        }
         const order = round % 2 === 0 ? targets : [...targets].reverse()
         for (const target of order) {
           yield* quiet
@@ -280,6 +302,7 @@ export const runBench = (settings: BenchSettings, command: string) =>
       },
       settings: { ...settings, modelPath },
       results,
+      ceiling,
       prefill
     }
     const markdown = renderReport(run)

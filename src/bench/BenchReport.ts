@@ -1,6 +1,7 @@
 import type { BenchRun } from "./Bench.js"
 import type { LevelResult, Percentiles } from "./LevelResult.js"
 import type { PrefillProbeResult } from "./PrefillProbe.js"
+import type { CeilingResult } from "./DecodeCeiling.js"
 
 const ms = (value: number) => (Number.isNaN(value) ? "–" : value >= 100 ? value.toFixed(0) : value.toFixed(1))
 
@@ -131,6 +132,32 @@ export const targetTable = (summaries: ReadonlyArray<LevelSummary>, httpMode = "
   ].join("\n")
 }
 
+/**
+ * `llama_decode` alone per level (median over rounds), and each mode's tok/s as a share of it: how much of what this
+ * binary can decode a mode turns into streamed tokens.
+ */
+export const ceilingTable = (
+  ceiling: ReadonlyArray<CeilingResult>,
+  summaries: ReadonlyArray<LevelSummary>
+): string | undefined => {
+  if (ceiling.length === 0) return undefined
+  const levels = [...new Set(ceiling.map((result) => result.concurrency))].sort((a, b) => a - b)
+  const modes = [...new Set(summaries.map((summary) => summary.mode))]
+  return [
+    `| streams | llama_decode alone tok/s | ms per step | ${modes.map((mode) => `${mode} % of it`).join(" | ")} |`,
+    `|---:|---:|---:|${modes.map(() => "---:").join("|")}|`,
+    ...levels.map((concurrency) => {
+      const rows = ceiling.filter((result) => result.concurrency === concurrency)
+      const tokensPerSecond = median(rows.map((row) => row.tokensPerSecond))
+      const shares = modes.map((mode) => {
+        const summary = summaries.find((entry) => entry.mode === mode && entry.concurrency === concurrency)
+        return summary === undefined ? "–" : `${((summary.tokensPerSecond / tokensPerSecond) * 100).toFixed(0)}%`
+      })
+      return `| ${concurrency} | ${tokensPerSecond.toFixed(1)} | ${ms(median(rows.map((row) => row.msPerStep)))} | ${shares.join(" | ")} |`
+    })
+  ].join("\n")
+}
+
 /** The long-prompt-under-load probe. */
 export const prefillTable = (probes: ReadonlyArray<PrefillProbeResult>): string | undefined => {
   if (probes.length === 0) return undefined
@@ -150,6 +177,7 @@ export const renderReport = (run: BenchRun): string => {
   const summaries = summarizeRun(run.results)
   const targets = targetTable(summaries)
   const prefill = prefillTable(run.prefill)
+  const ceiling = ceilingTable(run.ceiling, summaries)
   return [
     `# weft bench — ${run.startedAt}`,
     "",
@@ -159,12 +187,20 @@ export const renderReport = (run: BenchRun): string => {
     `Model ${settings.modelPath ?? settings.url ?? "?"}; prompt ${settings.promptTokens} tokens, ${settings.completionTokens} completion ` +
     `tokens, ignore_eos, streaming, temperature ${settings.temperature}; ${settings.seconds} s closed-loop window per level, ` +
     `${settings.rounds} round${settings.rounds === 1 ? "" : "s"} (medians); threads ${settings.threads}, ` +
-    `context ${settings.contextSize} per sequence${settings.batchSize === undefined ? "" : `, batch ${settings.batchSize}`}. ` +
+    `context ${settings.contextSize} per sequence${settings.batchSize === undefined ? "" : `, batch ${settings.batchSize}`}, flash attention ${settings.flashAttention ? "on" : "off"} (Weft modes). ` +
     "“other load”: CPU share used by other processes meanwhile.",
     "",
     "## Results",
     "",
     levelTable(summaries),
+    ...(ceiling === undefined ? [] : [
+      "",
+      "### Engine ceiling",
+      "",
+      "`llama_decode` alone on the same binary, model, threads and context shape: one token per sequence per step, logits computed, no sampling and no JS between steps. Every streamed token also costs its prompt's share of prefill and a sampling pass, so no server on this binary reaches 100%.",
+      "",
+      ceiling
+    ]),
     ...(targets === undefined ? [] : ["", "### Targets", "", targets]),
     ...(prefill === undefined ? [] : ["", "### Long prompt under load", "", prefill]),
     ""

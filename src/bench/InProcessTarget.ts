@@ -15,6 +15,7 @@ export interface EngineBenchConfig {
   readonly contextSize: number
   readonly threads: number
   readonly batchSize?: number | undefined
+  readonly flashAttention: boolean
   readonly gpu: "auto" | false
 }
 
@@ -32,6 +33,7 @@ export const inProcessTarget = (config: EngineBenchConfig): Effect.Effect<BenchT
           contextSize: config.contextSize,
           threads: config.threads,
           batchSize: config.batchSize,
+          flashAttention: config.flashAttention,
           gpu: config.gpu
         }),
         { maxQueue: 1024, shutdownGraceMs: 0 }

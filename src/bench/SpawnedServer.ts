@@ -59,6 +59,7 @@ export const spawnWeft = (
       "--ctx-size", String(config.contextSize),
       "--threads", String(config.threads),
       "--gpu", config.gpu === false ? "off" : "auto",
+      "--flash-attention", config.flashAttention ? "on" : "off",
       "--max-queue", "1024",
       "--shutdown-grace", "0",
       ...(config.batchSize === undefined ? [] : ["--batch-size", String(config.batchSize)]),

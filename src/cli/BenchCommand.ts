@@ -37,6 +37,11 @@ const options = {
   ),
   spawn: Options.boolean("spawn").pipe(Options.withDescription("Start `weft serve` in a child process and measure it over HTTP")),
   inProcess: Options.boolean("in-process").pipe(Options.withDescription("Measure the scheduler in this process, without HTTP")),
+  ceiling: Options.boolean("ceiling").pipe(
+    Options.withDescription(
+      "Also measure llama_decode alone at each level (one token per sequence, no sampling): the most any server on this binary could stream (on by default when no mode is named)"
+    )
+  ),
   naive: Options.boolean("naive").pipe(
     Options.withDescription("Measure node-llama-cpp used directly: one sequence.evaluate loop per stream, threads = cores")
   ),
@@ -63,6 +68,10 @@ const options = {
   ),
   contextSize: positive("ctx-size", defaultBenchSettings.contextSize, "Context per sequence"),
   batchSize: Options.integer("batch-size").pipe(Options.withDescription("Weft's --batch-size"), Options.optional),
+  flashAttention: Options.choice("flash-attention", ["on", "off"]).pipe(
+    Options.withDefault("on" as const),
+    Options.withDescription("Flash attention in the Weft modes (naive keeps node-llama-cpp's default)")
+  ),
   gpu: Options.choice("gpu", ["auto", "off"]).pipe(Options.withDefault("auto" as const), Options.withDescription("GPU offloading")),
   prefillTokens: Options.integer("prefill-tokens").pipe(
     Options.withDefault(2000),
@@ -104,6 +113,7 @@ export const benchCommand = Command.make("bench", options, (flags) =>
     const url = Option.getOrUndefined(flags.url)
     const settings: BenchSettings = {
       modes: modesOf({ url: url !== undefined, spawn: flags.spawn, inProcess: flags.inProcess, naive: flags.naive }),
+      ceiling: flags.ceiling || !(url !== undefined || flags.spawn || flags.inProcess || flags.naive),
       url,
       urlModel: Option.getOrUndefined(flags.urlModel),
       apiKey: Option.getOrUndefined(flags.apiKey),
@@ -120,6 +130,7 @@ export const benchCommand = Command.make("bench", options, (flags) =>
       parallel: Option.getOrUndefined(flags.parallel),
       contextSize: flags.contextSize,
       batchSize: Option.getOrUndefined(flags.batchSize),
+      flashAttention: flags.flashAttention === "on",
       gpu: flags.gpu === "off" ? false : "auto",
       prefill: flags.prefillTokens > 0 ? { streams: flags.prefillStreams, promptTokens: flags.prefillTokens } : undefined,
       rounds: flags.rounds,

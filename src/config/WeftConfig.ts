@@ -16,6 +16,9 @@ export interface WeftSettings {
   readonly ctxSize: number
   readonly batchSize: number | undefined
   readonly threads: number | undefined
+  /** Prompt tokens a generation prefills per decode step, so running streams stall by one chunk at most. */
+  readonly prefillChunk: number
+  readonly flashAttention: boolean
   readonly gpu: "auto" | false
   readonly maxQueue: number
   readonly timeoutQueueMs: number | undefined
@@ -77,6 +80,8 @@ export const defaultSettings: WeftSettings = {
   ctxSize: 2048,
   batchSize: undefined,
   threads: undefined,
+  prefillChunk: 128,
+  flashAttention: true,
   gpu: "auto",
   maxQueue: 64,
   timeoutQueueMs: 60_000,
@@ -242,6 +247,20 @@ export const settingSpecs = [
     schema: IntegerBetween(1, 1024),
     expected: "an integer between 1 and 1024",
     description: "CPU threads (default: the cores available; more threads than cores is much slower)"
+  }),
+  spec({
+    field: "prefillChunk",
+    name: "prefill-chunk",
+    schema: IntegerBetween(1, 1 << 20),
+    expected: "an integer between 1 and 1048576",
+    description: "Prompt tokens prefilled per decode step beside the running streams: smaller keeps their latency lower while a long prompt is read, larger reads it sooner (default 128)"
+  }),
+  spec({
+    field: "flashAttention",
+    name: "flash-attention",
+    schema: Switch,
+    expected: "on or off",
+    description: "llama.cpp flash attention (default on)"
   }),
   spec({ field: "gpu", name: "gpu", schema: Gpu, expected: "auto or off", description: "GPU offloading: auto or off (default auto)" }),
   spec({ field: "maxQueue", name: "max-queue", schema: IntegerBetween(0, 1_000_000), expected: "an integer between 0 and 1000000", description: "Requests that may wait for a slot before 429 (default 64)" }),

@@ -52,7 +52,11 @@ export interface BackendShape {
   ) => Effect.Effect<Generation, DecodeFailed, Scope.Scope>
   /** Erases every KV cell of `slot`. */
   readonly erase: (slot: number) => Effect.Effect<void, KvEraseFailed>
-  /** Erases the cells of `slot` from position `keep` on, keeping the first `keep` tokens as a reusable prefix. */
+  /**
+   * Readies `slot` for a new generation: erases its cells from position `keep` on (all of them for 0), keeping the
+   * first `keep` tokens as a reusable prefix. The pool calls it only when handing the slot to a request, which then
+   * `start`s on it, so an engine may prepare for that start here.
+   */
   readonly trim: (slot: number, keep: number) => Effect.Effect<void, KvEraseFailed>
   /** KV cells the engine itself reports for `slot` (the ground truth accounting is checked against). */
   readonly cells: (slot: number) => number

@@ -16,6 +16,7 @@ import { Backend, ChatTemplateFailed, DecodeFailed, KvEraseFailed } from "./Back
 import type { BackendShape, ChatMessage, Generation, ModelInfo, StepResult } from "./Backend.js"
 import { prioritizeBySequence } from "./BatchPlan.js"
 import { StepBatcher } from "./StepBatcher.js"
+import type { StepParticipant } from "./StepBatcher.js"
 import { defaultThreadTunerOptions, ThreadTuner } from "./ThreadTuner.js"
 import type { GrammarConstraint, SamplingOptions } from "./SamplingOptions.js"
 
@@ -41,6 +42,11 @@ export interface LlamaBackendConfig {
    * `ThreadTuner`); `false` pins every step to `threads`. Defaults to true.
    */
   readonly tuneThreads?: boolean | undefined
+  /**
+   * llama.cpp's flash attention (fused attention kernels; on CPU about 6% more tokens/s at 16 streams on the bench
+   * model). Defaults to true, as llama.cpp's own `auto` does where the backend supports it.
+   */
+  readonly flashAttention?: boolean | undefined
   readonly gpu?: "auto" | false | undefined
 }
 
@@ -63,6 +69,12 @@ const defaultPrefillChunk = 128
  * generation; this only bounds the wait for one that stalls.
  */
 const stepWaitMs = 5
+
+/**
+ * How long a slot readied for a new generation (`trim`) holds its place in the next decode step before `start` claims
+ * it. The pool hands the slot to its request right after the trim, so this only bounds a request that never starts.
+ */
+const arrivalGraceMs = 50
 
 /**
  * Orders each batch by sequence id, single-token decodes first (see `planBatch`). node-llama-cpp hands the strategy
@@ -185,6 +197,7 @@ export const LlamaBackend = {
                 sequences: config.parallel,
                 contextSize: config.contextSize,
                 threads,
+                flashAttention: config.flashAttention ?? true,
                 batchSize: config.batchSize ?? Math.min(512, config.contextSize * config.parallel),
                 batching: { itemPrioritizationStrategy: sequenceOrderStrategy(() => created) }
               }),
@@ -195,6 +208,28 @@ export const LlamaBackend = {
         created = context
         if (config.tuneThreads !== false) tuneThreads(context, new ThreadTuner(defaultThreadTunerOptions(threads)))
         const batcher = new StepBatcher({ maxWaitMs: stepWaitMs })
+        // A request handed a slot takes part in the decode steps from the trim on, not only once it starts: the trim
+        // waits for the step in flight (KV edits take node-llama-cpp's context lock), and were the running generations'
+        // next step released meanwhile, the new prompt would wait for that whole step too before its prefill.
+        const arriving = new Map<number, StepParticipant>()
+        const arrive = (slot: number): StepParticipant => {
+          arriving.get(slot)?.leave()
+          const participant = batcher.join()
+          arriving.set(slot, participant)
+          return participant
+        }
+        const expireArrival = (slot: number, participant: StepParticipant) => {
+          setTimeout(() => {
+            if (arriving.get(slot) !== participant) return
+            arriving.delete(slot)
+            participant.leave()
+          }, arrivalGraceMs).unref()
+        }
+        const claimArrival = (slot: number): StepParticipant => {
+          const participant = arriving.get(slot)
+          arriving.delete(slot)
+          return participant ?? batcher.join()
+        }
         const sequences: Array<LlamaContextSequence> = Array.from({ length: config.parallel }, () =>
           context.getSequence({
             // The scheduler ends a full sequence with `length`; a shift here would be a scheduler bug, never silent.
@@ -301,7 +336,7 @@ export const LlamaBackend = {
             const generated: Array<Token> = []
             const options = evaluateOptions(sampling, generated, grammar)
             const chunks = chunksOf(prompt as ReadonlyArray<Token>, prefillChunk)
-            const participant = batcher.join()
+            const participant = claimArrival(slot)
             let iterator: AsyncGenerator<Token, void, Token | Array<Token> | undefined> | undefined
             yield* Effect.addFinalizer(() =>
               Effect.promise(async () => {
@@ -363,13 +398,18 @@ export const LlamaBackend = {
               catch: (error) => new KvEraseFailed({ slot, message: errorMessage(error) })
             }),
           trim: (slot, keep) =>
-            Effect.tryPromise({
-              try: () => {
-                const sequence = sequences[slot]!
-                return sequence.eraseContextTokenRanges([{ start: keep, end: sequence.nextTokenIndex }])
-              },
-              catch: (error) => new KvEraseFailed({ slot, message: errorMessage(error) })
-            }),
+            Effect.acquireUseRelease(
+              Effect.sync(() => arrive(slot)),
+              () =>
+                Effect.tryPromise({
+                  try: () => {
+                    const sequence = sequences[slot]!
+                    return sequence.eraseContextTokenRanges([{ start: keep, end: sequence.nextTokenIndex }])
+                  },
+                  catch: (error) => new KvEraseFailed({ slot, message: errorMessage(error) })
+                }),
+              (participant) => Effect.sync(() => expireArrival(slot, participant))
+            ),
           cells: (slot) => sequences[slot]!.nextTokenIndex,
           tokensOf: (slot) => sequences[slot]!.contextTokens
         } satisfies BackendShape

@@ -222,8 +222,7 @@ export class SeqPool extends Effect.Service<SeqPool>()("weft/SeqPool", {
         // Taking a cached slot it shares nothing with evicts that prefix to make room.
         if (reused === 0) counters.evictions += 1
         counters.evictedTokens += cachedLength - reused
-        const trim = reused === 0 ? backend.erase(slot) : backend.trim(slot, reused)
-        return trim.pipe(
+        return backend.trim(slot, reused).pipe(
           Effect.retry(eraseRetries),
           Effect.map(() => {
             held.cells = reused

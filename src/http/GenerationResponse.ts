@@ -60,30 +60,27 @@ export const jsonResponse = (
 
 const frame = (body: unknown) => `data: ${JSON.stringify(body)}\n\n`
 
-/** Frames the events after the slot was granted; the last content chunk carries `finish_reason`, so one delta is held back. */
+/**
+ * Frames the events after the slot was granted. Each delta goes out as it comes; `finish_reason` follows in a chunk of
+ * its own with an empty delta, as OpenAI sends it (holding a delta back to carry it would delay every token by one).
+ */
 const sseFrames = ({ meta }: GenerationRun, includeUsage: boolean) => {
-  let held: string | undefined
   const chunk = (part: ChunkPart) => frame(chunkBody(meta, part, includeUsage))
   return (event: GenerationEvent): Effect.Effect<ReadonlyArray<string>> => {
     switch (event._tag) {
       case "Started":
         return Effect.succeed(meta.kind === "chat" ? [chunk({ _tag: "Role" })] : [])
-      case "Delta": {
-        const previous = held
-        held = event.text
-        return Effect.succeed(previous === undefined ? [] : [chunk({ _tag: "Content", text: previous, finishReason: null })])
-      }
+      case "Delta":
+        return Effect.succeed(event.text === "" ? [] : [chunk({ _tag: "Content", text: event.text, finishReason: null })])
       case "Finished":
         return Effect.flatMap(outcomeOf(event), (outcome) => {
           if (outcome._tag === "Done") {
-            const frames = [chunk({ _tag: "Content", text: held ?? "", finishReason: outcome.reason })]
+            const frames = [chunk({ _tag: "Content", text: "", finishReason: outcome.reason })]
             if (includeUsage) frames.push(chunk({ _tag: "Usage", usage: event.usage }))
             frames.push("data: [DONE]\n\n")
             return Effect.succeed(frames)
           }
-          const frames = held === undefined ? [] : [chunk({ _tag: "Content", text: held, finishReason: null })]
-          const reply = errorReply(outcome.failure)
-          frames.push(frame({ error: reply.error }))
+          const frames = [frame({ error: errorReply(outcome.failure).error })]
           const log = outcome.failure._tag === "DecodeFailed"
             ? Effect.logError("Generation failed mid-stream", outcome.failure)
             : Effect.void

@@ -67,7 +67,7 @@ describe("openai client against the tiny model", () => {
     expect(completion.usage!.completion_tokens).toBeLessThanOrEqual(3)
   })
 
-  it("streams a chat completion: role first, finish_reason on the last content chunk, then usage", async () => {
+  it("streams a chat completion: role first, content chunks, finish_reason in a chunk of its own with an empty delta, then usage", async () => {
     const messages = [{ role: "user" as const, content: "Stream to me" }]
     const stream = await client.chat.completions.create({
       model: tinyModelId,
@@ -89,6 +89,10 @@ describe("openai client against the tiny model", () => {
     expect(finishReasons.slice(0, -1).every((reason) => reason === null)).toBe(true)
     expect(contentChunks.every((chunk) => chunk.usage === null)).toBe(true)
     expectLimitReached(finishReasons.at(-1), usageChunk.usage!.completion_tokens, 6)
+    // Every token's text goes out as it is generated; none is held back to carry finish_reason.
+    expect(contentChunks.at(-1)!.choices[0]!.delta).toEqual({})
+    const texts = contentChunks.slice(1, -1).map((chunk) => chunk.choices[0]!.delta.content)
+    expect(texts.every((text) => typeof text === "string" && text.length > 0)).toBe(true)
 
     const blocking = await client.chat.completions.create({ model: tinyModelId, messages, max_tokens: 1 })
     expect(usageChunk.usage!.prompt_tokens).toBe(blocking.usage!.prompt_tokens)
