@@ -43,6 +43,13 @@ describe("WeftConfig", () => {
     expect(settings).toEqual({ ...defaultSettings, dataDir: path.resolve(".weft") })
   })
 
+  it("reads the engine's batching settings and rejects a prefill chunk of 0", async () => {
+    const settings = await settingsOf({ flags: { "prefill-chunk": "64" } }, { WEFT_FLASH_ATTENTION: "off" })
+    expect(settings.prefillChunk).toBe(64)
+    expect(settings.flashAttention).toBe(false)
+    expect(await errorOf({ flags: { "prefill-chunk": "0" } })).toBe("--prefill-chunk: expected an integer between 1 and 1048576, got \"0\"")
+  })
+
   it("layers config file ← env ← flags", async () => {
     const config = writeJson("layers.json", { port: 9000, parallel: 2, "ctx-size": 1024, "timeout-total": "2m" })
     const settings = await settingsOf(
