@@ -48,7 +48,8 @@ describe("batched decoding on the tiny model", () => {
         yield* solo.erase(0)
       }
       // All four at once on one context, prompts prefilled 8 tokens per step alongside the others' decodes.
-      const batched = yield* backendOf(jobs.length, 8)
+      // (One slot more than jobs: a spare for the last phase.)
+      const batched = yield* backendOf(jobs.length + 1, 8)
       const together = yield* Effect.forEach(jobs, (job, slot) => generate(batched, slot, job), { concurrency: "unbounded" })
       expect(together).toEqual(expected)
       for (let slot = 0; slot < jobs.length; slot++) {
@@ -62,5 +63,21 @@ describe("batched decoding on the tiny model", () => {
         { concurrency: "unbounded" }
       )
       expect(staggered).toEqual(expected)
+      // Once more as the pool hands slots out: each is trimmed (joining the running generations' next step from then
+      // on) and started while the others are mid-stream; a trimmed slot no request ever starts on holds no one up.
+      const pooled = yield* Effect.forEach(
+        jobs,
+        (job, slot) =>
+          Effect.sleep(`${slot * 15} millis`).pipe(
+            Effect.zipRight(slot === 1 ? batched.trim(jobs.length, 0) : Effect.void),
+            Effect.zipRight(batched.trim(slot, 0)),
+            Effect.zipRight(generate(batched, slot, job))
+          ),
+        { concurrency: "unbounded" }
+      )
+      expect(pooled).toEqual(expected)
+      for (let slot = 0; slot < jobs.length; slot++) {
+        expect(batched.tokensOf(slot)).toEqual([...jobs[slot]!.prompt, ...expected[slot]!.slice(0, -1)])
+      }
     }))
 })
