@@ -15,7 +15,7 @@ import { summarize } from "./LevelResult.js"
 import type { LevelResult, RequestSample } from "./LevelResult.js"
 import { naiveTarget } from "./NaiveTarget.js"
 import { runPrefillProbe } from "./PrefillProbe.js"
-import { measureDecodeCeiling } from "./DecodeCeiling.js"
+import { makeDecodeCeiling } from "./DecodeCeiling.js"
 import type { CeilingResult } from "./DecodeCeiling.js"
 import type { PrefillProbeResult } from "./PrefillProbe.js"
 import { spawnWeft } from "./SpawnedServer.js"
@@ -26,7 +26,7 @@ export type BenchMode = "naive" | "in-process" | "spawn" | "url"
 /** Everything one `weft bench` run does. */
 export interface BenchSettings {
   readonly modes: ReadonlyArray<BenchMode>
-  /** Also measures `llama_decode` alone at each level and round (see `measureDecodeCeiling`). */
+  /** Also measures `llama_decode` alone at each level and round (see `makeDecodeCeiling`). */
   readonly ceiling: boolean
   /** Base URL of any OpenAI-compatible server, for the `url` mode. */
   readonly url: string | undefined
@@ -240,6 +240,7 @@ export const runBench = (settings: BenchSettings, command: string) =>
       yield* Console.log(`starting ${modeLabel[mode]}…`)
       targets.push(yield* targetOf(mode, settings, engine))
     }
+    const measureCeiling = settings.ceiling && modelPath !== undefined ? yield* makeDecodeCeiling(engine) : undefined
     const allPids = targets.flatMap((target) => target.pids)
     const quiet = settings.quietBelow > 0
       ? waitForQuiet(settings.quietBelow / 100, settings.quietMaxWaitSeconds, allPids)
@@ -249,11 +250,9 @@ export const runBench = (settings: BenchSettings, command: string) =>
     let indexBase = 0
     for (const concurrency of settings.levels) {
       for (let round = 0; round < settings.rounds; round++) {
-        if (settings.ceiling && modelPath !== undefined) {
+        if (measureCeiling !== undefined) {
           yield* quiet
-          const measured = yield* Effect.scoped(
-            measureDecodeCeiling(engine, concurrency, Math.min(settings.seconds, 4), round)
-          )
+          const measured = yield* measureCeiling(concurrency, Math.min(settings.seconds, 4), round)
           ceiling.push(measured)
           yield* Console.log(
             `  ceiling     ${String(concurrency).padStart(3)} streams  ${measured.tokensPerSecond.toFixed(1).padStart(7)} tok/s` +

@@ -1,7 +1,8 @@
 import { Effect } from "effect"
 import type { Scope } from "effect"
-import { getLlama, LlamaLogLevel, TokenBias } from "node-llama-cpp"
+import { TokenBias } from "node-llama-cpp"
 import type { LlamaContext, LlamaContextSequence, Token } from "node-llama-cpp"
+import { loadBenchModel } from "./BenchModel.js"
 import type { BenchTarget, GenerationCall } from "./BenchTarget.js"
 import { sampleOrFailure } from "./BenchTarget.js"
 
@@ -20,14 +21,7 @@ export interface NaiveTargetConfig {
  */
 export const naiveTarget = (config: NaiveTargetConfig): Effect.Effect<BenchTarget, Error, Scope.Scope> =>
   Effect.gen(function*() {
-    const llama = yield* Effect.acquireRelease(
-      Effect.tryPromise(() => getLlama({ build: "never", gpu: config.gpu, logLevel: LlamaLogLevel.error })),
-      (llama) => Effect.promise(() => llama.dispose())
-    )
-    const model = yield* Effect.acquireRelease(
-      Effect.tryPromise(() => llama.loadModel({ modelPath: config.modelPath })),
-      (model) => Effect.promise(() => model.dispose())
-    )
+    const { model } = yield* loadBenchModel({ modelPath: config.modelPath, gpu: config.gpu })
     const banEndOfGeneration = new TokenBias(model.tokenizer)
     // TokenBias.set skips end-of-generation tokens (node-llama-cpp dist/evaluator/TokenBias.js), so, as LlamaBackend
     // does for ignore_eos, the ban goes into its internal `_biases` map, which the sampler reads as logit biases.
