@@ -85,35 +85,36 @@ export class SchedulerMetrics extends Effect.Service<SchedulerMetrics>()("weft/S
     const scheduler = yield* RequestScheduler
     const info = scheduler.modelInfo
     const model = info.id
+    const byModel = <Type, In, Out>(metric: Metric.Metric<Type, In, Out>) => Metric.tagged(metric, "model", model)
     const m = {
-      generations: Metric.tagged(WeftMetrics.generations, "model", model),
-      requestDuration: Metric.tagged(WeftMetrics.requestDuration, "model", model),
-      queueWait: Metric.tagged(WeftMetrics.queueWait, "model", model),
-      timeToFirstToken: Metric.tagged(WeftMetrics.timeToFirstToken, "model", model),
-      interTokenLatency: Metric.tagged(WeftMetrics.interTokenLatency, "model", model),
-      promptTokens: Metric.tagged(WeftMetrics.promptTokens, "model", model),
-      generationTokens: Metric.tagged(WeftMetrics.generationTokens, "model", model),
-      rejections: Metric.tagged(WeftMetrics.rejections, "model", model),
-      timeouts: Metric.tagged(WeftMetrics.timeouts, "model", model),
-      cancellations: Metric.tagged(WeftMetrics.cancellations, "model", model)
+      generations: byModel(WeftMetrics.generations),
+      requestDuration: byModel(WeftMetrics.requestDuration),
+      queueWait: byModel(WeftMetrics.queueWait),
+      timeToFirstToken: byModel(WeftMetrics.timeToFirstToken),
+      interTokenLatency: byModel(WeftMetrics.interTokenLatency),
+      promptTokens: byModel(WeftMetrics.promptTokens),
+      generationTokens: byModel(WeftMetrics.generationTokens),
+      rejections: byModel(WeftMetrics.rejections),
+      timeouts: byModel(WeftMetrics.timeouts),
+      cancellations: byModel(WeftMetrics.cancellations)
     }
     const gauge = {
-      requestsRunning: Metric.tagged(WeftMetrics.requestsRunning, "model", model),
-      requestsQueued: Metric.tagged(WeftMetrics.requestsQueued, "model", model),
-      queueLimit: Metric.tagged(WeftMetrics.queueLimit, "model", model),
-      slotsTotal: Metric.tagged(WeftMetrics.slotsTotal, "model", model),
-      slotsFree: Metric.tagged(WeftMetrics.slotsFree, "model", model),
-      kvCacheTokens: Metric.tagged(WeftMetrics.kvCacheTokens, "model", model),
-      kvCacheCachedTokens: Metric.tagged(WeftMetrics.kvCacheCachedTokens, "model", model),
-      kvCacheBytes: Metric.tagged(WeftMetrics.kvCacheBytes, "model", model),
-      kvCacheUsageRatio: Metric.tagged(WeftMetrics.kvCacheUsageRatio, "model", model)
+      requestsRunning: byModel(WeftMetrics.requestsRunning),
+      requestsQueued: byModel(WeftMetrics.requestsQueued),
+      queueLimit: byModel(WeftMetrics.queueLimit),
+      slotsTotal: byModel(WeftMetrics.slotsTotal),
+      slotsFree: byModel(WeftMetrics.slotsFree),
+      kvCacheTokens: byModel(WeftMetrics.kvCacheTokens),
+      kvCacheCachedTokens: byModel(WeftMetrics.kvCacheCachedTokens),
+      kvCacheBytes: byModel(WeftMetrics.kvCacheBytes),
+      kvCacheUsageRatio: byModel(WeftMetrics.kvCacheUsageRatio)
     }
     const cacheCounters = {
-      lookups: Metric.tagged(WeftMetrics.prefixCacheLookups, "model", model),
-      hits: Metric.tagged(WeftMetrics.prefixCacheHits, "model", model),
-      hitTokens: Metric.tagged(WeftMetrics.prefixCacheHitTokens, "model", model),
-      evictions: Metric.tagged(WeftMetrics.prefixCacheEvictions, "model", model),
-      evictedTokens: Metric.tagged(WeftMetrics.prefixCacheEvictedTokens, "model", model)
+      lookups: byModel(WeftMetrics.prefixCacheLookups),
+      hits: byModel(WeftMetrics.prefixCacheHits),
+      hitTokens: byModel(WeftMetrics.prefixCacheHitTokens),
+      evictions: byModel(WeftMetrics.prefixCacheEvictions),
+      evictedTokens: byModel(WeftMetrics.prefixCacheEvictedTokens)
     } satisfies Record<keyof PrefixCacheStats, unknown>
 
     // Every label value known up front starts at zero, so rates and alerts see the series before its first event.
