@@ -109,6 +109,12 @@ const IntegerBetween = (min: number, max: number) =>
     Schema.compose(Schema.Int.pipe(Schema.between(min, max)))
   )
 
+/** An integer setting's grammar and the text its errors show, from the same bounds. */
+const integerSetting = (min: number, max: number) => ({
+  schema: IntegerBetween(min, max),
+  expected: `an integer between ${min} and ${max}`
+})
+
 const durationUnits: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }
 
 /** `500ms`, `30s`, `2m`, `1h`; a bare number is seconds; `0`, `none` and `off` mean no limit. */
@@ -231,28 +237,25 @@ export const settingSpecs = [
     description: "Model id clients send as `model` (default: the file name without .gguf)"
   }),
   spec({ field: "host", name: "host", schema: NonEmptyText, expected: "a host name or IP address", description: "Address to listen on (default 127.0.0.1)" }),
-  spec({ field: "port", name: "port", schema: IntegerBetween(0, 65535), expected: "an integer between 0 and 65535", description: "Port to listen on; 0 picks a free one (default 8080)" }),
-  spec({ field: "parallel", name: "parallel", schema: IntegerBetween(1, 256), expected: "an integer between 1 and 256", description: "Sequences decoded concurrently (default 4)" }),
-  spec({ field: "ctxSize", name: "ctx-size", schema: IntegerBetween(16, 1 << 20), expected: "an integer between 16 and 1048576", description: "Context window per sequence, in tokens (default 2048)" }),
+  spec({ field: "port", name: "port", ...integerSetting(0, 65535), description: "Port to listen on; 0 picks a free one (default 8080)" }),
+  spec({ field: "parallel", name: "parallel", ...integerSetting(1, 256), description: "Sequences decoded concurrently (default 4)" }),
+  spec({ field: "ctxSize", name: "ctx-size", ...integerSetting(16, 1 << 20), description: "Context window per sequence, in tokens (default 2048)" }),
   spec({
     field: "batchSize",
     name: "batch-size",
-    schema: IntegerBetween(1, 1 << 20),
-    expected: "an integer between 1 and 1048576",
-    description: "Tokens per llama_decode call (default: node-llama-cpp's)"
+    ...integerSetting(1, 1 << 20),
+    description: "Most tokens one llama_decode call evaluates (default 512, less for small contexts)"
   }),
   spec({
     field: "threads",
     name: "threads",
-    schema: IntegerBetween(1, 1024),
-    expected: "an integer between 1 and 1024",
+    ...integerSetting(1, 1024),
     description: "CPU threads (default: the cores available; more threads than cores is much slower)"
   }),
   spec({
     field: "prefillChunk",
     name: "prefill-chunk",
-    schema: IntegerBetween(1, 1 << 20),
-    expected: "an integer between 1 and 1048576",
+    ...integerSetting(1, 1 << 20),
     description: "Prompt tokens prefilled per decode step beside the running streams: smaller keeps their latency lower while a long prompt is read, larger reads it sooner (default 128)"
   }),
   spec({
@@ -263,7 +266,7 @@ export const settingSpecs = [
     description: "llama.cpp flash attention (default on)"
   }),
   spec({ field: "gpu", name: "gpu", schema: Gpu, expected: "auto or off", description: "GPU offloading: auto or off (default auto)" }),
-  spec({ field: "maxQueue", name: "max-queue", schema: IntegerBetween(0, 1_000_000), expected: "an integer between 0 and 1000000", description: "Requests that may wait for a slot before 429 (default 64)" }),
+  spec({ field: "maxQueue", name: "max-queue", ...integerSetting(0, 1_000_000), description: "Requests that may wait for a slot before 429 (default 64)" }),
   spec({ field: "timeoutQueueMs", name: "timeout-queue", schema: OptionalDuration, expected: "a duration like 500ms, 30s, 2m, or none", description: "Longest wait for a slot before 408 (default 60s)" }),
   spec({ field: "timeoutFirstTokenMs", name: "timeout-first-token", schema: OptionalDuration, expected: "a duration like 500ms, 30s, 2m, or none", description: "Longest time from slot to first token before 504 (default none)" }),
   spec({ field: "timeoutTotalMs", name: "timeout-total", schema: OptionalDuration, expected: "a duration like 500ms, 30s, 2m, or none", description: "Longest time for a whole request before 504 (default none)" }),
