@@ -83,40 +83,52 @@ export const streamCompletion = (call: CompletionCall, agent: http.Agent): Effec
         call.onChunk?.(at)
       }
     }
-    const request = (url.protocol === "https:" ? https : http).request(url, {
-      method: "POST",
-      agent,
-      headers: {
-        "content-type": "application/json",
-        "content-length": Buffer.byteLength(body),
-        accept: "text/event-stream",
-        ...(call.apiKey === undefined ? {} : { authorization: `Bearer ${call.apiKey}` })
-      }
-    }, (response) => {
-      response.setEncoding("utf8")
-      if (response.statusCode !== 200) {
-        let text = ""
-        response.on("data", (part: string) => (text += part))
-        response.on("end", () => finish(`HTTP ${response.statusCode}: ${text.slice(0, 200)}`))
-        return
-      }
-      response.on("data", (part: string) => {
-        const at = performance.now()
-        buffer += part.includes("\r") ? part.replace(/\r\n/g, "\n") : part
-        let boundary = buffer.indexOf("\n\n")
-        while (boundary !== -1) {
-          const event = buffer.slice(0, boundary)
-          buffer = buffer.slice(boundary + 2)
-          for (const line of event.split("\n")) {
-            if (line.startsWith("data:")) onEvent(line.slice(line.charAt(5) === " " ? 6 : 5).trim(), at)
-          }
-          boundary = buffer.indexOf("\n\n")
+    let current: http.ClientRequest | undefined
+    // A server may close an idle keep-alive socket just as a request goes out on it (llama.cpp's server does):
+    // such a request never reached the server, so it is sent once more on a fresh socket, as HTTP clients do.
+    const send = (retried: boolean) => {
+      let responded = false
+      const request = (url.protocol === "https:" ? https : http).request(url, {
+        method: "POST",
+        agent,
+        headers: {
+          "content-type": "application/json",
+          "content-length": Buffer.byteLength(body),
+          accept: "text/event-stream",
+          ...(call.apiKey === undefined ? {} : { authorization: `Bearer ${call.apiKey}` })
         }
+      }, (response) => {
+        responded = true
+        response.setEncoding("utf8")
+        if (response.statusCode !== 200) {
+          let text = ""
+          response.on("data", (part: string) => (text += part))
+          response.on("end", () => finish(`HTTP ${response.statusCode}: ${text.slice(0, 200)}`))
+          return
+        }
+        response.on("data", (part: string) => {
+          const at = performance.now()
+          buffer += part.includes("\r") ? part.replace(/\r\n/g, "\n") : part
+          let boundary = buffer.indexOf("\n\n")
+          while (boundary !== -1) {
+            const event = buffer.slice(0, boundary)
+            buffer = buffer.slice(boundary + 2)
+            for (const line of event.split("\n")) {
+              if (line.startsWith("data:")) onEvent(line.slice(line.charAt(5) === " " ? 6 : 5).trim(), at)
+            }
+            boundary = buffer.indexOf("\n\n")
+          }
+        })
+        response.on("end", () => finish())
+        response.on("error", (cause) => finish(cause.message))
       })
-      response.on("end", () => finish())
-      response.on("error", (cause) => finish(cause.message))
-    })
-    request.on("error", (cause) => finish(cause.message))
-    request.end(body)
-    return Effect.sync(() => request.destroy())
+      request.on("error", (cause) => {
+        if (!responded && !retried && request.reusedSocket) send(true)
+        else finish(cause.message)
+      })
+      current = request
+      request.end(body)
+    }
+    send(false)
+    return Effect.sync(() => current?.destroy())
   })

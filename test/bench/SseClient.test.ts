@@ -74,4 +74,41 @@ describe("streamCompletion", () => {
       expect(failed.error).toBe("decode failed")
       agent.destroy()
     }))
+
+  it.scopedLive("a request lost on a keep-alive socket the server dropped is sent again on a fresh one, once", () =>
+    Effect.gen(function*() {
+      // Like llama.cpp's server closing idle keep-alive sockets: every socket's second request is dropped unanswered.
+      const served: Array<number> = []
+      const server = yield* Effect.acquireRelease(
+        Effect.async<{ readonly url: string; readonly server: http.Server }>((resume) => {
+          let sockets = 0
+          const requestsOn = new WeakMap<object, number>()
+          const server = http.createServer((request, response) => {
+            const count = (requestsOn.get(request.socket) ?? 0) + 1
+            requestsOn.set(request.socket, count)
+            if (count > 1) return request.socket.destroy()
+            served.push(sockets)
+            request.resume()
+            request.on("end", () => {
+              response.writeHead(200, { "content-type": "text/event-stream" })
+              response.end(chunk("a") + "data: [DONE]\n\n")
+            })
+          })
+          server.on("connection", () => sockets++)
+          server.listen(0, "127.0.0.1", () => {
+            const { port } = server.address() as AddressInfo
+            resume(Effect.succeed({ url: `http://127.0.0.1:${port}`, server }))
+          })
+        }),
+        (fake) => Effect.promise(() => new Promise<void>((resolve) => fake.server.close(() => resolve())))
+      )
+      const agent = makeAgent(server.url, 1)
+      const first = yield* streamCompletion(call(server.url), agent)
+      const second = yield* streamCompletion(call(server.url), agent)
+      agent.destroy()
+      expect(first.ok).toBe(true)
+      expect(second.ok).toBe(true)
+      // The second request went out on the first socket, was dropped, and was answered on a second socket.
+      expect(served).toEqual([1, 2])
+    }))
 })
