@@ -1,4 +1,6 @@
-import { Effect } from "effect"
+import { fork } from "node:child_process"
+import { fileURLToPath } from "node:url"
+import { Effect, Either, Queue } from "effect"
 import type { Scope } from "effect"
 import type { LlamaContext } from "node-llama-cpp"
 import { loadBenchModel } from "./BenchModel.js"
@@ -29,21 +31,85 @@ export type MeasureCeiling = (
   round: number
 ) => Effect.Effect<CeilingResult, Error>
 
+/** What the parent asks of the ceiling process, one message per level and round. */
+export interface CeilingRequest {
+  readonly concurrency: number
+  readonly seconds: number
+  readonly round: number
+}
+
+/** What the ceiling process answers. */
+export type CeilingReply = { readonly result: CeilingResult } | { readonly error: string }
+
+const workerEntry = fileURLToPath(new URL("./CeilingWorker.ts", import.meta.url))
+
 /**
- * Loads the model once and returns the measurement: decode steps of `concurrency` sequences, one token each, issued
- * straight to the native context for `seconds`: the same binary, model, threads and context shape as the Weft modes,
- * without sampling, JS between steps or anything else. Every mode's tok/s is read against this.
+ * Starts a child process that loads the model once and answers each measurement: decode steps of `concurrency`
+ * sequences, one token each, issued straight to the native context for `seconds`: the same binary, model, threads and
+ * context shape as the Weft modes, without sampling, JS between steps or anything else. Every mode's tok/s is read
+ * against this.
+ *
+ * A child process, because the result depends on the process: node-llama-cpp runs each decode on one of libuv's
+ * threadpool threads, and libuv wakes the idle thread that has waited longest, so with its default 4 threads
+ * successive decodes hop from thread to thread, and ggml's helper thread (started anew for every decode) then often
+ * shares a core with it until the kernel moves one of them. On the 2-core machine this costs about 6 ms per one-token
+ * decode (15.1 vs 8.7 ms, `perf stat`: 545 vs 51 CPU migrations). The ceiling is the most `llama_decode` can do, so
+ * it runs where libuv has a single thread; libuv reads `UV_THREADPOOL_SIZE` once, at its first use, before any of our
+ * code runs, so it cannot be changed inside the bench's own process.
  */
 export const makeDecodeCeiling = (config: EngineBenchConfig): Effect.Effect<MeasureCeiling, Error, Scope.Scope> =>
-  Effect.map(
-    loadBenchModel({ modelPath: config.modelPath, gpu: config.gpu, maxThreads: config.threads }),
-    ({ model }) => (concurrency, seconds, round) =>
+  Effect.gen(function*() {
+    const child = yield* Effect.acquireRelease(
+      Effect.sync(() =>
+        fork(workerEntry, [JSON.stringify(config)], {
+          env: { ...process.env, UV_THREADPOOL_SIZE: "1" },
+          stdio: ["ignore", "inherit", "inherit", "ipc"]
+        })
+      ),
+      (child) =>
+        Effect.async<void>((resume) => {
+          if (child.exitCode !== null || child.signalCode !== null) return resume(Effect.void)
+          child.once("exit", () => resume(Effect.void))
+          child.kill("SIGTERM")
+        })
+    )
+    const ask = (request: CeilingRequest) =>
+      Effect.async<CeilingResult, Error>((resume) => {
+        const onMessage = (reply: CeilingReply) => {
+          cleanup()
+          resume("result" in reply ? Effect.succeed(reply.result) : Effect.fail(new Error(reply.error)))
+        }
+        const onExit = (code: number | null) => {
+          cleanup()
+          resume(Effect.fail(new Error(`the decode-ceiling process exited (${code})`)))
+        }
+        const cleanup = () => {
+          child.off("message", onMessage)
+          child.off("exit", onExit)
+        }
+        child.on("message", onMessage)
+        child.on("exit", onExit)
+        child.send(request)
+        return Effect.sync(cleanup)
+      })
+    return (concurrency, seconds, round) => ask({ concurrency, seconds, round })
+  })
+
+/** Loads the model once and measures each level on request, in the process it runs in. */
+export const serveCeiling = (
+  config: EngineBenchConfig,
+  requests: Queue.Dequeue<CeilingRequest>,
+  reply: (reply: CeilingReply) => void
+): Effect.Effect<never, Error, Scope.Scope> =>
+  Effect.gen(function*() {
+    const { model } = yield* loadBenchModel({ modelPath: config.modelPath, gpu: config.gpu, maxThreads: config.threads })
+    const measure = (request: CeilingRequest) =>
       Effect.scoped(Effect.gen(function*() {
         const context: LlamaContext = yield* Effect.acquireRelease(
           Effect.tryPromise(() =>
             model.createContext({
               // Weft's shape: `parallel` sequences, of which `concurrency` decode.
-              sequences: Math.max(config.parallel, concurrency),
+              sequences: Math.max(config.parallel, request.concurrency),
               contextSize: config.contextSize,
               threads: config.threads,
               batchSize: config.batchSize ?? Math.min(512, config.contextSize * config.parallel),
@@ -52,9 +118,18 @@ export const makeDecodeCeiling = (config: EngineBenchConfig): Effect.Effect<Meas
           ),
           (context) => Effect.promise(() => context.dispose())
         )
-        return yield* Effect.tryPromise(() => decodeSteps(context, config.contextSize, concurrency, seconds, round))
+        return yield* Effect.tryPromise(() =>
+          decodeSteps(context, config.contextSize, request.concurrency, request.seconds, request.round)
+        )
       }))
-  )
+    return yield* Queue.take(requests).pipe(
+      Effect.flatMap((request) => Effect.either(measure(request))),
+      Effect.flatMap((outcome) =>
+        Effect.sync(() => reply(Either.isRight(outcome) ? { result: outcome.right } : { error: String(outcome.left) }))
+      ),
+      Effect.forever
+    )
+  })
 
 const decodeSteps = async (
   context: LlamaContext,
