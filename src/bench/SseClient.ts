@@ -85,8 +85,9 @@ export const streamCompletion = (call: CompletionCall, agent: http.Agent): Effec
     }
     let current: http.ClientRequest | undefined
     // A server may close an idle keep-alive socket just as a request goes out on it (llama.cpp's server does):
-    // such a request never reached the server, so it is sent once more on a fresh socket, as HTTP clients do.
-    const send = (retried: boolean) => {
+    // such a request never got an answer, so it is sent again, as HTTP clients do. The pool may hand out another
+    // socket closed the same way; each attempt uses one up, and a failure on a fresh socket is final.
+    const send = () => {
       let responded = false
       const request = (url.protocol === "https:" ? https : http).request(url, {
         method: "POST",
@@ -123,12 +124,12 @@ export const streamCompletion = (call: CompletionCall, agent: http.Agent): Effec
         response.on("error", (cause) => finish(cause.message))
       })
       request.on("error", (cause) => {
-        if (!responded && !retried && request.reusedSocket) send(true)
+        if (!responded && request.reusedSocket) send()
         else finish(cause.message)
       })
       current = request
       request.end(body)
     }
-    send(false)
+    send()
     return Effect.sync(() => current?.destroy())
   })

@@ -75,7 +75,7 @@ describe("streamCompletion", () => {
       agent.destroy()
     }))
 
-  it.scopedLive("a request lost on a keep-alive socket the server dropped is sent again on a fresh one, once", () =>
+  it.scopedLive("a request lost on a keep-alive socket the server dropped is sent again on a fresh one", () =>
     Effect.gen(function*() {
       // Like llama.cpp's server closing idle keep-alive sockets: every socket's second request is dropped unanswered.
       const served: Array<number> = []
