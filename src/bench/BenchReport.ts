@@ -197,7 +197,7 @@ export const renderReport = (run: BenchRun): string => {
       "",
       "### Engine ceiling",
       "",
-      "`llama_decode` alone on the same binary, model, threads and context shape: one token per sequence per step, logits computed, no sampling and no JS between steps. Every streamed token also costs its prompt's share of prefill and a sampling pass, so no server on this binary reaches 100%.",
+      "`llama_decode` alone through node-llama-cpp on the same binary, model, threads and context shape, in a process with one libuv thread: one token per sequence per step, logits computed, no sampling and no JS between steps. Every streamed token also costs its prompt's share of prefill and a sampling pass, so Weft stays below 100%; llama.cpp's own server, with a persistent ggml threadpool, can pass it at narrow steps.",
       "",
       ceiling
     ]),
