@@ -1,7 +1,7 @@
 import * as fs from "node:fs/promises"
 import * as os from "node:os"
 import * as path from "node:path"
-import { Console, Effect } from "effect"
+import { Console, Effect, Schema } from "effect"
 import type { Scope } from "effect"
 import { ensureModel } from "../model/generateModel.js"
 import { backgroundLoad, cpuSnapshot } from "./CpuLoad.js"
@@ -19,6 +19,15 @@ import { makeDecodeCeiling } from "./DecodeCeiling.js"
 import type { CeilingResult } from "./DecodeCeiling.js"
 import type { PrefillProbeResult } from "./PrefillProbe.js"
 import { spawnWeft } from "./SpawnedServer.js"
+
+/** `--model` names a file that cannot be read. */
+export class BenchModelMissing extends Schema.TaggedError<BenchModelMissing>()("BenchModelMissing", {
+  path: Schema.String
+}) {
+  override get message() {
+    return `model file not found or not readable: ${this.path}`
+  }
+}
 
 /** A way of serving the same workload that the bench measures. */
 export type BenchMode = "naive" | "in-process" | "spawn" | "url"
@@ -222,6 +231,13 @@ const waitForQuiet = (threshold: number, maxSeconds: number, pids: ReadonlyArray
 export const runBench = (settings: BenchSettings, command: string) =>
   Effect.scoped(Effect.gen(function*() {
     const needsModel = settings.ceiling || settings.modes.some((mode) => mode !== "url")
+    if (settings.modelPath !== undefined) {
+      const modelFile = settings.modelPath
+      yield* Effect.tryPromise({
+        try: () => fs.access(modelFile),
+        catch: () => new BenchModelMissing({ path: modelFile })
+      })
+    }
     const modelPath = needsModel
       ? settings.modelPath ?? (yield* ensureModel("bench", settings.dataDir))
       : settings.modelPath

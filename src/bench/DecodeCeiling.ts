@@ -81,15 +81,20 @@ export const makeDecodeCeiling = (config: EngineBenchConfig): Effect.Effect<Meas
         }
         const onExit = (code: number | null) => {
           cleanup()
-          resume(Effect.fail(new Error(`the decode-ceiling process exited (${code})`)))
+          resume(Effect.fail(new Error(`the decode-ceiling process has exited (${code})`)))
         }
         const cleanup = () => {
           child.off("message", onMessage)
           child.off("exit", onExit)
         }
+        if (!child.connected) return resume(Effect.fail(new Error(`the decode-ceiling process has exited (${child.exitCode})`)))
         child.on("message", onMessage)
         child.on("exit", onExit)
-        child.send(request)
+        child.send(request, (error) => {
+          if (error === null) return
+          cleanup()
+          resume(Effect.fail(error))
+        })
         return Effect.sync(cleanup)
       })
     return (concurrency, seconds, round) => ask({ concurrency, seconds, round })
