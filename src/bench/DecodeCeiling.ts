@@ -1,12 +1,12 @@
 import { fork } from "node:child_process"
 import { fileURLToPath } from "node:url"
-import { Effect, Either, Queue } from "effect"
+import { Effect, Either, Queue, Schema } from "effect"
 import type { Scope } from "effect"
 import type { LlamaContext } from "node-llama-cpp"
 import { loadBenchModel } from "./BenchModel.js"
 import type { EngineBenchConfig } from "./InProcessTarget.js"
 
-/** What `llama_decode` alone sustains at one level: the most any server on this binary and machine could stream. */
+/** What `llama_decode` alone sustains at one level through node-llama-cpp: the most a server on its prebuilt binary streams. */
 export interface CeilingResult {
   readonly concurrency: number
   readonly round: number
@@ -14,6 +14,11 @@ export interface CeilingResult {
   readonly tokensPerSecond: number
   readonly msPerStep: number
 }
+
+/** The decode-ceiling process failed a measurement, or is gone. */
+export class DecodeCeilingFailed extends Schema.TaggedError<DecodeCeilingFailed>()("DecodeCeilingFailed", {
+  message: Schema.String
+}) {}
 
 /** node-llama-cpp internal: LlamaContext#_ctx, the native AddonContext its dispatch loop drives (see LlamaBackend). */
 interface NativeContext {
@@ -29,7 +34,7 @@ export type MeasureCeiling = (
   concurrency: number,
   seconds: number,
   round: number
-) => Effect.Effect<CeilingResult, Error>
+) => Effect.Effect<CeilingResult, DecodeCeilingFailed>
 
 /** What the parent asks of the ceiling process, one message per level and round. */
 export interface CeilingRequest {
@@ -51,49 +56,64 @@ const workerEntry = fileURLToPath(new URL("./CeilingWorker.ts", import.meta.url)
  *
  * A child process, because the result depends on the process: node-llama-cpp runs each decode on one of libuv's
  * threadpool threads, and libuv wakes the idle thread that has waited longest, so with its default 4 threads
- * successive decodes hop from thread to thread, and ggml's helper thread (started anew for every decode) then often
- * shares a core with it until the kernel moves one of them. On the 2-core machine this costs about 6 ms per one-token
- * decode (15.1 vs 8.7 ms, `perf stat`: 545 vs 51 CPU migrations). The ceiling is the most `llama_decode` can do, so
- * it runs where libuv has a single thread; libuv reads `UV_THREADPOOL_SIZE` once, at its first use, before any of our
- * code runs, so it cannot be changed inside the bench's own process.
+ * successive decodes hop from thread to thread, each meeting a ggml helper thread started anew for that decode at a
+ * spinning barrier. On the 2-core machine a one-token decode then takes 15.1 instead of 8.7 ms (`perf stat`: 545
+ * instead of 51 CPU migrations). The ceiling is the most `llama_decode` can do, so it runs where libuv has a single
+ * thread; libuv reads `UV_THREADPOOL_SIZE` once, at its first use, before any of our code runs, so it cannot be
+ * changed inside the bench's own process.
  */
-export const makeDecodeCeiling = (config: EngineBenchConfig): Effect.Effect<MeasureCeiling, Error, Scope.Scope> =>
+export const makeDecodeCeiling = (config: EngineBenchConfig): Effect.Effect<MeasureCeiling, never, Scope.Scope> =>
   Effect.gen(function*() {
+    let output = ""
     const child = yield* Effect.acquireRelease(
-      Effect.sync(() =>
-        fork(workerEntry, [JSON.stringify(config)], {
+      Effect.sync(() => {
+        const child = fork(workerEntry, [JSON.stringify(config)], {
           env: { ...process.env, UV_THREADPOOL_SIZE: "1" },
-          stdio: ["ignore", "inherit", "inherit", "ipc"]
+          // The worker is TypeScript, run through tsx whatever started this process (tsx, weft's bin, vitest).
+          execArgv: ["--import", "tsx"],
+          stdio: ["ignore", "pipe", "pipe", "ipc"]
         })
-      ),
+        const keep = (part: Buffer) => {
+          output = (output + part.toString("utf8")).slice(-2000)
+        }
+        child.stdout?.on("data", keep)
+        child.stderr?.on("data", keep)
+        return child
+      }),
       (child) =>
         Effect.async<void>((resume) => {
           if (child.exitCode !== null || child.signalCode !== null) return resume(Effect.void)
-          child.once("exit", () => resume(Effect.void))
+          const kill = setTimeout(() => child.kill("SIGKILL"), 15_000)
+          child.once("exit", () => {
+            clearTimeout(kill)
+            resume(Effect.void)
+          })
           child.kill("SIGTERM")
         })
     )
+    const exited = (code: number | null) =>
+      new DecodeCeilingFailed({ message: `the decode-ceiling process has exited (${code}): ${output.trim()}` })
     const ask = (request: CeilingRequest) =>
-      Effect.async<CeilingResult, Error>((resume) => {
+      Effect.async<CeilingResult, DecodeCeilingFailed>((resume) => {
         const onMessage = (reply: CeilingReply) => {
           cleanup()
-          resume("result" in reply ? Effect.succeed(reply.result) : Effect.fail(new Error(reply.error)))
+          resume("result" in reply ? Effect.succeed(reply.result) : new DecodeCeilingFailed({ message: reply.error }))
         }
-        const onExit = (code: number | null) => {
+        const onClose = (code: number | null) => {
           cleanup()
-          resume(Effect.fail(new Error(`the decode-ceiling process has exited (${code})`)))
+          resume(exited(code))
         }
         const cleanup = () => {
           child.off("message", onMessage)
-          child.off("exit", onExit)
+          child.off("close", onClose)
         }
-        if (!child.connected) return resume(Effect.fail(new Error(`the decode-ceiling process has exited (${child.exitCode})`)))
+        if (!child.connected) return resume(exited(child.exitCode))
         child.on("message", onMessage)
-        child.on("exit", onExit)
+        child.on("close", onClose)
         child.send(request, (error) => {
           if (error === null) return
           cleanup()
-          resume(Effect.fail(error))
+          resume(new DecodeCeilingFailed({ message: error.message }))
         })
         return Effect.sync(cleanup)
       })
