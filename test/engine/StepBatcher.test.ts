@@ -118,17 +118,27 @@ describe("StepBatcher", () => {
   it("every step of random generations is issued exactly once, and steps issued together form whole rounds", async () => {
     await fc.assert(
       fc.asyncProperty(fc.array(fc.integer({ min: 1, max: 6 }), { minLength: 1, maxLength: 6 }), async (lengths) => {
-        const batcher = new StepBatcher({ maxWaitMs: 50 })
+        // No straggler timeout: every generation steps or leaves at once, so no round may ever be cut short, however
+        // slowly this machine runs the test.
+        const batcher = new StepBatcher({ maxWaitMs: 60_000 })
         const issued: Array<Array<number>> = []
+        // Steps issued while others of the same group are still being decoded belong to one group (one decode).
         let current: Array<number> | undefined
+        let pending = 0
         const issue = (generation: number) => () => {
           if (current === undefined) {
             current = []
             issued.push(current)
-            setImmediate(() => (current = undefined))
           }
           current.push(generation)
-          return new Promise<number>((resolve) => setTimeout(() => resolve(generation), 1))
+          pending += 1
+          return new Promise<number>((resolve) =>
+            setTimeout(() => {
+              pending -= 1
+              if (pending === 0) current = undefined
+              resolve(generation)
+            }, 1)
+          )
         }
         const participants = lengths.map(() => batcher.join())
         await Promise.all(lengths.map(async (steps, generation) => {
