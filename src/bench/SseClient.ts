@@ -84,6 +84,7 @@ export const streamCompletion = (call: CompletionCall, agent: http.Agent): Effec
       }
     }
     let current: http.ClientRequest | undefined
+    let cancelled = false
     // A server may close an idle keep-alive socket just as a request goes out on it (llama.cpp's server does):
     // such a request never got an answer, so it is sent again, as HTTP clients do. The pool may hand out another
     // socket closed the same way; each attempt uses one up, and a failure on a fresh socket is final.
@@ -124,12 +125,15 @@ export const streamCompletion = (call: CompletionCall, agent: http.Agent): Effec
         response.on("error", (cause) => finish(cause.message))
       })
       request.on("error", (cause) => {
-        if (!responded && request.reusedSocket) send()
+        if (!cancelled && !responded && request.reusedSocket) send()
         else finish(cause.message)
       })
       current = request
       request.end(body)
     }
     send()
-    return Effect.sync(() => current?.destroy())
+    return Effect.sync(() => {
+      cancelled = true
+      current?.destroy()
+    })
   })

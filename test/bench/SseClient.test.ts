@@ -1,7 +1,7 @@
 import { describe, expect, it } from "@effect/vitest"
 import * as http from "node:http"
 import type { AddressInfo } from "node:net"
-import { Effect } from "effect"
+import { Effect, Fiber } from "effect"
 import { makeAgent, streamCompletion } from "../../src/bench/SseClient.js"
 
 /** A fake OpenAI-compatible server answering every completion with `events` (already framed), one write each. */
@@ -110,5 +110,44 @@ describe("streamCompletion", () => {
       expect(second.ok).toBe(true)
       // The second request went out on the first socket, was dropped, and was answered on a second socket.
       expect(served).toEqual([1, 2])
+    }))
+
+  it.scopedLive("an interrupted request is not sent again, even on a reused socket", () =>
+    Effect.gen(function*() {
+      // The first request is answered; every later one is held unanswered until the socket goes away.
+      let requests = 0
+      const server = yield* Effect.acquireRelease(
+        Effect.async<{ readonly url: string; readonly server: http.Server }>((resume) => {
+          const server = http.createServer((request, response) => {
+            requests += 1
+            request.resume()
+            if (requests > 1) return
+            request.on("end", () => {
+              response.writeHead(200, { "content-type": "text/event-stream" })
+              response.end(chunk("a") + "data: [DONE]\n\n")
+            })
+          })
+          server.listen(0, "127.0.0.1", () => {
+            const { port } = server.address() as AddressInfo
+            resume(Effect.succeed({ url: `http://127.0.0.1:${port}`, server }))
+          })
+        }),
+        (fake) =>
+          Effect.promise(() =>
+            new Promise<void>((resolve) => {
+              fake.server.closeAllConnections()
+              fake.server.close(() => resolve())
+            })
+          )
+      )
+      const agent = makeAgent(server.url, 1)
+      expect((yield* streamCompletion(call(server.url), agent)).ok).toBe(true)
+      const held = yield* Effect.fork(streamCompletion(call(server.url), agent))
+      while (requests < 2) yield* Effect.sleep("5 millis")
+      yield* Fiber.interrupt(held)
+      // A resend would reach the server on a fresh socket within a few milliseconds.
+      yield* Effect.sleep("200 millis")
+      agent.destroy()
+      expect(requests).toBe(2)
     }))
 })
