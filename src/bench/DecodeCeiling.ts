@@ -5,6 +5,7 @@ import type { Scope } from "effect"
 import type { LlamaContext } from "node-llama-cpp"
 import { loadBenchModel } from "./BenchModel.js"
 import type { EngineBenchConfig } from "./InProcessTarget.js"
+import { scopedChild } from "./ScopedChild.js"
 
 /** What `llama_decode` alone sustains at one level through node-llama-cpp: the most a server on its prebuilt binary streams. */
 export interface CeilingResult {
@@ -64,35 +65,18 @@ const workerEntry = fileURLToPath(new URL("./CeilingWorker.ts", import.meta.url)
  */
 export const makeDecodeCeiling = (config: EngineBenchConfig): Effect.Effect<MeasureCeiling, never, Scope.Scope> =>
   Effect.gen(function*() {
-    let output = ""
-    const child = yield* Effect.acquireRelease(
-      Effect.sync(() => {
-        const child = fork(workerEntry, [JSON.stringify(config)], {
+    const { child, output } = yield* scopedChild(
+      () =>
+        fork(workerEntry, [JSON.stringify(config)], {
           env: { ...process.env, UV_THREADPOOL_SIZE: "1" },
           // The worker is TypeScript, run through tsx whatever started this process (tsx, weft's bin, vitest).
           execArgv: ["--import", "tsx"],
           stdio: ["ignore", "pipe", "pipe", "ipc"]
-        })
-        const keep = (part: Buffer) => {
-          output = (output + part.toString("utf8")).slice(-2000)
-        }
-        child.stdout?.on("data", keep)
-        child.stderr?.on("data", keep)
-        return child
-      }),
-      (child) =>
-        Effect.async<void>((resume) => {
-          if (child.exitCode !== null || child.signalCode !== null) return resume(Effect.void)
-          const kill = setTimeout(() => child.kill("SIGKILL"), 15_000)
-          child.once("exit", () => {
-            clearTimeout(kill)
-            resume(Effect.void)
-          })
-          child.kill("SIGTERM")
-        })
+        }),
+      2000
     )
-    const exited = (code: number | null) =>
-      new DecodeCeilingFailed({ message: `the decode-ceiling process has exited (${code}): ${output.trim()}` })
+    const gone = (code: number | null) =>
+      new DecodeCeilingFailed({ message: `the decode-ceiling process has exited (${code}): ${output().trim()}` })
     const ask = (request: CeilingRequest) =>
       Effect.async<CeilingResult, DecodeCeilingFailed>((resume) => {
         const onMessage = (reply: CeilingReply) => {
@@ -101,13 +85,13 @@ export const makeDecodeCeiling = (config: EngineBenchConfig): Effect.Effect<Meas
         }
         const onClose = (code: number | null) => {
           cleanup()
-          resume(exited(code))
+          resume(gone(code))
         }
         const cleanup = () => {
           child.off("message", onMessage)
           child.off("close", onClose)
         }
-        if (!child.connected) return resume(exited(child.exitCode))
+        if (!child.connected) return resume(gone(child.exitCode))
         child.on("message", onMessage)
         child.on("close", onClose)
         child.send(request, (error) => {

@@ -1,11 +1,11 @@
 import { spawn } from "node:child_process"
-import type { ChildProcess } from "node:child_process"
 import * as net from "node:net"
 import { fileURLToPath } from "node:url"
 import { Effect, Schema } from "effect"
 import type { Scope } from "effect"
 import { awaitHealthy } from "./HttpTarget.js"
 import type { EngineBenchConfig } from "./InProcessTarget.js"
+import { exited, scopedChild } from "./ScopedChild.js"
 
 /** `weft serve` could not be started for the bench. */
 export class ServerStartFailed extends Schema.TaggedError<ServerStartFailed>()("ServerStartFailed", {
@@ -30,12 +30,6 @@ const freePort = Effect.async<number, ServerStartFailed>((resume) => {
 })
 
 const mainEntry = fileURLToPath(new URL("../main.ts", import.meta.url))
-
-const exited = (child: ChildProcess) =>
-  new Promise<void>((resolve) => {
-    if (child.exitCode !== null || child.signalCode !== null) resolve()
-    else child.once("exit", () => resolve())
-  })
 
 /**
  * Starts `weft serve` on the model in a child process (so the load generator's JS never runs on the server's event
@@ -65,33 +59,17 @@ export const spawnWeft = (
       ...(config.batchSize === undefined ? [] : ["--batch-size", String(config.batchSize)]),
       ...extraArgs
     ]
-    let output = ""
-    const child = yield* Effect.acquireRelease(
-      Effect.sync(() => {
-        const child = spawn(process.execPath, args, { stdio: ["ignore", "pipe", "pipe"] })
-        const keep = (part: Buffer) => {
-          output = (output + part.toString("utf8")).slice(-4000)
-        }
-        child.stdout?.on("data", keep)
-        child.stderr?.on("data", keep)
-        return child
-      }),
-      (child) =>
-        Effect.promise(async () => {
-          if (child.exitCode !== null || child.signalCode !== null) return
-          child.kill("SIGTERM")
-          const timer = setTimeout(() => child.kill("SIGKILL"), 15_000)
-          await exited(child)
-          clearTimeout(timer)
-        })
+    const { child, output } = yield* scopedChild(
+      () => spawn(process.execPath, args, { stdio: ["ignore", "pipe", "pipe"] }),
+      4000
     )
     const baseUrl = `http://127.0.0.1:${port}`
     yield* awaitHealthy(baseUrl, 120_000).pipe(
       Effect.raceFirst(
         Effect.flatMap(Effect.promise(() => exited(child)), () =>
-          Effect.fail(new ServerStartFailed({ message: `weft serve exited with ${child.exitCode ?? child.signalCode}`, output })))
+          Effect.fail(new ServerStartFailed({ message: `weft serve exited with ${child.exitCode ?? child.signalCode}`, output: output() })))
       ),
-      Effect.catchTag("ServerUnreachable", (error) => Effect.fail(new ServerStartFailed({ message: error.message, output })))
+      Effect.catchTag("ServerUnreachable", (error) => Effect.fail(new ServerStartFailed({ message: error.message, output: output() })))
     )
     return { baseUrl, pid: child.pid }
   })
