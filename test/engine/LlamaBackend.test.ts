@@ -14,33 +14,41 @@ import { tinyModelPath } from "../support/tinyModel.js"
 
 const parallel = 4
 
-/** Fails the decode step that would produce token `failAt` of any prompt starting with `marker`. */
-const injectFailure = (backend: BackendShape, marker: number, failAt: number): BackendShape => ({
+/**
+ * Fails the decode step that would produce token `failAt` of any prompt starting with `failureMarker`, and makes
+ * every step of prompts starting with `slowMarker` (or `failureMarker`) take at least `slowStepMs`, so a test's
+ * timeout or interrupt lands mid-generation however fast the machine decodes the tiny model.
+ */
+const injectFaults = (backend: BackendShape, failAt: number): BackendShape => ({
   ...backend,
   start: (slot, prompt, sampling) =>
     Effect.map(backend.start(slot, prompt, sampling), (generation) => {
       // The slot may already hold a reused prefix of the prompt: look at the whole prompt.
-      if ([...backend.tokensOf(slot), ...prompt][1] !== marker) return generation
+      const marker = [...backend.tokensOf(slot), ...prompt][1]
+      if (marker !== failureMarker && marker !== slowMarker) return generation
       let produced = 0
+      const slowStep = Effect.zipRight(Effect.sleep(slowStepMs), generation.next)
       return {
         next: Effect.suspend(() =>
-          produced + 1 === failAt
+          marker === failureMarker && produced + 1 === failAt
             ? new DecodeFailed({ slot, stage: "decode", message: "injected failure" })
-            : Effect.tap(generation.next, () => Effect.sync(() => produced++))
+            : Effect.tap(slowStep, () => Effect.sync(() => produced++))
         )
       }
     })
 })
 
-// `<|im_start|>`: a valid token that a plain-text prompt never contains.
+// `<|im_start|>` and `<|im_end|>`: valid tokens that a plain-text prompt never contains.
 const failureMarker = 3
+const slowMarker = 4
+const slowStepMs = 20
 
 const llamaLayer = Layer.unwrapEffect(
   Effect.map(Effect.promise(tinyModelPath), (modelPath) =>
     LlamaBackend.layer({ modelPath, parallel, contextSize: 256, threads: 2, gpu: false }))
 )
 
-const backendLayer = Layer.effect(Backend, Effect.map(Backend, (backend) => injectFailure(backend, failureMarker, 3))).pipe(
+const backendLayer = Layer.effect(Backend, Effect.map(Backend, (backend) => injectFaults(backend, 3))).pipe(
   Layer.provide(llamaLayer)
 )
 
@@ -123,10 +131,10 @@ describe("LlamaBackend on the tiny model", () => {
         const prompt = yield* backend.tokenize("hello there", { special: false })
 
         const timedOut = yield* Effect.fork(
-          run(scheduler, request("t", [bos, ...prompt], { maxTokens: 100_000, timeouts: { totalMs: 300 } }))
+          run(scheduler, request("t", [bos, slowMarker, ...prompt], { maxTokens: 100_000, timeouts: { totalMs: 300 } }))
         )
         const failed = yield* Effect.fork(run(scheduler, request("f", [bos, failureMarker, ...prompt])))
-        const interrupted = yield* Effect.fork(run(scheduler, request("i", [bos, ...prompt], { maxTokens: 100_000 })))
+        const interrupted = yield* Effect.fork(run(scheduler, request("i", [bos, slowMarker, ...prompt], { maxTokens: 100_000 })))
         yield* Effect.repeat(scheduler.stats, { until: (stats) => stats.running === 3 })
         yield* Effect.sleep("50 millis")
         yield* Fiber.interrupt(interrupted)
@@ -220,6 +228,8 @@ describe("LlamaBackend on the tiny model", () => {
       Effect.gen(function*() {
         const backend = yield* Backend
         const prompt = [backend.info.bosToken!, ...(yield* backend.tokenize("héllo 日本", { special: false }))]
+        // Earlier tests may have left a cached prefix in slot 0; this test drives the slot directly.
+        yield* backend.erase(0)
         const tokens = yield* Effect.scoped(
           Effect.gen(function*() {
             const generation = yield* backend.start(0, prompt, { ...defaultSampling, temperature: 1.2, seed: 3, ignoreEos: true })
