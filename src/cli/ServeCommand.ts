@@ -4,7 +4,7 @@ import { Console, Context, Effect, Layer, Option, Record } from "effect"
 import { envName, loadWeftSettings, settingSpecs, WeftConfig } from "../config/WeftConfig.js"
 import type { WeftSettings } from "../config/WeftConfig.js"
 import type { ModelInfo } from "../engine/Backend.js"
-import { ModelHost } from "../http/ModelHost.js"
+import { ModelRegistry } from "../host/ModelRegistry.js"
 import { WeftLive } from "../layers.js"
 
 const configOption = Options.text("config").pipe(
@@ -31,13 +31,16 @@ const baseUrl = (address: HttpServer.Address): string => {
   return `http://${host.includes(":") ? `[${host}]` : host}:${address.port}`
 }
 
-const banner = (settings: WeftSettings, info: ModelInfo, url: string): string => {
+const banner = (settings: WeftSettings, models: ReadonlyArray<ModelInfo>, url: string): string => {
   const lines = [
     "",
-    `Weft is serving "${info.id}" on ${url}`,
-    `  ${info.parallel} parallel sequences × ${info.contextSize} tokens of context, queue up to ${settings.maxQueue}`,
+    `Weft is serving ${models.map((info) => `"${info.id}"`).join(", ")} on ${url}`,
+    ...models.map((info) =>
+      `  ${models.length > 1 ? `${info.id}: ` : ""}${info.parallel} parallel sequences × ${info.contextSize} tokens of context, queue up to ${settings.maxQueue}`
+    ),
     ""
   ]
+  const info = models[0]!
   if (settings.model === undefined) {
     lines.push(
       "  This is the DEMO model: random weights, so its answers are gibberish. It only shows that everything works.",
@@ -69,8 +72,8 @@ export const serve = (settings: WeftSettings) =>
           ? `weft: listening on ${url}; preparing the demo model in ${settings.dataDir} (first run generates it)…`
           : `weft: listening on ${url}; loading ${settings.model}…`
       )
-      const engine = yield* Context.get(context, ModelHost).ready
-      yield* Console.log(banner(settings, engine.backend.info, url))
+      const engines = yield* Context.get(context, ModelRegistry).ready
+      yield* Console.log(banner(settings, engines.map((engine) => engine.backend.info), url))
       return yield* Effect.never.pipe(
         Effect.onInterrupt(() =>
           Console.log(`\nweft: shutting down: no new requests; in-flight ones get up to ${settings.shutdownGraceMs / 1000} s to finish…`)

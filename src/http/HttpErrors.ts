@@ -29,15 +29,6 @@ export class InvalidParam extends Schema.TaggedError<InvalidParam>()("InvalidPar
   code: Schema.NullOr(Schema.String)
 }) {}
 
-/** The request names a model this server does not serve. */
-export class ModelNotFound extends Schema.TaggedError<ModelNotFound>()("ModelNotFound", {
-  model: Schema.String
-}) {
-  override get message(): string {
-    return `The model \`${this.model}\` does not exist or you do not have access to it.`
-  }
-}
-
 /** The generation was cancelled before it finished: the server is shutting down, or an operator cancelled it. */
 export class GenerationCancelled extends Schema.TaggedError<GenerationCancelled>()("GenerationCancelled", {
   shuttingDown: Schema.Boolean

@@ -3,31 +3,41 @@ import { Effect, Metric } from "effect"
 import { ProcessMetrics } from "../observability/ProcessMetrics.js"
 import { encodePrometheusText, prometheusContentType } from "../observability/PrometheusText.js"
 import { weftMetricFamilies } from "../observability/WeftMetrics.js"
-import { ModelHost } from "./ModelHost.js"
+import { ModelRegistry } from "../host/ModelRegistry.js"
 
 const noStore = { "cache-control": "no-store" }
 
-/** `GET /metrics`: every Weft metric in the Prometheus text format; engine gauges appear once the model is loaded. */
+/** `GET /metrics`: every Weft metric in the Prometheus text format; a model's engine gauges appear once it is loaded. */
 const metrics = Effect.gen(function*() {
   yield* Effect.flatMap(ProcessMetrics, (process) => process.sample())
-  const state = yield* Effect.flatMap(ModelHost, (host) => host.state)
-  if (state._tag === "Ready") yield* state.engine.metrics.sample()
+  const engines = yield* Effect.flatMap(ModelRegistry, (registry) => registry.engines)
+  yield* Effect.forEach(engines, (engine) => engine.metrics.sample(), { discard: true })
   const text = encodePrometheusText(weftMetricFamilies, yield* Metric.snapshot)
   return HttpServerResponse.text(text, { contentType: prometheusContentType, headers: noStore })
 })
 
-/** `GET /admin/stats`: latency percentiles, rates, slot, queue and KV state as JSON; 503 while the model loads. */
+/**
+ * `GET /admin/stats`: latency percentiles, rates, slot, queue and KV state as JSON; 503 while a model loads. With one
+ * model its numbers are at the top level; with several, under `models` by id.
+ */
 const adminStats = Effect.gen(function*() {
   const process = yield* Effect.flatMap(ProcessMetrics, (metrics) => metrics.sample())
-  const state = yield* Effect.flatMap(ModelHost, (host) => host.state)
-  if (state._tag !== "Ready") {
+  const models = yield* Effect.flatMap(ModelRegistry, (registry) => registry.models)
+  const notReady = models.find((model) => model.state._tag !== "Ready")
+  if (notReady !== undefined || models.length === 0) {
     return HttpServerResponse.unsafeJson(
-      { status: state._tag === "Loading" ? "loading" : "error", process },
+      { status: notReady === undefined || notReady.state._tag === "Loading" ? "loading" : "error", process },
       { status: 503, headers: noStore }
     )
   }
-  const stats = yield* state.engine.metrics.adminStats()
-  return HttpServerResponse.unsafeJson({ status: stats.requests.draining ? "draining" : "ok", ...stats, process }, { headers: noStore })
+  const byModel = yield* Effect.forEach(models, (model) =>
+    model.state._tag === "Ready"
+      ? Effect.map(model.state.engine.metrics.adminStats(), (stats) => [model.id ?? "", stats] as const)
+      : Effect.dieMessage("unreachable: every model is ready"))
+  const draining = byModel.some(([, stats]) => stats.requests.draining)
+  const status = draining ? "draining" : "ok"
+  const body = byModel.length === 1 ? { status, ...byModel[0]![1], process } : { status, models: Object.fromEntries(byModel), process }
+  return HttpServerResponse.unsafeJson(body, { headers: noStore })
 })
 
 /** `/metrics` and `/admin/stats`. */

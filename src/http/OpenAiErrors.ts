@@ -2,8 +2,8 @@ import { HttpServerResponse } from "@effect/platform"
 import type { DecodeFailed, ChatTemplateFailed } from "../engine/Backend.js"
 import type { AdmissionRejected, StageTimedOut } from "../scheduler/SchedulerErrors.js"
 import type { SessionStoreFailed } from "../sessions/SessionStore.js"
-import type { BodyNotJson, BodyTooLarge, GenerationCancelled, InvalidParam, ModelNotFound, SessionNotFound } from "./HttpErrors.js"
-import type { ModelLoading } from "./ModelHost.js"
+import type { ModelLoading, ModelNotFound } from "../host/HostErrors.js"
+import type { BodyNotJson, BodyTooLarge, GenerationCancelled, InvalidParam, SessionNotFound } from "./HttpErrors.js"
 
 /** Every expected failure an OpenAI endpoint can answer with. */
 export type ApiFailure =

@@ -1,9 +1,9 @@
 import { Effect, Either, ParseResult, Schema } from "effect"
-import type { BackendShape, ChatMessage, ModelInfo } from "../engine/Backend.js"
+import type { BackendShape, ChatMessage } from "../engine/Backend.js"
 import { defaultSampling } from "../engine/SamplingOptions.js"
 import type { GrammarConstraint } from "../engine/SamplingOptions.js"
 import type { GenerationRequest, Priority } from "../scheduler/GenerationRequest.js"
-import { InvalidParam, ModelNotFound } from "./HttpErrors.js"
+import { InvalidParam } from "./HttpErrors.js"
 import { toGrammarSchema } from "./JsonSchemaGrammar.js"
 import type { ChatMessageInput, CompletionRequest, ResponseFormat, SharedRequest } from "./OpenAiRequests.js"
 
@@ -62,10 +62,6 @@ export const decodeBody = <A, I>(schema: Schema.Schema<A, I>, body: unknown): Ef
     })
   )
 }
-
-/** The one model this server serves must be the one asked for. */
-export const checkModel = (requested: string, info: ModelInfo): Effect.Effect<void, ModelNotFound> =>
-  requested === info.id ? Effect.void : Effect.fail(new ModelNotFound({ model: requested }))
 
 const priorityOf = (priority: SharedRequest["priority"]): Priority | undefined => {
   if (priority === undefined) return undefined

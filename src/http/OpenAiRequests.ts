@@ -1,4 +1,5 @@
 import { Schema } from "effect"
+import { safeIdDescription, safeIdPattern } from "./SafeId.js"
 
 // Unknown fields are tolerated: Schema.Struct ignores excess properties when decoding.
 // `null` is accepted wherever a field is optional, as OpenAI's own API and many clients send it for "unset".
@@ -90,7 +91,7 @@ const SharedFields = {
 export const ChatCompletionRequest = Schema.Struct({
   ...SharedFields,
   /** Weft extension: continue a server-kept conversation; `messages` then carries only this turn's new messages. */
-  session_id: optional(Schema.String.pipe(Schema.pattern(/^[\w.:-]{1,128}$/, { message: () => "1–128 letters, digits, or . _ : -" }))),
+  session_id: optional(Schema.String.pipe(Schema.pattern(safeIdPattern, { message: () => safeIdDescription }))),
   messages: Schema.Array(ChatMessageInput).annotations(expected("an array of messages")).pipe(
     Schema.minItems(1, { message: () => "a non-empty array of messages" })
   )

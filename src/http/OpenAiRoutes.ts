@@ -5,12 +5,15 @@ import { randomUUID } from "node:crypto"
 import type { BackendShape } from "../engine/Backend.js"
 import type { GenerationEvent } from "../scheduler/GenerationRequest.js"
 import { SessionStore } from "../sessions/SessionStore.js"
-import { InvalidParam, ModelNotFound, SessionNotFound } from "./HttpErrors.js"
+import { ModelLoading } from "../host/HostErrors.js"
+import { ModelRegistry } from "../host/ModelRegistry.js"
+import { InvalidParam, SessionNotFound } from "./HttpErrors.js"
 import type { ApiFailure } from "./OpenAiErrors.js"
 import { jsonResponse, sseResponse } from "./GenerationResponse.js"
 import { readJsonBody } from "./JsonBody.js"
-import { ModelHost } from "./ModelHost.js"
-import { chatMessagesOf, chatPrompt, checkModel, completionPrompt, decodeBody, planOf } from "./OpenAiMapping.js"
+import { resolveModel } from "./ModelRoute.js"
+import { safeIdDescription, safeIdPattern } from "./SafeId.js"
+import { chatMessagesOf, chatPrompt, completionPrompt, decodeBody, planOf } from "./OpenAiMapping.js"
 import { ChatCompletionRequest, CompletionRequest } from "./OpenAiRequests.js"
 import type { SharedRequest } from "./OpenAiRequests.js"
 import type { CompletionKind } from "./OpenAiResponses.js"
@@ -39,8 +42,7 @@ const generationRoute = <A extends SharedRequest, I>(
 ) =>
   Effect.gen(function*() {
     const body = yield* decodeBody(schema, yield* readJsonBody(options.maxBodyBytes))
-    const { backend, scheduler } = yield* Effect.flatMap(ModelHost, (host) => host.engine)
-    yield* checkModel(body.model, backend.info)
+    const { backend, scheduler } = yield* resolveModel(body.model)
     const plan = yield* planOf(body, { maxTokens: kind === "text" ? legacyCompletionMaxTokens : undefined })
     const id = newId(kind)
     const meta = { kind, id, created: Math.floor((yield* Clock.currentTimeMillis) / 1000), model: backend.info.id }
@@ -63,8 +65,8 @@ const chatRun: RunOf<ChatCompletionRequest> = (backend, body, submit) =>
     const request = yield* HttpServerRequest.HttpServerRequest
     const sessionId = body.session_id ?? request.headers["x-session-id"]
     if (sessionId === undefined) return { events: submit(yield* chatPrompt(backend, body.messages)) }
-    if (!/^[\w.:-]{1,128}$/.test(sessionId)) {
-      return yield* new InvalidParam({ param: "session_id", message: "session_id must be 1–128 letters, digits, or . _ : -", code: "invalid_value" })
+    if (!safeIdPattern.test(sessionId)) {
+      return yield* new InvalidParam({ param: "session_id", message: `session_id must be ${safeIdDescription}`, code: "invalid_value" })
     }
     const store = yield* SessionStore
     const cacheKey = body.cache_salt ?? ""
@@ -116,8 +118,14 @@ export const openAiRoutes = (options: OpenAiRoutesOptions) => {
     HttpRouter.get(
       "/v1/models",
       Effect.gen(function*() {
-        const { backend } = yield* Effect.flatMap(ModelHost, (host) => host.engine)
-        return HttpServerResponse.unsafeJson({ object: "list", data: [modelObject(backend.info.id, startedAt)] })
+        const registry = yield* ModelRegistry
+        const models = yield* registry.models
+        // Until a model is serving there is nothing to list yet: answer like a request for it would.
+        if (models.some((model) => model.state._tag === "Loading") && !models.some((model) => model.state._tag === "Ready")) {
+          return yield* new ModelLoading()
+        }
+        const data = models.flatMap((model) => (model.state._tag === "Ready" ? [modelObject(model.state.engine.backend.info.id, startedAt)] : []))
+        return HttpServerResponse.unsafeJson({ object: "list", data })
       })
     ),
     HttpRouter.get(
@@ -125,9 +133,7 @@ export const openAiRoutes = (options: OpenAiRoutesOptions) => {
       "/v1/models/*",
       Effect.gen(function*() {
         const params = yield* HttpRouter.params
-        const { backend } = yield* Effect.flatMap(ModelHost, (host) => host.engine)
-        const requested = safeDecode(params["*"] ?? "")
-        if (requested !== backend.info.id) return yield* new ModelNotFound({ model: requested })
+        const { backend } = yield* resolveModel(safeDecode(params["*"] ?? ""))
         return HttpServerResponse.unsafeJson(modelObject(backend.info.id, startedAt))
       })
     )

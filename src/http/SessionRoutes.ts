@@ -3,6 +3,7 @@ import { Effect, Option } from "effect"
 import { SessionStore } from "../sessions/SessionStore.js"
 import type { Session } from "../sessions/SessionStore.js"
 import { SessionNotFound } from "./HttpErrors.js"
+import { usageOf } from "./OpenAiResponses.js"
 
 const sessionIdParam = Effect.map(HttpRouter.params, (params) => params["id"] ?? "")
 
@@ -13,12 +14,7 @@ const sessionObject = (session: Session) => ({
   updated: Math.floor(session.updatedAt / 1000),
   turns: session.turns,
   messages: session.messages,
-  usage: {
-    prompt_tokens: session.promptTokens,
-    completion_tokens: session.completionTokens,
-    total_tokens: session.promptTokens + session.completionTokens,
-    prompt_tokens_details: { cached_tokens: session.cachedTokens }
-  }
+  usage: usageOf(session)
 })
 
 /** `GET /v1/sessions/{id}` (the stored conversation) and `DELETE /v1/sessions/{id}`. */

@@ -1,13 +1,18 @@
 import { HttpRouter, HttpServer, HttpServerRequest, HttpServerResponse } from "@effect/platform"
-import type { HttpServerError } from "@effect/platform"
+import { HttpServerError } from "@effect/platform"
 import { NodeHttpServer } from "@effect/platform-node"
-import { Clock, Deferred, Duration, Effect, Exit, Fiber, Layer, Schedule } from "effect"
+import { Clock, Deferred, Duration, Effect, Exit, Fiber, Layer, Ref, Schedule } from "effect"
 import { randomUUID } from "node:crypto"
 import * as Http from "node:http"
 import { countHttpRequest, endpointOf } from "../observability/HttpRequestMetrics.js"
 import type { ProcessMetrics } from "../observability/ProcessMetrics.js"
-import { ModelHost } from "./ModelHost.js"
-import type { ModelHostShape } from "./ModelHost.js"
+import { DecodeFailed } from "../engine/Backend.js"
+import { ModelRegistry } from "../host/ModelRegistry.js"
+import type { ModelRegistryShape } from "../host/ModelRegistry.js"
+import { PromptEmpty, PromptTokenInvalid, PromptTooLong, QueueFull, ShuttingDown, StageTimedOut } from "../scheduler/SchedulerErrors.js"
+import { GenerationCancelled } from "./HttpErrors.js"
+import { RequestModel, soleModelId } from "./ModelRoute.js"
+import { safeIdPattern } from "./SafeId.js"
 import { observabilityRoutes } from "./ObservabilityRoutes.js"
 import { errorReply, errorResponse, internalError, unknownRoute } from "./OpenAiErrors.js"
 import type { ApiFailure } from "./OpenAiErrors.js"
@@ -27,66 +32,72 @@ export interface HttpServerOptions {
 /** After the grace period, how long finished responses get to flush before the remaining connections are cut. */
 const flushAfterGrace = Duration.seconds(2)
 
-/** `GET /health`: 200 when serving, 503 while loading or draining. */
+const loadingHealth = { slots: { total: 0, free: 0 }, queue: { length: 0, limit: 0 } }
+
+/** `GET /health`: 200 when every model serves, 503 while one loads, failed or drains; slots and queues summed. */
 const health = Effect.gen(function*() {
-  const state = yield* Effect.flatMap(ModelHost, (host) => host.state)
-  if (state._tag !== "Ready") {
-    return HttpServerResponse.unsafeJson(
-      { status: state._tag === "Loading" ? "loading" : "error", slots: { total: 0, free: 0 }, queue: { length: 0, limit: 0 } },
-      { status: 503, headers: { "cache-control": "no-store" } }
-    )
+  const models = yield* Effect.flatMap(ModelRegistry, (registry) => registry.models)
+  const notReady = models.find((model) => model.state._tag !== "Ready")
+  if (notReady !== undefined || models.length === 0) {
+    const status = notReady === undefined || notReady.state._tag === "Loading" ? "loading" : "error"
+    return HttpServerResponse.unsafeJson({ status, ...loadingHealth }, { status: 503, headers: { "cache-control": "no-store" } })
   }
-  const stats = yield* state.engine.scheduler.stats
+  const engines = models.flatMap((model) => (model.state._tag === "Ready" ? [model.state.engine] : []))
+  const stats = yield* Effect.forEach(engines, (engine) => engine.scheduler.stats)
+  const draining = stats.some((one) => one.draining)
+  const sum = (of: (one: (typeof stats)[number]) => number) => stats.reduce((total, one) => total + of(one), 0)
   return HttpServerResponse.unsafeJson(
     {
-      status: stats.draining ? "draining" : "ok",
-      slots: { total: stats.slots.total, free: stats.slots.free },
-      queue: { length: stats.queued, limit: stats.queueLimit }
+      status: draining ? "draining" : "ok",
+      slots: { total: sum((one) => one.slots.total), free: sum((one) => one.slots.free) },
+      queue: { length: sum((one) => one.queued), limit: sum((one) => one.queueLimit) }
     },
-    { status: stats.draining ? 503 : 200, headers: { "cache-control": "no-store" } }
+    { status: draining ? 503 : 200, headers: { "cache-control": "no-store" } }
   )
 })
 
-const requestIdPattern = /^[\w.:-]{1,128}$/
-
 /** Failures the scheduler's own request log already reports; the others are refused before a generation exists. */
-const scheduledFailures = new Set<string>([
-  "QueueFull",
-  "ShuttingDown",
-  "PromptTooLong",
-  "PromptEmpty",
-  "PromptTokenInvalid",
-  "StageTimedOut",
-  "DecodeFailed",
-  "GenerationCancelled"
-])
+const scheduledFailures = [
+  QueueFull,
+  ShuttingDown,
+  PromptTooLong,
+  PromptEmpty,
+  PromptTokenInvalid,
+  StageTimedOut,
+  DecodeFailed,
+  GenerationCancelled
+]
+
+const isScheduledFailure = (failure: ApiFailure): boolean => scheduledFailures.some((type) => failure instanceof type)
 
 /**
  * Gives every response an `x-request-id` (the client's, when it sent a sane one) and turns every failure into
  * OpenAI's error envelope. Interruption (the client went away) passes through untouched.
  */
 const withRequestContext = <R>(
-  app: Effect.Effect<HttpServerResponse.HttpServerResponse, ApiFailure | HttpServerError.RouteNotFound, R>
+  app: Effect.Effect<HttpServerResponse.HttpServerResponse, ApiFailure | HttpServerError.RouteNotFound, R | RequestModel>
 ) =>
   Effect.gen(function*() {
     const request = yield* HttpServerRequest.HttpServerRequest
     const startedAt = yield* Clock.currentTimeMillis
     const incomingId = request.headers["x-request-id"]
-    const requestId = incomingId !== undefined && requestIdPattern.test(incomingId) ? incomingId : `req_${randomUUID().replaceAll("-", "")}`
+    const requestId = incomingId !== undefined && safeIdPattern.test(incomingId) ? incomingId : `req_${randomUUID().replaceAll("-", "")}`
     // The path only: a query string may carry credentials, and log lines must not.
     const path = request.url.split("?")[0] ?? "/"
     let routed = true
-    const modelId = Effect.map(Effect.flatMap(ModelHost, (host) => host.state), (state) => state._tag === "Ready" ? state.engine.backend.info.id : "")
+    const requestModel = yield* Ref.make<string | undefined>(undefined)
+    const modelId = Effect.flatMap(Ref.get(requestModel), (resolved) => (resolved === undefined ? soleModelId : Effect.succeed(resolved)))
     const response = yield* app.pipe(
+      Effect.provideService(RequestModel, requestModel),
       Effect.catchAll((failure) => {
-        if (failure._tag === "RouteNotFound") {
+        if (failure instanceof HttpServerError.RouteNotFound) {
           routed = false
           return Effect.succeed(errorResponse(unknownRoute(request.method, request.url)))
         }
         const reply = errorReply(failure)
-        const log = reply.status >= 500 && failure._tag === "DecodeFailed"
+        const log = reply.status >= 500 && failure instanceof DecodeFailed
           ? Effect.logError("Generation failed", failure)
-          : scheduledFailures.has(failure._tag)
+          : isScheduledFailure(failure)
           ? Effect.void
           // Code and parameter only: messages about a body may quote it.
           : Effect.logInfo("request refused").pipe(
@@ -100,8 +111,8 @@ const withRequestContext = <R>(
       ),
       Effect.annotateLogs({ requestId, method: request.method, path })
     )
-    const state = yield* Effect.flatMap(ModelHost, (host) => host.state)
-    const draining = state._tag === "Ready" && (yield* state.engine.scheduler.isDraining)
+    const models = yield* Effect.flatMap(ModelRegistry, (registry) => registry.models)
+    const draining = models.some((model) => model.draining)
     const endpoint = endpointOf(path, routed)
     yield* countHttpRequest({ model: yield* modelId, endpoint, status: response.status })
     yield* Effect.logDebug("http response").pipe(
@@ -123,16 +134,19 @@ const withRequestContext = <R>(
  * Stops accepting connections, lets in-flight requests finish within the grace period (then cancels the rest,
  * which ends their SSE streams with an error frame), and finally cuts whatever connection is still open.
  */
-const gracefulShutdown = (server: Http.Server, host: ModelHostShape, graceMs: number) =>
+const gracefulShutdown = (server: Http.Server, registry: ModelRegistryShape, graceMs: number) =>
   Effect.gen(function*() {
     const closed = yield* Deferred.make<void>()
     yield* Effect.sync(() => server.close(() => Deferred.unsafeDone(closed, Exit.void)))
-    const state = yield* host.state
-    const inFlight = state._tag === "Ready" ? yield* state.engine.scheduler.stats : undefined
+    const inFlight = yield* Effect.flatMap(registry.engines, (engines) => Effect.forEach(engines, (engine) => engine.scheduler.stats))
     yield* Effect.logInfo("shutting down").pipe(
-      Effect.annotateLogs({ graceMs, running: inFlight?.running ?? 0, queued: inFlight?.queued ?? 0 })
+      Effect.annotateLogs({
+        graceMs,
+        running: inFlight.reduce((total, stats) => total + stats.running, 0),
+        queued: inFlight.reduce((total, stats) => total + stats.queued, 0)
+      })
     )
-    if (state._tag === "Ready") yield* state.engine.scheduler.shutdown(graceMs)
+    yield* registry.shutdown(graceMs)
     // A response that ends leaves its keep-alive connection idle, which `server.close` alone would wait on.
     const closeIdle = Effect.sync(() => server.closeIdleConnections()).pipe(Effect.repeat(Schedule.spaced(Duration.millis(50))))
     yield* Effect.raceFirst(Deferred.await(closed), closeIdle).pipe(Effect.timeoutOption(flushAfterGrace))
@@ -149,11 +163,11 @@ const gracefulShutdown = (server: Http.Server, host: ModelHostShape, graceMs: nu
 const addressText = (address: HttpServer.Address): string =>
   address._tag === "UnixAddress" ? `unix:${address.path}` : `${address.hostname}:${address.port}`
 
-/** The OpenAI-compatible HTTP server on Node's `http`, in front of the engine `ModelHost` loads. */
+/** The OpenAI-compatible HTTP server on Node's `http`, in front of the models of the `ModelRegistry`. */
 export const WeftHttpServer = {
   layer: (
     options: HttpServerOptions
-  ): Layer.Layer<HttpServer.HttpServer, HttpServerError.ServeError, ModelHost | SessionStore | ProcessMetrics> =>
+  ): Layer.Layer<HttpServer.HttpServer, HttpServerError.ServeError, ModelRegistry | SessionStore | ProcessMetrics> =>
     Layer.unwrapEffect(
       Effect.sync(() => {
         const server = Http.createServer()
@@ -162,11 +176,11 @@ export const WeftHttpServer = {
         const serve = Layer.scopedDiscard(
           Effect.gen(function*() {
             const httpServer = yield* HttpServer.HttpServer
-            const host = yield* ModelHost
+            const registry = yield* ModelRegistry
             yield* httpServer.serve(withRequestContext(router))
             yield* Effect.logInfo("listening").pipe(Effect.annotateLogs({ address: addressText(httpServer.address) }))
             yield* Effect.addFinalizer(() =>
-              Effect.flatMap(Effect.forkDaemon(gracefulShutdown(server, host, options.shutdownGraceMs)), Fiber.join)
+              Effect.flatMap(Effect.forkDaemon(gracefulShutdown(server, registry, options.shutdownGraceMs)), Fiber.join)
             )
           })
         )

@@ -1,12 +1,44 @@
 import { HttpServer } from "@effect/platform"
-import { Effect, ManagedRuntime } from "effect"
-import type { Layer } from "effect"
+import type { HttpServerError } from "@effect/platform"
+import { Effect, Layer, Logger, LogLevel, ManagedRuntime } from "effect"
 import * as net from "node:net"
 import type { Backend } from "../../src/engine/Backend.js"
-import type { Engine, EngineStartFailed } from "../../src/http/ModelHost.js"
-import { ModelHost } from "../../src/http/ModelHost.js"
-import { testServerLayer } from "../../src/layers.js"
-import type { TestServerOptions } from "../../src/layers.js"
+import type { PrefixCacheSettings } from "../../src/engine/SeqPool.js"
+import { schedulerLayer } from "../../src/host/LocalEngine.js"
+import type { Engine, EngineStartFailed } from "../../src/host/LocalEngine.js"
+import { ModelRegistry } from "../../src/host/ModelRegistry.js"
+import { serverLayer } from "../../src/layers.js"
+import type { SchedulerSettings } from "../../src/scheduler/SchedulerConfig.js"
+
+/** Options of `testServerLayer`; everything has a test-friendly default. */
+export interface TestServerOptions {
+  readonly scheduler?: Partial<SchedulerSettings>
+  readonly cache?: Partial<PrefixCacheSettings>
+  /** Defaults to an in-memory database. */
+  readonly sessionsDatabasePath?: string
+  readonly maxBodyBytes?: number
+  readonly shutdownGraceMs?: number
+  readonly logText?: boolean
+  /** What the server is built under, such as a test logger or tracer; by default only errors are logged. */
+  readonly observability?: Layer.Layer<never>
+}
+
+/** A server on 127.0.0.1 and a free port in front of any backend (LlamaBackend on a tiny model, or SimBackend). */
+export const testServerLayer = <E extends EngineStartFailed>(
+  backend: Layer.Layer<Backend, E>,
+  options: TestServerOptions = {}
+): Layer.Layer<HttpServer.HttpServer | ModelRegistry, HttpServerError.ServeError> =>
+  serverLayer(
+    [{ engine: schedulerLayer(backend, options.scheduler, options.cache) }],
+    {
+      host: "127.0.0.1",
+      port: 0,
+      maxBodyBytes: options.maxBodyBytes ?? 4 * 1024 * 1024,
+      shutdownGraceMs: options.shutdownGraceMs ?? 0
+    },
+    { databasePath: options.sessionsDatabasePath ?? ":memory:" },
+    { logText: options.logText ?? false }
+  ).pipe(Layer.provide(options.observability ?? Logger.minimumLogLevel(LogLevel.Error)))
 
 /** A running server on a free port; `close` drains it like SIGTERM does. */
 export interface TestServer {
@@ -39,7 +71,7 @@ export const startListening = async <E extends EngineStartFailed>(
   return {
     url: `http://127.0.0.1:${port}`,
     port,
-    ready: () => runtime.runPromise(Effect.flatMap(ModelHost, (host) => host.ready)),
+    ready: () => runtime.runPromise(Effect.flatMap(ModelRegistry, (registry) => Effect.map(registry.ready, (engines) => engines[0]!))),
     close: () => runtime.dispose()
   }
 }

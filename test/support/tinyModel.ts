@@ -5,7 +5,7 @@ import * as os from "node:os"
 import * as path from "node:path"
 import type { Backend } from "../../src/engine/Backend.js"
 import type { LlamaBackendConfig, ModelLoadFailed } from "../../src/engine/LlamaBackend.js"
-import { llamaBackendLayer } from "../../src/layers.js"
+import { llamaBackendLayer } from "../../src/host/LocalEngine.js"
 import { ensureModel } from "../../src/model/generateModel.js"
 
 /** The generator's sources: any change to them gives a fresh cache directory, so a stale model is never reused. */
