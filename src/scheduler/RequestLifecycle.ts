@@ -16,10 +16,10 @@ const allowed: Record<RequestState, ReadonlyArray<RequestState>> = {
   Rejected: []
 }
 
-export const isTerminal = (state: RequestState): boolean => allowed[state].length === 0
-
 /** The states a request ends in. */
 export type TerminalState = Exclude<RequestState, "Queued" | "Running">
+
+export const isTerminal = (state: RequestState): state is TerminalState => allowed[state].length === 0
 
 /** How each ending is named in metrics labels and log lines. */
 export const outcomeLabels = {
