@@ -1,4 +1,4 @@
-import { Clock, Deferred, Effect, Exit, HashMap, Ref } from "effect"
+import { Clock, Deferred, Effect, Exit, FiberRef, HashMap, Option, Ref } from "effect"
 import type { BackendShape } from "../engine/Backend.js"
 import type { SeqPool } from "../engine/SeqPool.js"
 import { AdmissionQueue } from "./AdmissionQueue.js"
@@ -12,6 +12,17 @@ import type { AdmissionRejected } from "./SchedulerErrors.js"
 
 /** Who submitted a request: its trace and log annotations, kept on the record for observers. */
 export type Origin = Pick<RequestRecord, "traceId" | "spanId" | "annotations">
+
+/** The origin of the fiber that runs it. */
+export const currentOrigin: Effect.Effect<Origin> = Effect.zipWith(
+  Effect.option(Effect.currentParentSpan),
+  FiberRef.get(FiberRef.currentLogAnnotations),
+  (span, annotations): Origin => ({
+    traceId: Option.isSome(span) ? span.value.traceId : undefined,
+    spanId: Option.isSome(span) ? span.value.spanId : undefined,
+    annotations: HashMap.size(annotations) === 0 ? undefined : Object.fromEntries(annotations)
+  })
+)
 
 /** Why `request` cannot be admitted into `state`, if it cannot. */
 const rejectionOf = (

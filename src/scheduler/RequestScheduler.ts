@@ -1,10 +1,9 @@
-import { Clock, Deferred, Duration, Effect, Exit, Fiber, FiberMap, FiberRef, HashMap, Mailbox, Option, Random, Stream } from "effect"
+import { Clock, Deferred, Duration, Effect, Exit, Fiber, FiberMap, HashMap, Mailbox, Option, Random, Stream } from "effect"
 import { Backend } from "../engine/Backend.js"
 import type { DecodeFailed } from "../engine/Backend.js"
 import { SeqPool } from "../engine/SeqPool.js"
 import type { SeqPoolStats } from "../engine/SeqPool.js"
-import { makeAdmission } from "./Admission.js"
-import type { Origin } from "./Admission.js"
+import { currentOrigin, makeAdmission } from "./Admission.js"
 import { effectiveTimeouts, runGeneration, withStageLimit } from "./GenerationLoop.js"
 import type { Progress } from "./GenerationLoop.js"
 import { GenerationEvent } from "./GenerationRequest.js"
@@ -17,16 +16,6 @@ import { SchedulerConfig } from "./SchedulerConfig.js"
 import type { AdmissionRejected, StageTimedOut } from "./SchedulerErrors.js"
 
 export type { SchedulerEvent } from "./RequestRegistry.js"
-
-const currentOrigin: Effect.Effect<Origin> = Effect.zipWith(
-  Effect.option(Effect.currentParentSpan),
-  FiberRef.get(FiberRef.currentLogAnnotations),
-  (span, annotations): Origin => ({
-    traceId: Option.isSome(span) ? span.value.traceId : undefined,
-    spanId: Option.isSome(span) ? span.value.spanId : undefined,
-    annotations: HashMap.size(annotations) === 0 ? undefined : Object.fromEntries(annotations)
-  })
-)
 
 /** A queued or running request as `inspect()` shows it. */
 export interface LiveRequest {
