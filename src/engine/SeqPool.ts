@@ -1,5 +1,5 @@
 import { Cause, Context, Effect, Exit, Layer, Option, Schedule } from "effect"
-import { Backend } from "./Backend.js"
+import { Backend, DecodeFailed } from "./Backend.js"
 
 /** How released sequences are kept as reusable prefixes, and when they are evicted. */
 export interface PrefixCacheSettings {
@@ -85,7 +85,7 @@ const leftCellsUnknown = (exit: Exit.Exit<unknown, unknown>): boolean =>
   Exit.isFailure(exit) &&
   (Cause.isDie(exit.cause) ||
     Cause.failures(exit.cause).pipe((failures) =>
-      [...failures].some((error) => (error as { _tag?: string })._tag === "DecodeFailed")
+      [...failures].some((error) => error instanceof DecodeFailed)
     ))
 
 /**

@@ -1,5 +1,6 @@
 import { Context, Effect, Layer, Option, PubSub, Queue } from "effect"
 import { Backend } from "../engine/Backend.js"
+import { isTerminal, outcomeLabels } from "../scheduler/RequestLifecycle.js"
 import type { RequestRecord } from "../scheduler/RequestLifecycle.js"
 import { RequestScheduler } from "../scheduler/RequestScheduler.js"
 import type { SchedulerEvent } from "../scheduler/RequestScheduler.js"
@@ -15,14 +16,6 @@ export class RequestLogConfig extends Context.Tag("weft/RequestLogConfig")<Reque
     Layer.succeed(RequestLogConfig, { ...RequestLogConfig.defaults, ...settings })
 }
 
-const statusOf = {
-  Completed: "completed",
-  Failed: "failed",
-  TimedOut: "timed_out",
-  Cancelled: "cancelled",
-  Rejected: "rejected"
-} as const
-
 const since = (from: number | undefined, to: number | undefined) =>
   from === undefined || to === undefined ? null : to - from
 
@@ -34,7 +27,7 @@ const fieldsOf = (model: string, record: RequestRecord): Record<string, unknown>
   traceId: record.traceId,
   spanId: record.spanId,
   model,
-  status: statusOf[record.state as keyof typeof statusOf],
+  status: isTerminal(record.state) ? outcomeLabels[record.state] : undefined,
   finishReason: record.finishReason ?? null,
   priority: record.priority,
   promptTokens: record.promptTokens,

@@ -2,78 +2,25 @@ import { Clock, Effect, Metric, PubSub, Queue } from "effect"
 import type { PrefixCacheStats } from "../engine/SeqPool.js"
 import type { SchedulerEvent } from "../scheduler/RequestScheduler.js"
 import { RequestScheduler } from "../scheduler/RequestScheduler.js"
-import type { RequestState } from "../scheduler/RequestLifecycle.js"
-import { RateWindow, SlidingWindow } from "./SlidingWindow.js"
-import type { Percentiles } from "./SlidingWindow.js"
+import { outcomeLabels } from "../scheduler/RequestLifecycle.js"
+import type { OutcomeLabel } from "../scheduler/RequestLifecycle.js"
+import type { AdmissionRejected } from "../scheduler/SchedulerErrors.js"
+import { adminStatsOf, makeStatsRates, makeStatsWindows } from "./AdminStats.js"
 import { WeftMetrics } from "./WeftMetrics.js"
 
-/** How far back `/admin/stats` percentiles look. */
-const percentileWindowMs = 5 * 60_000
-/** How far back "now" rates look. */
-const rateWindowSeconds = 10
+export type { AdminStats } from "./AdminStats.js"
 
+/** The `reason` label of each admission error. */
 const rejectionReasons = {
   QueueFull: "queue_full",
   ShuttingDown: "shutting_down",
   PromptTooLong: "prompt_too_long",
   PromptEmpty: "prompt_empty",
   PromptTokenInvalid: "prompt_token_invalid"
-} as const satisfies Record<string, string>
+} as const satisfies Record<AdmissionRejected["_tag"], string>
 
 const timeoutStages = { queue: "queue", firstToken: "first_token", total: "total" } as const
 const cancelReasons = ["client", "cancel", "shutdown"] as const
-const outcomes = {
-  Completed: "completed",
-  Failed: "failed",
-  TimedOut: "timed_out",
-  Cancelled: "cancelled",
-  Rejected: "rejected"
-} as const satisfies Partial<Record<RequestState, string>>
-
-type Outcome = (typeof outcomes)[keyof typeof outcomes]
-
-/** The numbers a dashboard needs, as `GET /admin/stats` answers them. Durations are milliseconds. */
-export interface AdminStats {
-  readonly model: string
-  readonly windowSeconds: number
-  readonly latencyMs: {
-    readonly queueWait: Percentiles
-    readonly timeToFirstToken: Percentiles
-    readonly interToken: Percentiles
-    readonly total: Percentiles
-  }
-  readonly throughput: {
-    readonly windowSeconds: number
-    readonly generationTokensPerSecond: number
-    readonly promptTokensPerSecond: number
-    readonly requestsPerSecond: number
-  }
-  readonly requests: {
-    readonly running: number
-    readonly queued: number
-    readonly queueLimit: number
-    readonly draining: boolean
-    /** Since start, by outcome. */
-    readonly finished: Readonly<Record<Outcome, number>>
-  }
-  readonly slots: { readonly total: number; readonly free: number; readonly quarantined: number }
-  readonly kvCache: {
-    readonly tokens: number
-    readonly runningTokens: number
-    readonly cachedTokens: number
-    readonly bytes: number
-    readonly capacityTokens: number
-    readonly usageRatio: number
-  }
-  readonly prefixCache: PrefixCacheStats & {
-    /** Hits over lookups; `null` before the first lookup. */
-    readonly hitRate: number | null
-    /** Prompt tokens served from the cache over all prompt tokens of requests that got a slot. */
-    readonly tokenHitRate: number | null
-  }
-}
-
-const ratio = (part: number, whole: number): number | null => (whole === 0 ? null : part / whole)
 
 /**
  * Turns the scheduler's lifecycle events into Weft's metrics (Effect's registry, `/metrics`) and into sliding windows
@@ -120,7 +67,7 @@ export class SchedulerMetrics extends Effect.Service<SchedulerMetrics>()("weft/S
     // Every label value known up front starts at zero, so rates and alerts see the series before its first event.
     yield* Effect.all(
       [
-        ...Object.values(outcomes).map((outcome) => Metric.incrementBy(Metric.tagged(m.generations, "outcome", outcome), 0)),
+        ...Object.values(outcomeLabels).map((outcome) => Metric.incrementBy(Metric.tagged(m.generations, "outcome", outcome), 0)),
         ...Object.values(rejectionReasons).map((reason) => Metric.incrementBy(Metric.tagged(m.rejections, "reason", reason), 0)),
         ...Object.values(timeoutStages).map((stage) => Metric.incrementBy(Metric.tagged(m.timeouts, "stage", stage), 0)),
         ...cancelReasons.map((reason) => Metric.incrementBy(Metric.tagged(m.cancellations, "reason", reason), 0)),
@@ -131,18 +78,9 @@ export class SchedulerMetrics extends Effect.Service<SchedulerMetrics>()("weft/S
       { discard: true }
     )
 
-    const windows = {
-      queueWait: new SlidingWindow(percentileWindowMs),
-      timeToFirstToken: new SlidingWindow(percentileWindowMs),
-      interToken: new SlidingWindow(percentileWindowMs, 32_768),
-      total: new SlidingWindow(percentileWindowMs)
-    }
-    const rates = {
-      generationTokens: new RateWindow(rateWindowSeconds),
-      promptTokens: new RateWindow(rateWindowSeconds),
-      requests: new RateWindow(rateWindowSeconds)
-    }
-    const finished: Record<Outcome, number> = { completed: 0, failed: 0, timed_out: 0, cancelled: 0, rejected: 0 }
+    const windows = makeStatsWindows()
+    const rates = makeStatsRates()
+    const finished: Record<OutcomeLabel, number> = { completed: 0, failed: 0, timed_out: 0, cancelled: 0, rejected: 0 }
     let promptTokensStarted = 0
     /** Admission time and last token time of each live request. */
     const live = new Map<string, { readonly enqueuedAt: number; lastTokenAt: number | undefined }>()
@@ -190,7 +128,7 @@ export class SchedulerMetrics extends Effect.Service<SchedulerMetrics>()("weft/S
             case "Rejected": {
               finished.rejected += 1
               rates.requests.add(event.at, 1)
-              const reason = rejectionReasons[record.detail as keyof typeof rejectionReasons] ?? "other"
+              const reason = record.rejection === undefined ? "other" : rejectionReasons[record.rejection._tag]
               return Effect.zipRight(
                 Metric.increment(Metric.tagged(m.generations, "outcome", "rejected")),
                 Metric.increment(Metric.tagged(m.rejections, "reason", reason))
@@ -201,7 +139,7 @@ export class SchedulerMetrics extends Effect.Service<SchedulerMetrics>()("weft/S
             case "TimedOut":
             case "Cancelled": {
               live.delete(record.id)
-              const outcome = outcomes[event.to]
+              const outcome = outcomeLabels[event.to]
               finished[outcome] += 1
               const totalMs = event.at - record.enqueuedAt
               windows.total.add(event.at, totalMs)
@@ -282,45 +220,7 @@ export class SchedulerMetrics extends Effect.Service<SchedulerMetrics>()("weft/S
     const adminStats = Effect.fn("SchedulerMetrics.adminStats")(function*() {
       const stats = yield* sample()
       const now = yield* Clock.currentTimeMillis
-      const capacity = stats.slots.total * info.contextSize
-      const cache = stats.slots.cache
-      return {
-        model,
-        windowSeconds: percentileWindowMs / 1000,
-        latencyMs: {
-          queueWait: windows.queueWait.percentiles(now),
-          timeToFirstToken: windows.timeToFirstToken.percentiles(now),
-          interToken: windows.interToken.percentiles(now),
-          total: windows.total.percentiles(now)
-        },
-        throughput: {
-          windowSeconds: rateWindowSeconds,
-          generationTokensPerSecond: rates.generationTokens.perSecond(now),
-          promptTokensPerSecond: rates.promptTokens.perSecond(now),
-          requestsPerSecond: rates.requests.perSecond(now)
-        },
-        requests: {
-          running: stats.running,
-          queued: stats.queued,
-          queueLimit: stats.queueLimit,
-          draining: stats.draining,
-          finished: { ...finished }
-        },
-        slots: { total: stats.slots.total, free: stats.slots.free, quarantined: stats.slots.quarantined.length },
-        kvCache: {
-          tokens: stats.slots.kvTokens,
-          runningTokens: stats.slots.runningTokens,
-          cachedTokens: stats.slots.cachedTokens,
-          bytes: stats.slots.kvBytes,
-          capacityTokens: capacity,
-          usageRatio: capacity === 0 ? 0 : stats.slots.kvTokens / capacity
-        },
-        prefixCache: {
-          ...cache,
-          hitRate: ratio(cache.hits, cache.lookups),
-          tokenHitRate: ratio(cache.hitTokens, promptTokensStarted)
-        }
-      } satisfies AdminStats
+      return adminStatsOf({ model, contextSize: info.contextSize, now, stats, windows, rates, finished, promptTokensStarted })
     })
 
     return { model, sample, adminStats, drained } as const

@@ -1,4 +1,5 @@
 import type { FinishReason, Priority } from "./GenerationRequest.js"
+import type { AdmissionRejected } from "./SchedulerErrors.js"
 
 /** One state machine for every request; `Rejected` happens only at admission. */
 export type RequestState = "Queued" | "Running" | "Completed" | "Failed" | "TimedOut" | "Cancelled" | "Rejected"
@@ -15,7 +16,21 @@ const allowed: Record<RequestState, ReadonlyArray<RequestState>> = {
   Rejected: []
 }
 
-export const isTerminal = (state: RequestState): boolean => allowed[state].length === 0
+/** The states a request ends in. */
+export type TerminalState = Exclude<RequestState, "Queued" | "Running">
+
+export const isTerminal = (state: RequestState): state is TerminalState => allowed[state].length === 0
+
+/** How each ending is named in metrics labels and log lines. */
+export const outcomeLabels = {
+  Completed: "completed",
+  Failed: "failed",
+  TimedOut: "timed_out",
+  Cancelled: "cancelled",
+  Rejected: "rejected"
+} as const satisfies Record<TerminalState, string>
+
+export type OutcomeLabel = (typeof outcomeLabels)[TerminalState]
 
 /** Everything known about one request; timestamps are `Clock` milliseconds. */
 export interface RequestRecord {
@@ -32,8 +47,10 @@ export interface RequestRecord {
   readonly finishedAt?: number | undefined
   readonly finishReason?: FinishReason | undefined
   readonly cancelReason?: CancelReason | undefined
-  /** Why it was rejected or failed, for operators. */
+  /** Why it was rejected or failed, for operators to read; branch on `rejection` or the state, never on this. */
   readonly detail?: string | undefined
+  /** The admission error, when `state` is `Rejected`. */
+  readonly rejection?: AdmissionRejected | undefined
   /** Which stage limit ended it, when `state` is `TimedOut`. */
   readonly timeoutStage?: "queue" | "firstToken" | "total" | undefined
   /** The trace and span the request was submitted under, for logs that outlive the submitter. */
@@ -57,20 +74,4 @@ export const transition = (record: RequestRecord, to: RequestState, changes: Par
     throw new Error(`Request ${record.id}: illegal transition ${record.state} → ${to}`)
   }
   return { ...record, ...changes, state: to }
-}
-
-/** Fixed-size memory of the most recently finished requests. */
-export class FinishedRing {
-  private readonly entries: Array<RequestRecord> = []
-  constructor(private readonly capacity: number) {}
-
-  add(record: RequestRecord): void {
-    this.entries.push(record)
-    if (this.entries.length > this.capacity) this.entries.shift()
-  }
-
-  /** Newest first. */
-  list(): ReadonlyArray<RequestRecord> {
-    return this.entries.slice().reverse()
-  }
 }

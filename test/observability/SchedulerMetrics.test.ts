@@ -1,49 +1,27 @@
 import { describe, expect, it } from "@effect/vitest"
-import { Chunk, Effect, Either, Fiber, Layer, Metric, Stream, TestClock } from "effect"
-import { defaultSampling } from "../../src/engine/SamplingOptions.js"
+import { Effect, Either, Fiber, Layer, Metric, TestClock } from "effect"
 import { SeqPool } from "../../src/engine/SeqPool.js"
-import { SimBackend } from "../../src/engine/SimBackend.js"
 import { encodePrometheusText } from "../../src/observability/PrometheusText.js"
 import { SchedulerMetrics } from "../../src/observability/SchedulerMetrics.js"
 import { weftMetricFamilies } from "../../src/observability/WeftMetrics.js"
 import type { GenerationEvent, GenerationRequest } from "../../src/scheduler/GenerationRequest.js"
 import { RequestScheduler } from "../../src/scheduler/RequestScheduler.js"
-import { SchedulerConfig } from "../../src/scheduler/SchedulerConfig.js"
 import { parsePrometheusText, sampleValue } from "../support/prometheusText.js"
 import type { Family } from "../support/prometheusText.js"
+import { collect, finishedOf as finishedOfEvents, simEngine, simRequest } from "../support/simEngine.js"
 
 // One slot, a queue of one, 10 ms per decode step (prefill included) on TestClock: every duration below is exact.
 const failingPrompt = [99, 1, 2]
 const layer = SchedulerMetrics.Default.pipe(
-  Layer.provideMerge(RequestScheduler.Default),
-  Layer.provideMerge(SeqPool.Default),
-  Layer.provide(SchedulerConfig.layer({ maxQueue: 1, shutdownGraceMs: 0 })),
   Layer.provideMerge(
-    SimBackend.layer({
-      parallel: 1,
-      contextSize: 64,
-      tokenLatency: 10,
-      script: (prompt) => (prompt[0] === failingPrompt[0] ? { failAtToken: 2 } : {})
-    })
+    simEngine({ script: (prompt) => (prompt[0] === failingPrompt[0] ? { failAtToken: 2 } : {}) }, { scheduler: { maxQueue: 1 } })
   )
 )
 
-const request = (id: string, overrides: Partial<GenerationRequest> = {}): GenerationRequest => ({
-  id,
-  prompt: [1, 2, 3],
-  sampling: { ...defaultSampling, seed: 7 },
-  maxTokens: 1000,
-  ...overrides
-})
+const request = (id: string, overrides: Partial<GenerationRequest> = {}): GenerationRequest =>
+  simRequest(id, { maxTokens: 1000, ...overrides })
 
-const collect = (stream: Stream.Stream<GenerationEvent, unknown>) =>
-  stream.pipe(Stream.runCollect, Effect.map(Chunk.toReadonlyArray), Effect.either)
-
-const finishedOf = (result: Either.Either<ReadonlyArray<GenerationEvent>, unknown>) => {
-  const last = Either.getOrThrow(result).at(-1)
-  if (last?._tag !== "Finished") throw new Error("no Finished event")
-  return last
-}
+const finishedOf = (result: Either.Either<ReadonlyArray<GenerationEvent>, unknown>) => finishedOfEvents(Either.getOrThrow(result))
 
 /** Lets other fibers run until `condition` holds (no clock time passes). */
 const until = (condition: Effect.Effect<boolean>) =>

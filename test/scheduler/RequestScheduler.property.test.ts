@@ -3,13 +3,13 @@ import { Chunk, Effect, Either, FastCheck as fc, Fiber, Layer, PubSub, Queue, St
 import { Backend } from "../../src/engine/Backend.js"
 import type { BackendShape } from "../../src/engine/Backend.js"
 import { defaultSampling } from "../../src/engine/SamplingOptions.js"
-import { PrefixCacheConfig, SeqPool } from "../../src/engine/SeqPool.js"
+import { SeqPool } from "../../src/engine/SeqPool.js"
 import { makeSimBackend } from "../../src/engine/SimBackend.js"
 import type { SimScript } from "../../src/engine/SimBackend.js"
 import type { GenerationEvent, Priority } from "../../src/scheduler/GenerationRequest.js"
 import { RequestScheduler } from "../../src/scheduler/RequestScheduler.js"
 import type { SchedulerEvent } from "../../src/scheduler/RequestScheduler.js"
-import { SchedulerConfig } from "../../src/scheduler/SchedulerConfig.js"
+import { engineOn } from "../support/simEngine.js"
 
 interface PlannedRequest {
   readonly arrivalMs: number
@@ -130,12 +130,7 @@ const runWorkload = (plan: Workload) => {
     script: (prompt) => scripts.get(requestIndexOf(prompt)) ?? {}
   })
   const backendLayer = Layer.succeed(Backend, watchSlots(sim, plan, violations, active))
-  const layer = RequestScheduler.Default.pipe(
-    Layer.provideMerge(SeqPool.Default),
-    Layer.provide(PrefixCacheConfig.layer(plan.cache)),
-    Layer.provide(SchedulerConfig.layer({ maxQueue: plan.maxQueue, agingMs: 1_000_000, shutdownGraceMs: 0 })),
-    Layer.provideMerge(backendLayer)
-  )
+  const layer = engineOn(backendLayer, { cache: plan.cache, scheduler: { maxQueue: plan.maxQueue, agingMs: 1_000_000 } })
 
   return Effect.gen(function*() {
     const scheduler = yield* RequestScheduler

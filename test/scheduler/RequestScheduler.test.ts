@@ -1,37 +1,14 @@
 import { describe, expect, it } from "@effect/vitest"
-import { Chunk, Effect, Either, Fiber, Layer, Stream, TestClock } from "effect"
+import { Effect, Either, Fiber, Stream, TestClock } from "effect"
 import { defaultSampling } from "../../src/engine/SamplingOptions.js"
 import { SeqPool } from "../../src/engine/SeqPool.js"
-import { SimBackend } from "../../src/engine/SimBackend.js"
 import type { SimBackendConfig } from "../../src/engine/SimBackend.js"
-import type { GenerationEvent, GenerationRequest } from "../../src/scheduler/GenerationRequest.js"
 import { RequestScheduler } from "../../src/scheduler/RequestScheduler.js"
-import { SchedulerConfig } from "../../src/scheduler/SchedulerConfig.js"
 import type { SchedulerSettings } from "../../src/scheduler/SchedulerConfig.js"
+import { collect, finishedOf, simEngine, simRequest as request } from "../support/simEngine.js"
 
 const schedulerLayer = (sim: Partial<SimBackendConfig> = {}, settings: Partial<SchedulerSettings> = {}) =>
-  RequestScheduler.Default.pipe(
-    Layer.provideMerge(SeqPool.Default),
-    Layer.provide(SchedulerConfig.layer({ shutdownGraceMs: 0, ...settings })),
-    Layer.provideMerge(SimBackend.layer({ parallel: 1, contextSize: 64, tokenLatency: 10, ...sim }))
-  )
-
-const request = (id: string, overrides: Partial<GenerationRequest> = {}): GenerationRequest => ({
-  id,
-  prompt: [1, 2, 3],
-  sampling: { ...defaultSampling, seed: 7 },
-  maxTokens: 5,
-  ...overrides
-})
-
-const collect = (stream: Stream.Stream<GenerationEvent, unknown>) =>
-  stream.pipe(Stream.runCollect, Effect.map(Chunk.toReadonlyArray), Effect.either)
-
-const finishedOf = (events: ReadonlyArray<GenerationEvent>) => {
-  const last = events[events.length - 1]
-  if (last?._tag !== "Finished") throw new Error("stream did not end with Finished")
-  return last
-}
+  simEngine(sim, { scheduler: settings })
 
 describe("RequestScheduler", () => {
   it.effect("streams deltas then one Finished with usage", () =>

@@ -1,0 +1,144 @@
+import { Clock, Deferred, Duration, Effect } from "effect"
+import type { Mailbox, Scope } from "effect"
+import type { BackendShape, DecodeFailed, StepResult } from "../engine/Backend.js"
+import type { SeqPool } from "../engine/SeqPool.js"
+import { TextAssembler } from "../engine/TextAssembler.js"
+import { GenerationEvent } from "./GenerationRequest.js"
+import type { FinishReason, GenerationRequest, StageTimeouts } from "./GenerationRequest.js"
+import type { Outcome } from "./RequestOutcome.js"
+import type { RequestRegistry } from "./RequestRegistry.js"
+import { StageTimedOut } from "./SchedulerErrors.js"
+
+/** A request's progress, written only by its own generation fiber and read when that fiber ends, however it ends. */
+export interface Progress {
+  completionTokens: number
+  /** Prompt tokens whose KV was reused from the prefix cache. */
+  cachedTokens: number
+}
+
+/** The stricter of the server's and the request's limit for each stage. */
+export const effectiveTimeouts = (server: StageTimeouts, request: StageTimeouts | undefined): StageTimeouts => {
+  const pick = (serverLimit: number | undefined, requestLimit: number | undefined) =>
+    serverLimit === undefined ? requestLimit : requestLimit === undefined ? serverLimit : Math.min(serverLimit, requestLimit)
+  return {
+    queueMs: pick(server.queueMs, request?.queueMs),
+    firstTokenMs: pick(server.firstTokenMs, request?.firstTokenMs),
+    totalMs: pick(server.totalMs, request?.totalMs)
+  }
+}
+
+/** Fails `effect` with `StageTimedOut` for `stage` once it outlives `limitMs`; no limit when undefined. */
+export const withStageLimit = <A, E, R>(
+  effect: Effect.Effect<A, E, R>,
+  stage: StageTimedOut["stage"],
+  limitMs: number | undefined
+): Effect.Effect<A, E | StageTimedOut, R> =>
+  limitMs === undefined
+    ? effect
+    : Effect.timeoutFail(effect, { duration: Duration.millis(limitMs), onTimeout: () => new StageTimedOut({ stage, limitMs }) })
+
+/** What one request's generation needs from the scheduler around it. */
+export interface GenerationContext {
+  readonly backend: BackendShape
+  readonly pool: SeqPool
+  readonly registry: RequestRegistry
+  /** Gives up the request's turn or place in the queue once it has a slot, or has given up waiting for one. */
+  readonly leaveQueue: (id: string) => Effect.Effect<void>
+}
+
+/** One request's run: waits for its turn and a slot, then decodes until a stop, a limit or the end of the context. */
+export const runGeneration = (
+  { backend, leaveQueue, pool, registry }: GenerationContext,
+  request: GenerationRequest,
+  seed: number,
+  limits: StageTimeouts,
+  turn: Deferred.Deferred<void>,
+  mailbox: Mailbox.Mailbox<GenerationEvent>,
+  progress: Progress
+): Effect.Effect<Outcome, StageTimedOut | DecodeFailed, Scope.Scope> =>
+  Effect.gen(function*() {
+    const lease = yield* withStageLimit(
+      Effect.zipRight(
+        Deferred.await(turn).pipe(Effect.withSpan("RequestScheduler.queueWait")),
+        pool.acquire(request.id, { prompt: request.prompt, cacheKey: request.cacheKey })
+      ).pipe(
+        Effect.ensuring(leaveQueue(request.id))
+      ),
+      "queue",
+      limits.queueMs
+    )
+    progress.cachedTokens = lease.reusedTokens
+    yield* registry.moveTo(request.id, "Running", (now) => ({ startedAt: now, slot: lease.slot, cachedTokens: lease.reusedTokens }))
+    yield* mailbox.offer(
+      GenerationEvent.Started({
+        requestId: request.id,
+        slot: lease.slot,
+        seed,
+        promptTokens: request.prompt.length,
+        cachedTokens: lease.reusedTokens
+      })
+    )
+
+    const suffix = request.prompt.slice(lease.reusedTokens)
+    const generation = yield* backend.start(lease.slot, suffix, { ...request.sampling, seed })
+    const assembler = new TextAssembler(backend.detokenize, request.stop ?? [], request.prompt.slice(-4))
+    const contextSize = backend.info.contextSize
+    let unreportedTokens = 0
+    let cells = 0
+
+    const emit = (text: string) => {
+      if (text.length === 0) return Effect.void
+      const tokens = unreportedTokens
+      unreportedTokens = 0
+      return mailbox.offer(GenerationEvent.Delta({ text, tokens }))
+    }
+    const finishWithRest = (finishReason: FinishReason) => {
+      const rest = assembler.finish()
+      return Effect.as(emit(rest.text), { finishReason: rest.stopped ? "stop" : finishReason } satisfies Outcome)
+    }
+
+    const firstStep = withStageLimit(generation.next, "firstToken", limits.firstTokenMs).pipe(
+      Effect.tap(() =>
+        Effect.flatMap(Clock.currentTimeMillis, (now) =>
+          Effect.zipRight(
+            registry.patch(request.id, () => ({ firstTokenAt: now })),
+            registry.publish({ _tag: "FirstToken", requestId: request.id, at: now })
+          )
+        )
+      ),
+      Effect.withSpan("RequestScheduler.prefill", { attributes: { "weft.prompt_tokens": suffix.length } })
+    )
+
+    const atLimit = () => request.maxTokens !== undefined && progress.completionTokens >= request.maxTokens
+
+    /** Takes in one step's result; an outcome when it ends the generation. */
+    const consume = (step: StepResult) =>
+      Effect.gen(function*() {
+        cells = step.cells
+        yield* lease.setCells(cells)
+        if (step._tag === "EndOfGeneration") return yield* finishWithRest("stop")
+        progress.completionTokens += 1
+        unreportedTokens += 1
+        const completionTokens = progress.completionTokens
+        yield* registry.patch(request.id, () => ({ completionTokens }))
+        yield* Effect.flatMap(Clock.currentTimeMillis, (now) =>
+          registry.publish({ _tag: "Token", requestId: request.id, at: now, token: step.token })
+        )
+        const out = assembler.push(step.token)
+        yield* emit(out.text)
+        return out.stopped ? ({ finishReason: "stop" } satisfies Outcome) : undefined
+      })
+
+    if (atLimit()) return yield* finishWithRest("length")
+    const firstOutcome = yield* Effect.flatMap(firstStep, consume)
+    if (firstOutcome !== undefined) return firstOutcome
+    return yield* Effect.gen(function*() {
+      while (true) {
+        if (atLimit()) return yield* finishWithRest("length")
+        // Each later step writes one more cell; a full context ends the generation instead of shifting it.
+        if (cells + 1 > contextSize) return yield* finishWithRest("length")
+        const outcome = yield* Effect.flatMap(generation.next, consume)
+        if (outcome !== undefined) return outcome
+      }
+    }).pipe(Effect.withSpan("RequestScheduler.decode"))
+  })
