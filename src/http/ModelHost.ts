@@ -1,7 +1,7 @@
 import { Cause, Context, Deferred, Effect, Exit, Fiber, Layer, Schema, Scope } from "effect"
 import { Backend } from "../engine/Backend.js"
 import type { BackendShape } from "../engine/Backend.js"
-import type { ModelLoadFailed } from "../engine/LlamaBackend.js"
+import type { ModelLoadFailed } from "../engine/llama/LlamaBackend.js"
 import type { ModelWriteFailed } from "../model/generateModel.js"
 import { SchedulerMetrics } from "../observability/SchedulerMetrics.js"
 import { RequestScheduler } from "../scheduler/RequestScheduler.js"

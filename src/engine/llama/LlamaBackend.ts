@@ -12,13 +12,13 @@ import type {
   SequenceEvaluateOptions,
   Token
 } from "node-llama-cpp"
-import { Backend, ChatTemplateFailed, DecodeFailed, KvEraseFailed } from "./Backend.js"
-import type { BackendShape, ChatMessage, Generation, ModelInfo, StepResult } from "./Backend.js"
-import { prioritizeBySequence } from "./BatchPlan.js"
-import { StepBatcher } from "./StepBatcher.js"
-import type { StepParticipant } from "./StepBatcher.js"
-import { defaultThreadTunerOptions, ThreadTuner } from "./ThreadTuner.js"
-import type { GrammarConstraint, SamplingOptions } from "./SamplingOptions.js"
+import { Backend, ChatTemplateFailed, DecodeFailed, KvEraseFailed } from "../Backend.js"
+import type { BackendShape, ChatMessage, Generation, ModelInfo, StepResult } from "../Backend.js"
+import { prioritizeBySequence } from "../BatchPlan.js"
+import { StepBatcher } from "../StepBatcher.js"
+import type { StepParticipant } from "../StepBatcher.js"
+import { defaultThreadTunerOptions, ThreadTuner } from "../ThreadTuner.js"
+import type { GrammarConstraint, SamplingOptions } from "../SamplingOptions.js"
 
 export interface LlamaBackendConfig {
   readonly modelPath: string
