@@ -1,24 +1,20 @@
 import { availableParallelism } from "node:os"
 import { basename } from "node:path"
 import { Effect, Layer, Schema } from "effect"
-import { getLlama, LlamaGrammarEvaluationState, LlamaLogLevel, resolveChatWrapper, TokenBias } from "node-llama-cpp"
-import type {
-  ChatHistoryItem,
-  CustomBatchingPrioritizationStrategy,
-  LlamaContext,
-  LlamaContextSequence,
-  LlamaGrammar,
-  LlamaModel,
-  SequenceEvaluateOptions,
-  Token
-} from "node-llama-cpp"
-import { Backend, ChatTemplateFailed, DecodeFailed, KvEraseFailed } from "../Backend.js"
-import type { BackendShape, ChatMessage, Generation, ModelInfo, StepResult } from "../Backend.js"
+import { getLlama, LlamaLogLevel } from "node-llama-cpp"
+import type { CustomBatchingPrioritizationStrategy, LlamaContext, LlamaContextSequence, Token } from "node-llama-cpp"
+import { Backend, DecodeFailed, KvEraseFailed } from "../Backend.js"
+import type { BackendShape, Generation, StepResult } from "../Backend.js"
 import { prioritizeBySequence } from "../BatchPlan.js"
 import { StepBatcher } from "../StepBatcher.js"
-import type { StepParticipant } from "../StepBatcher.js"
 import { defaultThreadTunerOptions, ThreadTuner } from "../ThreadTuner.js"
-import type { GrammarConstraint, SamplingOptions } from "../SamplingOptions.js"
+import { chatRenderer } from "./ChatRenderer.js"
+import { errorMessage } from "./errorMessage.js"
+import { evaluateOptions } from "./EvaluateOptions.js"
+import { GrammarCache } from "./GrammarCache.js"
+import { endOfGenerationBan, interceptDecodes, queuedDecodesOf } from "./LlamaInternals.js"
+import { llamaModelInfo } from "./LlamaModelInfo.js"
+import { makeSlotArrivals } from "./SlotArrivals.js"
 
 export interface LlamaBackendConfig {
   readonly modelPath: string
@@ -53,13 +49,10 @@ export interface LlamaBackendConfig {
 /** The model file could not be loaded, or its context could not be created. */
 export class ModelLoadFailed extends Schema.TaggedError<ModelLoadFailed>()("ModelLoadFailed", {
   path: Schema.String,
-  message: Schema.String
+  message: Schema.String,
+  /** What node-llama-cpp threw. */
+  cause: Schema.optional(Schema.Defect)
 }) {}
-
-const errorMessage = (error: unknown) => (error instanceof Error ? error.message : String(error))
-
-/** How many penalised tokens llama.cpp looks back over (its `penalty_last_n` default). */
-const penaltyWindow = 64
 
 const defaultPrefillChunk = 128
 
@@ -79,64 +72,14 @@ const arrivalGraceMs = 50
 /**
  * Orders each batch by sequence id, single-token decodes first (see `planBatch`). node-llama-cpp hands the strategy
  * batch items without their sequence ids; each item's `tokens` array is the very array of one entry of the
- * context's internal `_queuedDecodes` (LlamaContext.js `dispatchPendingBatch` → `getOrderedQueuedDecodes`), which
- * carries the id.
+ * context's queued decodes (see `queuedDecodesOf`), which carry the id.
  */
 const sequenceOrderStrategy = (context: () => LlamaContext | undefined): CustomBatchingPrioritizationStrategy =>
 ({ items, size }) => {
-  // node-llama-cpp internal: LlamaContext#_queuedDecodes, entries { sequenceId, tokens, ... }.
-  const queued = (context() as any)?._queuedDecodes as
-    | ReadonlyArray<{ readonly sequenceId: number; readonly tokens: ReadonlyArray<Token> }>
-    | undefined
+  const created = context()
   const sequenceOf = new Map<ReadonlyArray<Token>, number>()
-  for (const decode of queued ?? []) sequenceOf.set(decode.tokens, decode.sequenceId)
+  for (const decode of created === undefined ? [] : queuedDecodesOf(created)) sequenceOf.set(decode.tokens, decode.sequenceId)
   return prioritizeBySequence(items, size, (tokens) => sequenceOf.get(tokens))
-}
-
-/**
- * Routes every decode step's thread count through `tuner`. node-llama-cpp internal: LlamaContext#_ctx is the native
- * AddonContext; its dispatch loop (LlamaContext.js `dispatchPendingBatch` → `decodeTokenBatchItems`) calls
- * `_ctx.initBatch(tokens)`, `_ctx.addToBatch(...)`, `_ctx.setThreads(allocation)` and then `_ctx.decodeBatch()`, so a
- * proxy that sets the tuner's choice right before `decodeBatch` and times it sees every step. Its methods cannot be
- * overridden on the native object itself (they are read-only), hence the proxy.
- */
-const tuneThreads = (context: LlamaContext, tuner: ThreadTuner): void => {
-  // node-llama-cpp internal: LlamaContext#_ctx (AddonContext).
-  const native = (context as any)._ctx as Record<PropertyKey, unknown> & {
-    initBatch: (tokens: number) => unknown
-    setThreads: (threads: number) => void
-    decodeBatch: () => Promise<unknown>
-  }
-  let tokens = 0
-  const bound = new Map<PropertyKey, unknown>()
-  const initBatch = (size: number) => {
-    tokens = size
-    return native.initBatch(size)
-  }
-  const decodeBatch = () => {
-    const threads = tuner.choose(tokens)
-    native.setThreads(threads)
-    const started = performance.now()
-    const measured = tokens
-    return native.decodeBatch().then((result) => {
-      tuner.record(measured, threads, performance.now() - started)
-      return result
-    })
-  }
-  ;(context as any)._ctx = new Proxy(native, {
-    get: (target, key) => {
-      if (key === "initBatch") return initBatch
-      if (key === "decodeBatch") return decodeBatch
-      const value = target[key]
-      if (typeof value !== "function") return value
-      let method = bound.get(key)
-      if (method === undefined) {
-        method = value.bind(target)
-        bound.set(key, method)
-      }
-      return method
-    }
-  })
 }
 
 /** `prompt` cut into pieces of at most `chunk` tokens (one empty piece for an empty prompt). */
@@ -146,22 +89,6 @@ const chunksOf = (prompt: ReadonlyArray<Token>, chunk: number): Array<Array<Toke
   return chunks.length === 0 ? [[]] : chunks
 }
 
-/** K and V of every layer, f16 (node-llama-cpp's default KV type). */
-const kvBytesPerToken = (model: LlamaModel): number => {
-  const metadata = model.fileInfo.architectureMetadata as {
-    block_count?: number
-    embedding_length?: number
-    attention?: { head_count?: number; head_count_kv?: number | Array<number> }
-  }
-  const layers = metadata.block_count ?? 0
-  const embedding = metadata.embedding_length ?? 0
-  const heads = metadata.attention?.head_count ?? 1
-  const kvHeadsRaw = metadata.attention?.head_count_kv ?? heads
-  const kvHeads = Array.isArray(kvHeadsRaw) ? Math.max(...kvHeadsRaw) : kvHeadsRaw
-  const bytesPerValue = 2
-  return 2 * layers * (embedding / heads) * kvHeads * bytesPerValue
-}
-
 /** `Backend` on node-llama-cpp: one model, one context with `parallel` sequences, driven token by token. */
 export const LlamaBackend = {
   layer: (config: LlamaBackendConfig): Layer.Layer<Backend, ModelLoadFailed> =>
@@ -169,7 +96,8 @@ export const LlamaBackend = {
       Backend,
       Effect.gen(function*() {
         const threads = config.threads ?? availableParallelism()
-        const loadFailed = (error: unknown) => new ModelLoadFailed({ path: config.modelPath, message: errorMessage(error) })
+        const loadFailed = (error: unknown) =>
+          new ModelLoadFailed({ path: config.modelPath, message: errorMessage(error), cause: error })
         const llama = yield* Effect.acquireRelease(
           Effect.tryPromise({
             try: () =>
@@ -206,30 +134,8 @@ export const LlamaBackend = {
           (context) => Effect.promise(() => context.dispose())
         )
         created = context
-        if (config.tuneThreads !== false) tuneThreads(context, new ThreadTuner(defaultThreadTunerOptions(threads)))
-        const batcher = new StepBatcher({ maxWaitMs: stepWaitMs })
-        // A request handed a slot takes part in the decode steps from the trim on, not only once it starts: the trim
-        // waits for the step in flight (KV edits take node-llama-cpp's context lock), and were the running generations'
-        // next step released meanwhile, the new prompt would wait for that whole step too before its prefill.
-        const arriving = new Map<number, StepParticipant>()
-        const arrive = (slot: number): StepParticipant => {
-          arriving.get(slot)?.leave()
-          const participant = batcher.join()
-          arriving.set(slot, participant)
-          return participant
-        }
-        const expireArrival = (slot: number, participant: StepParticipant) => {
-          setTimeout(() => {
-            if (arriving.get(slot) !== participant) return
-            arriving.delete(slot)
-            participant.leave()
-          }, arrivalGraceMs).unref()
-        }
-        const claimArrival = (slot: number): StepParticipant => {
-          const participant = arriving.get(slot)
-          arriving.delete(slot)
-          return participant ?? batcher.join()
-        }
+        if (config.tuneThreads !== false) interceptDecodes(context, new ThreadTuner(defaultThreadTunerOptions(threads)))
+        const arrivals = yield* makeSlotArrivals(new StepBatcher({ maxWaitMs: stepWaitMs }), arrivalGraceMs)
         const sequences: Array<LlamaContextSequence> = Array.from({ length: config.parallel }, () =>
           context.getSequence({
             // The scheduler ends a full sequence with `length`; a shift here would be a scheduler bug, never silent.
@@ -241,88 +147,14 @@ export const LlamaBackend = {
           })
         )
 
-        const vocabSize = (model.fileInfo.architectureMetadata as { vocab_size?: number }).vocab_size ??
-          (model.fileInfo.metadata as { tokenizer?: { ggml?: { tokens?: ReadonlyArray<string> } } }).tokenizer?.ggml?.tokens
-            ?.length ?? 0
-        const endOfGenerationTokens: Array<Token> = []
-        for (let token = 0; token < vocabSize; token++) {
-          if (model.isEogToken(token as Token)) endOfGenerationTokens.push(token as Token)
-        }
-        const banEndOfGeneration = new TokenBias(model.tokenizer)
-        // TokenBias.set skips end-of-generation tokens on purpose (node-llama-cpp dist/evaluator/TokenBias.js:41-48),
-        // so `ignore_eos` writes its internal `_biases` map, which the sampler reads as llama.cpp logit biases.
-        const biases = (banEndOfGeneration as unknown as { _biases: Map<Token, number> })._biases
-        for (const token of endOfGenerationTokens) biases.set(token, -Infinity)
-
-        const grammars = new Map<string, Promise<LlamaGrammar>>()
-        const grammarFor = (constraint: GrammarConstraint) => {
-          const key = constraint._tag === "Json" ? "json" : JSON.stringify(constraint.schema)
-          let grammar = grammars.get(key)
-          if (grammar === undefined) {
-            grammar = constraint._tag === "Json"
-              ? llama.getGrammarFor("json")
-              // The JSON schema was validated by the HTTP layer; node-llama-cpp's type only narrows what it supports.
-              : llama.createGrammarForJsonSchema(constraint.schema as never)
-            grammars.set(key, grammar)
-            grammar.catch(() => grammars.delete(key))
-          }
-          return grammar
-        }
-
-        const chatWrapper = resolveChatWrapper(model)
-        const renderChat = (messages: ReadonlyArray<ChatMessage>) =>
-          Effect.try({
-            try: () => {
-              const chatHistory: Array<ChatHistoryItem> = messages.map((message) =>
-                message.role === "assistant"
-                  ? { type: "model", response: [message.content] }
-                  : message.role === "system"
-                  ? { type: "system", text: message.content }
-                  : { type: "user", text: message.content }
-              )
-              // An empty model turn at the end makes the template emit the assistant's generation prompt.
-              chatHistory.push({ type: "model", response: [] })
-              const { contextText } = chatWrapper.generateContextState({ chatHistory })
-              return contextText.tokenize(model.tokenizer)
-            },
-            catch: (error) => new ChatTemplateFailed({ message: errorMessage(error) })
-          })
-
-        const info: ModelInfo = {
-          id: config.modelId ?? basename(config.modelPath).replace(/\.gguf$/i, ""),
-          parallel: config.parallel,
-          // node-llama-cpp keeps one cell of each sequence free and asks for a context shift to use it
-          // (dist/evaluator/LlamaContext/LlamaContext.js:1977), so one cell fewer is usable.
-          contextSize: context.contextSize - 1,
-          trainContextSize: model.trainContextSize,
-          vocabSize,
-          kvBytesPerToken: kvBytesPerToken(model),
-          bosToken: model.tokens.bos ?? undefined,
-          addBosToken: model.tokens.shouldPrependBosToken
-        }
-
-        const evaluateOptions = (sampling: SamplingOptions, generated: Array<Token>, grammar: LlamaGrammar | undefined) => {
-          const options: SequenceEvaluateOptions = {
-            temperature: sampling.temperature,
-            topK: sampling.topK,
-            topP: sampling.topP,
-            minP: sampling.minP,
-            seed: sampling.seed,
-            yieldEogToken: true
-          }
-          if (sampling.ignoreEos) options.tokenBias = banEndOfGeneration
-          if (grammar !== undefined) options.grammarEvaluationState = new LlamaGrammarEvaluationState({ model, grammar })
-          if (sampling.repeatPenalty !== 1 || sampling.presencePenalty !== 0 || sampling.frequencyPenalty !== 0) {
-            options.repeatPenalty = {
-              punishTokens: () => generated.slice(-penaltyWindow),
-              maxPunishTokens: penaltyWindow,
-              penalty: sampling.repeatPenalty,
-              presencePenalty: sampling.presencePenalty,
-              frequencyPenalty: sampling.frequencyPenalty
-            }
-          }
-          return options
-        }
+        const info = llamaModelInfo(
+          config.modelId ?? basename(config.modelPath).replace(/\.gguf$/i, ""),
+          config.parallel,
+          model,
+          context
+        )
+        const banEndOfGeneration = endOfGenerationBan(model, info.vocabSize)
+        const grammars = new GrammarCache(llama)
 
         const start: BackendShape["start"] = (slot, prompt, sampling) =>
           Effect.gen(function*() {
@@ -330,13 +162,14 @@ export const LlamaBackend = {
             const grammar = sampling.grammar === undefined
               ? undefined
               : yield* Effect.tryPromise({
-                try: () => grammarFor(sampling.grammar!),
-                catch: (error) => new DecodeFailed({ slot, stage: "prefill", message: `grammar: ${errorMessage(error)}` })
+                try: () => grammars.grammarFor(sampling.grammar!),
+                catch: (error) =>
+                  new DecodeFailed({ slot, stage: "prefill", message: `grammar: ${errorMessage(error)}`, cause: error })
               })
             const generated: Array<Token> = []
-            const options = evaluateOptions(sampling, generated, grammar)
+            const options = evaluateOptions(model, banEndOfGeneration, sampling, generated, grammar)
             const chunks = chunksOf(prompt as ReadonlyArray<Token>, prefillChunk)
-            const participant = claimArrival(slot)
+            const participant = arrivals.claim(slot)
             let iterator: AsyncGenerator<Token, void, Token | Array<Token> | undefined> | undefined
             yield* Effect.addFinalizer(() =>
               Effect.promise(async () => {
@@ -367,7 +200,7 @@ export const LlamaBackend = {
             const next = Effect.tryPromise({
               try: step,
               catch: (error) =>
-                new DecodeFailed({ slot, stage: prefilled ? "decode" : "prefill", message: errorMessage(error) })
+                new DecodeFailed({ slot, stage: prefilled ? "decode" : "prefill", message: errorMessage(error), cause: error })
             }).pipe(
               Effect.flatMap((result): Effect.Effect<StepResult, DecodeFailed> => {
                 prefilled = true
@@ -388,7 +221,7 @@ export const LlamaBackend = {
         return {
           info,
           tokenize: (text, options) => Effect.sync(() => model.tokenize(text, options?.special ?? false)),
-          renderChat,
+          renderChat: chatRenderer(model),
           detokenize: (tokens, context) =>
             model.detokenize(tokens as ReadonlyArray<Token>, false, context as ReadonlyArray<Token> | undefined),
           start,
@@ -399,7 +232,7 @@ export const LlamaBackend = {
             }),
           trim: (slot, keep) =>
             Effect.acquireUseRelease(
-              Effect.sync(() => arrive(slot)),
+              Effect.sync(() => arrivals.arrive(slot)),
               () =>
                 Effect.tryPromise({
                   try: () => {
@@ -408,7 +241,7 @@ export const LlamaBackend = {
                   },
                   catch: (error) => new KvEraseFailed({ slot, message: errorMessage(error) })
                 }),
-              (participant) => Effect.sync(() => expireArrival(slot, participant))
+              (participant) => arrivals.expire(slot, participant)
             ),
           cells: (slot) => sequences[slot]!.nextTokenIndex,
           tokensOf: (slot) => sequences[slot]!.contextTokens
