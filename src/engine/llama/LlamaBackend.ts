@@ -77,8 +77,9 @@ const arrivalGraceMs = 50
 const sequenceOrderStrategy = (context: () => LlamaContext | undefined): CustomBatchingPrioritizationStrategy =>
 ({ items, size }) => {
   const created = context()
+  const queued = created === undefined ? [] : queuedDecodesOf(created)
   const sequenceOf = new Map<ReadonlyArray<Token>, number>()
-  for (const decode of created === undefined ? [] : queuedDecodesOf(created)) sequenceOf.set(decode.tokens, decode.sequenceId)
+  for (const decode of queued) sequenceOf.set(decode.tokens, decode.sequenceId)
   return prioritizeBySequence(items, size, (tokens) => sequenceOf.get(tokens))
 }
 

@@ -19,7 +19,7 @@ export interface SlotArrivals {
  * a request that never starts holds its place. The expiry fibers live in the current scope (the backend's).
  */
 export const makeSlotArrivals = (
-  batcher: StepBatcher,
+  batcher: Pick<StepBatcher, "join">,
   graceMs: number
 ): Effect.Effect<SlotArrivals, never, Scope.Scope> =>
   Effect.map(Effect.scope, (scope) => {
