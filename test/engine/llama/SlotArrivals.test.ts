@@ -18,16 +18,28 @@ const recordingBatcher = () => {
   return { join, joined, left }
 }
 
+/** Arrivals with a 50 ms grace period, in the test's scope, on a recording batcher. */
+const withRecorder = Effect.suspend(() => {
+  const batcher = recordingBatcher()
+  return Effect.map(makeSlotArrivals(batcher, 50), (arrivals) => ({
+    arrivals,
+    batcher,
+    /** What `trim` does with a slot: it arrives, and its expiry starts once the KV edit is done. */
+    trim: (slot: number) => {
+      const participant = arrivals.arrive(slot)
+      return Effect.as(arrivals.expire(slot, participant), participant)
+    }
+  }))
+})
+
 /** Lets the expiry fibers reach their sleep, then moves the test clock on by `ms`. */
 const advance = (ms: number) => Effect.zipRight(Effect.yieldNow(), TestClock.adjust(ms))
 
 describe("SlotArrivals", () => {
   it.scoped("an arrival nobody claims leaves after the grace period, not before", () =>
     Effect.gen(function*() {
-      const batcher = recordingBatcher()
-      const arrivals = yield* makeSlotArrivals(batcher, 50)
-      const participant = arrivals.arrive(0)
-      yield* arrivals.expire(0, participant)
+      const { arrivals, batcher, trim } = yield* withRecorder
+      const participant = yield* trim(0)
       yield* advance(49)
       expect(batcher.left.has(participant)).toBe(false)
       yield* advance(1)
@@ -39,10 +51,8 @@ describe("SlotArrivals", () => {
 
   it.scoped("a claimed arrival belongs to its generation: the expiry leaves it alone", () =>
     Effect.gen(function*() {
-      const batcher = recordingBatcher()
-      const arrivals = yield* makeSlotArrivals(batcher, 50)
-      const participant = arrivals.arrive(1)
-      yield* arrivals.expire(1, participant)
+      const { arrivals, batcher, trim } = yield* withRecorder
+      const participant = yield* trim(1)
       expect(arrivals.claim(1)).toBe(participant)
       yield* advance(100)
       expect(batcher.left.size).toBe(0)
@@ -50,10 +60,8 @@ describe("SlotArrivals", () => {
 
   it.scoped("a new arrival on a slot replaces the old one, and the old one's expiry does not touch it", () =>
     Effect.gen(function*() {
-      const batcher = recordingBatcher()
-      const arrivals = yield* makeSlotArrivals(batcher, 50)
-      const first = arrivals.arrive(2)
-      yield* arrivals.expire(2, first)
+      const { arrivals, batcher, trim } = yield* withRecorder
+      const first = yield* trim(2)
       yield* advance(20)
       const second = arrivals.arrive(2)
       expect(batcher.left.has(first)).toBe(true)
