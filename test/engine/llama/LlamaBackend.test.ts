@@ -1,5 +1,5 @@
-import { describe, expect, layer } from "@effect/vitest"
-import { Chunk, Deferred, Effect, Fiber, Layer, Stream } from "effect"
+import { describe, expect, it, layer } from "@effect/vitest"
+import { Chunk, Deferred, Effect, Either, Fiber, Layer, Stream } from "effect"
 import { Backend, DecodeFailed } from "../../../src/engine/Backend.js"
 import type { BackendShape } from "../../../src/engine/Backend.js"
 import { LlamaBackend } from "../../../src/engine/llama/LlamaBackend.js"
@@ -244,4 +244,19 @@ describe("LlamaBackend on the tiny model", () => {
         expect(streamed).toBe(backend.detokenize(tokens, prompt.slice(-4)).replace(/\uFFFD+$/u, ""))
       }))
   })
+})
+
+describe("LlamaBackend on a missing model file", () => {
+  it.scopedLive("fails with ModelLoadFailed, keeping what node-llama-cpp threw as its cause", () =>
+    Effect.gen(function*() {
+      const modelPath = "/nonexistent/weft-model.gguf"
+      const outcome = yield* Effect.either(
+        Layer.build(LlamaBackend.layer({ modelPath, parallel: 1, contextSize: 64, threads: 2, gpu: false }))
+      )
+      if (Either.isRight(outcome)) throw new Error("a missing model file loaded")
+      const failure = outcome.left
+      expect(failure).toMatchObject({ _tag: "ModelLoadFailed", path: modelPath })
+      expect(failure.cause).toBeInstanceOf(Error)
+      expect(failure.message).toBe((failure.cause as Error).message)
+    }), 60_000)
 })
