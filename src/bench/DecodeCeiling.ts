@@ -3,6 +3,7 @@ import { fileURLToPath } from "node:url"
 import { Effect, Either, Queue, Schema } from "effect"
 import type { Scope } from "effect"
 import type { LlamaContext } from "node-llama-cpp"
+import { nativeContextOf } from "../engine/llama/LlamaInternals.js"
 import { loadBenchModel } from "./BenchModel.js"
 import type { EngineBenchConfig } from "./InProcessTarget.js"
 import { scopedChild } from "./ScopedChild.js"
@@ -20,13 +21,6 @@ export interface CeilingResult {
 export class DecodeCeilingFailed extends Schema.TaggedError<DecodeCeilingFailed>()("DecodeCeilingFailed", {
   message: Schema.String
 }) {}
-
-/** node-llama-cpp internal: LlamaContext#_ctx, the native AddonContext its dispatch loop drives (see LlamaBackend). */
-interface NativeContext {
-  initBatch(size: number): void
-  addToBatch(sequenceId: number, firstPosition: number, tokens: Uint32Array, logitIndexes: Uint32Array): Uint32Array
-  decodeBatch(): Promise<void>
-}
 
 const promptTokens = 16
 
@@ -148,7 +142,7 @@ const decodeSteps = async (
   round: number
 ): Promise<CeilingResult> => {
   for (let sequence = 0; sequence < concurrency; sequence++) context.getSequence()
-  const native = (context as unknown as { _ctx: NativeContext })._ctx
+  const native = nativeContextOf(context)
   const token = (step: number) => 300 + (step % 1000)
   native.initBatch(promptTokens * concurrency)
   for (let sequence = 0; sequence < concurrency; sequence++) {

@@ -1,7 +1,7 @@
 import { Effect, Layer, Stream } from "effect"
 import type { Scope } from "effect"
 import { Backend } from "../engine/Backend.js"
-import type { ModelLoadFailed } from "../engine/LlamaBackend.js"
+import type { ModelLoadFailed } from "../engine/llama/LlamaBackend.js"
 import { defaultSampling } from "../engine/SamplingOptions.js"
 import { llamaBackendLayer, schedulerLayer as engineLayer } from "../host/LocalEngine.js"
 import { RequestScheduler } from "../scheduler/RequestScheduler.js"

@@ -1,7 +1,7 @@
 import { Effect } from "effect"
 import type { Scope } from "effect"
-import { TokenBias } from "node-llama-cpp"
-import type { LlamaContext, LlamaContextSequence, Token } from "node-llama-cpp"
+import type { LlamaContext, LlamaContextSequence } from "node-llama-cpp"
+import { endOfGenerationBan } from "../engine/llama/LlamaInternals.js"
 import { loadBenchModel } from "./BenchModel.js"
 import type { BenchTarget, GenerationCall } from "./BenchTarget.js"
 import { sampleOrFailure } from "./BenchTarget.js"
@@ -22,14 +22,8 @@ export interface NaiveTargetConfig {
 export const naiveTarget = (config: NaiveTargetConfig): Effect.Effect<BenchTarget, Error, Scope.Scope> =>
   Effect.gen(function*() {
     const { model } = yield* loadBenchModel({ modelPath: config.modelPath, gpu: config.gpu })
-    const banEndOfGeneration = new TokenBias(model.tokenizer)
-    // TokenBias.set skips end-of-generation tokens (node-llama-cpp dist/evaluator/TokenBias.js), so, as LlamaBackend
-    // does for ignore_eos, the ban goes into its internal `_biases` map, which the sampler reads as logit biases.
-    const biases = (banEndOfGeneration as unknown as { _biases: Map<Token, number> })._biases
-    const vocabSize = model.fileInfo.metadata.tokenizer.ggml.tokens.length
-    for (let token = 0; token < vocabSize; token++) {
-      if (model.isEogToken(token as Token)) biases.set(token as Token, -Infinity)
-    }
+    // The same ban of end-of-generation tokens as LlamaBackend's for ignore_eos.
+    const banEndOfGeneration = endOfGenerationBan(model, model.fileInfo.metadata.tokenizer.ggml.tokens.length)
 
     let context: LlamaContext | undefined
     let idle: Array<LlamaContextSequence> = []

@@ -71,7 +71,9 @@ export class Backend extends Context.Tag("weft/Backend")<Backend, BackendShape>(
 export class DecodeFailed extends Schema.TaggedError<DecodeFailed>()("DecodeFailed", {
   slot: Schema.Number,
   stage: Schema.Literal("prefill", "decode"),
-  message: Schema.String
+  message: Schema.String,
+  /** What the engine threw, where it threw. */
+  cause: Schema.optional(Schema.Defect)
 }) {}
 
 /** The engine could not erase a slot's KV cells. */

@@ -2,9 +2,9 @@ import { Effect, Either, ParseResult, Schema } from "effect"
 import type { BackendShape, ChatMessage } from "../engine/Backend.js"
 import { defaultSampling } from "../engine/SamplingOptions.js"
 import type { GrammarConstraint } from "../engine/SamplingOptions.js"
+import { toGrammarSchema } from "../engine/llama/JsonSchemaGrammar.js"
 import type { GenerationRequest, Priority } from "../scheduler/GenerationRequest.js"
 import { InvalidParam } from "./HttpErrors.js"
-import { toGrammarSchema } from "./JsonSchemaGrammar.js"
 import type { ChatMessageInput, CompletionRequest, ResponseFormat, SharedRequest } from "./OpenAiRequests.js"
 
 /** Everything about a generation except its id and prompt, and how to answer it. */

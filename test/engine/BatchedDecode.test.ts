@@ -2,7 +2,7 @@ import { describe, expect, it } from "@effect/vitest"
 import { Context, Effect, Layer } from "effect"
 import { Backend } from "../../src/engine/Backend.js"
 import type { BackendShape } from "../../src/engine/Backend.js"
-import { LlamaBackend } from "../../src/engine/LlamaBackend.js"
+import { LlamaBackend } from "../../src/engine/llama/LlamaBackend.js"
 import { defaultSampling } from "../../src/engine/SamplingOptions.js"
 import { tinyModelPath } from "../support/tinyModel.js"
 

@@ -4,7 +4,7 @@ import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
 import type { Backend } from "../../src/engine/Backend.js"
-import type { LlamaBackendConfig, ModelLoadFailed } from "../../src/engine/LlamaBackend.js"
+import type { LlamaBackendConfig, ModelLoadFailed } from "../../src/engine/llama/LlamaBackend.js"
 import { llamaBackendLayer } from "../../src/host/LocalEngine.js"
 import { ensureModel } from "../../src/model/generateModel.js"
 

@@ -1,16 +1,16 @@
-import { describe, expect, layer } from "@effect/vitest"
-import { Chunk, Deferred, Effect, Fiber, Layer, Stream } from "effect"
-import { Backend, DecodeFailed } from "../../src/engine/Backend.js"
-import type { BackendShape } from "../../src/engine/Backend.js"
-import { LlamaBackend } from "../../src/engine/LlamaBackend.js"
-import { defaultSampling } from "../../src/engine/SamplingOptions.js"
-import { SeqPool } from "../../src/engine/SeqPool.js"
-import type { SeqPoolStats } from "../../src/engine/SeqPool.js"
-import { TextAssembler } from "../../src/engine/TextAssembler.js"
-import type { GenerationEvent, GenerationRequest } from "../../src/scheduler/GenerationRequest.js"
-import { RequestScheduler } from "../../src/scheduler/RequestScheduler.js"
-import { SchedulerConfig } from "../../src/scheduler/SchedulerConfig.js"
-import { tinyModelPath } from "../support/tinyModel.js"
+import { describe, expect, it, layer } from "@effect/vitest"
+import { Chunk, Deferred, Effect, Either, Fiber, Layer, Stream } from "effect"
+import { Backend, DecodeFailed } from "../../../src/engine/Backend.js"
+import type { BackendShape } from "../../../src/engine/Backend.js"
+import { LlamaBackend } from "../../../src/engine/llama/LlamaBackend.js"
+import { defaultSampling } from "../../../src/engine/SamplingOptions.js"
+import { SeqPool } from "../../../src/engine/SeqPool.js"
+import type { SeqPoolStats } from "../../../src/engine/SeqPool.js"
+import { TextAssembler } from "../../../src/engine/TextAssembler.js"
+import type { GenerationEvent, GenerationRequest } from "../../../src/scheduler/GenerationRequest.js"
+import { RequestScheduler } from "../../../src/scheduler/RequestScheduler.js"
+import { SchedulerConfig } from "../../../src/scheduler/SchedulerConfig.js"
+import { tinyModelPath } from "../../support/tinyModel.js"
 
 const parallel = 4
 
@@ -244,4 +244,19 @@ describe("LlamaBackend on the tiny model", () => {
         expect(streamed).toBe(backend.detokenize(tokens, prompt.slice(-4)).replace(/\uFFFD+$/u, ""))
       }))
   })
+})
+
+describe("LlamaBackend on a missing model file", () => {
+  it.scopedLive("fails with ModelLoadFailed, keeping what node-llama-cpp threw as its cause", () =>
+    Effect.gen(function*() {
+      const modelPath = "/nonexistent/weft-model.gguf"
+      const outcome = yield* Effect.either(
+        Layer.build(LlamaBackend.layer({ modelPath, parallel: 1, contextSize: 64, threads: 2, gpu: false }))
+      )
+      if (Either.isRight(outcome)) throw new Error("a missing model file loaded")
+      const failure = outcome.left
+      expect(failure).toMatchObject({ _tag: "ModelLoadFailed", path: modelPath })
+      expect(failure.cause).toBeInstanceOf(Error)
+      expect(failure.message).toBe((failure.cause as Error).message)
+    }), 60_000)
 })

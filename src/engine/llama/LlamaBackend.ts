@@ -1,0 +1,252 @@
+import { availableParallelism } from "node:os"
+import { basename } from "node:path"
+import { Effect, Layer, Schema } from "effect"
+import { getLlama, LlamaLogLevel } from "node-llama-cpp"
+import type { CustomBatchingPrioritizationStrategy, LlamaContext, LlamaContextSequence, Token } from "node-llama-cpp"
+import { Backend, DecodeFailed, KvEraseFailed } from "../Backend.js"
+import type { BackendShape, Generation, StepResult } from "../Backend.js"
+import { prioritizeBySequence } from "../BatchPlan.js"
+import { StepBatcher } from "../StepBatcher.js"
+import { defaultThreadTunerOptions, ThreadTuner } from "../ThreadTuner.js"
+import { chatRenderer } from "./ChatRenderer.js"
+import { errorMessage } from "./errorMessage.js"
+import { evaluateOptions } from "./EvaluateOptions.js"
+import { GrammarCache } from "./GrammarCache.js"
+import { endOfGenerationBan, interceptDecodes, queuedDecodesOf } from "./LlamaInternals.js"
+import { llamaModelInfo } from "./LlamaModelInfo.js"
+import { makeSlotArrivals } from "./SlotArrivals.js"
+
+export interface LlamaBackendConfig {
+  readonly modelPath: string
+  /** Name reported as the model id; defaults to the file name without `.gguf`. */
+  readonly modelId?: string | undefined
+  /** Sequence slots in the one context. */
+  readonly parallel: number
+  /** KV cells per sequence. */
+  readonly contextSize: number
+  /** Most tokens one llama_decode evaluates; defaults to 512 (less for small contexts). */
+  readonly batchSize?: number | undefined
+  /**
+   * Most prompt tokens one generation evaluates per decode step: a long prompt is prefilled in chunks interleaved
+   * with the running generations' steps, so they stall by one chunk at most. Defaults to 128.
+   */
+  readonly prefillChunk?: number | undefined
+  /** Defaults to the cores this process may run on: more threads than cores collapses llama.cpp's spinning barrier. */
+  readonly threads?: number | undefined
+  /**
+   * Let each decode step use `threads` or half of it, whichever measures faster for steps of its width (see
+   * `ThreadTuner`); `false` pins every step to `threads`. Defaults to true.
+   */
+  readonly tuneThreads?: boolean | undefined
+  /**
+   * llama.cpp's flash attention (fused attention kernels; on CPU about 6% more tokens/s at 16 streams on the bench
+   * model). Defaults to true, as llama.cpp's own `auto` does where the backend supports it.
+   */
+  readonly flashAttention?: boolean | undefined
+  readonly gpu?: "auto" | false | undefined
+}
+
+/** The model file could not be loaded, or its context could not be created. */
+export class ModelLoadFailed extends Schema.TaggedError<ModelLoadFailed>()("ModelLoadFailed", {
+  path: Schema.String,
+  message: Schema.String,
+  /** What node-llama-cpp threw. */
+  cause: Schema.optional(Schema.Defect)
+}) {}
+
+const defaultPrefillChunk = 128
+
+/**
+ * How long a decode step waits for a generation still handling its previous token (nothing decoding, no other
+ * generation arriving meanwhile) before going without it. Between-steps work takes well under a millisecond per
+ * generation; this only bounds the wait for one that stalls.
+ */
+const stepWaitMs = 5
+
+/**
+ * How long a slot readied for a new generation (`trim`) holds its place in the next decode step before `start` claims
+ * it. The pool hands the slot to its request right after the trim, so this only bounds a request that never starts.
+ */
+const arrivalGraceMs = 50
+
+/**
+ * Orders each batch by sequence id, single-token decodes first (see `planBatch`). node-llama-cpp hands the strategy
+ * batch items without their sequence ids; each item's `tokens` array is the very array of one entry of the
+ * context's queued decodes (see `queuedDecodesOf`), which carry the id.
+ */
+const sequenceOrderStrategy = (context: () => LlamaContext | undefined): CustomBatchingPrioritizationStrategy =>
+({ items, size }) => {
+  const created = context()
+  const queued = created === undefined ? [] : queuedDecodesOf(created)
+  const sequenceOf = new Map<ReadonlyArray<Token>, number>()
+  for (const decode of queued) sequenceOf.set(decode.tokens, decode.sequenceId)
+  return prioritizeBySequence(items, size, (tokens) => sequenceOf.get(tokens))
+}
+
+/** `prompt` cut into pieces of at most `chunk` tokens (one empty piece for an empty prompt). */
+const chunksOf = (prompt: ReadonlyArray<Token>, chunk: number): Array<Array<Token>> => {
+  const chunks: Array<Array<Token>> = []
+  for (let start = 0; start < prompt.length; start += chunk) chunks.push(prompt.slice(start, start + chunk))
+  return chunks.length === 0 ? [[]] : chunks
+}
+
+/** `Backend` on node-llama-cpp: one model, one context with `parallel` sequences, driven token by token. */
+export const LlamaBackend = {
+  layer: (config: LlamaBackendConfig): Layer.Layer<Backend, ModelLoadFailed> =>
+    Layer.scoped(
+      Backend,
+      Effect.gen(function*() {
+        const threads = config.threads ?? availableParallelism()
+        const loadFailed = (error: unknown) =>
+          new ModelLoadFailed({ path: config.modelPath, message: errorMessage(error), cause: error })
+        const llama = yield* Effect.acquireRelease(
+          Effect.tryPromise({
+            try: () =>
+              getLlama({
+                build: "never",
+                gpu: config.gpu ?? "auto",
+                maxThreads: threads,
+                logLevel: LlamaLogLevel.error,
+                progressLogs: false
+              }),
+            catch: loadFailed
+          }),
+          (llama) => Effect.promise(() => llama.dispose())
+        )
+        const model = yield* Effect.acquireRelease(
+          Effect.tryPromise({ try: () => llama.loadModel({ modelPath: config.modelPath }), catch: loadFailed }),
+          (model) => Effect.promise(() => model.dispose())
+        )
+        const prefillChunk = Math.max(1, config.prefillChunk ?? defaultPrefillChunk)
+        let created: LlamaContext | undefined
+        const context = yield* Effect.acquireRelease(
+          Effect.tryPromise({
+            try: () =>
+              model.createContext({
+                sequences: config.parallel,
+                contextSize: config.contextSize,
+                threads,
+                flashAttention: config.flashAttention ?? true,
+                batchSize: config.batchSize ?? Math.min(512, config.contextSize * config.parallel),
+                batching: { itemPrioritizationStrategy: sequenceOrderStrategy(() => created) }
+              }),
+            catch: loadFailed
+          }),
+          (context) => Effect.promise(() => context.dispose())
+        )
+        created = context
+        if (config.tuneThreads !== false) interceptDecodes(context, new ThreadTuner(defaultThreadTunerOptions(threads)))
+        const arrivals = yield* makeSlotArrivals(new StepBatcher({ maxWaitMs: stepWaitMs }), arrivalGraceMs)
+        const sequences: Array<LlamaContextSequence> = Array.from({ length: config.parallel }, () =>
+          context.getSequence({
+            // The scheduler ends a full sequence with `length`; a shift here would be a scheduler bug, never silent.
+            contextShift: {
+              strategy: () => {
+                throw new Error("context shift requested: the sequence is full")
+              }
+            }
+          })
+        )
+
+        const info = llamaModelInfo(
+          config.modelId ?? basename(config.modelPath).replace(/\.gguf$/i, ""),
+          config.parallel,
+          model,
+          context
+        )
+        const banEndOfGeneration = endOfGenerationBan(model, info.vocabSize)
+        const grammars = new GrammarCache(llama)
+
+        const start: BackendShape["start"] = (slot, prompt, sampling) =>
+          Effect.gen(function*() {
+            const sequence = sequences[slot]!
+            const grammar = sampling.grammar === undefined
+              ? undefined
+              : yield* Effect.tryPromise({
+                try: () => grammars.grammarFor(sampling.grammar!),
+                catch: (error) =>
+                  new DecodeFailed({ slot, stage: "prefill", message: `grammar: ${errorMessage(error)}`, cause: error })
+              })
+            const generated: Array<Token> = []
+            const options = evaluateOptions(model, banEndOfGeneration, sampling, generated, grammar)
+            const chunks = chunksOf(prompt as ReadonlyArray<Token>, prefillChunk)
+            const participant = arrivals.claim(slot)
+            let iterator: AsyncGenerator<Token, void, Token | Array<Token> | undefined> | undefined
+            yield* Effect.addFinalizer(() =>
+              Effect.promise(async () => {
+                participant.leave()
+                await iterator?.return()
+              })
+            )
+            // Every chunk but the last is evaluated without sampling, one per step; the last one samples the first token.
+            // The first chunk goes out at once rather than waiting for the running generations' next step: it is
+            // decoded right after the step in flight, and they wait for it just as they would have in a shared step
+            // (llama.cpp splits a prompt from single-token decodes into a micro-batch of its own anyway), while the
+            // new request gets its first token a step sooner.
+            const step = async () => {
+              let eager = true
+              if (iterator === undefined) {
+                for (const chunk of chunks.slice(0, -1)) {
+                  await participant.step(() => sequence.evaluateWithoutGeneratingNewTokens(chunk), { eager })
+                  eager = false
+                }
+                iterator = sequence.evaluate(chunks[chunks.length - 1]!, options)
+              } else {
+                eager = false
+              }
+              const current = iterator
+              return participant.step(() => current.next(), { eager })
+            }
+            let prefilled = false
+            const next = Effect.tryPromise({
+              try: step,
+              catch: (error) =>
+                new DecodeFailed({ slot, stage: prefilled ? "decode" : "prefill", message: errorMessage(error), cause: error })
+            }).pipe(
+              Effect.flatMap((result): Effect.Effect<StepResult, DecodeFailed> => {
+                prefilled = true
+                if (result.done === true) {
+                  return new DecodeFailed({ slot, stage: "decode", message: "the sampler produced no token" })
+                }
+                const token = result.value
+                const cells = sequence.nextTokenIndex
+                if (model.isEogToken(token)) return Effect.succeed({ _tag: "EndOfGeneration", token, cells })
+                generated.push(token)
+                return Effect.succeed({ _tag: "Token", token, cells })
+              }),
+              Effect.uninterruptible
+            )
+            return { next } satisfies Generation
+          })
+
+        return {
+          info,
+          tokenize: (text, options) => Effect.sync(() => model.tokenize(text, options?.special ?? false)),
+          renderChat: chatRenderer(model),
+          detokenize: (tokens, context) =>
+            model.detokenize(tokens as ReadonlyArray<Token>, false, context as ReadonlyArray<Token> | undefined),
+          start,
+          erase: (slot) =>
+            Effect.tryPromise({
+              try: () => sequences[slot]!.clearHistory(),
+              catch: (error) => new KvEraseFailed({ slot, message: errorMessage(error) })
+            }),
+          trim: (slot, keep) =>
+            Effect.acquireUseRelease(
+              Effect.sync(() => arrivals.arrive(slot)),
+              () =>
+                Effect.tryPromise({
+                  try: () => {
+                    const sequence = sequences[slot]!
+                    return sequence.eraseContextTokenRanges([{ start: keep, end: sequence.nextTokenIndex }])
+                  },
+                  catch: (error) => new KvEraseFailed({ slot, message: errorMessage(error) })
+                }),
+              (participant) => arrivals.expire(slot, participant)
+            ),
+          cells: (slot) => sequences[slot]!.nextTokenIndex,
+          tokensOf: (slot) => sequences[slot]!.contextTokens
+        } satisfies BackendShape
+      })
+    )
+}
