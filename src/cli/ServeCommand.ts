@@ -3,7 +3,8 @@ import { Effect, Option, Record } from "effect"
 import type { FlagType } from "../config/SettingGrammar.js"
 import { envName, settingSpecs } from "../config/SettingSpecs.js"
 import type { AnySettingSpec } from "../config/SettingSpecs.js"
-import { loadWeftSettings } from "../config/WeftConfig.js"
+import { loadWeftSettings, rejectedFlags } from "../config/WeftConfig.js"
+import type { FlagValues, InvalidConfigValue } from "../config/WeftConfig.js"
 
 const configOption = Options.file("config").pipe(
   Options.withDescription("JSON file of settings keyed by flag name, e.g. {\"port\": 8081, \"ctx-size\": 4096}. Env WEFT_CONFIG."),
@@ -50,3 +51,18 @@ export const serveCommand = Command.make("serve", { config: configOption, settin
     const { runServer } = yield* Effect.promise(() => import("./runServer.js"))
     yield* runServer(settings)
   })).pipe(Command.withDescription("Serve a GGUF model behind an OpenAI-compatible HTTP API"))
+
+/** `--name value` and `--name=value` pairs among `args`, by name; a later one wins, as a repeated flag is rejected anyway. */
+const flagsIn = (args: ReadonlyArray<string>): FlagValues =>
+  Object.fromEntries(args.flatMap((arg, index) => {
+    const match = /^--([a-z][a-z-]*)(?:=(.*))?$/.exec(arg)
+    const value = match?.[2] ?? args[index + 1]
+    return match === null || value === undefined ? [] : [[match[1]!, value] as const]
+  }))
+
+/**
+ * When @effect/cli has rejected a command line, the `weft serve` settings flags in it whose values are invalid, named:
+ * @effect/cli's own message for a mistyped value does not say which flag it was ("'abc' is not a integer").
+ */
+export const rejectedServeFlags = (argv: ReadonlyArray<string>): Array<InvalidConfigValue> =>
+  argv[2] === "serve" ? rejectedFlags(flagsIn(argv.slice(3))) : []

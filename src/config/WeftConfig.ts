@@ -51,16 +51,33 @@ interface RawValue {
   readonly value: unknown
 }
 
+const invalidValue = (setting: AnySettingSpec, raw: RawValue) =>
+  new InvalidConfigValue({ key: raw.key, expected: setting.expected, got: describeRaw(raw.value) })
+
 const decodeSetting = (setting: AnySettingSpec, raw: RawValue) => {
   const text = typeof raw.value === "string"
     ? raw.value
     : typeof raw.value === "number" || typeof raw.value === "boolean"
     ? String(raw.value)
     : undefined
-  const invalid = () => new InvalidConfigValue({ key: raw.key, expected: setting.expected, got: describeRaw(raw.value) })
-  if (text === undefined) return Either.left(invalid())
-  return Schema.decodeUnknownEither(setting.schema as Schema.Schema<unknown, string>)(text).pipe(Either.mapLeft(invalid))
+  if (text === undefined) return Either.left(invalidValue(setting, raw))
+  return Schema.decodeUnknownEither(setting.schema as Schema.Schema<unknown, string>)(text).pipe(
+    Either.mapLeft(() => invalidValue(setting, raw))
+  )
 }
+
+/**
+ * The flags whose values their settings reject, each with the error `loadWeftSettings` would give. A choice flag must
+ * be one of its words as listed, as the CLI's own parsing requires.
+ */
+export const rejectedFlags = (flags: FlagValues): Array<InvalidConfigValue> =>
+  settingSpecs.flatMap((setting) => {
+    const value = flags[setting.name]
+    if (value === undefined) return []
+    const raw = { key: `--${setting.name}`, value }
+    if (setting.flag._tag === "choice" && !setting.flag.choices.includes(value)) return [invalidValue(setting, raw)]
+    return Either.match(decodeSetting(setting, raw), { onLeft: (error) => [error], onRight: () => [] })
+  })
 
 const readConfigFile = (file: string) =>
   Effect.gen(function*() {
