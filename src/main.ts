@@ -1,4 +1,5 @@
 import { Command, ValidationError } from "@effect/cli"
+import type { FileSystem } from "@effect/platform"
 import { NodeContext, NodeRuntime } from "@effect/platform-node"
 import { Cause, Console, Effect, Option } from "effect"
 import packageJson from "../package.json" with { type: "json" }
@@ -20,8 +21,11 @@ const cli = Command.run(weft, { name: "weft", version: packageJson.version })
 const report = (cause: Cause.Cause<unknown>) => {
   const failure = Cause.failureOption(cause)
   if (Option.isSome(failure)) {
-    const errors = ValidationError.isValidationError(failure.value) ? rejectedServeFlags(process.argv) : [failure.value]
-    return Effect.forEach(errors, (error) => Console.error(`weft: ${error instanceof Error ? error.message : String(error)}`))
+    const errors: Effect.Effect<ReadonlyArray<unknown>, never, FileSystem.FileSystem> =
+      ValidationError.isValidationError(failure.value) ? rejectedServeFlags(process.argv) : Effect.succeed([failure.value])
+    return errors.pipe(
+      Effect.flatMap(Effect.forEach((error) => Console.error(`weft: ${error instanceof Error ? error.message : String(error)}`)))
+    )
   }
   return Cause.isInterruptedOnly(cause) ? Effect.void : Console.error(Cause.pretty(cause))
 }

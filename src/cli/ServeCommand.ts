@@ -4,7 +4,7 @@ import type { FlagType } from "../config/SettingGrammar.js"
 import { envName, settingSpecs } from "../config/SettingSpecs.js"
 import type { AnySettingSpec } from "../config/SettingSpecs.js"
 import { loadWeftSettings, rejectedFlags } from "../config/WeftConfig.js"
-import type { FlagValues, InvalidConfigValue } from "../config/WeftConfig.js"
+import type { FlagValues } from "../config/WeftConfig.js"
 
 const configOption = Options.file("config").pipe(
   Options.withDescription("JSON file of settings keyed by flag name, e.g. {\"port\": 8081, \"ctx-size\": 4096}. Env WEFT_CONFIG."),
@@ -64,5 +64,5 @@ const flagsIn = (args: ReadonlyArray<string>): FlagValues =>
  * When @effect/cli has rejected a command line, the `weft serve` settings flags in it whose values are invalid, named:
  * @effect/cli's own message for a mistyped value does not say which flag it was ("'abc' is not a integer").
  */
-export const rejectedServeFlags = (argv: ReadonlyArray<string>): Array<InvalidConfigValue> =>
-  argv[2] === "serve" ? rejectedFlags(flagsIn(argv.slice(3))) : []
+export const rejectedServeFlags = (argv: ReadonlyArray<string>) =>
+  rejectedFlags(argv[2] === "serve" ? flagsIn(argv.slice(3)) : {})

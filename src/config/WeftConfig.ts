@@ -1,6 +1,7 @@
 import { FileSystem } from "@effect/platform"
-import { Config, Context, Effect, Either, Layer, Option, Schema } from "effect"
+import { Array as Arr, Config, Context, Effect, Either, Layer, Option, Schema } from "effect"
 import * as path from "node:path"
+import type { FlagType } from "./SettingGrammar.js"
 import { envName, settingSpecs } from "./SettingSpecs.js"
 import type { AnySettingSpec } from "./SettingSpecs.js"
 import { defaultSettings, WeftSettings } from "./WeftSettings.js"
@@ -66,18 +67,25 @@ const decodeSetting = (setting: AnySettingSpec, raw: RawValue) => {
   )
 }
 
-/**
- * The flags whose values their settings reject, each with the error `loadWeftSettings` would give. A choice flag must
- * be one of its words as listed, as the CLI's own parsing requires.
- */
-export const rejectedFlags = (flags: FlagValues): Array<InvalidConfigValue> =>
-  settingSpecs.flatMap((setting) => {
-    const value = flags[setting.name]
-    if (value === undefined) return []
-    const raw = { key: `--${setting.name}`, value }
-    if (setting.flag._tag === "choice" && !setting.flag.choices.includes(value)) return [invalidValue(setting, raw)]
-    return Either.match(decodeSetting(setting, raw), { onLeft: (error) => [error], onRight: () => [] })
+/** Whether a flag's value passes what the CLI checks before the settings see it: a choice's words as listed, a path's type. */
+const passesCliParsing = (flag: FlagType, value: string) =>
+  Effect.gen(function*() {
+    if (flag._tag === "choice") return flag.choices.includes(value)
+    if (flag._tag !== "file" && flag._tag !== "directory") return true
+    const info = yield* (yield* FileSystem.FileSystem).stat(value).pipe(Effect.option)
+    return Option.isNone(info) || info.value.type === (flag._tag === "file" ? "File" : "Directory")
   })
+
+/** The flags whose values their settings or the CLI reject, each with the error `loadWeftSettings` would give. */
+export const rejectedFlags = (flags: FlagValues) =>
+  Effect.forEach(settingSpecs, (setting) =>
+    Effect.gen(function*() {
+      const value = flags[setting.name]
+      if (value === undefined) return []
+      const raw = { key: `--${setting.name}`, value }
+      if (!(yield* passesCliParsing(setting.flag, value))) return [invalidValue(setting, raw)]
+      return Either.match(decodeSetting(setting, raw), { onLeft: (error) => [error], onRight: () => [] })
+    })).pipe(Effect.map(Arr.flatten))
 
 const readConfigFile = (file: string) =>
   Effect.gen(function*() {

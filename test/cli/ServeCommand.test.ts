@@ -41,6 +41,9 @@ describe("weft serve", () => {
     const format = await run(["src/main.ts", "serve", "--log-format=xml"])
     expect(format.code).toBe(1)
     expect(format.stderr).toContain("weft: --log-format: expected json or pretty, got \"xml\"")
+    const dataDir = await run(["src/main.ts", "serve", "--data-dir", "package.json"])
+    expect(dataDir.code).toBe(1)
+    expect(dataDir.stderr).toContain("weft: --data-dir: expected a directory path, got \"package.json\"")
   })
 
   it("shows its help without loading node-llama-cpp", async () => {
