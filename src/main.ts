@@ -1,10 +1,11 @@
 import { Command, ValidationError } from "@effect/cli"
+import type { FileSystem } from "@effect/platform"
 import { NodeContext, NodeRuntime } from "@effect/platform-node"
 import { Cause, Console, Effect, Option } from "effect"
 import packageJson from "../package.json" with { type: "json" }
 import { benchCommand } from "./cli/BenchCommand.js"
 import { modelCommand } from "./cli/ModelCommand.js"
-import { serveCommand } from "./cli/ServeCommand.js"
+import { rejectedServeFlags, serveCommand } from "./cli/ServeCommand.js"
 
 const weft = Command.make("weft").pipe(
   Command.withDescription("Effect-native LLM server: GGUF models behind an OpenAI-compatible API"),
@@ -13,13 +14,18 @@ const weft = Command.make("weft").pipe(
 
 const cli = Command.run(weft, { name: "weft", version: packageJson.version })
 
-/** Expected failures print as one line naming what is wrong; @effect/cli has already printed its own. */
+/**
+ * Expected failures print as one line naming what is wrong. @effect/cli has already printed its own; for a mistyped
+ * serve flag its line does not name the flag, so the flag's own error follows it.
+ */
 const report = (cause: Cause.Cause<unknown>) => {
   const failure = Cause.failureOption(cause)
   if (Option.isSome(failure)) {
-    if (ValidationError.isValidationError(failure.value)) return Effect.void
-    const message = failure.value instanceof Error ? failure.value.message : String(failure.value)
-    return Console.error(`weft: ${message}`)
+    const errors: Effect.Effect<ReadonlyArray<unknown>, never, FileSystem.FileSystem> =
+      ValidationError.isValidationError(failure.value) ? rejectedServeFlags(process.argv) : Effect.succeed([failure.value])
+    return errors.pipe(
+      Effect.flatMap(Effect.forEach((error) => Console.error(`weft: ${error instanceof Error ? error.message : String(error)}`)))
+    )
   }
   return Cause.isInterruptedOnly(cause) ? Effect.void : Console.error(Cause.pretty(cause))
 }

@@ -1,86 +1,44 @@
 import { Command, Options } from "@effect/cli"
-import { HttpServer } from "@effect/platform"
-import { Console, Context, Effect, Layer, Option, Record } from "effect"
-import { envName, loadWeftSettings, settingSpecs, WeftConfig } from "../config/WeftConfig.js"
-import type { WeftSettings } from "../config/WeftConfig.js"
-import type { ModelInfo } from "../engine/Backend.js"
-import { ModelRegistry } from "../host/ModelRegistry.js"
-import { WeftLive } from "../layers.js"
+import { Effect, Option, Record } from "effect"
+import type { FlagType } from "../config/SettingGrammar.js"
+import { envName, settingSpecs } from "../config/SettingSpecs.js"
+import type { AnySettingSpec } from "../config/SettingSpecs.js"
+import { loadWeftSettings, rejectedFlags } from "../config/WeftConfig.js"
+import type { FlagValues } from "../config/WeftConfig.js"
 
-const configOption = Options.text("config").pipe(
-  Options.withPseudoName("PATH"),
+const configOption = Options.file("config").pipe(
   Options.withDescription("JSON file of settings keyed by flag name, e.g. {\"port\": 8081, \"ctx-size\": 4096}. Env WEFT_CONFIG."),
   Options.optional
 )
 
+/** The typed option of a flag; its value goes on as text, so every source is validated by the same grammar. */
+const typedOption = (name: string, flag: FlagType): Options.Options<string> => {
+  switch (flag._tag) {
+    case "integer":
+      return Options.integer(name).pipe(Options.map(String))
+    case "choice":
+      return Options.choice(name, flag.choices)
+    case "file":
+      return Options.file(name)
+    case "directory":
+      return Options.directory(name)
+    case "text":
+      return Options.text(name).pipe(Options.withPseudoName(flag.pseudoName))
+  }
+}
+
+/** A choice's help lists its values already; the other types say what a valid value looks like. */
+const helpText = (setting: AnySettingSpec): string => {
+  const expects = setting.flag._tag === "choice" ? "" : ` Expects ${setting.expected}.`
+  return `${setting.description}.${expects} Env ${envName(setting.name)}.`
+}
+
 const settingOptions = Record.fromEntries(
   settingSpecs.map((setting) => [
     setting.name,
-    Options.text(setting.name).pipe(
-      Options.withPseudoName("VALUE"),
-      Options.withDescription(`${setting.description}. Env ${envName(setting.name)}.`),
-      Options.optional
-    )
+    typedOption(setting.name, setting.flag).pipe(Options.withDescription(helpText(setting)), Options.optional)
   ] as const)
 )
-
-/** `http://host:port`, with an address a local client can actually reach. */
-const baseUrl = (address: HttpServer.Address): string => {
-  if (address._tag === "UnixAddress") return `unix:${address.path}`
-  const host = address.hostname === "0.0.0.0" || address.hostname === "::" ? "127.0.0.1" : address.hostname
-  return `http://${host.includes(":") ? `[${host}]` : host}:${address.port}`
-}
-
-const banner = (settings: WeftSettings, models: ReadonlyArray<ModelInfo>, url: string): string => {
-  const lines = [
-    "",
-    `Weft is serving ${models.map((info) => `"${info.id}"`).join(", ")} on ${url}`,
-    ...models.map((info) =>
-      `  ${models.length > 1 ? `${info.id}: ` : ""}${info.parallel} parallel sequences × ${info.contextSize} tokens of context, queue up to ${settings.maxQueue}`
-    ),
-    ""
-  ]
-  const info = models[0]!
-  if (settings.model === undefined) {
-    lines.push(
-      "  This is the DEMO model: random weights, so its answers are gibberish. It only shows that everything works.",
-      `  (generated once into ${settings.dataDir}; delete that folder to remove it)`,
-      "  To serve a real model, download a GGUF file (e.g. from huggingface.co) and run:",
-      "    npm start -- --model /path/to/model.gguf        or   WEFT_MODEL=/path/to/model.gguf npm start",
-      ""
-    )
-  }
-  lines.push(
-    "  Try it:",
-    `    curl ${url}/v1/chat/completions -H 'Content-Type: application/json' \\`,
-    `      -d '{"model": "${info.id}", "messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 32}'`,
-    "",
-    `  Health: ${url}/health    Models: ${url}/v1/models    Stop: Ctrl-C`,
-    ""
-  )
-  return lines.join("\n")
-}
-
-/** Runs the server until interrupted (SIGINT/SIGTERM), then drains it gracefully. */
-export const serve = (settings: WeftSettings) =>
-  Effect.scoped(
-    Effect.gen(function*() {
-      const context = yield* Layer.build(WeftLive.pipe(Layer.provide(WeftConfig.layer(settings))))
-      const url = baseUrl(Context.get(context, HttpServer.HttpServer).address)
-      yield* Console.log(
-        settings.model === undefined
-          ? `weft: listening on ${url}; preparing the demo model in ${settings.dataDir} (first run generates it)…`
-          : `weft: listening on ${url}; loading ${settings.model}…`
-      )
-      const engines = yield* Context.get(context, ModelRegistry).ready
-      yield* Console.log(banner(settings, engines.map((engine) => engine.backend.info), url))
-      return yield* Effect.never.pipe(
-        Effect.onInterrupt(() =>
-          Console.log(`\nweft: shutting down: no new requests; in-flight ones get up to ${settings.shutdownGraceMs / 1000} s to finish…`)
-        )
-      )
-    })
-  )
 
 /** `weft serve`: every setting from flags, `WEFT_*` env, an optional JSON config file, or defaults. */
 export const serveCommand = Command.make("serve", { config: configOption, settings: Options.all(settingOptions) }, (options) =>
@@ -89,5 +47,22 @@ export const serveCommand = Command.make("serve", { config: configOption, settin
       configPath: Option.getOrUndefined(options.config),
       flags: Record.map(options.settings, Option.getOrUndefined)
     })
-    yield* serve(settings)
+    // Loaded only to serve, so `--help` and invalid settings never load the engine and node-llama-cpp.
+    const { runServer } = yield* Effect.promise(() => import("./runServer.js"))
+    yield* runServer(settings)
   })).pipe(Command.withDescription("Serve a GGUF model behind an OpenAI-compatible HTTP API"))
+
+/** `--name value` and `--name=value` pairs among `args`, by name; a later one wins, as a repeated flag is rejected anyway. */
+const flagsIn = (args: ReadonlyArray<string>): FlagValues =>
+  Object.fromEntries(args.flatMap((arg, index) => {
+    const match = /^--([a-z][a-z-]*)(?:=(.*))?$/.exec(arg)
+    const value = match?.[2] ?? args[index + 1]
+    return match === null || value === undefined ? [] : [[match[1]!, value] as const]
+  }))
+
+/**
+ * When @effect/cli has rejected a command line, the `weft serve` settings flags in it whose values are invalid, named:
+ * @effect/cli's own message for a mistyped value does not say which flag it was ("'abc' is not a integer").
+ */
+export const rejectedServeFlags = (argv: ReadonlyArray<string>) =>
+  rejectedFlags(argv[2] === "serve" ? flagsIn(argv.slice(3)) : {})

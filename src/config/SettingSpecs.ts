@@ -1,0 +1,76 @@
+import { logLevelNames } from "../observability/JsonLogger.js"
+import {
+  byteSize,
+  gpuSetting,
+  integerBetween,
+  logFormatSetting,
+  logLevelSetting,
+  nonEmptyText,
+  onOff,
+  optionalByteSize,
+  optionalCount,
+  optionalDuration,
+  requiredDuration
+} from "./SettingGrammar.js"
+import type { SettingGrammar } from "./SettingGrammar.js"
+import type { WeftSettings } from "./WeftSettings.js"
+
+/** One setting: the field it fills, its flag name (also its config-file key and, upper-cased, its `WEFT_*` variable). */
+export interface SettingSpec<K extends keyof WeftSettings> extends Omit<SettingGrammar<WeftSettings[K]>, "schema"> {
+  readonly field: K
+  readonly name: string
+  /** Optional settings may have a grammar that cannot say "unset": leaving them out keeps the default. */
+  readonly schema: SettingGrammar<WeftSettings[K]>["schema"] | SettingGrammar<Exclude<WeftSettings[K], undefined>>["schema"]
+  readonly description: string
+}
+
+const spec = <K extends keyof WeftSettings>(
+  field: K,
+  name: string,
+  grammar: SettingGrammar<WeftSettings[K]> | SettingGrammar<Exclude<WeftSettings[K], undefined>>,
+  description: string
+): SettingSpec<K> => ({ field, name, ...grammar, description })
+
+/** Every setting of `weft serve`; flags, env names, config-file keys, help and validation all come from here. */
+export const settingSpecs = [
+  spec("model", "model", nonEmptyText("a path to a .gguf file", { _tag: "file" }), "GGUF model to serve (default: a generated random-weights demo model)"),
+  spec("modelId", "model-id", nonEmptyText("a non-empty name", { _tag: "text", pseudoName: "NAME" }), "Model id clients send as `model` (default: the file name without .gguf)"),
+  spec("host", "host", nonEmptyText("a host name or IP address", { _tag: "text", pseudoName: "HOST" }), "Address to listen on (default 127.0.0.1)"),
+  spec("port", "port", integerBetween(0, 65535), "Port to listen on; 0 picks a free one (default 8080)"),
+  spec("parallel", "parallel", integerBetween(1, 256), "Sequences decoded concurrently (default 4)"),
+  spec("ctxSize", "ctx-size", integerBetween(16, 1 << 20), "Context window per sequence, in tokens (default 2048)"),
+  spec("batchSize", "batch-size", integerBetween(1, 1 << 20), "Most tokens one llama_decode call evaluates (default 512, less for small contexts)"),
+  spec("threads", "threads", integerBetween(1, 1024), "CPU threads (default: the cores available; more threads than cores is much slower)"),
+  spec(
+    "prefillChunk",
+    "prefill-chunk",
+    integerBetween(1, 1 << 20),
+    "Prompt tokens prefilled per decode step beside the running streams: smaller keeps their latency lower while a long prompt is read, larger reads it sooner (default 128)"
+  ),
+  spec("flashAttention", "flash-attention", onOff, "llama.cpp flash attention (default on)"),
+  spec("gpu", "gpu", gpuSetting, "GPU offloading: auto or off (default auto)"),
+  spec("maxQueue", "max-queue", integerBetween(0, 1_000_000), "Requests that may wait for a slot before 429 (default 64)"),
+  spec("timeoutQueueMs", "timeout-queue", optionalDuration, "Longest wait for a slot before 408 (default 60s)"),
+  spec("timeoutFirstTokenMs", "timeout-first-token", optionalDuration, "Longest time from slot to first token before 504 (default none)"),
+  spec("timeoutTotalMs", "timeout-total", optionalDuration, "Longest time for a whole request before 504 (default none)"),
+  spec("maxBodyBytes", "max-body", byteSize, "Largest request body before 413 (default 4MiB)"),
+  spec("shutdownGraceMs", "shutdown-grace", requiredDuration("500ms, 10s or 0"), "On SIGINT/SIGTERM, how long in-flight requests may finish (default 10s)"),
+  spec("dataDir", "data-dir", nonEmptyText("a directory path", { _tag: "directory" }), "Where the demo model and the sessions database are kept (default ./.weft)"),
+  spec("sessionTtlMs", "session-ttl", requiredDuration("30m, 24h or 0"), "Idle chat sessions are deleted after this long (default 24h)"),
+  spec(
+    "cacheMaxTokens",
+    "cache-max-tokens",
+    optionalCount("tokens"),
+    "Prefix-cache tokens kept across slots; LRU eviction starts at 80% (default: what the slots hold)"
+  ),
+  spec("cacheMaxBytes", "cache-max-bytes", optionalByteSize, "Estimated KV bytes of cached prefixes; LRU eviction starts at 80% (default none)"),
+  spec("logLevel", "log-level", logLevelSetting, `Least severe log level written: ${logLevelNames.join(", ")} (default info)`),
+  spec("logFormat", "log-format", logFormatSetting, "Log lines as JSON objects, or pretty for a terminal (default json)"),
+  spec("logText", "log-text", onOff, "Put prompt and completion text in the per-request log lines (default off: they may hold anything)")
+] as const
+
+/** Any one of `settingSpecs`. */
+export type AnySettingSpec = (typeof settingSpecs)[number]
+
+/** `ctx-size` → `WEFT_CTX_SIZE`. */
+export const envName = (name: string): string => `WEFT_${name.toUpperCase().replace(/-/g, "_")}`

@@ -1,0 +1,74 @@
+import { Schema } from "effect"
+import { logLevelNames } from "../observability/JsonLogger.js"
+import { logFormats } from "./SettingGrammar.js"
+
+/** Everything `weft serve` needs, validated and defaulted. Durations are milliseconds; `undefined` means no limit. */
+export const WeftSettings = Schema.Struct({
+  /** GGUF to serve; `undefined` serves the generated random-weights demo model. */
+  model: Schema.UndefinedOr(Schema.String),
+  modelId: Schema.UndefinedOr(Schema.String),
+  host: Schema.String,
+  port: Schema.Int,
+  parallel: Schema.Int,
+  /** KV cells per sequence. */
+  ctxSize: Schema.Int,
+  batchSize: Schema.UndefinedOr(Schema.Int),
+  threads: Schema.UndefinedOr(Schema.Int),
+  /** Prompt tokens a generation prefills per decode step, so running streams stall by one chunk at most. */
+  prefillChunk: Schema.Int,
+  flashAttention: Schema.Boolean,
+  gpu: Schema.Union(Schema.Literal("auto"), Schema.Literal(false)),
+  maxQueue: Schema.Int,
+  timeoutQueueMs: Schema.UndefinedOr(Schema.Number),
+  timeoutFirstTokenMs: Schema.UndefinedOr(Schema.Number),
+  timeoutTotalMs: Schema.UndefinedOr(Schema.Number),
+  maxBodyBytes: Schema.Number,
+  shutdownGraceMs: Schema.Number,
+  /** Where the demo model is generated and sessions are stored. */
+  dataDir: Schema.String,
+  /** Idle chat sessions are deleted after this long. */
+  sessionTtlMs: Schema.Number,
+  /** Cached prefix tokens kept across slots; `undefined` is as many as the slots hold. */
+  cacheMaxTokens: Schema.UndefinedOr(Schema.Number),
+  /** Estimated KV bytes of cached prefixes; `undefined` is no limit. */
+  cacheMaxBytes: Schema.UndefinedOr(Schema.Number),
+  /** Least severe log level written. */
+  logLevel: Schema.Literal(...logLevelNames),
+  /** `json`: one object per line; `pretty`: for a person at a terminal. */
+  logFormat: Schema.Literal(...logFormats),
+  /** Adds prompt and completion text to the per-request log lines. */
+  logText: Schema.Boolean
+})
+
+/** Everything `weft serve` needs, validated and defaulted. */
+export interface WeftSettings extends Schema.Schema.Type<typeof WeftSettings> {}
+
+const MiB = 1024 * 1024
+
+/** The defaults `npm start` runs with. */
+export const defaultSettings: WeftSettings = {
+  model: undefined,
+  modelId: undefined,
+  host: "127.0.0.1",
+  port: 8080,
+  parallel: 4,
+  ctxSize: 2048,
+  batchSize: undefined,
+  threads: undefined,
+  prefillChunk: 128,
+  flashAttention: true,
+  gpu: "auto",
+  maxQueue: 64,
+  timeoutQueueMs: 60_000,
+  timeoutFirstTokenMs: undefined,
+  timeoutTotalMs: undefined,
+  maxBodyBytes: 4 * MiB,
+  shutdownGraceMs: 10_000,
+  dataDir: ".weft",
+  sessionTtlMs: 24 * 60 * 60 * 1000,
+  cacheMaxTokens: undefined,
+  cacheMaxBytes: undefined,
+  logLevel: "info",
+  logFormat: "json",
+  logText: false
+}

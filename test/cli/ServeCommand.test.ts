@@ -1,0 +1,55 @@
+import { execFile } from "node:child_process"
+import { promisify } from "node:util"
+import { describe, expect, it } from "vitest"
+
+const run = async (args: ReadonlyArray<string>) => {
+  const child = await promisify(execFile)(process.execPath, ["--import", "tsx", ...args], { env: { ...process.env, NO_COLOR: "1" } }).then(
+    ({ stdout, stderr }) => ({ code: 0, stdout, stderr }),
+    (error: { code: number; stdout: string; stderr: string }) => ({ code: error.code, stdout: error.stdout, stderr: error.stderr })
+  )
+  const plain = (text: string) => text.replace(/\x1b\[[0-9;]*m/g, "")
+  return { code: child.code, stdout: plain(child.stdout), stderr: plain(child.stderr) }
+}
+
+/** One option's block of `--help` text: its heading up to the next option's. */
+const optionHelp = (help: string, heading: string): string => {
+  const start = help.indexOf(`\n${heading}\n`)
+  expect(start, `no "${heading}" in the help`).toBeGreaterThanOrEqual(0)
+  const next = help.indexOf("\n--", start + heading.length + 2)
+  return help.slice(start, next === -1 ? undefined : next)
+}
+
+describe("weft serve", () => {
+  it("--help shows each option's type, its range or choices, and its WEFT_* variable", async () => {
+    const { code, stdout } = await run(["src/main.ts", "serve", "--help"])
+    expect(code).toBe(0)
+    const port = optionHelp(stdout, "--port integer")
+    expect(port).toContain("An integer.")
+    expect(port).toContain("Expects an integer between 0 and 65535. Env WEFT_PORT.")
+    expect(port).not.toContain("A user-defined piece of text.")
+    expect(optionHelp(stdout, "--log-format json | pretty")).toContain("One of the following: json, pretty")
+    expect(optionHelp(stdout, "--model file")).toContain("A file.")
+    expect(optionHelp(stdout, "--data-dir directory")).toContain("A directory.")
+    expect(optionHelp(stdout, "--timeout-queue DURATION")).toContain("Expects a duration like 500ms, 30s, 2m, or none.")
+    expect(optionHelp(stdout, "--max-body SIZE")).toContain("Expects a size of at least 1KiB")
+  })
+
+  it("names the flag whose value does not have its type", async () => {
+    const port = await run(["src/main.ts", "serve", "--port", "abc"])
+    expect(port.code).toBe(1)
+    expect(port.stderr).toContain("weft: --port: expected an integer between 0 and 65535, got \"abc\"")
+    const format = await run(["src/main.ts", "serve", "--log-format=xml"])
+    expect(format.code).toBe(1)
+    expect(format.stderr).toContain("weft: --log-format: expected json or pretty, got \"xml\"")
+    const dataDir = await run(["src/main.ts", "serve", "--data-dir", "package.json"])
+    expect(dataDir.code).toBe(1)
+    expect(dataDir.stderr).toContain("weft: --data-dir: expected a directory path, got \"package.json\"")
+  })
+
+  it("shows its help without loading node-llama-cpp", async () => {
+    const { code, stdout, stderr } = await run(["--import", "./test/support/noNodeLlamaCpp.mjs", "test/support/serveHelp.ts"])
+    expect(stderr).not.toContain("node-llama-cpp")
+    expect(code).toBe(0)
+    expect(stdout).toContain("--port integer")
+  })
+})
