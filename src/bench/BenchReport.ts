@@ -1,4 +1,4 @@
-import type { BenchRun } from "./Bench.js"
+import type { BenchRun } from "./BenchSettings.js"
 import type { LevelResult, Percentiles } from "./LevelResult.js"
 import type { PrefillProbeResult } from "./PrefillProbe.js"
 import type { CeilingResult } from "./DecodeCeiling.js"

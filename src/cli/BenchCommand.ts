@@ -1,7 +1,8 @@
 import { Command, Options } from "@effect/cli"
 import { Effect, Option, Schema } from "effect"
-import { defaultBenchSettings, runBench } from "../bench/Bench.js"
-import type { BenchMode, BenchSettings } from "../bench/Bench.js"
+import { runBench } from "../bench/Bench.js"
+import { defaultBenchSettings } from "../bench/BenchSettings.js"
+import type { BenchMode, BenchSettings } from "../bench/BenchSettings.js"
 
 /** A comma-separated list of positive integers, e.g. `1,4,8,16`. */
 const LevelList = Schema.String.pipe(
