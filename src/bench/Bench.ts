@@ -8,6 +8,7 @@ import { renderReport } from "./BenchReport.js"
 import { BenchModelMissing } from "./BenchSettings.js"
 import type { BenchMode, BenchRun, BenchSettings } from "./BenchSettings.js"
 import type { BenchTarget } from "./BenchTarget.js"
+import { runChatReuse } from "./ChatReuse.js"
 import { waitForQuiet } from "./CpuLoad.js"
 import { makeDecodeCeiling } from "./DecodeCeiling.js"
 import type { CeilingResult } from "./DecodeCeiling.js"
@@ -64,7 +65,7 @@ const targetOf = (
  */
 export const runBench = (settings: BenchSettings, command: string) =>
   Effect.scoped(Effect.gen(function*() {
-    const needsModel = settings.ceiling || settings.modes.some((mode) => mode !== "url")
+    const needsModel = settings.ceiling || settings.chatReuse !== undefined || settings.modes.some((mode) => mode !== "url")
     if (settings.modelPath !== undefined) {
       const modelFile = settings.modelPath
       yield* Effect.tryPromise({
@@ -139,6 +140,10 @@ export const runBench = (settings: BenchSettings, command: string) =>
         )
       }
     }
+    const chatReuse = settings.chatReuse !== undefined && modelPath !== undefined
+      ? yield* Effect.zipRight(quiet, runChatReuse({ modelPath, threads: settings.threads, gpu: settings.gpu }, settings.chatReuse))
+      : undefined
+    if (chatReuse !== undefined) yield* Console.log(`  chat reuse: ${chatReuse.turns} turns, cache on and off`)
     const run: BenchRun = {
       startedAt: new Date().toISOString(),
       command,
@@ -152,7 +157,8 @@ export const runBench = (settings: BenchSettings, command: string) =>
       settings: { ...settings, modelPath },
       results,
       ceiling,
-      prefill
+      prefill,
+      chatReuse
     }
     const markdown = renderReport(run)
     const stamp = run.startedAt.replace(/[:.]/g, "-")

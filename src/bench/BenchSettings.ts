@@ -1,5 +1,6 @@
 import * as os from "node:os"
 import { Schema } from "effect"
+import type { ChatReuseResult, ChatReuseSettings } from "./ChatReuse.js"
 import type { CeilingResult } from "./DecodeCeiling.js"
 import type { LevelResult } from "./LevelResult.js"
 import type { PrefillProbeResult } from "./PrefillProbe.js"
@@ -51,6 +52,8 @@ export interface BenchSettings {
   readonly gpu: "auto" | false
   /** Runs the long-prompt-under-load probe: `streams` running, one prompt of `promptTokens`. */
   readonly prefill: { readonly streams: number; readonly promptTokens: number } | undefined
+  /** Runs the multi-turn chat scenario: prefix reuse with the cache on and off (see `runChatReuse`). */
+  readonly chatReuse: ChatReuseSettings | undefined
   /** Each level is measured this many times per mode, modes interleaved; the report takes medians. */
   readonly rounds: number
   /** Before each measurement, wait until other processes use less than this % of the CPU (0: never wait). */
@@ -81,6 +84,7 @@ export const defaultBenchSettings: BenchSettings = {
   flashAttention: true,
   gpu: "auto",
   prefill: { streams: 8, promptTokens: 2000 },
+  chatReuse: undefined,
   rounds: 1,
   quietBelow: 0,
   quietMaxWaitSeconds: 60,
@@ -103,4 +107,5 @@ export interface BenchRun {
   readonly results: ReadonlyArray<LevelResult>
   readonly ceiling: ReadonlyArray<CeilingResult>
   readonly prefill: ReadonlyArray<PrefillProbeResult>
+  readonly chatReuse: ChatReuseResult | undefined
 }
