@@ -1,6 +1,7 @@
-import type { BenchRun } from "./Bench.js"
+import type { BenchRun } from "./BenchSettings.js"
 import type { LevelResult, Percentiles } from "./LevelResult.js"
 import type { PrefillProbeResult } from "./PrefillProbe.js"
+import { chatReuseTable } from "./ChatReuse.js"
 import type { CeilingResult } from "./DecodeCeiling.js"
 
 const ms = (value: number) => (Number.isNaN(value) ? "–" : value >= 100 ? value.toFixed(0) : value.toFixed(1))
@@ -191,8 +192,7 @@ export const renderReport = (run: BenchRun): string => {
     "“other load”: CPU share used by other processes meanwhile.",
     "",
     "## Results",
-    "",
-    levelTable(summaries),
+    ...(summaries.length === 0 ? [] : ["", levelTable(summaries)]),
     ...(ceiling === undefined ? [] : [
       "",
       "### Engine ceiling",
@@ -203,6 +203,14 @@ export const renderReport = (run: BenchRun): string => {
     ]),
     ...(targets === undefined ? [] : ["", "### Targets", "", targets]),
     ...(prefill === undefined ? [] : ["", "### Long prompt under load", "", prefill]),
+    ...(run.chatReuse === undefined ? [] : [
+      "",
+      "### Prefix reuse across a chat",
+      "",
+      `One ${run.chatReuse.turns}-turn conversation in-process (4 sequences of 4096 tokens), ${run.chatReuse.completionTokens} completion tokens per turn, with the prefix cache on, then off: prompt tokens evaluated and time to first token per turn.`,
+      "",
+      chatReuseTable(run.chatReuse)
+    ]),
     ""
   ].join("\n")
 }

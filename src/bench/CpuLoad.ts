@@ -1,4 +1,5 @@
 import * as fs from "node:fs"
+import { Effect } from "effect"
 
 /** CPU time counters at one instant, in clock ticks (Linux `/proc`). */
 export interface CpuSnapshot {
@@ -44,3 +45,15 @@ export const backgroundLoad = (before: CpuSnapshot | undefined, after: CpuSnapsh
   const others = after.busy - before.busy - (after.own - before.own)
   return Math.min(1, Math.max(0, others / total))
 }
+
+/** Waits (at most `maxSeconds`) until other processes use less than `threshold` of the CPU over one second. */
+export const waitForQuiet = (threshold: number, maxSeconds: number, pids: ReadonlyArray<number>) =>
+  Effect.gen(function*() {
+    const deadline = Date.now() + maxSeconds * 1000
+    while (Date.now() < deadline) {
+      const before = cpuSnapshot(pids)
+      yield* Effect.sleep("1 second")
+      const load = backgroundLoad(before, cpuSnapshot(pids))
+      if (load === undefined || load < threshold) return
+    }
+  })

@@ -3,7 +3,7 @@ import type { Scope } from "effect"
 import { Backend } from "../engine/Backend.js"
 import type { ModelLoadFailed } from "../engine/llama/LlamaBackend.js"
 import { defaultSampling } from "../engine/SamplingOptions.js"
-import { llamaBackendLayer, schedulerLayer as engineLayer } from "../host/LocalEngine.js"
+import { llamaBackendLayer, schedulerLayer } from "../host/LocalEngine.js"
 import { RequestScheduler } from "../scheduler/RequestScheduler.js"
 import type { BenchTarget, GenerationCall } from "./BenchTarget.js"
 import { sampleOrFailure } from "./BenchTarget.js"
@@ -26,7 +26,7 @@ export interface EngineBenchConfig {
 export const inProcessTarget = (config: EngineBenchConfig): Effect.Effect<BenchTarget, ModelLoadFailed, Scope.Scope> =>
   Effect.gen(function*() {
     const context = yield* Layer.build(
-      engineLayer(
+      schedulerLayer(
         llamaBackendLayer({
           modelPath: config.modelPath,
           parallel: config.parallel,

@@ -1,3 +1,6 @@
+import { quantilesOfSorted } from "../observability/Percentiles.js"
+import type { Quantiles } from "../observability/Percentiles.js"
+
 /** What one request of a benchmark saw; times are `performance.now()` milliseconds. */
 export interface RequestSample {
   readonly ok: boolean
@@ -10,13 +13,8 @@ export interface RequestSample {
   readonly promptTokens?: number | undefined
 }
 
-/** Percentiles of a latency distribution, in milliseconds. */
-export interface Percentiles {
-  readonly p50: number
-  readonly p95: number
-  readonly p99: number
-  readonly max: number
-}
+/** Percentiles of a latency distribution, in milliseconds (NaN when it holds no sample). */
+export type Percentiles = Quantiles
 
 /** One closed-loop concurrency level of one mode, summarised. */
 export interface LevelResult {
@@ -41,23 +39,11 @@ export interface LevelResult {
   readonly round?: number | undefined
 }
 
-/** Nearest-rank percentile of an ascending array; NaN when empty. */
-export const percentile = (sorted: ReadonlyArray<number>, p: number): number => {
-  if (sorted.length === 0) return Number.NaN
-  const rank = Math.ceil((p / 100) * sorted.length)
-  return sorted[Math.min(sorted.length - 1, Math.max(0, rank - 1))]!
-}
+const noSamples: Percentiles = { p50: Number.NaN, p95: Number.NaN, p99: Number.NaN, max: Number.NaN }
 
 /** p50, p95, p99 and max of `values` (any order). */
-export const percentiles = (values: ReadonlyArray<number>): Percentiles => {
-  const sorted = [...values].sort((a, b) => a - b)
-  return {
-    p50: percentile(sorted, 50),
-    p95: percentile(sorted, 95),
-    p99: percentile(sorted, 99),
-    max: sorted.length === 0 ? Number.NaN : sorted[sorted.length - 1]!
-  }
-}
+export const percentiles = (values: ReadonlyArray<number>): Percentiles =>
+  quantilesOfSorted([...values].sort((a, b) => a - b)) ?? noSamples
 
 /** Inter-chunk gaps of one request (its first chunk's wait is TTFT, not a gap). */
 export const gapsOf = (sample: RequestSample): Array<number> => {

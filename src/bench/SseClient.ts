@@ -1,5 +1,6 @@
 import * as http from "node:http"
 import * as https from "node:https"
+import * as Sse from "@effect/experimental/Sse"
 import { Effect } from "effect"
 import type { RequestSample } from "./LevelResult.js"
 
@@ -48,7 +49,6 @@ export const streamCompletion = (call: CompletionCall, agent: http.Agent): Effec
     const chunkTimes: Array<number> = []
     let usage: StreamChunk["usage"] = undefined
     let error: string | undefined
-    let buffer = ""
     let done = false
     const startedAt = performance.now()
     const finish = (failure?: string) => {
@@ -108,17 +108,17 @@ export const streamCompletion = (call: CompletionCall, agent: http.Agent): Effec
           response.on("end", () => finish(`HTTP ${response.statusCode}: ${text.slice(0, 200)}`))
           return
         }
+        // The parser calls back synchronously inside `feed`, so every event of one network read shares its arrival time.
+        let at = 0
+        const parser = Sse.makeParser((event) => {
+          if (event._tag === "Event") onEvent(event.data.trim(), at)
+        })
         response.on("data", (part: string) => {
-          const at = performance.now()
-          buffer += part.includes("\r") ? part.replace(/\r\n/g, "\n") : part
-          let boundary = buffer.indexOf("\n\n")
-          while (boundary !== -1) {
-            const event = buffer.slice(0, boundary)
-            buffer = buffer.slice(boundary + 2)
-            for (const line of event.split("\n")) {
-              if (line.startsWith("data:")) onEvent(line.slice(line.charAt(5) === " " ? 6 : 5).trim(), at)
-            }
-            boundary = buffer.indexOf("\n\n")
+          at = performance.now()
+          const tooLarge = parser.feed(part)
+          if (tooLarge !== undefined) {
+            finish(tooLarge.message)
+            response.destroy()
           }
         })
         response.on("end", () => finish())

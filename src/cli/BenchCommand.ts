@@ -1,7 +1,8 @@
 import { Command, Options } from "@effect/cli"
 import { Effect, Option, Schema } from "effect"
-import { defaultBenchSettings, runBench } from "../bench/Bench.js"
-import type { BenchMode, BenchSettings } from "../bench/Bench.js"
+import { runBench } from "../bench/Bench.js"
+import { defaultBenchSettings } from "../bench/BenchSettings.js"
+import type { BenchMode, BenchSettings } from "../bench/BenchSettings.js"
 
 /** A comma-separated list of positive integers, e.g. `1,4,8,16`. */
 const LevelList = Schema.String.pipe(
@@ -78,6 +79,13 @@ const options = {
     Options.withDescription("Long-prompt probe: its prompt length; 0 skips the probe")
   ),
   prefillStreams: positive("prefill-streams", 8, "Long-prompt probe: streams already running"),
+  chatReuse: Options.boolean("chat-reuse").pipe(
+    Options.withDescription(
+      "Also run the multi-turn chat scenario in-process: prompt tokens evaluated and TTFT per turn with the prefix cache on and off (alone, with no mode named: only it runs)"
+    )
+  ),
+  chatTurns: positive("chat-turns", 10, "Chat scenario: turns of the conversation"),
+  chatSystemRepeat: positive("chat-system-repeat", 60, "Chat scenario: the system prompt is one sentence (about 12 tokens) repeated this often"),
   rounds: positive("rounds", defaultBenchSettings.rounds, "Measure every level this many times per mode, modes interleaved"),
   quietBelow: Options.integer("quiet-below").pipe(
     Options.withDefault(defaultBenchSettings.quietBelow),
@@ -111,9 +119,12 @@ const invocation = () => {
 export const benchCommand = Command.make("bench", options, (flags) =>
   Effect.gen(function*() {
     const url = Option.getOrUndefined(flags.url)
+    const modeNamed = url !== undefined || flags.spawn || flags.inProcess || flags.naive
+    // `--chat-reuse` alone runs only the chat scenario; with a mode or `--ceiling` it runs after them.
+    const onlyChat = flags.chatReuse && !modeNamed && !flags.ceiling
     const settings: BenchSettings = {
-      modes: modesOf({ url: url !== undefined, spawn: flags.spawn, inProcess: flags.inProcess, naive: flags.naive }),
-      ceiling: flags.ceiling || !(url !== undefined || flags.spawn || flags.inProcess || flags.naive),
+      modes: onlyChat ? [] : modesOf({ url: url !== undefined, spawn: flags.spawn, inProcess: flags.inProcess, naive: flags.naive }),
+      ceiling: flags.ceiling || !(modeNamed || flags.chatReuse),
       url,
       urlModel: Option.getOrUndefined(flags.urlModel),
       apiKey: Option.getOrUndefined(flags.apiKey),
@@ -132,7 +143,8 @@ export const benchCommand = Command.make("bench", options, (flags) =>
       batchSize: Option.getOrUndefined(flags.batchSize),
       flashAttention: flags.flashAttention === "on",
       gpu: flags.gpu === "off" ? false : "auto",
-      prefill: flags.prefillTokens > 0 ? { streams: flags.prefillStreams, promptTokens: flags.prefillTokens } : undefined,
+      prefill: flags.prefillTokens > 0 && !onlyChat ? { streams: flags.prefillStreams, promptTokens: flags.prefillTokens } : undefined,
+      chatReuse: flags.chatReuse ? { turns: flags.chatTurns, systemRepeat: flags.chatSystemRepeat } : undefined,
       rounds: flags.rounds,
       quietBelow: flags.quietBelow,
       quietMaxWaitSeconds: flags.quietMaxWait,

@@ -1,3 +1,5 @@
+import { quantilesOfSorted } from "./Percentiles.js"
+
 /** Percentiles of a sample window, `null` when it holds no sample. */
 export interface Percentiles {
   readonly count: number
@@ -40,12 +42,10 @@ export class SlidingWindow {
   /** Nearest-rank percentiles of the samples still in the window at `now`. */
   percentiles(now: number): Percentiles {
     this.evict(now)
-    if (this.size === 0) return { count: 0, p50: null, p95: null, p99: null, max: null }
     const sorted = new Float64Array(this.size)
     for (let i = 0; i < this.size; i++) sorted[i] = this.values[(this.start + i) % this.capacity]!
     sorted.sort()
-    const rank = (q: number) => sorted[Math.max(0, Math.ceil(q * sorted.length) - 1)]!
-    return { count: sorted.length, p50: rank(0.5), p95: rank(0.95), p99: rank(0.99), max: sorted[sorted.length - 1]! }
+    return { count: sorted.length, ...(quantilesOfSorted(sorted) ?? { p50: null, p95: null, p99: null, max: null }) }
   }
 }
 

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "@effect/vitest"
-import { percentile, summarize } from "../../src/bench/LevelResult.js"
+import { summarize } from "../../src/bench/LevelResult.js"
 import type { RequestSample } from "../../src/bench/LevelResult.js"
 import { summarizeRun, targetTable } from "../../src/bench/BenchReport.js"
 
@@ -12,14 +12,6 @@ const sample = (startedAt: number, chunkTimes: ReadonlyArray<number>, completion
 })
 
 describe("bench statistics", () => {
-  it("nearest-rank percentiles", () => {
-    const values = Array.from({ length: 100 }, (_, index) => index + 1)
-    expect(percentile(values, 50)).toBe(50)
-    expect(percentile(values, 99)).toBe(99)
-    expect(percentile([7], 99)).toBe(7)
-    expect(percentile([], 50)).toBeNaN()
-  })
-
   it("counts only tokens inside the window and latencies of requests started inside it", () => {
     const samples = [
       sample(0, [100, 200, 300]), // started before the window: its tokens inside count, its latency does not
