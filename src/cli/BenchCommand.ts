@@ -1,6 +1,5 @@
 import { Command, Options } from "@effect/cli"
 import { Effect, Option, Schema } from "effect"
-import { runBench } from "../bench/Bench.js"
 import { defaultBenchSettings } from "../bench/BenchSettings.js"
 import type { BenchMode, BenchSettings } from "../bench/BenchSettings.js"
 
@@ -150,6 +149,8 @@ export const benchCommand = Command.make("bench", options, (flags) =>
       quietMaxWaitSeconds: flags.quietMaxWait,
       outDir: flags.out
     }
+    // Loaded only when benchmarking, so other commands' `--help` does not load node-llama-cpp.
+    const { runBench } = yield* Effect.promise(() => import("../bench/Bench.js"))
     yield* runBench(settings, invocation())
   })).pipe(
     Command.withDescription(

@@ -15,6 +15,8 @@ export interface SimScript {
 }
 
 export interface SimBackendConfig {
+  /** The model id it reports; `sim` by default. */
+  readonly id?: string | undefined
   readonly parallel: number
   readonly contextSize: number
   /** Time one decode step takes, read from `Clock` (so `TestClock` drives it). */
@@ -99,7 +101,7 @@ export const makeSimBackend = (config: SimBackendConfig): BackendShape => {
 
   return {
     info: {
-      id: "sim",
+      id: config.id ?? "sim",
       parallel: config.parallel,
       contextSize: config.contextSize,
       trainContextSize: config.contextSize,

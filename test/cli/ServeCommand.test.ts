@@ -47,7 +47,7 @@ describe("weft serve", () => {
   })
 
   it("shows its help without loading node-llama-cpp", async () => {
-    const { code, stdout, stderr } = await run(["--import", "./test/support/noNodeLlamaCpp.mjs", "test/support/serveHelp.ts"])
+    const { code, stdout, stderr } = await run(["--import", "./test/support/noNodeLlamaCpp.mjs", "src/main.ts", "serve", "--help"])
     expect(stderr).not.toContain("node-llama-cpp")
     expect(code).toBe(0)
     expect(stdout).toContain("--port integer")
