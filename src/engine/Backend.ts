@@ -1,6 +1,6 @@
 import { Context, Schema } from "effect"
 import type { Effect, Scope } from "effect"
-import type { SamplingOptions } from "./SamplingOptions.js"
+import type { GrammarConstraint, SamplingOptions } from "./SamplingOptions.js"
 
 /** What the scheduler needs to know about the loaded model. */
 export interface ModelInfo {
@@ -43,6 +43,11 @@ export interface BackendShape {
   readonly detokenize: (tokens: ReadonlyArray<number>, context?: ReadonlyArray<number>) => string
   /** Renders a conversation with the model's own chat template, ending with the assistant's generation prompt. */
   readonly renderChat: (messages: ReadonlyArray<ChatMessage>) => Effect.Effect<ReadonlyArray<number>, ChatTemplateFailed>
+  /**
+   * Builds (or finds already built) the grammar for `constraint`, so a grammar the engine cannot parse is refused before
+   * the request takes a slot; `start` then uses the same grammar.
+   */
+  readonly checkGrammar: (constraint: GrammarConstraint) => Effect.Effect<void, GrammarRejected>
   /** Starts generating on `slot` from `prompt`, appended after the cells the slot already holds; the scope closes
    * the native iterator (never the KV cells: the pool owns those). */
   readonly start: (
@@ -85,4 +90,11 @@ export class KvEraseFailed extends Schema.TaggedError<KvEraseFailed>()("KvEraseF
 /** The model's chat template could not render the conversation. */
 export class ChatTemplateFailed extends Schema.TaggedError<ChatTemplateFailed>()("ChatTemplateFailed", {
   message: Schema.String
+}) {}
+
+/** The engine could not build a grammar for a constraint (llama.cpp's grammar parser rejected it). */
+export class GrammarRejected extends Schema.TaggedError<GrammarRejected>()("GrammarRejected", {
+  message: Schema.String,
+  /** What the engine threw. */
+  cause: Schema.optional(Schema.Defect)
 }) {}

@@ -116,6 +116,8 @@ export const makeSimBackend = (config: SimBackendConfig): BackendShape => {
         const text = messages.map((message) => `<${message.role}>${message.content}\n`).join("") + "<assistant>"
         return [SimTokens.bos, ...new TextEncoder().encode(text)]
       }),
+    // The simulator samples without grammars: every constraint is accepted.
+    checkGrammar: () => Effect.void,
     detokenize: (tokens) => utf8.decode(Uint8Array.from(tokens.filter((token) => token < 256))),
     start,
     erase: (slot) => eraseFrom(slot, 0),

@@ -69,31 +69,46 @@ const priorityOf = (priority: SharedRequest["priority"]): Priority | undefined =
   return priority < 0 ? "high" : priority > 0 ? "low" : "normal"
 }
 
-const grammarOf = (format: ResponseFormat | undefined): Effect.Effect<GrammarConstraint | undefined, InvalidParam> => {
+const schemaParam = (at: string) => `response_format.json_schema.schema${at === "" ? "" : `.${at}`}`
+
+const invalidSchema = (param: string, message: string) =>
+  new InvalidParam({ param, message: `Invalid JSON schema at '${param}': ${message}`, code: "invalid_json_schema" })
+
+/**
+ * The grammar constraint of `format`, checked before admission: first against what the grammar builder supports
+ * (naming the keyword), then by having the engine build it, so a schema llama.cpp cannot parse never takes a slot.
+ */
+const grammarOf = (
+  format: ResponseFormat | undefined,
+  backend: BackendShape
+): Effect.Effect<GrammarConstraint | undefined, InvalidParam> => {
   if (format === undefined || format.type === "text") return Effect.succeed(undefined)
   if (format.type === "json_object") return Effect.succeed({ _tag: "Json" })
   return Either.match(toGrammarSchema(format.json_schema.schema), {
-    onLeft: (problem) => {
-      const param = `response_format.json_schema.schema${problem.at === "" ? "" : `.${problem.at}`}`
-      return Effect.fail(
-        new InvalidParam({ param, message: `Invalid JSON schema at '${param}': ${problem.message}`, code: "invalid_json_schema" })
+    onLeft: (problem) => Effect.fail(invalidSchema(schemaParam(problem.at), problem.message)),
+    onRight: (schema) => {
+      const constraint = { _tag: "JsonSchema", schema } as const
+      return Effect.as(
+        Effect.mapError(backend.checkGrammar(constraint), (rejected) =>
+          invalidSchema(schemaParam(""), `the engine could not build a grammar for this schema (${rejected.message})`)),
+        constraint
       )
-    },
-    onRight: (schema) => Effect.succeed({ _tag: "JsonSchema", schema } as const)
+    }
   })
 }
 
 /** Validates what the schema cannot (n, stop strings) and maps the parameters to a scheduler request. */
 export const planOf = (
   body: SharedRequest,
-  defaults: { readonly maxTokens: number | undefined }
+  defaults: { readonly maxTokens: number | undefined },
+  backend: BackendShape
 ): Effect.Effect<GenerationPlan, InvalidParam> =>
   Effect.gen(function*() {
     if (body.n !== undefined && body.n !== 1) {
       return yield* new InvalidParam({ param: "n", message: "Only n=1 is supported: this server generates one choice per request", code: "unsupported_value" })
     }
     const stop = body.stop === undefined ? [] : typeof body.stop === "string" ? [body.stop] : body.stop
-    const grammar = yield* grammarOf(body.response_format)
+    const grammar = yield* grammarOf(body.response_format, backend)
     const seed = body.seed === undefined || body.seed === -1 ? undefined : body.seed >>> 0
     return {
       request: {

@@ -43,7 +43,7 @@ const generationRoute = <A extends SharedRequest, I>(
   Effect.gen(function*() {
     const body = yield* decodeBody(schema, yield* readJsonBody(options.maxBodyBytes))
     const { backend, scheduler } = yield* resolveModel(body.model)
-    const plan = yield* planOf(body, { maxTokens: kind === "text" ? legacyCompletionMaxTokens : undefined })
+    const plan = yield* planOf(body, { maxTokens: kind === "text" ? legacyCompletionMaxTokens : undefined }, backend)
     const id = newId(kind)
     const meta = { kind, id, created: Math.floor((yield* Clock.currentTimeMillis) / 1000), model: backend.info.id }
     const { events, headers } = yield* runOf(backend, body, (prompt) => scheduler.submit({ id, prompt, ...plan.request }))

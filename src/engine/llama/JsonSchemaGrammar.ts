@@ -20,6 +20,13 @@ const unsupported = new Set([
   "dependentRequired", "dependentSchemas", "dependencies", "unevaluatedProperties", "unevaluatedItems", "definitions"
 ])
 const maxDepth = 64
+/**
+ * The most repetitions of one item llama.cpp's grammar parser takes (its `MAX_REPETITION_THRESHOLD` of 2,000 rule
+ * copies, over the symbols node-llama-cpp repeats per item), measured on node-llama-cpp 3.22.1: `minLength` 1,000
+ * builds and 1,001 fails; `minItems` and `minProperties` fail from 997 when a maximum is also given. Past these, a
+ * grammar cannot be built; combinations below them that still fail are caught by building the grammar before admission.
+ */
+const maxRepetitions = { minLength: 1000, minItems: 995, minProperties: 995 } as const
 
 const isObject = (value: Json | undefined): value is JsonObject =>
   typeof value === "object" && value !== null && !Array.isArray(value)
@@ -44,14 +51,25 @@ const fail = (at: string, message: string): never => {
 export const toGrammarSchema = (schema: unknown): Either.Either<JsonObject, SchemaProblem> => {
   try {
     if (!isObject(schema as Json)) return Either.left({ at: "", message: "the schema must be a JSON object" })
-    return Either.right(normalize(schema as JsonObject, "", [], 0))
+    const declared: Array<DefsScope> = []
+    const normalized = normalize(schema as JsonObject, "", [], 0, declared)
+    checkRefCycles(declared)
+    return Either.right(normalized)
   } catch (error) {
     if (error instanceof Problem) return Either.left({ at: error.at, message: error.message })
+    // A chain of thousands of `$ref`s can outgrow the stack of the cycle check.
+    if (error instanceof RangeError) return Either.left({ at: "", message: "the schema's references nest too deeply" })
     throw error
   }
 }
 
-const normalize = (node: JsonObject, at: string, scopes: ReadonlyArray<JsonObject>, depth: number): JsonObject => {
+const normalize = (
+  node: JsonObject,
+  at: string,
+  scopes: ReadonlyArray<JsonObject>,
+  depth: number,
+  declared: Array<DefsScope>
+): JsonObject => {
   if (depth > maxDepth) fail(at, `the schema nests deeper than ${maxDepth} levels`)
   for (const key of Object.keys(node)) {
     if (unsupported.has(key)) fail(join(at, key), `\`${key}\` is not supported in structured output schemas`)
@@ -62,16 +80,17 @@ const normalize = (node: JsonObject, at: string, scopes: ReadonlyArray<JsonObjec
   if (defs !== undefined) {
     if (!isObject(defs)) fail(join(at, "$defs"), "`$defs` must be an object of schemas")
     inner = [...scopes, defs as JsonObject]
+    declared.push({ defs: defs as JsonObject, at, scopes })
     const normalizedDefs: Record<string, Json> = {}
     for (const [name, def] of Object.entries(defs as JsonObject)) {
       if (!isObject(def)) fail(join(at, `$defs.${name}`), "each definition must be a schema object")
-      normalizedDefs[name] = normalize(def as JsonObject, join(at, `$defs.${name}`), inner, depth + 1)
+      normalizedDefs[name] = normalize(def as JsonObject, join(at, `$defs.${name}`), inner, depth + 1, declared)
     }
     out.$defs = normalizedDefs
   }
   const sub = (value: Json | undefined, path: string): JsonObject => {
     if (!isObject(value)) return fail(path, "must be a schema object")
-    return normalize(value, path, inner, depth + 1)
+    return normalize(value, path, inner, depth + 1, declared)
   }
   if (typeof node.description === "string") out.description = node.description
 
@@ -91,12 +110,14 @@ const normalize = (node: JsonObject, at: string, scopes: ReadonlyArray<JsonObjec
   }
   if (node.const !== undefined) {
     if (typeof node.const === "object" && node.const !== null) fail(join(at, "const"), "`const` must be a string, number, boolean or null")
+    if (hasNul(node.const)) fail(join(at, "const"), nulMessage("`const` values"))
     return { ...out, const: node.const }
   }
   if (node.enum !== undefined) {
     if (!Array.isArray(node.enum) || node.enum.length === 0) fail(join(at, "enum"), "`enum` must be a non-empty array")
     for (const value of node.enum as ReadonlyArray<Json>) {
       if (typeof value === "object" && value !== null) fail(join(at, "enum"), "`enum` values must be strings, numbers, booleans or null")
+      if (hasNul(value)) fail(join(at, "enum"), nulMessage("`enum` values"))
     }
     return { ...out, enum: node.enum }
   }
@@ -124,6 +145,7 @@ const normalize = (node: JsonObject, at: string, scopes: ReadonlyArray<JsonObjec
       if (node.properties !== undefined) {
         if (!isObject(node.properties)) fail(join(at, "properties"), "`properties` must be an object of schemas")
         for (const [name, value] of Object.entries(node.properties as JsonObject)) {
+          if (hasNul(name)) fail(join(at, "properties"), nulMessage("property names"))
           properties[name] = sub(value, join(at, `properties.${name}`))
         }
       }
@@ -141,6 +163,7 @@ const normalize = (node: JsonObject, at: string, scopes: ReadonlyArray<JsonObjec
           result[key] = node[key]
         }
       }
+      checkRepetitions(node, at, "minProperties")
       if (node.required !== undefined && (!Array.isArray(node.required) || node.required.some((name) => typeof name !== "string"))) {
         fail(join(at, "required"), "`required` must be an array of property names")
       }
@@ -163,6 +186,7 @@ const normalize = (node: JsonObject, at: string, scopes: ReadonlyArray<JsonObjec
           result[key] = node[key]
         }
       }
+      checkRepetitions(node, at, "minItems")
       return result
     }
     case "string": {
@@ -187,7 +211,78 @@ const checkString = (node: JsonObject, at: string) => {
   for (const key of ["minLength", "maxLength"] as const) {
     if (node[key] !== undefined && !isCount(node[key])) fail(join(at, key), `\`${key}\` must be a non-negative integer`)
   }
+  checkRepetitions(node, at, "minLength")
   if (node.format !== undefined && (node.minLength !== undefined || node.maxLength !== undefined)) {
     fail(at, "`format` cannot be combined with `minLength` or `maxLength`")
+  }
+}
+
+/** llama.cpp reads a grammar as a C string: a NUL character would end it early. */
+const hasNul = (value: Json) => typeof value === "string" && value.includes("\u0000")
+
+const nulMessage = (what: string) => `${what} must not contain NUL (U+0000) characters: the grammar engine cannot express them`
+
+const checkRepetitions = (node: JsonObject, at: string, key: keyof typeof maxRepetitions) => {
+  const value = node[key]
+  if (typeof value === "number" && value > maxRepetitions[key]) {
+    fail(join(at, key), `\`${key}\` must be at most ${maxRepetitions[key]}: the grammar engine repeats an item at most that many times`)
+  }
+}
+
+/** Where a schema's `$defs` were declared, for the `$ref` cycle check. */
+interface DefsScope {
+  readonly defs: JsonObject
+  readonly at: string
+  readonly scopes: ReadonlyArray<JsonObject>
+}
+
+const resolveRef = (ref: Json | undefined, scopes: ReadonlyArray<JsonObject>) => {
+  const prefix = "#/$defs/"
+  if (typeof ref !== "string" || !ref.startsWith(prefix)) return undefined
+  const name = ref.slice(prefix.length)
+  for (let index = scopes.length - 1; index >= 0; index--) {
+    const def = scopes[index]![name]
+    if (Object.hasOwn(scopes[index]!, name) && isObject(def)) return { def, scopes: scopes.slice(0, index + 1) }
+  }
+  return undefined
+}
+
+/**
+ * Fails on a `$ref` that can reach its own definition again before anything is written (`a → a`, `a → b → a`, or
+ * through `anyOf`/`oneOf` alternatives): llama.cpp rejects such left-recursive grammars. Objects, arrays and scalars
+ * always write a character first, so only `$ref` and alternatives are followed.
+ */
+const checkRefCycles = (declared: ReadonlyArray<DefsScope>) => {
+  const state = new Map<JsonObject, "visiting" | "done">()
+  const paths = new Map<JsonObject, string>()
+  for (const { defs, at } of declared) {
+    for (const [name, def] of Object.entries(defs)) if (isObject(def)) paths.set(def, join(at, `$defs.${name}`))
+  }
+  const visit = (def: JsonObject, scopes: ReadonlyArray<JsonObject>) => {
+    if (state.get(def) === "done") return
+    state.set(def, "visiting")
+    leftRefs(def, scopes, paths.get(def) ?? "")
+    state.set(def, "done")
+  }
+  const leftRefs = (node: JsonObject, scopes: ReadonlyArray<JsonObject>, at: string) => {
+    const inner = isObject(node.$defs) ? [...scopes, node.$defs] : scopes
+    if (node.$ref !== undefined) {
+      const target = resolveRef(node.$ref, inner)
+      if (target === undefined) return
+      if (state.get(target.def) === "visiting") {
+        fail(join(at, "$ref"), "this `$ref` leads back to itself before anything is generated (left recursion), which the grammar engine cannot build")
+      }
+      visit(target.def, target.scopes)
+      return
+    }
+    const keyword = node.oneOf !== undefined ? "oneOf" : "anyOf"
+    const alternatives = node[keyword]
+    if (!Array.isArray(alternatives)) return
+    alternatives.forEach((alternative, index) => {
+      if (isObject(alternative)) leftRefs(alternative, inner, join(at, `${keyword}[${index}]`))
+    })
+  }
+  for (const { defs, scopes } of declared) {
+    for (const def of Object.values(defs)) if (isObject(def)) visit(def, [...scopes, defs])
   }
 }

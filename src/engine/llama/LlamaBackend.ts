@@ -12,6 +12,7 @@ import { chatRenderer } from "./ChatRenderer.js"
 import { errorMessage } from "./errorMessage.js"
 import { evaluateOptions } from "./EvaluateOptions.js"
 import { GrammarCache } from "./GrammarCache.js"
+import type { GrammarCacheLimits } from "./GrammarCache.js"
 import { endOfGenerationBan, interceptDecodes, queuedDecodesOf } from "./LlamaInternals.js"
 import { llamaModelInfo } from "./LlamaModelInfo.js"
 import { makeSlotArrivals } from "./SlotArrivals.js"
@@ -44,6 +45,8 @@ export interface LlamaBackendConfig {
    */
   readonly flashAttention?: boolean | undefined
   readonly gpu?: "auto" | false | undefined
+  /** Bounds of the cache of JSON-schema grammars (client input); defaults to 256 entries and 64 MiB. */
+  readonly grammarCache?: GrammarCacheLimits | undefined
 }
 
 /** The model file could not be loaded, or its context could not be created. */
@@ -155,18 +158,17 @@ export const LlamaBackend = {
           context
         )
         const banEndOfGeneration = endOfGenerationBan(model, info.vocabSize)
-        const grammars = new GrammarCache(llama)
+        const grammars = new GrammarCache(llama, info.id, config.grammarCache)
 
         const start: BackendShape["start"] = (slot, prompt, sampling) =>
           Effect.gen(function*() {
             const sequence = sequences[slot]!
             const grammar = sampling.grammar === undefined
               ? undefined
-              : yield* Effect.tryPromise({
-                try: () => grammars.grammarFor(sampling.grammar!),
-                catch: (error) =>
-                  new DecodeFailed({ slot, stage: "prefill", message: `grammar: ${errorMessage(error)}`, cause: error })
-              })
+              : yield* Effect.mapError(
+                grammars.grammarFor(sampling.grammar),
+                (error) => new DecodeFailed({ slot, stage: "prefill", message: `grammar: ${error.message}`, cause: error })
+              )
             const generated: Array<Token> = []
             const options = evaluateOptions(model, banEndOfGeneration, sampling, generated, grammar)
             const chunks = chunksOf(prompt as ReadonlyArray<Token>, prefillChunk)
@@ -223,6 +225,7 @@ export const LlamaBackend = {
           info,
           tokenize: (text, options) => Effect.sync(() => model.tokenize(text, options?.special ?? false)),
           renderChat: chatRenderer(model),
+          checkGrammar: (constraint) => Effect.asVoid(grammars.grammarFor(constraint)),
           detokenize: (tokens, context) =>
             model.detokenize(tokens as ReadonlyArray<Token>, false, context as ReadonlyArray<Token> | undefined),
           start,
