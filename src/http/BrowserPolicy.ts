@@ -61,7 +61,7 @@ export const browserPolicy = (options: BrowserPolicyOptions, methodsOf: (url: st
       status: 204,
       headers: {
         "access-control-allow-origin": allowOrigin(origin),
-        "access-control-allow-methods": methods.filter((method) => method !== "HEAD").join(", "),
+        "access-control-allow-methods": methods.filter((method) => method !== "HEAD" && method !== "OPTIONS").join(", "),
         "access-control-allow-headers": allowHeaders.join(", "),
         "access-control-max-age": "600",
         vary: "Origin, Access-Control-Request-Method, Access-Control-Request-Headers"
@@ -82,7 +82,7 @@ export const browserPolicy = (options: BrowserPolicyOptions, methodsOf: (url: st
       if (origin !== undefined && request.headers["access-control-request-method"] !== undefined) {
         return yield* preflight(request, origin, methods)
       }
-      return HttpServerResponse.empty({ status: 204, headers: { allow: [...methods, "OPTIONS"].join(", ") } })
+      return HttpServerResponse.empty({ status: 204, headers: { allow: methods.join(", ") } })
     })
 
   /** `response` with CORS headers when the request came from an allowed origin (preflights have theirs already). */

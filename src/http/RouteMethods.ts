@@ -17,8 +17,9 @@ const pathMatches = (pattern: string, path: string): boolean => {
 const methodOrder = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 /**
- * The methods `router` answers on a path (the query string ignored), read from its own routes so they cannot drift
- * apart; empty for a path it does not route. HEAD comes with GET, as the router serves it from the GET route.
+ * The methods the server answers on a path (the query string ignored), as `Allow` lists them: read from `router`'s
+ * own routes so they cannot drift apart; empty for a path it does not route. HEAD comes with GET, as the router
+ * serves it from the GET route, and OPTIONS with every routed path (answered before the router).
  */
 export const routeMethods = <E, R>(router: HttpRouter.HttpRouter<E, R>) => (url: string): ReadonlyArray<string> => {
   const path = url.split("?")[0] ?? "/"
@@ -29,5 +30,6 @@ export const routeMethods = <E, R>(router: HttpRouter.HttpRouter<E, R>) => (url:
     methods.add(route.method)
     if (route.method === "GET") methods.add("HEAD")
   }
+  if (methods.size > 0) methods.add("OPTIONS")
   return methodOrder.filter((method) => methods.has(method))
 }

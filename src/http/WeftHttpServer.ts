@@ -99,14 +99,12 @@ const withRequestContext = <R>(
     const response = yield* app.pipe(
       Effect.provideService(RequestModel, requestModel),
       Effect.catchAll((caught) => {
-        const methods = caught instanceof HttpServerError.RouteNotFound ? methodsOf(request.url) : []
-        if (caught instanceof HttpServerError.RouteNotFound && methods.length === 0) {
+        const allowed = caught instanceof HttpServerError.RouteNotFound ? methodsOf(request.url) : []
+        if (caught instanceof HttpServerError.RouteNotFound && allowed.length === 0) {
           routed = false
           return Effect.succeed(errorResponse(unknownRoute(request.method, request.url)))
         }
-        const failure = caught instanceof HttpServerError.RouteNotFound
-          ? new MethodNotAllowed({ method: request.method, path, allowed: [...methods, "OPTIONS"] })
-          : caught
+        const failure = caught instanceof HttpServerError.RouteNotFound ? new MethodNotAllowed({ method: request.method, path, allowed }) : caught
         const reply = errorReply(failure)
         const log = reply.status >= 500 && failure instanceof DecodeFailed
           ? Effect.logError("Generation failed", failure)
