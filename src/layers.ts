@@ -54,7 +54,9 @@ export const WeftLive: Layer.Layer<HttpServer.HttpServer | ModelRegistry, HttpSe
           host: settings.host,
           port: settings.port,
           maxBodyBytes: settings.maxBodyBytes,
-          shutdownGraceMs: settings.shutdownGraceMs
+          shutdownGraceMs: settings.shutdownGraceMs,
+          allowedHosts: settings.allowedHosts,
+          corsOrigins: settings.corsOrigins
         },
         { databasePath: path.join(settings.dataDir, "sessions.sqlite"), ttlMs: settings.sessionTtlMs },
         { logText: settings.logText }

@@ -177,3 +177,44 @@ export const logFormats = ["json", "pretty"] as const
 
 /** `json` or `pretty`. */
 export const logFormatSetting = choice(Schema.Literal(...logFormats), sameWords(logFormats), "json or pretty")
+
+/**
+ * Comma-separated entries, each trimmed, lower-cased and matching `entry`; `*` means any. With `noneAllowed`, `none`
+ * (or `off`) is the empty list.
+ */
+export const nameList = (
+  expected: string,
+  pseudoName: string,
+  entry: RegExp,
+  options: { readonly noneAllowed: boolean }
+): SettingGrammar<ReadonlyArray<string>> => ({
+  schema: Schema.transformOrFail(Schema.String, Schema.Array(Schema.String), {
+    strict: true,
+    decode: (text, _, ast) => {
+      if (options.noneAllowed && isNoLimit(text)) return ParseResult.succeed([])
+      const entries = text.split(",").map((one) => one.trim().toLowerCase()).filter((one) => one !== "")
+      return entries.length > 0 && entries.every((one) => one === "*" || entry.test(one))
+        ? ParseResult.succeed(entries)
+        : ParseResult.fail(new ParseResult.Type(ast, text))
+    },
+    encode: (entries) => ParseResult.succeed(entries.length === 0 ? "none" : entries.join(","))
+  }),
+  expected,
+  flag: { _tag: "text", pseudoName }
+})
+
+/** `--allowed-hosts`: host names or addresses, each with an optional port (ignored). */
+export const hostList = nameList(
+  "comma-separated host names like localhost,weft.internal, or *",
+  "HOSTS",
+  /^(?:[a-z0-9_-]+(?:\.[a-z0-9_-]+)*\.?|\[[0-9a-f:.]+\]|[0-9a-f:.]*:[0-9a-f:.]*)(?::\d+)?$/,
+  { noneAllowed: false }
+)
+
+/** `--cors-origins`: origins as a browser sends them (`scheme://host[:port]`, no path). */
+export const originList = nameList(
+  "comma-separated origins like http://localhost:3000, * or none",
+  "ORIGINS",
+  /^[a-z][a-z0-9+.-]*:\/\/[^/\s]+\/?$/,
+  { noneAllowed: true }
+)

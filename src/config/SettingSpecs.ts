@@ -2,6 +2,7 @@ import { logLevelNames } from "../observability/JsonLogger.js"
 import {
   byteSize,
   gpuSetting,
+  hostList,
   integerBetween,
   logFormatSetting,
   logLevelSetting,
@@ -10,6 +11,7 @@ import {
   optionalByteSize,
   optionalCount,
   optionalDuration,
+  originList,
   requiredDuration
 } from "./SettingGrammar.js"
 import type { SettingGrammar } from "./SettingGrammar.js"
@@ -36,6 +38,18 @@ export const settingSpecs = [
   spec("model", "model", nonEmptyText("a path to a .gguf file", { _tag: "file" }), "GGUF model to serve (default: a generated random-weights demo model)"),
   spec("modelId", "model-id", nonEmptyText("a non-empty name", { _tag: "text", pseudoName: "NAME" }), "Model id clients send as `model` (default: the file name without .gguf)"),
   spec("host", "host", nonEmptyText("a host name or IP address", { _tag: "text", pseudoName: "HOST" }), "Address to listen on (default 127.0.0.1)"),
+  spec(
+    "allowedHosts",
+    "allowed-hosts",
+    hostList,
+    "Host header names (any port) answered; others get 403, against DNS rebinding. * is any (default: localhost, 127.0.0.1, [::1] when bound to loopback, else any)"
+  ),
+  spec(
+    "corsOrigins",
+    "cors-origins",
+    originList,
+    "Browser origins allowed to call the API (CORS preflights and Access-Control-Allow-Origin); * is any (default none)"
+  ),
   spec("port", "port", integerBetween(0, 65535), "Port to listen on; 0 picks a free one (default 8080)"),
   spec("parallel", "parallel", integerBetween(1, 256), "Sequences decoded concurrently (default 4)"),
   spec("ctxSize", "ctx-size", integerBetween(16, 1 << 20), "Context window per sequence, in tokens (default 2048)"),

@@ -1,6 +1,7 @@
 import { FileSystem } from "@effect/platform"
 import { Array as Arr, Config, Context, Effect, Either, Layer, Option, Schema } from "effect"
 import * as path from "node:path"
+import { quoteValue } from "../http/QuotedValue.js"
 import type { FlagType } from "./SettingGrammar.js"
 import { envName, settingSpecs } from "./SettingSpecs.js"
 import type { AnySettingSpec } from "./SettingSpecs.js"
@@ -44,7 +45,7 @@ export interface ConfigSources {
   readonly configPath?: string | undefined
 }
 
-const describeRaw = (value: unknown): string => JSON.stringify(value) ?? String(value)
+const describeRaw = (value: unknown): string => quoteValue(value)
 
 /** A setting's value as its source gave it: text from flags and env, any JSON value from the config file. */
 interface RawValue {
@@ -60,6 +61,9 @@ const decodeSetting = (setting: AnySettingSpec, raw: RawValue) => {
     ? raw.value
     : typeof raw.value === "number" || typeof raw.value === "boolean"
     ? String(raw.value)
+    // A config file may give a list setting as an array of strings.
+    : Array.isArray(raw.value) && raw.value.every((entry) => typeof entry === "string")
+    ? raw.value.join(",")
     : undefined
   if (text === undefined) return Either.left(invalidValue(setting, raw))
   return Schema.decodeUnknownEither(setting.schema as Schema.Schema<unknown, string>)(text).pipe(

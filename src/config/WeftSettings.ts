@@ -8,6 +8,10 @@ export const WeftSettings = Schema.Struct({
   model: Schema.UndefinedOr(Schema.String),
   modelId: Schema.UndefinedOr(Schema.String),
   host: Schema.String,
+  /** `Host` names answered; `undefined` is the loopback names when bound to loopback, else any. */
+  allowedHosts: Schema.UndefinedOr(Schema.Array(Schema.String)),
+  /** Browser origins allowed by CORS; `*` is any. */
+  corsOrigins: Schema.Array(Schema.String),
   port: Schema.Int,
   parallel: Schema.Int,
   /** KV cells per sequence. */
@@ -50,6 +54,8 @@ export const defaultSettings: WeftSettings = {
   model: undefined,
   modelId: undefined,
   host: "127.0.0.1",
+  allowedHosts: undefined,
+  corsOrigins: [],
   port: 8080,
   parallel: 4,
   ctxSize: 2048,

@@ -1,4 +1,5 @@
 import { Schema } from "effect"
+import { quoteValue, shorten } from "./QuotedValue.js"
 
 /** The request body is not valid JSON. */
 export class BodyNotJson extends Schema.TaggedError<BodyNotJson>()("BodyNotJson", {
@@ -46,5 +47,57 @@ export class SessionNotFound extends Schema.TaggedError<SessionNotFound>()("Sess
 }) {
   override get message(): string {
     return `No session with id \`${this.sessionId}\` exists (it may have expired or been deleted).`
+  }
+}
+
+/** The JSON body nests arrays and objects deeper than any request needs (and than is safe to walk recursively). */
+export class BodyNestedTooDeep extends Schema.TaggedError<BodyNestedTooDeep>()("BodyNestedTooDeep", {
+  limit: Schema.Number
+}) {
+  override get message(): string {
+    return `The JSON body nests arrays and objects more than ${this.limit} levels deep; at most ${this.limit} levels are accepted.`
+  }
+}
+
+/** A request body without a JSON content type (a browser's form or `text/plain` post, or no `Content-Type` at all). */
+export class BodyNotDeclaredJson extends Schema.TaggedError<BodyNotDeclaredJson>()("BodyNotDeclaredJson", {
+  /** The media type sent, if any. */
+  contentType: Schema.optional(Schema.String)
+}) {
+  override get message(): string {
+    const sent = this.contentType === undefined ? "no Content-Type" : `Content-Type ${quoteValue(this.contentType)}`
+    return `The request body must be sent with Content-Type: application/json (got ${sent}).`
+  }
+}
+
+/** The `Host` header names a host this server does not answer for (a DNS-rebinding page, or a misdirected request). */
+export class HostNotAllowed extends Schema.TaggedError<HostNotAllowed>()("HostNotAllowed", {
+  /** The `Host` header as sent; absent when there was none. */
+  host: Schema.optional(Schema.String)
+}) {
+  override get message(): string {
+    const host = this.host === undefined ? "no Host header" : `Host ${quoteValue(this.host)}`
+    return `This server does not answer requests for ${host}; allow it with --allowed-hosts.`
+  }
+}
+
+/** A CORS preflight from a browser origin that `--cors-origins` does not list. */
+export class OriginNotAllowed extends Schema.TaggedError<OriginNotAllowed>()("OriginNotAllowed", {
+  origin: Schema.String
+}) {
+  override get message(): string {
+    return `Cross-origin requests from ${quoteValue(this.origin)} are not allowed; allow the origin with --cors-origins.`
+  }
+}
+
+/** The path is routed, but not for this method. */
+export class MethodNotAllowed extends Schema.TaggedError<MethodNotAllowed>()("MethodNotAllowed", {
+  method: Schema.String,
+  path: Schema.String,
+  /** The methods the path answers, as the `Allow` header lists them. */
+  allowed: Schema.Array(Schema.String)
+}) {
+  override get message(): string {
+    return `${shorten(this.method)} is not allowed on ${shorten(this.path)}; it answers ${this.allowed.join(", ")}.`
   }
 }

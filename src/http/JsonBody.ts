@@ -2,7 +2,7 @@ import { HttpServerRequest } from "@effect/platform"
 import { NodeHttpServerRequest, NodeStream } from "@effect/platform-node"
 import { Effect, Stream } from "effect"
 import type * as Http from "node:http"
-import { BodyNotJson, BodyTooLarge } from "./HttpErrors.js"
+import { BodyNestedTooDeep, BodyNotDeclaredJson, BodyNotJson, BodyTooLarge } from "./HttpErrors.js"
 
 /** After a 413, how much of the rest of an oversized body is discarded before the connection is cut. */
 const discardLimitBytes = 16 * 1024 * 1024
@@ -27,8 +27,39 @@ const declaredLength = (header: string | undefined): number | undefined => {
 }
 
 /**
- * Reads the request body as JSON, refusing bodies over `limitBytes`: from `Content-Length` before reading a byte,
- * and while reading for chunked bodies.
+ * How deep a body may nest arrays and objects. A json_schema of 30 nested objects fits; code that walks a value
+ * recursively (error formatting, schema compilers) stays far from the stack limit.
+ */
+export const maxJsonDepth = 64
+
+/** `application/json` or any `application/*+json`, with or without parameters such as `charset`. */
+const isJsonMediaType = (contentType: string): boolean =>
+  /^application\/(?:[\w.-]+\+)?json$/.test(contentType.split(";")[0]!.trim().toLowerCase())
+
+/** Whether JSON text nests arrays and objects deeper than `limit`: one pass over the text, before anything recursive sees it. */
+export const nestsDeeperThan = (text: string, limit: number): boolean => {
+  let depth = 0
+  let inString = false
+  for (let index = 0; index < text.length; index++) {
+    const code = text.charCodeAt(index)
+    if (inString) {
+      if (code === 0x5c) index++ // a backslash: the next character is escaped
+      else if (code === 0x22) inString = false
+    } else if (code === 0x22) {
+      inString = true
+    } else if (code === 0x5b || code === 0x7b) {
+      if (++depth > limit) return true
+    } else if (code === 0x5d || code === 0x7d) {
+      depth--
+    }
+  }
+  return false
+}
+
+/**
+ * Reads the request body as JSON. Refuses bodies over `limitBytes` (from `Content-Length` before reading a byte, and
+ * while reading for chunked bodies), bodies not sent as JSON (what a browser can post cross-site without asking
+ * first), and JSON nested deeper than `maxJsonDepth`.
  */
 export const readJsonBody = (limitBytes: number) =>
   Effect.gen(function*() {
@@ -39,6 +70,8 @@ export const readJsonBody = (limitBytes: number) =>
       yield* discardRest(incoming)
       return yield* new BodyTooLarge({ limitBytes, declaredBytes: declared })
     }
+    const contentType = request.headers["content-type"]
+    if (contentType === undefined || !isJsonMediaType(contentType)) return yield* new BodyNotDeclaredJson({ contentType })
     const chunks: Array<Uint8Array> = []
     yield* NodeStream.fromReadable<BodyNotJson, Uint8Array>(
       () => incoming,
@@ -57,6 +90,7 @@ export const readJsonBody = (limitBytes: number) =>
     )
     const text = Buffer.concat(chunks).toString("utf8")
     if (text.trim() === "") return yield* new BodyNotJson({ reason: "the body is empty" })
+    if (nestsDeeperThan(text, maxJsonDepth)) return yield* new BodyNestedTooDeep({ limit: maxJsonDepth })
     return yield* Effect.try({
       try: (): unknown => JSON.parse(text),
       catch: (error) => new BodyNotJson({ reason: error instanceof Error ? error.message : "invalid JSON" })

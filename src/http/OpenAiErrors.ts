@@ -2,13 +2,31 @@ import { HttpServerResponse } from "@effect/platform"
 import type { DecodeFailed, ChatTemplateFailed } from "../engine/Backend.js"
 import type { AdmissionRejected, StageTimedOut } from "../scheduler/SchedulerErrors.js"
 import type { SessionStoreFailed } from "../sessions/SessionStore.js"
-import type { ModelLoading, ModelNotFound } from "../host/HostErrors.js"
-import type { BodyNotJson, BodyTooLarge, GenerationCancelled, InvalidParam, SessionNotFound } from "./HttpErrors.js"
+import { ModelNotFound } from "../host/HostErrors.js"
+import type { ModelLoading } from "../host/HostErrors.js"
+import { SessionNotFound } from "./HttpErrors.js"
+import type {
+  BodyNestedTooDeep,
+  BodyNotDeclaredJson,
+  BodyNotJson,
+  BodyTooLarge,
+  GenerationCancelled,
+  HostNotAllowed,
+  InvalidParam,
+  MethodNotAllowed,
+  OriginNotAllowed
+} from "./HttpErrors.js"
+import { shorten } from "./QuotedValue.js"
 
 /** Every expected failure an OpenAI endpoint can answer with. */
 export type ApiFailure =
   | BodyNotJson
   | BodyTooLarge
+  | BodyNestedTooDeep
+  | BodyNotDeclaredJson
+  | HostNotAllowed
+  | OriginNotAllowed
+  | MethodNotAllowed
   | InvalidParam
   | ModelNotFound
   | ModelLoading
@@ -35,11 +53,18 @@ export interface ErrorReply {
   readonly headers: Readonly<Record<string, string>>
 }
 
+/** The longest message an error carries: values are quoted shorter, this only catches a message that quotes one whole. */
+const messageLimit = 1000
+
 const reply = (
   status: number,
   error: OpenAiErrorBody,
   headers: Readonly<Record<string, string>> = {}
-): ErrorReply => ({ status, error, headers })
+): ErrorReply => ({
+  status,
+  error: { ...error, message: shorten(error.message, messageLimit), param: error.param === null ? null : shorten(error.param, messageLimit) },
+  headers
+})
 
 const invalid = (message: string, param: string | null, code: string | null) =>
   reply(400, { message, type: "invalid_request_error", param, code })
@@ -49,6 +74,18 @@ export const errorReply = (failure: ApiFailure): ErrorReply => {
   switch (failure._tag) {
     case "BodyNotJson":
       return invalid(failure.message, null, null)
+    case "BodyNestedTooDeep":
+      return invalid(failure.message, null, "nesting_too_deep")
+    case "BodyNotDeclaredJson":
+      return reply(415, { message: failure.message, type: "invalid_request_error", param: null, code: "unsupported_media_type" })
+    case "HostNotAllowed":
+      return reply(403, { message: failure.message, type: "invalid_request_error", param: null, code: "host_not_allowed" })
+    case "OriginNotAllowed":
+      return reply(403, { message: failure.message, type: "invalid_request_error", param: null, code: "origin_not_allowed" })
+    case "MethodNotAllowed":
+      return reply(405, { message: failure.message, type: "invalid_request_error", param: null, code: "method_not_allowed" }, {
+        allow: failure.allowed.join(", ")
+      })
     case "InvalidParam":
       return invalid(failure.message, failure.param, failure.code)
     case "PromptEmpty":
@@ -65,11 +102,21 @@ export const errorReply = (failure: ApiFailure): ErrorReply => {
     case "ChatTemplateFailed":
       return invalid(`The model's chat template could not render these messages: ${failure.message}`, "messages", "chat_template_failed")
     case "SessionNotFound":
-      return reply(404, { message: failure.message, type: "invalid_request_error", param: "session_id", code: "session_not_found" })
+      return reply(404, {
+        message: new SessionNotFound({ sessionId: shorten(failure.sessionId) }).message,
+        type: "invalid_request_error",
+        param: "session_id",
+        code: "session_not_found"
+      })
     case "SessionStoreFailed":
       return reply(500, { message: "The session store failed; the turn was not saved", type: "server_error", param: null, code: null })
     case "ModelNotFound":
-      return reply(404, { message: failure.message, type: "invalid_request_error", param: "model", code: "model_not_found" })
+      return reply(404, {
+        message: new ModelNotFound({ model: shorten(failure.model) }).message,
+        type: "invalid_request_error",
+        param: "model",
+        code: "model_not_found"
+      })
     case "BodyTooLarge":
       return reply(413, { message: failure.message, type: "invalid_request_error", param: null, code: "request_too_large" }, {
         connection: "close"
@@ -109,7 +156,7 @@ export const internalError = (): ErrorReply =>
 
 /** 404 for a path (or method) the server does not route. */
 export const unknownRoute = (method: string, url: string): ErrorReply =>
-  reply(404, { message: `Unknown request URL: ${method} ${url.split("?")[0]}`, type: "invalid_request_error", param: null, code: "unknown_url" })
+  reply(404, { message: `Unknown request URL: ${shorten(method)} ${shorten(url.split("?")[0] ?? "")}`, type: "invalid_request_error", param: null, code: "unknown_url" })
 
 /** The reply as an HTTP response. */
 export const errorResponse = (error: ErrorReply): HttpServerResponse.HttpServerResponse =>

@@ -5,6 +5,7 @@ import type { GrammarConstraint } from "../engine/SamplingOptions.js"
 import { toGrammarSchema } from "../engine/llama/JsonSchemaGrammar.js"
 import type { GenerationRequest, Priority } from "../scheduler/GenerationRequest.js"
 import { InvalidParam } from "./HttpErrors.js"
+import { quoteValue, shorten } from "./QuotedValue.js"
 import type { ChatMessageInput, CompletionRequest, ResponseFormat, SharedRequest } from "./OpenAiRequests.js"
 
 /** Everything about a generation except its id and prompt, and how to answer it. */
@@ -39,6 +40,16 @@ const reportedIssue = (issues: ReadonlyArray<ParseResult.ArrayFormatterIssue>) =
   return candidates.reduce((best, issue) => (issue.path.length > best.path.length ? issue : best), candidates[0]!)
 }
 
+/**
+ * What was expected and what came, quoting at most a short prefix of the value: schema's own "Expected X, actual Y"
+ * would quote all of it.
+ */
+const detailOf = (issueMessage: string, quoted: string): string => {
+  if (!issueMessage.startsWith("Expected ")) return `expected ${issueMessage}, got ${quoted}`
+  const actualAt = issueMessage.indexOf(", actual ")
+  return actualAt === -1 ? shorten(issueMessage, 300) : `${issueMessage.slice(0, actualAt)}, actual ${quoted}`
+}
+
 /** Decodes a JSON body with `schema`, failing with a 400 that names the offending parameter. */
 export const decodeBody = <A, I>(schema: Schema.Schema<A, I>, body: unknown): Effect.Effect<A, InvalidParam> => {
   if (typeof body !== "object" || body === null || Array.isArray(body)) {
@@ -51,9 +62,7 @@ export const decodeBody = <A, I>(schema: Schema.Schema<A, I>, body: unknown): Ef
       if (issue._tag === "Missing") {
         return new InvalidParam({ param, message: `Missing required parameter: '${param}'.`, code: "missing_required_parameter" })
       }
-      const detail = issue.message.startsWith("Expected ")
-        ? issue.message
-        : `expected ${issue.message}, got ${JSON.stringify(valueAt(body, issue.path)) ?? "undefined"}`
+      const detail = detailOf(issue.message, quoteValue(valueAt(body, issue.path)))
       return new InvalidParam({
         param,
         message: `Invalid value for '${param}': ${detail}`,

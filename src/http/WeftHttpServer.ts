@@ -10,13 +10,15 @@ import { DecodeFailed } from "../engine/Backend.js"
 import { ModelRegistry } from "../host/ModelRegistry.js"
 import type { ModelRegistryShape } from "../host/ModelRegistry.js"
 import { PromptEmpty, PromptTokenInvalid, PromptTooLong, QueueFull, ShuttingDown, StageTimedOut } from "../scheduler/SchedulerErrors.js"
-import { GenerationCancelled } from "./HttpErrors.js"
+import { browserPolicy } from "./BrowserPolicy.js"
+import { GenerationCancelled, MethodNotAllowed } from "./HttpErrors.js"
 import { RequestModel, soleModelId } from "./ModelRoute.js"
 import { safeIdPattern } from "./SafeId.js"
 import { observabilityRoutes } from "./ObservabilityRoutes.js"
 import { errorReply, errorResponse, internalError, unknownRoute } from "./OpenAiErrors.js"
 import type { ApiFailure } from "./OpenAiErrors.js"
 import { openAiRoutes } from "./OpenAiRoutes.js"
+import { routeMethods } from "./RouteMethods.js"
 import { sessionRoutes } from "./SessionRoutes.js"
 import type { SessionStore } from "../sessions/SessionStore.js"
 
@@ -27,6 +29,10 @@ export interface HttpServerOptions {
   readonly maxBodyBytes: number
   /** On shutdown, how long in-flight requests may run before they are cancelled. */
   readonly shutdownGraceMs: number
+  /** `Host` names answered (any port), `*` for any; default: the loopback names when bound to loopback, else any. */
+  readonly allowedHosts?: ReadonlyArray<string> | undefined
+  /** Browser origins allowed to call the API (CORS), `*` for any; default none. */
+  readonly corsOrigins?: ReadonlyArray<string> | undefined
 }
 
 /** After the grace period, how long finished responses get to flush before the remaining connections are cut. */
@@ -72,10 +78,13 @@ const isScheduledFailure = (failure: ApiFailure): boolean => scheduledFailures.s
 
 /**
  * Gives every response an `x-request-id` (the client's, when it sent a sane one) and turns every failure into
- * OpenAI's error envelope. Interruption (the client went away) passes through untouched.
+ * OpenAI's error envelope: a path routed for other methods is 405 with `Allow`, an unrouted one 404. Interruption
+ * (the client went away) passes through untouched.
  */
 const withRequestContext = <R>(
-  app: Effect.Effect<HttpServerResponse.HttpServerResponse, ApiFailure | HttpServerError.RouteNotFound, R | RequestModel>
+  app: Effect.Effect<HttpServerResponse.HttpServerResponse, ApiFailure | HttpServerError.RouteNotFound, R | RequestModel>,
+  methodsOf: (url: string) => ReadonlyArray<string>,
+  withCors: (request: HttpServerRequest.HttpServerRequest, response: HttpServerResponse.HttpServerResponse) => HttpServerResponse.HttpServerResponse
 ) =>
   Effect.gen(function*() {
     const request = yield* HttpServerRequest.HttpServerRequest
@@ -89,11 +98,13 @@ const withRequestContext = <R>(
     const modelId = Effect.flatMap(Ref.get(requestModel), (resolved) => (resolved === undefined ? soleModelId : Effect.succeed(resolved)))
     const response = yield* app.pipe(
       Effect.provideService(RequestModel, requestModel),
-      Effect.catchAll((failure) => {
-        if (failure instanceof HttpServerError.RouteNotFound) {
+      Effect.catchAll((caught) => {
+        const allowed = caught instanceof HttpServerError.RouteNotFound ? methodsOf(request.url) : []
+        if (caught instanceof HttpServerError.RouteNotFound && allowed.length === 0) {
           routed = false
           return Effect.succeed(errorResponse(unknownRoute(request.method, request.url)))
         }
+        const failure = caught instanceof HttpServerError.RouteNotFound ? new MethodNotAllowed({ method: request.method, path, allowed }) : caught
         const reply = errorReply(failure)
         const log = reply.status >= 500 && failure instanceof DecodeFailed
           ? Effect.logError("Generation failed", failure)
@@ -125,7 +136,7 @@ const withRequestContext = <R>(
         durationMs: (yield* Clock.currentTimeMillis) - startedAt
       })
     )
-    const tagged = HttpServerResponse.setHeader(response, "x-request-id", requestId)
+    const tagged = HttpServerResponse.setHeader(withCors(request, response), "x-request-id", requestId)
     // While draining, connections are not kept alive, so the server can close once their last response is out.
     return draining ? HttpServerResponse.setHeader(tagged, "connection", "close") : tagged
   })
@@ -177,7 +188,9 @@ export const WeftHttpServer = {
           Effect.gen(function*() {
             const httpServer = yield* HttpServer.HttpServer
             const registry = yield* ModelRegistry
-            yield* httpServer.serve(withRequestContext(router))
+            const methodsOf = routeMethods(router)
+            const policy = browserPolicy(options, methodsOf)
+            yield* httpServer.serve(withRequestContext(policy.guard(router), methodsOf, policy.withCors))
             yield* Effect.logInfo("listening").pipe(Effect.annotateLogs({ address: addressText(httpServer.address) }))
             yield* Effect.addFinalizer(() =>
               Effect.flatMap(Effect.forkDaemon(gracefulShutdown(server, registry, options.shutdownGraceMs)), Fiber.join)

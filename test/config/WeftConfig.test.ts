@@ -85,6 +85,23 @@ describe("WeftConfig", () => {
     expect(await errorOf({ configPath: config })).toBe(`${config}: "max-queue": expected an integer between 0 and 1000000, got -1`)
   })
 
+  it("reads the allowed hosts and CORS origins as lists, from text or a config file's array", async () => {
+    const settings = await settingsOf({ flags: { "allowed-hosts": "localhost, Weft.Internal:8080" } }, { WEFT_CORS_ORIGINS: "http://localhost:3000" })
+    expect(settings.allowedHosts).toEqual(["localhost", "weft.internal:8080"])
+    expect(settings.corsOrigins).toEqual(["http://localhost:3000"])
+    const config = writeJson("lists.json", { "allowed-hosts": ["*"], "cors-origins": ["https://a.example", "https://b.example"] })
+    expect(await settingsOf({ configPath: config })).toMatchObject({ allowedHosts: ["*"], corsOrigins: ["https://a.example", "https://b.example"] })
+    expect((await settingsOf({ flags: { "cors-origins": "none" } })).corsOrigins).toEqual([])
+    expect(await errorOf({ flags: { "cors-origins": "https://a.example/path" } })).toContain("--cors-origins: expected comma-separated origins")
+    expect(await errorOf({ flags: { "allowed-hosts": "" } })).toContain("--allowed-hosts: expected comma-separated host names")
+  })
+
+  it("quotes at most a short prefix of an invalid value", async () => {
+    const message = await errorOf({}, { WEFT_PORT: "9".repeat(100_000) })
+    expect(message.length).toBeLessThan(300)
+    expect(message).toContain("…")
+  })
+
   it("rejects unknown config keys, bad JSON and missing model files", async () => {
     expect(await errorOf({ configPath: writeJson("typo.json", { prot: 1 }) })).toContain("unknown key \"prot\"")
     const broken = path.join(dir, "broken.json")

@@ -32,7 +32,7 @@ describe("body limits, load and stage timeouts", () => {
   afterAll(() => server?.close())
 
   it("answers 413 from Content-Length without reading the body", async () => {
-    const head = "POST /v1/chat/completions HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n" +
+    const head = "POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n" +
       "Content-Length: 1073741824\r\n\r\n{\"model\": "
     // The client never sends the gigabyte it announced: an answer at all means the server did not wait for it.
     const response = await rawExchange(server.port, head)
@@ -44,7 +44,7 @@ describe("body limits, load and stage timeouts", () => {
 
   it("answers 413 while reading a chunked body that grows past the limit", async () => {
     const chunk = "x".repeat(100 * 1024)
-    const head = "POST /v1/chat/completions HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n" +
+    const head = "POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n" +
       `Transfer-Encoding: chunked\r\n\r\n${chunk.length.toString(16)}\r\n${chunk}\r\n`
     // No terminating chunk: the body never ends, so the answer comes from the running count.
     const response = await rawExchange(server.port, head)
@@ -54,7 +54,7 @@ describe("body limits, load and stage timeouts", () => {
 
   it("accepts a chunked body under the limit", async () => {
     const body = JSON.stringify(long({ max_tokens: 2 }))
-    const head = "POST /v1/chat/completions HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nConnection: close\r\n" +
+    const head = "POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nConnection: close\r\n" +
       `Transfer-Encoding: chunked\r\n\r\n${body.length.toString(16)}\r\n${body}\r\n0\r\n\r\n`
     expect(rawStatus(await rawExchange(server.port, head))).toBe(200)
   })

@@ -86,9 +86,9 @@ describe("raw HTTP against the tiny model", () => {
     await expectError(await postJson(server, "/v1/completions", { model: tinyModelId, prompt: ["a", "b"] }), 400, "prompt")
   })
 
-  it("answers unknown routes and methods with 404 in OpenAI's envelope", async () => {
+  it("answers unknown routes with 404 and wrong methods with 405 in OpenAI's envelope", async () => {
     await expectError(await fetch(`${server.url}/v1/nothing`), 404)
-    await expectError(await fetch(`${server.url}/v1/chat/completions`), 404)
+    await expectError(await fetch(`${server.url}/v1/chat/completions`), 405)
   })
 
   it("echoes a client's x-request-id", async () => {

@@ -19,6 +19,10 @@ export interface TestServerOptions {
   readonly maxBodyBytes?: number
   readonly shutdownGraceMs?: number
   readonly logText?: boolean
+  /** `--allowed-hosts`; by default the loopback names, as the server is bound to 127.0.0.1. */
+  readonly allowedHosts?: ReadonlyArray<string>
+  /** `--cors-origins`; none by default. */
+  readonly corsOrigins?: ReadonlyArray<string>
   /** What the server is built under, such as a test logger or tracer; by default only errors are logged. */
   readonly observability?: Layer.Layer<never>
 }
@@ -34,7 +38,9 @@ export const testServerLayer = <E extends EngineStartFailed>(
       host: "127.0.0.1",
       port: 0,
       maxBodyBytes: options.maxBodyBytes ?? 4 * 1024 * 1024,
-      shutdownGraceMs: options.shutdownGraceMs ?? 0
+      shutdownGraceMs: options.shutdownGraceMs ?? 0,
+      allowedHosts: options.allowedHosts,
+      corsOrigins: options.corsOrigins
     },
     { databasePath: options.sessionsDatabasePath ?? ":memory:" },
     { logText: options.logText ?? false }
