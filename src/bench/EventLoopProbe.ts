@@ -75,7 +75,7 @@ for (const name of chosen) {
   histogram.disable()
   const seconds = (performance.now() - started) / 1000
   console.log(
-    `${name.padEnd(9)} ${(body.length / 1e6).toFixed(2)} MB  lag max ${ms(histogram.max)} ms  p99 ${ms(histogram.percentile(99))} ms  ` +
+    `${name.padEnd(9)} ${(Buffer.byteLength(body) / 1e6).toFixed(2)} MB  lag max ${ms(histogram.max)} ms  p99 ${ms(histogram.percentile(99))} ms  ` +
       `(${seconds.toFixed(1)} s, ${streamed - tokensBefore} stream tokens)  → ${outcome}`
   )
 }
