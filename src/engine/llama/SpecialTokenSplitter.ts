@@ -6,6 +6,8 @@ export interface SpecialTokenText {
   readonly lstrip: boolean
   /** Whitespace after the token's text is dropped (llama.cpp's `RSTRIP`). */
   readonly rstrip: boolean
+  /** llama.cpp matches it even when special tokens are not parsed (a user-defined token). */
+  readonly alwaysParsed: boolean
 }
 
 /** A raw prompt cut at its special-token texts: plain text pieces and token ids, in order. */

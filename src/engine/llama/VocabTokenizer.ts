@@ -22,7 +22,13 @@ export const vocabTables = (model: LlamaModel, vocabSize: number): VocabTables =
     longestTokenBytes = Math.max(longestTokenBytes, Buffer.byteLength(text))
     const attributes = model.getTokenAttributes(token)
     if ((attributes.control || attributes.userDefined || attributes.unknown) && text.length > 0) {
-      specials.push({ token: id, text, lstrip: attributes.lstrip, rstrip: attributes.rstrip })
+      specials.push({
+        token: id,
+        text,
+        lstrip: attributes.lstrip,
+        rstrip: attributes.rstrip,
+        alwaysParsed: attributes.userDefined && !attributes.control && !attributes.unknown
+      })
     }
   }
   return { specials, longestTokenBytes }
@@ -44,12 +50,7 @@ export interface VocabTokenizer {
 export const makeVocabTokenizer = (model: LlamaModel, specials: ReadonlyArray<SpecialTokenText>): VocabTokenizer => {
   const split = makeSpecialTokenSplitter(specials)
   // Without special parsing llama.cpp still matches user-defined tokens; cutting those out here keeps it cheap too.
-  const splitUserDefined = makeSpecialTokenSplitter(
-    specials.filter((special) => {
-      const attributes = model.getTokenAttributes(special.token as Token)
-      return attributes.userDefined && !attributes.control && !attributes.unknown
-    })
-  )
+  const splitUserDefined = makeSpecialTokenSplitter(specials.filter((special) => special.alwaysParsed))
   const tokenize = (text: string, special: boolean): Array<Token> => {
     const tokens: Array<Token> = []
     for (const piece of (special ? split : splitUserDefined)(text)) {

@@ -9,10 +9,10 @@ import { tinyModelPath } from "../../support/tinyModel.js"
 
 describe("makeSpecialTokenSplitter", () => {
   const split = makeSpecialTokenSplitter([
-    { token: 1, text: "<s>", lstrip: false, rstrip: false },
-    { token: 2, text: "<s>x", lstrip: false, rstrip: false },
-    { token: 3, text: "<L>", lstrip: true, rstrip: false },
-    { token: 4, text: "<R>", lstrip: false, rstrip: true }
+    { token: 1, text: "<s>", lstrip: false, rstrip: false, alwaysParsed: false },
+    { token: 2, text: "<s>x", lstrip: false, rstrip: false, alwaysParsed: false },
+    { token: 3, text: "<L>", lstrip: true, rstrip: false, alwaysParsed: false },
+    { token: 4, text: "<R>", lstrip: false, rstrip: true, alwaysParsed: false }
   ])
 
   it("cuts at special texts, longest match first, and strips whitespace where the token says so", () => {
