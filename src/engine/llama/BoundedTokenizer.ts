@@ -6,7 +6,7 @@ import type { BackendShape, ChatMessage } from "../Backend.js"
 import { errorMessage } from "./errorMessage.js"
 import { makeOffThreadTokenizer } from "./OffThreadTokenizer.js"
 import type { TokenizerWorkerFailed } from "./OffThreadTokenizer.js"
-import { makeVocabTokenizer, vocabTables } from "./VocabTokenizer.js"
+import { makeVocabTokenizer } from "./VocabTokenizer.js"
 
 /**
  * Texts up to this many bytes are tokenized on the main thread: even llama.cpp's worst case (runs of newlines or
@@ -32,9 +32,9 @@ export const makeBoundedTokenizer = (
   config: BoundedTokenizerConfig
 ): Effect.Effect<Pick<BackendShape, "tokenize" | "renderChat">, TokenizerWorkerFailed, Scope.Scope> =>
   Effect.gen(function*() {
-    const tables = vocabTables(model, config.vocabSize)
+    const offThread = yield* makeOffThreadTokenizer({ modelPath: config.modelPath, vocabSize: config.vocabSize })
+    const tables = offThread.tables
     const local = makeVocabTokenizer(model, tables.specials)
-    const offThread = yield* makeOffThreadTokenizer({ modelPath: config.modelPath, specials: tables.specials })
     const maxBytes = config.contextSize * tables.longestTokenBytes + marginBytes
     const tooLarge = (bytes: number) =>
       bytes > maxBytes ? new PromptTooLarge({ bytes, maxBytes, contextSize: config.contextSize }) : undefined

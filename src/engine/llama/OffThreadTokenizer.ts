@@ -4,12 +4,13 @@ import type { Token } from "node-llama-cpp"
 import { Worker } from "node:worker_threads"
 import { ChatTemplateFailed } from "../Backend.js"
 import type { ChatMessage } from "../Backend.js"
-import type { SpecialTokenText } from "./SpecialTokenSplitter.js"
+import type { VocabTables } from "./VocabTokenizer.js"
 
 /** What the tokenizer worker starts from. */
 export interface TokenizerWorkerData {
   readonly modelPath: string
-  readonly specials: ReadonlyArray<SpecialTokenText>
+  /** Token ids are `0 … vocabSize-1`. */
+  readonly vocabSize: number
 }
 
 /** A request to the tokenizer worker. */
@@ -24,14 +25,15 @@ export type TokenizerReply =
   | { readonly _tag: "Failed"; readonly id: number; readonly message: string }
 
 /** What the worker says once, when its model is loaded or could not be. */
-export type TokenizerStatus = { readonly _tag: "Ready" } | { readonly _tag: "LoadFailed"; readonly message: string }
+export type TokenizerStatus = { readonly _tag: "Ready"; readonly tables: VocabTables } | { readonly _tag: "LoadFailed"; readonly message: string }
 
 const workerEntry = new URL("./TokenizerWorker.mjs", import.meta.url)
 
 /**
  * Tokenization on a worker thread that loads the model vocabulary-only: llama.cpp's tokenizer is superlinear on some
  * texts (2^20 newlines took 97 s), and on the main thread that would stop every stream and `/health`. Requests are
- * answered in order; one that is interrupted still runs to its end in the worker, its answer dropped.
+ * answered in order, so a slow one delays the large ones behind it (never the small ones, tokenized on the main
+ * thread); one that is interrupted still runs to its end in the worker, its answer dropped.
  */
 export const makeOffThreadTokenizer = (
   data: TokenizerWorkerData
@@ -89,12 +91,15 @@ export const makeOffThreadTokenizer = (
       tokenize: (text, special) =>
         // A tokenize request is never answered TemplateFailed.
         Effect.orDie(Effect.flatMap(ask((id) => ({ _tag: "Tokenize", id, text, special })), tokensOf)),
-      renderChat: (messages) => Effect.flatMap(ask((id) => ({ _tag: "RenderChat", id, messages })), tokensOf)
+      renderChat: (messages) => Effect.flatMap(ask((id) => ({ _tag: "RenderChat", id, messages })), tokensOf),
+      tables: status.tables
     } satisfies OffThreadTokenizer
   })
 
 /** Tokenization on the worker thread. */
 export interface OffThreadTokenizer {
+  /** The vocabulary as the worker read it. */
+  readonly tables: VocabTables
   readonly tokenize: (text: string, special: boolean) => Effect.Effect<Array<Token>>
   readonly renderChat: (messages: ReadonlyArray<ChatMessage>) => Effect.Effect<Array<Token>, ChatTemplateFailed>
 }
