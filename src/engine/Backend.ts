@@ -38,11 +38,17 @@ export interface ChatMessage {
 /** The seam between the scheduler and an inference engine. Slots are identified by their index `0 … parallel-1`. */
 export interface BackendShape {
   readonly info: ModelInfo
-  readonly tokenize: (text: string, options?: { readonly special?: boolean }) => Effect.Effect<ReadonlyArray<number>>
+  /** Fails with `PromptTooLarge`, without tokenizing, for a text too long to fit in the context whatever its tokens. */
+  readonly tokenize: (
+    text: string,
+    options?: { readonly special?: boolean }
+  ) => Effect.Effect<ReadonlyArray<number>, PromptTooLarge>
   /** Text of `tokens`; `context` are the tokens before them, so leading spaces render as they would in the full text. */
   readonly detokenize: (tokens: ReadonlyArray<number>, context?: ReadonlyArray<number>) => string
   /** Renders a conversation with the model's own chat template, ending with the assistant's generation prompt. */
-  readonly renderChat: (messages: ReadonlyArray<ChatMessage>) => Effect.Effect<ReadonlyArray<number>, ChatTemplateFailed>
+  readonly renderChat: (
+    messages: ReadonlyArray<ChatMessage>
+  ) => Effect.Effect<ReadonlyArray<number>, ChatTemplateFailed | PromptTooLarge>
   /**
    * Builds (or finds already built) the grammar for `constraint`, so a grammar the engine cannot parse is refused before
    * the request takes a slot; `start` then uses the same grammar.
@@ -97,4 +103,14 @@ export class GrammarRejected extends Schema.TaggedError<GrammarRejected>()("Gram
   message: Schema.String,
   /** What the engine threw. */
   cause: Schema.optional(Schema.Defect)
+}) {}
+
+/**
+ * A prompt has more bytes than the context could hold even if every token were the vocabulary's longest, so it was
+ * refused before any tokenizer saw it.
+ */
+export class PromptTooLarge extends Schema.TaggedError<PromptTooLarge>()("PromptTooLarge", {
+  bytes: Schema.Number,
+  maxBytes: Schema.Number,
+  contextSize: Schema.Number
 }) {}

@@ -1,5 +1,5 @@
 import { HttpServerResponse } from "@effect/platform"
-import type { DecodeFailed, ChatTemplateFailed } from "../engine/Backend.js"
+import type { ChatTemplateFailed, DecodeFailed, PromptTooLarge } from "../engine/Backend.js"
 import type { AdmissionRejected, StageTimedOut } from "../scheduler/SchedulerErrors.js"
 import type { SessionStoreFailed } from "../sessions/SessionStore.js"
 import { ModelNotFound } from "../host/HostErrors.js"
@@ -35,6 +35,7 @@ export type ApiFailure =
   | StageTimedOut
   | DecodeFailed
   | ChatTemplateFailed
+  | PromptTooLarge
   | SessionNotFound
   | SessionStoreFailed
 
@@ -94,6 +95,13 @@ export const errorReply = (failure: ApiFailure): ErrorReply => {
       return invalid(
         `This model's maximum context length is ${failure.contextSize} tokens. However, your prompt has ` +
           `${failure.promptTokens} tokens. Please reduce the length of the prompt.`,
+        null,
+        "context_length_exceeded"
+      )
+    case "PromptTooLarge":
+      return invalid(
+        `This model's maximum context length is ${failure.contextSize} tokens, which no prompt over ` +
+          `${failure.maxBytes} bytes can fit; yours has ${failure.bytes} bytes. Please reduce the length of the prompt.`,
         null,
         "context_length_exceeded"
       )

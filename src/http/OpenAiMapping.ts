@@ -1,5 +1,5 @@
 import { Effect, Either, ParseResult, Schema } from "effect"
-import type { BackendShape, ChatMessage } from "../engine/Backend.js"
+import type { BackendShape, ChatMessage, PromptTooLarge } from "../engine/Backend.js"
 import { defaultSampling } from "../engine/SamplingOptions.js"
 import type { GrammarConstraint } from "../engine/SamplingOptions.js"
 import { toGrammarSchema } from "../engine/llama/JsonSchemaGrammar.js"
@@ -170,7 +170,7 @@ export const chatPrompt = (backend: BackendShape, messages: ReadonlyArray<ChatMe
 export const completionPrompt = (
   backend: BackendShape,
   prompt: CompletionRequest["prompt"]
-): Effect.Effect<ReadonlyArray<number>, InvalidParam> =>
+): Effect.Effect<ReadonlyArray<number>, InvalidParam | PromptTooLarge> =>
   Effect.gen(function*() {
     if (typeof prompt !== "string" && prompt.length > 1) {
       return yield* new InvalidParam({

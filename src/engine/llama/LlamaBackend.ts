@@ -8,7 +8,7 @@ import type { BackendShape, Generation, StepResult } from "../Backend.js"
 import { prioritizeBySequence } from "../BatchPlan.js"
 import { StepBatcher } from "../StepBatcher.js"
 import { defaultThreadTunerOptions, ThreadTuner } from "../ThreadTuner.js"
-import { chatRenderer } from "./ChatRenderer.js"
+import { makeBoundedTokenizer } from "./BoundedTokenizer.js"
 import { errorMessage } from "./errorMessage.js"
 import { evaluateOptions } from "./EvaluateOptions.js"
 import { GrammarCache } from "./GrammarCache.js"
@@ -159,6 +159,11 @@ export const LlamaBackend = {
         )
         const banEndOfGeneration = endOfGenerationBan(model, info.vocabSize)
         const grammars = new GrammarCache(llama, info.id, config.grammarCache)
+        const tokenizer = yield* makeBoundedTokenizer(model, {
+          modelPath: config.modelPath,
+          contextSize: info.contextSize,
+          vocabSize: info.vocabSize
+        }).pipe(Effect.mapError((error) => new ModelLoadFailed({ path: config.modelPath, message: error.message, cause: error })))
 
         const start: BackendShape["start"] = (slot, prompt, sampling) =>
           Effect.gen(function*() {
@@ -223,8 +228,7 @@ export const LlamaBackend = {
 
         return {
           info,
-          tokenize: (text, options) => Effect.sync(() => model.tokenize(text, options?.special ?? false)),
-          renderChat: chatRenderer(model),
+          ...tokenizer,
           checkGrammar: (constraint) => Effect.asVoid(grammars.grammarFor(constraint)),
           detokenize: (tokens, context) =>
             model.detokenize(tokens as ReadonlyArray<Token>, false, context as ReadonlyArray<Token> | undefined),
