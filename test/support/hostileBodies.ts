@@ -60,10 +60,6 @@ export const anyValue = (limits: HostileLimits): fc.Arbitrary<unknown> =>
     { weight: 1, arbitrary: fc.constantFrom(null, true, false, [], {}) }
   )
 
-/** A valid value most of the time, anything at all otherwise. */
-const field = <A>(valid: fc.Arbitrary<A>, limits: HostileLimits): fc.Arbitrary<unknown> =>
-  fc.oneof({ weight: 3, arbitrary: valid }, { weight: 1, arbitrary: anyValue(limits) })
-
 /** A property name, sometimes with NUL or other control characters in it. */
 const propertyName = fc.oneof(
   fc.string({ maxLength: 8 }),
@@ -91,7 +87,7 @@ export const hostileSchema = (limits: HostileLimits): fc.Arbitrary<unknown> => {
       { depthSize: "small", withCrossShrink: true },
       fc.constantFrom({ type: "string" }, { type: "integer" }, { type: "number" }, { type: "boolean" }, { type: "null" }, {}, true, false),
       fc.record(
-        { type: fc.constant("string"), minLength: schemaCount(limits), maxLength: schemaCount(limits), pattern: fc.constantFrom("^a+$", "(", "\u0000", "[") },
+        { type: fc.constant("string"), minLength: schemaCount(limits), maxLength: schemaCount(limits) },
         { requiredKeys: ["type"] }
       ),
       fc.record(
@@ -112,6 +108,7 @@ export const hostileSchema = (limits: HostileLimits): fc.Arbitrary<unknown> => {
       fc.record({ anyOf: fc.array(tie("schema"), { maxLength: 3 }) }),
       fc.record({ oneOf: fc.array(tie("schema"), { maxLength: 3 }) }),
       fc.record({ allOf: fc.array(tie("schema"), { maxLength: 3 }) }),
+      fc.record({ type: fc.constant("string"), pattern: fc.constantFrom("^a+$", "(", "\u0000", "[") }),
       refCycle,
       fc.record({ type: fc.oneof(fc.constantFrom("strnig", ["string", "null"], 5, null), fc.string()) }),
       fc.tuple(fc.integer({ min: 1, max: limits.maxDepth }), fc.constantFrom("array", "object")).map(([depth, kind]) => {
@@ -129,75 +126,93 @@ export const hostileSchema = (limits: HostileLimits): fc.Arbitrary<unknown> => {
 
 const responseFormat = (limits: HostileLimits) =>
   fc.oneof(
-    fc.constant({ type: "text" }),
-    fc.constant({ type: "json_object" }),
-    fc.record(
-      {
-        type: fc.constant("json_schema"),
-        json_schema: fc.record({ name: field(fc.string({ maxLength: 10 }), limits), schema: hostileSchema(limits), strict: field(fc.boolean(), limits) }, {
-          requiredKeys: ["schema"]
-        })
-      },
-      { requiredKeys: ["type", "json_schema"] }
-    ),
-    fc.record({ type: anyValue(limits), json_schema: anyValue(limits) })
+    { weight: 1, arbitrary: fc.constant({ type: "text" }) },
+    { weight: 1, arbitrary: fc.constant({ type: "json_object" }) },
+    {
+      weight: 6,
+      arbitrary: fc.record(
+        {
+          type: fc.constant("json_schema"),
+          json_schema: fc.record({ name: fc.string({ maxLength: 10 }), schema: hostileSchema(limits), strict: fc.boolean() }, { requiredKeys: ["schema"] })
+        },
+        { requiredKeys: ["type", "json_schema"] }
+      )
+    },
+    { weight: 1, arbitrary: fc.record({ type: anyValue(limits), json_schema: anyValue(limits) }) }
   )
 
 const content = (limits: HostileLimits) =>
   fc.oneof(
     { weight: 4, arbitrary: hostileString(limits) },
-    { weight: 1, arbitrary: fc.array(fc.record({ type: field(fc.constant("text"), limits), text: field(hostileString(limits), limits) }), { maxLength: 3 }) },
-    { weight: 1, arbitrary: anyValue(limits) }
+    { weight: 1, arbitrary: fc.array(fc.record({ type: fc.constant("text"), text: hostileString(limits) }), { maxLength: 3 }) }
   )
 
 const message = (limits: HostileLimits) =>
   fc.record(
-    {
-      role: field(fc.constantFrom("system", "developer", "user", "assistant", "tool", "function", ""), limits),
-      content: content(limits),
-      name: field(fc.string({ maxLength: 10 }), limits)
-    },
-    { requiredKeys: [] }
+    { role: fc.constantFrom("system", "developer", "user", "assistant"), content: content(limits), name: fc.string({ maxLength: 10 }) },
+    { requiredKeys: ["role", "content"] }
   )
 
-/** The fields both endpoints share, each valid, absent or hostile. Timeouts are left out: a 1 ms budget is a fair 504. */
+/**
+ * The fields both endpoints share, each absent or valid (strings and schemas still hostile); `withHostileFields`
+ * then spoils a few. Timeouts are left out: a 1 ms budget is a fair 504.
+ */
 const sharedFields = (limits: HostileLimits, model: string) => ({
-  model: field(fc.constant(model), limits),
-  max_tokens: field(fc.integer({ min: 1, max: 12 }), limits),
-  max_completion_tokens: field(fc.integer({ min: 1, max: 12 }), limits),
-  temperature: field(fc.double({ min: 0, max: 2, noNaN: true }), limits),
-  top_p: field(fc.double({ min: 0, max: 1, noNaN: true }), limits),
-  top_k: field(fc.integer({ min: 0, max: 100 }), limits),
-  min_p: field(fc.double({ min: 0, max: 1, noNaN: true }), limits),
-  stop: field(fc.oneof(hostileString(limits), fc.array(hostileString(limits), { maxLength: 17 })), limits),
-  seed: field(fc.integer(), limits),
-  n: field(fc.integer({ min: 1, max: 3 }), limits),
-  stream: field(fc.boolean(), limits),
-  stream_options: field(fc.record({ include_usage: field(fc.boolean(), limits) }), limits),
-  response_format: field(responseFormat(limits), limits),
-  presence_penalty: field(fc.double({ min: -2, max: 2, noNaN: true }), limits),
-  repeat_penalty: field(fc.double({ min: 0, max: 10, noNaN: true }), limits),
-  ignore_eos: field(fc.boolean(), limits),
-  priority: field(fc.oneof(fc.integer(), fc.constantFrom("high", "normal", "low")), limits),
-  cache_salt: field(fc.string({ maxLength: 8 }), limits),
-  user: field(fc.string({ maxLength: 8 }), limits)
+  model: fc.constant(model),
+  max_tokens: fc.integer({ min: 1, max: 12 }),
+  max_completion_tokens: fc.integer({ min: 1, max: 12 }),
+  temperature: fc.double({ min: 0, max: 2, noNaN: true }),
+  top_p: fc.double({ min: 0, max: 1, noNaN: true }),
+  top_k: fc.integer({ min: 0, max: 100 }),
+  min_p: fc.double({ min: 0, max: 1, noNaN: true }),
+  stop: fc.oneof(hostileString(limits), fc.array(hostileString(limits), { maxLength: 16 })),
+  seed: fc.integer(),
+  n: fc.constant(1),
+  stream: fc.boolean(),
+  stream_options: fc.record({ include_usage: fc.boolean() }),
+  response_format: responseFormat(limits),
+  presence_penalty: fc.double({ min: -2, max: 2, noNaN: true }),
+  repeat_penalty: fc.double({ min: 0, max: 10, noNaN: true }),
+  ignore_eos: fc.boolean(),
+  priority: fc.oneof(fc.integer(), fc.constantFrom("high", "normal", "low")),
+  cache_salt: fc.string({ maxLength: 8 }),
+  user: fc.string({ maxLength: 8 })
 })
 
-/** A `/v1/chat/completions` body: every known field valid, absent or hostile, or not an object at all. */
+/** A body of `fields`, with up to three of its known fields (or unknown ones) replaced by anything at all. */
+const withHostileFields = (limits: HostileLimits, fields: Record<string, fc.Arbitrary<unknown>>, required: ReadonlyArray<string>) => {
+  const names = [...Object.keys(fields), "session_id", "unknown_field"]
+  return fc
+    .tuple(
+      fc.record(fields, { requiredKeys: required as Array<string> }),
+      fc.oneof(fc.constant([]), fc.array(fc.tuple(fc.constantFrom(...names), anyValue(limits)), { minLength: 1, maxLength: 3 }))
+    )
+    .map(([body, spoiled]) => ({ ...body, ...Object.fromEntries(spoiled) }))
+}
+
+/** A `/v1/chat/completions` body: known fields absent, valid or hostile, or not an object at all. */
 export const hostileChatBody = (limits: HostileLimits, model: string): fc.Arbitrary<unknown> =>
   fc.oneof(
-    { weight: 12, arbitrary: fc.record({ ...sharedFields(limits, model), messages: field(fc.array(message(limits), { minLength: 0, maxLength: 4 }), limits) }, { requiredKeys: [] }) },
+    {
+      weight: 12,
+      arbitrary: withHostileFields(
+        limits,
+        { ...sharedFields(limits, model), messages: fc.array(message(limits), { minLength: 1, maxLength: 4 }) },
+        ["model", "messages", "max_tokens"]
+      )
+    },
     { weight: 1, arbitrary: anyValue(limits) }
   )
 
-/** A `/v1/completions` body: every known field valid, absent or hostile, or not an object at all. */
+/** A `/v1/completions` body: known fields absent, valid or hostile, or not an object at all. */
 export const hostileCompletionBody = (limits: HostileLimits, model: string): fc.Arbitrary<unknown> =>
   fc.oneof(
     {
       weight: 12,
-      arbitrary: fc.record(
-        { ...sharedFields(limits, model), prompt: field(fc.oneof(hostileString(limits), fc.array(hostileString(limits), { maxLength: 3 })), limits) },
-        { requiredKeys: [] }
+      arbitrary: withHostileFields(
+        limits,
+        { ...sharedFields(limits, model), prompt: fc.oneof(hostileString(limits), fc.array(hostileString(limits), { minLength: 1, maxLength: 3 })) },
+        ["model", "prompt", "max_tokens"]
       )
     },
     { weight: 1, arbitrary: anyValue(limits) }
