@@ -106,13 +106,17 @@ const knownBodies = (model: string) => {
     { enum: ["\u0000"] },
     { const: "nul\u0000" },
     { $ref: "#/$defs/a", $defs: { a: { $ref: "#/$defs/a" } } },
-    { $ref: "#/$defs/a", $defs: { a: { $ref: "#/$defs/b" }, b: { $ref: "#/$defs/a" } } }
+    { $ref: "#/$defs/a", $defs: { a: { $ref: "#/$defs/b" }, b: { $ref: "#/$defs/a" } } },
+    // Found: a cycle under `items`, whose `#/$defs/a` does not resolve from the root.
+    { type: "array", items: { $ref: "#/$defs/a", $defs: { a: { $ref: "#/$defs/a" } } } }
   ]
   return {
     "/v1/chat/completions": [
       // Found: arrays ~2,300 deep in a checked field overflow the stack while the error message is formatted.
       chat({ ignore_eos: nestedArrays(2400) }),
       chat({ temperature: "x".repeat(3_200_000) }),
+      // Found: a wrong-typed value ~500 levels deep is echoed whole in the message.
+      chat({ model: { a: nestedArrays(500) } }),
       ...schemas.flatMap((schema) => [chat({ response_format: jsonSchemaFormat(schema) }), chat({ response_format: jsonSchemaFormat(schema), stream: true })])
     ],
     "/v1/completions": [
