@@ -13,6 +13,7 @@ import { jsonResponse, sseResponse } from "./GenerationResponse.js"
 import { readJsonBody } from "./JsonBody.js"
 import { resolveModel } from "./ModelRoute.js"
 import { safeIdDescription, safeIdPattern } from "./SafeId.js"
+import { sessionOwnerOf } from "./SessionRoutes.js"
 import { chatMessagesOf, chatPrompt, completionPrompt, decodeBody, planOf } from "./OpenAiMapping.js"
 import { ChatCompletionRequest, CompletionRequest } from "./OpenAiRequests.js"
 import type { SharedRequest } from "./OpenAiRequests.js"
@@ -69,13 +70,14 @@ const chatRun: RunOf<ChatCompletionRequest> = (backend, body, submit) =>
       return yield* new InvalidParam({ param: "session_id", message: `session_id must be ${safeIdDescription}`, code: "invalid_value" })
     }
     const store = yield* SessionStore
-    const cacheKey = body.cache_salt ?? ""
+    const owner = sessionOwnerOf(body.cache_salt)
     const newMessages = chatMessagesOf(body.messages)
     const events = Stream.unwrapScoped(
       Effect.gen(function*() {
         yield* store.lockTurn(sessionId)
-        const existing = yield* store.get(sessionId)
-        if (Option.isSome(existing) && existing.value.cacheKey !== cacheKey) return yield* new SessionNotFound({ sessionId })
+        const existing = yield* store.resume(sessionId, owner).pipe(
+          Effect.catchTag("SessionOwnedByAnother", () => new SessionNotFound({ sessionId }))
+        )
         const history = Option.match(existing, { onNone: () => [], onSome: (session) => session.messages })
         const prompt = yield* backend.renderChat([...history, ...newMessages])
         let reply = ""
@@ -83,7 +85,7 @@ const chatRun: RunOf<ChatCompletionRequest> = (backend, body, submit) =>
           Stream.tap((event) => {
             if (event._tag === "Delta") reply += event.text
             if (event._tag !== "Finished" || (event.finishReason !== "stop" && event.finishReason !== "length")) return Effect.void
-            return store.appendTurn(sessionId, cacheKey, { newMessages, reply: { role: "assistant", content: reply }, usage: event.usage }).pipe(
+            return store.appendTurn(sessionId, owner, { newMessages, reply: { role: "assistant", content: reply }, usage: event.usage }).pipe(
               Effect.catchAll((error) => Effect.logError("The session turn could not be saved", error))
             )
           })

@@ -19,6 +19,13 @@ export class SessionConfig extends Context.Tag("weft/SessionConfig")<SessionConf
     Layer.succeed(SessionConfig, { ttlMs: 24 * 60 * 60 * 1000, sweepIntervalMs: 60_000, ...settings })
 }
 
+/**
+ * Who a session belongs to. Today it is the client's `cache_salt` (`""` without one); once API keys exist it is
+ * the key's tenant. Every read, delete and continuation of a session is checked against it.
+ */
+export const SessionOwner = Schema.String.pipe(Schema.brand("SessionOwner"))
+export type SessionOwner = typeof SessionOwner.Type
+
 const ChatMessageSchema = Schema.Struct({
   role: Schema.Literal("system", "user", "assistant"),
   content: Schema.String
@@ -27,8 +34,7 @@ const ChatMessageSchema = Schema.Struct({
 /** A stored conversation: its history, who it belongs to, and its totals. */
 export class Session extends Schema.Class<Session>("Session")({
   id: Schema.String,
-  /** The prefix-cache isolation key of the client that owns the session. */
-  cacheKey: Schema.String,
+  owner: SessionOwner,
   messages: Schema.Array(ChatMessageSchema),
   turns: Schema.Number,
   promptTokens: Schema.Number,
@@ -36,6 +42,11 @@ export class Session extends Schema.Class<Session>("Session")({
   cachedTokens: Schema.Number,
   createdAt: Schema.Number,
   updatedAt: Schema.Number
+}) {}
+
+/** A live session with this id belongs to another owner (callers answer as if it did not exist). */
+export class SessionOwnedByAnother extends Schema.TaggedError<SessionOwnedByAnother>()("SessionOwnedByAnother", {
+  sessionId: Schema.String
 }) {}
 
 /** The session store's database failed. */
@@ -46,7 +57,8 @@ export class SessionStoreFailed extends Schema.TaggedError<SessionStoreFailed>()
 
 const SessionRow = Schema.Struct({
   id: Schema.String,
-  cache_key: Schema.String,
+  // The column keeps its first name so existing databases open unchanged; it holds the owner.
+  cache_key: SessionOwner,
   messages: Schema.parseJson(Schema.Array(ChatMessageSchema)),
   turns: Schema.Number,
   prompt_tokens: Schema.Number,
@@ -116,18 +128,21 @@ export class SessionStore extends Effect.Service<SessionStore>()("weft/SessionSt
 
     const expiredBefore = (now: number) => now - settings.ttlMs
 
-    /** The live (unexpired) session `id`. */
-    const get = Effect.fn("SessionStore.get")(function*(id: string) {
+    /**
+     * The one owner check: the live session `id` if `owner` owns it. A missing, expired or foreign session reads
+     * the same (no row from the same query), so the three cannot be told apart by the answer or by the work done.
+     */
+    const get = Effect.fn("SessionStore.get")(function*(id: string, owner: SessionOwner) {
       const now = yield* Clock.currentTimeMillis
-      const rows = yield* sql`SELECT * FROM sessions WHERE id = ${id} AND updated_at >= ${expiredBefore(now)}`.pipe(
-        Effect.mapError(failed("get"))
-      )
+      const rows = yield* sql`SELECT * FROM sessions WHERE ${
+        sql.and([sql`id = ${id}`, sql`cache_key = ${owner}`, sql`updated_at >= ${expiredBefore(now)}`])
+      }`.pipe(Effect.mapError(failed("get")))
       if (rows.length === 0) return Option.none<Session>()
       const row = yield* decodeRow(rows[0]).pipe(Effect.mapError(failed("get")))
       return Option.some(
         new Session({
           id: row.id,
-          cacheKey: row.cache_key,
+          owner: row.cache_key,
           messages: row.messages,
           turns: row.turns,
           promptTokens: row.prompt_tokens,
@@ -139,26 +154,49 @@ export class SessionStore extends Effect.Service<SessionStore>()("weft/SessionSt
       )
     })
 
-    /** Appends a finished turn, creating the session on its first turn. */
-    const appendTurn = Effect.fn("SessionStore.appendTurn")(function*(id: string, cacheKey: string, turn: SessionTurn) {
+    /**
+     * The session a turn of `owner` continues: theirs, or none when the id is free for a new session; fails with
+     * `SessionOwnedByAnother` when another owner's live session has this id. Call it holding the turn lock.
+     */
+    const resume = Effect.fn("SessionStore.resume")(function*(id: string, owner: SessionOwner) {
+      const owned = yield* get(id, owner)
+      if (Option.isSome(owned)) return owned
       const now = yield* Clock.currentTimeMillis
-      const existing = yield* get(id)
+      const live = yield* sql`SELECT 1 FROM sessions WHERE id = ${id} AND updated_at >= ${expiredBefore(now)}`.pipe(
+        Effect.mapError(failed("resume"))
+      )
+      if (live.length > 0) return yield* new SessionOwnedByAnother({ sessionId: id })
+      return owned
+    })
+
+    /**
+     * Appends a finished turn of `owner`, creating the session on its first turn (over an expired one with the same
+     * id). Another owner's live session is never written: its id makes the insert fail. Call it holding the turn lock.
+     */
+    const appendTurn = Effect.fn("SessionStore.appendTurn")(function*(id: string, owner: SessionOwner, turn: SessionTurn) {
+      const now = yield* Clock.currentTimeMillis
+      const existing = yield* get(id, owner)
       const messages = [...Option.match(existing, { onNone: () => [], onSome: (session) => session.messages }), ...turn.newMessages, turn.reply]
       const encoded = JSON.stringify(messages)
       if (Option.isNone(existing)) {
-        yield* sql`INSERT OR REPLACE INTO sessions ${
-          sql.insert({
-            id,
-            cache_key: cacheKey,
-            messages: encoded,
-            turns: 1,
-            prompt_tokens: turn.usage.promptTokens,
-            completion_tokens: turn.usage.completionTokens,
-            cached_tokens: turn.usage.cachedTokens,
-            created_at: now,
-            updated_at: now
-          })
-        }`.pipe(Effect.mapError(failed("appendTurn")))
+        yield* sql.withTransaction(
+          Effect.zipRight(
+            sql`DELETE FROM sessions WHERE id = ${id} AND updated_at < ${expiredBefore(now)}`,
+            sql`INSERT INTO sessions ${
+              sql.insert({
+                id,
+                cache_key: owner,
+                messages: encoded,
+                turns: 1,
+                prompt_tokens: turn.usage.promptTokens,
+                completion_tokens: turn.usage.completionTokens,
+                cached_tokens: turn.usage.cachedTokens,
+                created_at: now,
+                updated_at: now
+              })
+            }`
+          )
+        ).pipe(Effect.mapError(failed("appendTurn")))
       } else {
         yield* sql`UPDATE sessions SET
           messages = ${encoded},
@@ -167,15 +205,24 @@ export class SessionStore extends Effect.Service<SessionStore>()("weft/SessionSt
           completion_tokens = completion_tokens + ${turn.usage.completionTokens},
           cached_tokens = cached_tokens + ${turn.usage.cachedTokens},
           updated_at = ${now}
-          WHERE id = ${id}`.pipe(Effect.mapError(failed("appendTurn")))
+          WHERE id = ${id} AND cache_key = ${owner}`.pipe(Effect.mapError(failed("appendTurn")))
       }
     })
 
-    /** Deletes session `id`; true when it existed. */
-    const remove = Effect.fn("SessionStore.remove")(function*(id: string) {
-      const existing = yield* get(id)
-      yield* sql`DELETE FROM sessions WHERE id = ${id}`.pipe(Effect.mapError(failed("remove")))
-      return Option.isSome(existing)
+    /**
+     * Deletes `owner`'s session `id`; true when it existed. The owner check runs before the turn lock is taken, so
+     * a request for someone else's busy session answers as fast as one for a missing id; the owner's delete waits
+     * for a running turn, which would otherwise save its reply into a new session.
+     */
+    const remove = Effect.fn("SessionStore.remove")(function*(id: string, owner: SessionOwner) {
+      if (Option.isNone(yield* get(id, owner))) return false
+      return yield* withTurnLock(
+        id,
+        Effect.map(
+          sql`DELETE FROM sessions WHERE id = ${id} AND cache_key = ${owner} RETURNING id`.pipe(Effect.mapError(failed("remove"))),
+          (rows) => rows.length > 0
+        )
+      )
     })
 
     /** Deletes every session idle past the TTL; returns how many. */
@@ -192,7 +239,7 @@ export class SessionStore extends Effect.Service<SessionStore>()("weft/SessionSt
       Effect.forkScoped
     )
 
-    return { get, appendTurn, remove, sweepExpired, lockTurn, withTurnLock } as const
+    return { get, resume, appendTurn, remove, sweepExpired, lockTurn, withTurnLock } as const
   })
 }) {
   /** The store on a SQLite file (created if missing). */
