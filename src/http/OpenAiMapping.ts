@@ -118,6 +118,13 @@ export const planOf = (
     }
     const stop = body.stop === undefined ? [] : typeof body.stop === "string" ? [body.stop] : body.stop
     const grammar = yield* grammarOf(body.response_format, backend)
+    if (grammar !== undefined && body.ignore_eos === true) {
+      return yield* new InvalidParam({
+        param: "ignore_eos",
+        message: "ignore_eos cannot be combined with a json_object or json_schema response_format: the grammar decides where the output ends",
+        code: "unsupported_value"
+      })
+    }
     const seed = body.seed === undefined || body.seed === -1 ? undefined : body.seed >>> 0
     return {
       request: {

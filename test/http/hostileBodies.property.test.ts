@@ -1,7 +1,7 @@
 import { FastCheck as fc } from "effect"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { SimBackend } from "../../src/engine/SimBackend.js"
-import { hostileChatBody, hostileCompletionBody, hostileLimits, normalChatBody } from "../support/hostileBodies.js"
+import { hostileChatBody, hostileCompletionBody, hostileLimits, normalChatBody, stringifyDeep } from "../support/hostileBodies.js"
 import type { HostileLimits } from "../support/hostileBodies.js"
 import { tinyBackend, tinyModelId } from "../support/tinyModel.js"
 import { postJson, sseData, startServer, waitForHealth } from "../support/testServer.js"
@@ -29,7 +29,7 @@ interface Exchange {
 
 /** Sends `body` and reads the whole answer (a stream to its end). */
 const send = async (server: TestServer, path: string, body: unknown): Promise<Exchange> => {
-  const response = await postJson(server, path, JSON.stringify(body), { signal: AbortSignal.timeout(requestTimeoutMs) })
+  const response = await postJson(server, path, stringifyDeep(body), { signal: AbortSignal.timeout(requestTimeoutMs) })
   return { status: response.status, text: await response.text() }
 }
 
@@ -144,7 +144,7 @@ const checkBodies = (getServer: () => TestServer, model: string, limits: Hostile
           if (details.failed) {
             throw new Error(
               `seed ${details.seed}, path ${details.counterexamplePath}, after ${details.numShrinks} shrinks:\n` +
-                `${JSON.stringify(abbreviate(details.counterexample?.[0]))}\n${String(details.errorInstance)}`
+                `${JSON.stringify(abbreviate(details.counterexample?.[0]))}\n${(details.errorInstance as Error)?.stack ?? String(details.errorInstance)}`
             )
           }
         } }

@@ -220,3 +220,37 @@ export const hostileCompletionBody = (limits: HostileLimits, model: string): fc.
 
 /** A body that must succeed, to check the server still serves after a hostile one. */
 export const normalChatBody = (model: string) => ({ model, messages: [{ role: "user", content: "hello" }], max_tokens: 3 })
+
+/**
+ * `JSON.stringify` without recursion: hostile bodies nest thousands of levels, past what the stack of a busy test
+ * worker holds. Plain JSON values only (what the generators make).
+ */
+export const stringifyDeep = (value: unknown): string => {
+  const out: Array<string> = []
+  // Each entry is either a value still to write or a piece of punctuation.
+  const pending: Array<{ readonly value: unknown } | string> = [{ value }]
+  while (pending.length > 0) {
+    const next = pending.pop()!
+    if (typeof next === "string") {
+      out.push(next)
+      continue
+    }
+    const current = next.value
+    if (Array.isArray(current)) {
+      const parts: Array<{ readonly value: unknown } | string> = ["["]
+      current.forEach((item, index) => parts.push(...(index > 0 ? [","] : []), { value: item === undefined ? null : item }))
+      parts.push("]")
+      pending.push(...parts.reverse())
+    } else if (typeof current === "object" && current !== null) {
+      const parts: Array<{ readonly value: unknown } | string> = ["{"]
+      Object.entries(current).filter(([, item]) => item !== undefined).forEach(([key, item], index) =>
+        parts.push(`${index > 0 ? "," : ""}${JSON.stringify(key)}:`, { value: item })
+      )
+      parts.push("}")
+      pending.push(...parts.reverse())
+    } else {
+      out.push(JSON.stringify(current) ?? "null")
+    }
+  }
+  return out.join("")
+}
