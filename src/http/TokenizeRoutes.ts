@@ -60,7 +60,11 @@ const tokenize = (maxBodyBytes: number) =>
       : parsed
     if (body.with_pieces !== true) return HttpServerResponse.unsafeJson({ tokens })
     return HttpServerResponse.unsafeJson({
-      tokens: tokens.map((id) => ({ id, piece: backend.detokenize([id], undefined, { special: true }) }))
+      // Each piece renders after the token before it, so a word's leading space stays on it and the pieces spell the text.
+      tokens: tokens.map((id, index) => ({
+        id,
+        piece: backend.detokenize([id], index === 0 ? undefined : [tokens[index - 1]!], { special: true })
+      }))
     })
   }).pipe(Effect.withSpan("http.tokenize"))
 

@@ -39,10 +39,13 @@ export const makeEmbeddingGate = (settings: SchedulerSettings, isDraining: Effec
         const rejected = yield* admit
         if (rejected !== undefined) return yield* rejected
         const limits = effectiveTimeouts(settings.timeouts, timeouts)
-        const held = Effect.acquireUseRelease(
-          withStageLimit(Queue.take(permits), "queue", limits.queueMs),
-          () => work,
-          () => Queue.offer(permits, undefined)
+        // The wait for a permit must stay interruptible, or its timeout could not end it (an `acquireUseRelease`
+        // acquisition is not): an interrupted `take` takes nothing, and one that took a permit gives it back.
+        const held = Effect.uninterruptibleMask((restore) =>
+          Effect.zipRight(
+            restore(withStageLimit(Queue.take(permits), "queue", limits.queueMs)),
+            Effect.ensuring(restore(work), Queue.offer(permits, undefined))
+          )
         )
         return yield* withStageLimit(held, "total", limits.totalMs).pipe(Effect.ensuring(Ref.update(inFlight, (count) => count - 1)))
       })
