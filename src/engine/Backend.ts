@@ -16,6 +16,10 @@ export interface ModelInfo {
   readonly bosToken: number | undefined
   /** Whether the model expects BOS before a raw (non-chat) prompt. */
   readonly addBosToken: boolean
+  /** Length of the vectors `embed` returns (the model's native embedding size). */
+  readonly embeddingSize: number
+  /** Most tokens one input to `embed` may have. */
+  readonly maxEmbeddingTokens: number
 }
 
 /** One decode step's outcome. */
@@ -43,8 +47,15 @@ export interface BackendShape {
     text: string,
     options?: { readonly special?: boolean }
   ) => Effect.Effect<ReadonlyArray<number>, PromptTooLarge>
-  /** Text of `tokens`; `context` are the tokens before them, so leading spaces render as they would in the full text. */
-  readonly detokenize: (tokens: ReadonlyArray<number>, context?: ReadonlyArray<number>) => string
+  /**
+   * Text of `tokens`; `context` are the tokens before them, so leading spaces render as they would in the full text.
+   * Special tokens render as their text only with `special` (by default they render as nothing).
+   */
+  readonly detokenize: (
+    tokens: ReadonlyArray<number>,
+    context?: ReadonlyArray<number>,
+    options?: { readonly special?: boolean }
+  ) => string
   /** Renders a conversation with the model's own chat template, ending with the assistant's generation prompt. */
   readonly renderChat: (
     messages: ReadonlyArray<ChatMessage>
@@ -73,6 +84,12 @@ export interface BackendShape {
   readonly cells: (slot: number) => number
   /** The tokens whose KV cells `slot` holds, in position order. */
   readonly tokensOf: (slot: number) => ReadonlyArray<number>
+  /**
+   * One embedding per input (token arrays of 1 … `info.maxEmbeddingTokens` valid ids, checked by the caller), in input
+   * order, each `info.embeddingSize` long and L2-normalized. Deterministic: the same tokens give the same vector.
+   * Runs beside generation without taking a slot; the caller bounds how many run at once.
+   */
+  readonly embed: (inputs: ReadonlyArray<ReadonlyArray<number>>) => Effect.Effect<ReadonlyArray<Float32Array>, EmbeddingFailed>
 }
 
 /** The inference engine behind the scheduler: `LlamaBackend` (node-llama-cpp) or `SimBackend` (deterministic, for tests). */
@@ -84,6 +101,13 @@ export class DecodeFailed extends Schema.TaggedError<DecodeFailed>()("DecodeFail
   stage: Schema.Literal("prefill", "decode"),
   message: Schema.String,
   /** What the engine threw, where it threw. */
+  cause: Schema.optional(Schema.Defect)
+}) {}
+
+/** The engine failed to compute an embedding. */
+export class EmbeddingFailed extends Schema.TaggedError<EmbeddingFailed>()("EmbeddingFailed", {
+  message: Schema.String,
+  /** What the engine threw. */
   cause: Schema.optional(Schema.Defect)
 }) {}
 

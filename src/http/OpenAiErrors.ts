@@ -1,5 +1,5 @@
 import { HttpServerResponse } from "@effect/platform"
-import type { ChatTemplateFailed, DecodeFailed, PromptTooLarge } from "../engine/Backend.js"
+import type { ChatTemplateFailed, DecodeFailed, EmbeddingFailed, PromptTooLarge } from "../engine/Backend.js"
 import type { AdmissionRejected, StageTimedOut } from "../scheduler/SchedulerErrors.js"
 import type { SessionStoreFailed } from "../sessions/SessionStore.js"
 import { ModelNotFound } from "../host/HostErrors.js"
@@ -34,6 +34,7 @@ export type ApiFailure =
   | AdmissionRejected
   | StageTimedOut
   | DecodeFailed
+  | EmbeddingFailed
   | ChatTemplateFailed
   | PromptTooLarge
   | SessionNotFound
@@ -154,6 +155,7 @@ export const errorReply = (failure: ApiFailure): ErrorReply => {
     case "GenerationCancelled":
       return reply(503, { message: failure.message, type: "server_error", param: null, code: failure.shuttingDown ? "shutting_down" : "cancelled" })
     case "DecodeFailed":
+    case "EmbeddingFailed":
       return internalError()
   }
 }

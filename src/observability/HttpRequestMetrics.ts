@@ -4,6 +4,9 @@ import { WeftMetrics } from "./WeftMetrics.js"
 const fixedEndpoints = new Set([
   "/v1/chat/completions",
   "/v1/completions",
+  "/v1/embeddings",
+  "/tokenize",
+  "/detokenize",
   "/v1/models",
   "/v1/sessions",
   "/health",

@@ -9,6 +9,7 @@ import { prioritizeBySequence } from "../BatchPlan.js"
 import { StepBatcher } from "../StepBatcher.js"
 import { defaultThreadTunerOptions, ThreadTuner } from "../ThreadTuner.js"
 import { makeBoundedTokenizer } from "./BoundedTokenizer.js"
+import { makeLlamaEmbedder } from "./Embeddings.js"
 import { errorMessage } from "./errorMessage.js"
 import { evaluateOptions } from "./EvaluateOptions.js"
 import { GrammarCache } from "./GrammarCache.js"
@@ -151,12 +152,12 @@ export const LlamaBackend = {
           })
         )
 
-        const info = llamaModelInfo(
-          config.modelId ?? basename(config.modelPath).replace(/\.gguf$/i, ""),
-          config.parallel,
-          model,
-          context
-        )
+        const embedder = yield* makeLlamaEmbedder(model, { contextSize: config.contextSize, threads })
+        const info = {
+          ...llamaModelInfo(config.modelId ?? basename(config.modelPath).replace(/\.gguf$/i, ""), config.parallel, model, context),
+          embeddingSize: embedder.size,
+          maxEmbeddingTokens: embedder.maxInputTokens
+        }
         const banEndOfGeneration = endOfGenerationBan(model, info.vocabSize)
         const grammars = new GrammarCache(llama, info.id, config.grammarCache)
         const tokenizer = yield* makeBoundedTokenizer(model, {
@@ -230,8 +231,8 @@ export const LlamaBackend = {
           info,
           ...tokenizer,
           checkGrammar: (constraint) => Effect.asVoid(grammars.grammarFor(constraint)),
-          detokenize: (tokens, context) =>
-            model.detokenize(tokens as ReadonlyArray<Token>, false, context as ReadonlyArray<Token> | undefined),
+          detokenize: (tokens, context, options) =>
+            model.detokenize(tokens as ReadonlyArray<Token>, options?.special ?? false, context as ReadonlyArray<Token> | undefined),
           start,
           erase: (slot) =>
             Effect.tryPromise({
@@ -252,7 +253,8 @@ export const LlamaBackend = {
               (participant) => arrivals.expire(slot, participant)
             ),
           cells: (slot) => sequences[slot]!.nextTokenIndex,
-          tokensOf: (slot) => sequences[slot]!.contextTokens
+          tokensOf: (slot) => sequences[slot]!.contextTokens,
+          embed: embedder.embed
         } satisfies BackendShape
       })
     )
