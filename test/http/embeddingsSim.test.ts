@@ -10,15 +10,16 @@ import { postJson, startServer } from "../support/testServer.js"
 
 describe("/v1/embeddings admission over HTTP (SimBackend)", () => {
   it("answers 429 queue_full beyond --max-queue waiting embedding requests, and 408 past the queue timeout", async () => {
-    // One embedding request runs at a time; 40 ms per token keeps the first busy while the others arrive.
+    // One embedding request runs at a time; 40 ms per token keeps the first busy (4 s) long after the others arrive
+    // and time out, with seconds of margin for a loaded machine.
     const server = await startServer(SimBackend.layer({ parallel: 1, contextSize: 256, tokenLatency: 1, prefillLatencyPerToken: 40 }), {
       scheduler: { maxQueue: 1 }
     })
     try {
       const embed = (input: string, extra: Record<string, unknown> = {}) =>
         postJson(server, "/v1/embeddings", { model: "sim", input, ...extra })
-      const running = embed("x".repeat(40))
-      await new Promise((resolve) => setTimeout(resolve, 300))
+      const running = embed("x".repeat(100))
+      await new Promise((resolve) => setTimeout(resolve, 500))
       // Both arrive while the first runs: whichever is admitted first waits and times out, the other finds the queue full.
       const answers = await Promise.all([embed("y", { timeout_queue_ms: 200 }), embed("z", { timeout_queue_ms: 200 })])
       const bodies = await Promise.all(answers.map((answer) => answer.json() as Promise<{ error: { code: string } }>))
