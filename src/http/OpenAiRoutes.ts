@@ -13,7 +13,7 @@ import { jsonResponse, sseResponse } from "./GenerationResponse.js"
 import { readJsonBody } from "./JsonBody.js"
 import { resolveModel } from "./ModelRoute.js"
 import { safeIdDescription, safeIdPattern } from "./SafeId.js"
-import { chatMessagesOf, chatPrompt, completionPrompt, decodeBody, planOf } from "./OpenAiMapping.js"
+import { chatMessagesOf, chatPrompt, completionPrompt, decodeRequest, planOf } from "./OpenAiMapping.js"
 import { ChatCompletionRequest, CompletionRequest } from "./OpenAiRequests.js"
 import type { SharedRequest } from "./OpenAiRequests.js"
 import type { CompletionKind } from "./OpenAiResponses.js"
@@ -41,7 +41,7 @@ const generationRoute = <A extends SharedRequest, I>(
   runOf: RunOf<A>
 ) =>
   Effect.gen(function*() {
-    const body = yield* decodeBody(schema, yield* readJsonBody(options.maxBodyBytes))
+    const body = yield* decodeRequest(kind === "chat" ? "chat" : "completions", schema, yield* readJsonBody(options.maxBodyBytes))
     const { backend, scheduler } = yield* resolveModel(body.model)
     const plan = yield* planOf(body, { maxTokens: kind === "text" ? legacyCompletionMaxTokens : undefined }, backend)
     const id = newId(kind)
