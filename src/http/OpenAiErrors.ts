@@ -4,7 +4,7 @@ import type { AdmissionRejected, StageTimedOut } from "../scheduler/SchedulerErr
 import type { SessionStoreFailed } from "../sessions/SessionStore.js"
 import { ModelNotFound } from "../host/HostErrors.js"
 import type { ModelLoading } from "../host/HostErrors.js"
-import { SessionNotFound } from "./HttpErrors.js"
+import { ResponseNotFound, SessionNotFound } from "./HttpErrors.js"
 import type {
   BodyNestedTooDeep,
   BodyNotDeclaredJson,
@@ -38,6 +38,7 @@ export type ApiFailure =
   | PromptTooLarge
   | SessionNotFound
   | SessionStoreFailed
+  | ResponseNotFound
 
 /** OpenAI's error object, as it appears under `error` in a response body or an SSE frame. */
 export interface OpenAiErrorBody {
@@ -118,6 +119,13 @@ export const errorReply = (failure: ApiFailure): ErrorReply => {
       })
     case "SessionStoreFailed":
       return reply(500, { message: "The session store failed; the turn was not saved", type: "server_error", param: null, code: null })
+    case "ResponseNotFound":
+      return reply(404, {
+        message: new ResponseNotFound({ responseId: shorten(failure.responseId), param: failure.param }).message,
+        type: "invalid_request_error",
+        param: failure.param,
+        code: "response_not_found"
+      })
     case "ModelNotFound":
       return reply(404, {
         message: new ModelNotFound({ model: shorten(failure.model) }).message,

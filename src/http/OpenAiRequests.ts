@@ -4,17 +4,17 @@ import { safeIdDescription, safeIdPattern } from "./SafeId.js"
 // Unknown fields are tolerated: Schema.Struct ignores excess properties when decoding.
 // `null` is accepted wherever a field is optional, as OpenAI's own API and many clients send it for "unset".
 
-const optional = <S extends Schema.Schema.Any>(schema: S) => Schema.optionalWith(schema, { nullable: true })
+export const optional = <S extends Schema.Schema.Any>(schema: S) => Schema.optionalWith(schema, { nullable: true })
 
 /** What a valid value looks like; reported for a failed refinement, while a wrong JSON type reports itself. */
 const expected = (text: string) => ({ message: () => text })
 
 /** For leaves whose inner issues say less than this (a union of literals would report only its first member). */
-const expectedExactly = (text: string) => ({ message: () => ({ message: text, override: true }) })
+export const expectedExactly = (text: string) => ({ message: () => ({ message: text, override: true }) })
 
-const PositiveInt = Schema.Int.pipe(Schema.greaterThanOrEqualTo(1)).annotations(expected("an integer of at least 1"))
+export const PositiveInt = Schema.Int.pipe(Schema.greaterThanOrEqualTo(1)).annotations(expected("an integer of at least 1"))
 const NonNegativeInt = Schema.Int.pipe(Schema.greaterThanOrEqualTo(0)).annotations(expected("an integer of at least 0"))
-const NumberBetween = (min: number, max: number) =>
+export const NumberBetween = (min: number, max: number) =>
   Schema.Number.pipe(Schema.between(min, max)).annotations(expected(`a number between ${min} and ${max}`))
 
 /** A text content part; other part types (images, audio) are not supported by a text-only model. */
@@ -35,7 +35,7 @@ export const ChatMessageInput = Schema.Struct({
 })
 export type ChatMessageInput = typeof ChatMessageInput.Type
 
-const JsonSchemaFormat = Schema.Struct({
+export const JsonSchemaFormat = Schema.Struct({
   name: optional(Schema.String),
   description: optional(Schema.String),
   schema: Schema.Unknown.pipe(Schema.filter((value) => value !== undefined, { message: () => "is required" })),

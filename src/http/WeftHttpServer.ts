@@ -19,6 +19,7 @@ import { errorReply, errorResponse, internalError, unknownRoute } from "./OpenAi
 import type { ApiFailure } from "./OpenAiErrors.js"
 import { openAiRoutes } from "./OpenAiRoutes.js"
 import { routeMethods } from "./RouteMethods.js"
+import { responsesRoutes } from "./ResponsesRoutes.js"
 import { sessionRoutes } from "./SessionRoutes.js"
 import type { SessionStore } from "../sessions/SessionStore.js"
 
@@ -182,7 +183,7 @@ export const WeftHttpServer = {
     Layer.unwrapEffect(
       Effect.sync(() => {
         const server = Http.createServer()
-        const router = openAiRoutes(options).pipe(HttpRouter.concat(sessionRoutes), HttpRouter.concat(observabilityRoutes), HttpRouter.get("/health", health))
+        const router = openAiRoutes(options).pipe(HttpRouter.concat(responsesRoutes(options)), HttpRouter.concat(sessionRoutes), HttpRouter.concat(observabilityRoutes), HttpRouter.get("/health", health))
         // One scope, so the shutdown finalizer (added last) runs before the request handler is removed.
         const serve = Layer.scopedDiscard(
           Effect.gen(function*() {
