@@ -1,5 +1,5 @@
 import { HttpServerResponse } from "@effect/platform"
-import type { ChatTemplateFailed, DecodeFailed, PromptTooLarge } from "../engine/Backend.js"
+import type { ChatTemplateFailed, DecodeFailed, PromptTooLarge, StructuredOutputInvalid } from "../engine/Backend.js"
 import type { AdmissionRejected, StageTimedOut } from "../scheduler/SchedulerErrors.js"
 import type { SessionStoreFailed } from "../sessions/SessionStore.js"
 import { ModelNotFound } from "../host/HostErrors.js"
@@ -39,6 +39,7 @@ export type ApiFailure =
   | SessionNotFound
   | SessionStoreFailed
   | ResponseNotFound
+  | StructuredOutputInvalid
 
 /** OpenAI's error object, as it appears under `error` in a response body or an SSE frame. */
 export interface OpenAiErrorBody {
@@ -163,6 +164,13 @@ export const errorReply = (failure: ApiFailure): ErrorReply => {
       return reply(503, { message: failure.message, type: "server_error", param: null, code: failure.shuttingDown ? "shutting_down" : "cancelled" })
     case "DecodeFailed":
       return internalError()
+    case "StructuredOutputInvalid":
+      return reply(500, {
+        message: `The generated output does not match the requested schema (${failure.violation}); this is a server bug`,
+        type: "server_error",
+        param: null,
+        code: "structured_output_invalid"
+      })
   }
 }
 

@@ -10,6 +10,7 @@ import { InvalidParam, ResponseNotFound } from "./HttpErrors.js"
 import { errorReply } from "./OpenAiErrors.js"
 import type { ApiFailure } from "./OpenAiErrors.js"
 import { readJsonBody } from "./JsonBody.js"
+import { validatedOutput } from "./StructuredOutput.js"
 import { resolveModel } from "./ModelRoute.js"
 import { decodeRequest, planOf } from "./OpenAiMapping.js"
 import { expectedExactly, JsonSchemaFormat, NumberBetween, optional, PositiveInt } from "./OpenAiRequests.js"
@@ -214,7 +215,7 @@ const createResponse = (options: OpenAiRoutesOptions) =>
       temperature: plan.request.sampling.temperature,
       topP: plan.request.sampling.topP
     }
-    const events = scheduler.submit({ id: identity.id, prompt, ...plan.request })
+    const events = validatedOutput(plan.request.sampling.grammar, scheduler.submit({ id: identity.id, prompt, ...plan.request }))
 
     /** Keeps a finished response for `GET` and `previous_response_id`, unless `store: false`. */
     const save = (text: string, object: unknown) =>
