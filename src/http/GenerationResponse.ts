@@ -38,10 +38,10 @@ export interface GenerationRun {
   readonly events: Stream.Stream<GenerationEvent, ApiFailure>
 }
 
-/** Runs the generation to its end and answers with one JSON body; a client that disconnects interrupts the run. */
-export const jsonResponse = (
-  { events, meta }: GenerationRun
-): Effect.Effect<HttpServerResponse.HttpServerResponse, ApiFailure> =>
+/** Runs the generation to its end: its whole text and how it finished, or the failure it ended with. */
+export const generatedText = (
+  events: Stream.Stream<GenerationEvent, ApiFailure>
+): Effect.Effect<{ readonly text: string; readonly finished: Finished; readonly reason: OpenAiFinishReason }, ApiFailure> =>
   Effect.gen(function*() {
     const { finished, parts } = yield* Stream.runFold(
       events,
@@ -55,8 +55,15 @@ export const jsonResponse = (
     if (finished === undefined) return yield* Effect.dieMessage("generation stream ended without a Finished event")
     const outcome = yield* outcomeOf(finished)
     if (outcome._tag === "Failed") return yield* Effect.fail(outcome.failure)
-    return HttpServerResponse.unsafeJson(completionBody(meta, parts.join(""), outcome.reason, finished.usage))
+    return { text: parts.join(""), finished, reason: outcome.reason }
   })
+
+/** Runs the generation to its end and answers with one JSON body; a client that disconnects interrupts the run. */
+export const jsonResponse = (
+  { events, meta }: GenerationRun
+): Effect.Effect<HttpServerResponse.HttpServerResponse, ApiFailure> =>
+  Effect.map(generatedText(events), ({ finished, reason, text }) =>
+    HttpServerResponse.unsafeJson(completionBody(meta, text, reason, finished.usage)))
 
 const frame = (body: unknown) => `data: ${JSON.stringify(body)}\n\n`
 

@@ -4,7 +4,7 @@ import { randomUUID } from "node:crypto"
 import type { ChatMessage } from "../engine/Backend.js"
 import type { GenerationEvent, Usage } from "../scheduler/GenerationRequest.js"
 import { SessionStore, StoredResponse } from "../sessions/SessionStore.js"
-import { outcomeOf, sseHeaders, startedEvents } from "./GenerationResponse.js"
+import { generatedText, outcomeOf, sseHeaders, startedEvents } from "./GenerationResponse.js"
 import type { Finished } from "./GenerationResponse.js"
 import { InvalidParam, ResponseNotFound } from "./HttpErrors.js"
 import { errorReply } from "./OpenAiErrors.js"
@@ -230,20 +230,8 @@ const createResponse = (options: OpenAiRoutesOptions) =>
       ).pipe(Effect.catchAll((error) => Effect.logError("The response could not be stored", error)))
 
     if (body.stream !== true) {
-      const { finished, parts } = yield* Stream.runFold(
-        events,
-        { parts: [] as Array<string>, finished: undefined as Finished | undefined },
-        (state, event) => {
-          if (event._tag === "Delta") state.parts.push(event.text)
-          else if (event._tag === "Finished") state.finished = event
-          return state
-        }
-      )
-      if (finished === undefined) return yield* Effect.dieMessage("generation stream ended without a Finished event")
-      const outcome = yield* outcomeOf(finished)
-      if (outcome._tag === "Failed") return yield* Effect.fail(outcome.failure)
-      const text = parts.join("")
-      const object = finishedObject(identity, text, finished, outcome.reason)
+      const { finished, reason, text } = yield* generatedText(events)
+      const object = finishedObject(identity, text, finished, reason)
       yield* save(text, object)
       return HttpServerResponse.unsafeJson(object)
     }

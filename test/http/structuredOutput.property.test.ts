@@ -58,6 +58,17 @@ describe("structured output holds (property)", () => {
   })
   afterAll(() => server?.close())
 
+  /** One sampled choice under `format`; a seed and temperature 1 so runs differ. */
+  const jsonChoice = async (format: NonNullable<OpenAI.ChatCompletionCreateParams["response_format"]>, seed: number, maxTokens: number) =>
+    (await client.chat.completions.create({
+      model: tinyModelId,
+      messages: [{ role: "user", content: "Answer in JSON." }],
+      max_tokens: maxTokens,
+      seed,
+      temperature: 1,
+      response_format: format
+    })).choices[0]!
+
   it("json_schema output that stops normally parses and validates", { timeout: 240_000 }, async () => {
     let checked = 0
     await fc.assert(
@@ -65,15 +76,7 @@ describe("structured output holds (property)", () => {
         schemaOf.map((schema) => ({ type: "object", properties: { value: schema }, required: ["value"], additionalProperties: false })),
         fc.integer({ min: 0, max: 2 ** 31 - 1 }),
         async (schema, seed) => {
-          const completion = await client.chat.completions.create({
-            model: tinyModelId,
-            messages: [{ role: "user", content: "Answer in JSON." }],
-            max_tokens: 400,
-            seed,
-            temperature: 1,
-            response_format: { type: "json_schema", json_schema: { name: "s", schema, strict: true } }
-          })
-          const choice = completion.choices[0]!
+          const choice = await jsonChoice({ type: "json_schema", json_schema: { name: "s", schema, strict: true } }, seed, 400)
           if (choice.finish_reason !== "stop") return
           checked += 1
           const value: unknown = JSON.parse(choice.message.content!)
@@ -89,15 +92,7 @@ describe("structured output holds (property)", () => {
   it("json_object output that stops normally is a JSON object with finite numbers", { timeout: 120_000 }, async () => {
     await fc.assert(
       fc.asyncProperty(fc.integer({ min: 0, max: 2 ** 31 - 1 }), async (seed) => {
-        const completion = await client.chat.completions.create({
-          model: tinyModelId,
-          messages: [{ role: "user", content: "Answer in JSON." }],
-          max_tokens: 300,
-          seed,
-          temperature: 1,
-          response_format: { type: "json_object" }
-        })
-        const choice = completion.choices[0]!
+        const choice = await jsonChoice({ type: "json_object" }, seed, 300)
         if (choice.finish_reason !== "stop") return
         const text = choice.message.content!
         const value: unknown = JSON.parse(text)
