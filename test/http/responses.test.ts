@@ -3,6 +3,8 @@ import * as os from "node:os"
 import * as path from "node:path"
 import OpenAI from "openai"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import { SimBackend } from "../../src/engine/SimBackend.js"
+import { endpointOf } from "../../src/observability/HttpRequestMetrics.js"
 import { postJson, startServer } from "../support/testServer.js"
 import type { TestServer } from "../support/testServer.js"
 import { tinyBackend, tinyModelId } from "../support/tinyModel.js"
@@ -169,5 +171,36 @@ describe("the Responses API", () => {
     expect(((await badSchema.json()) as { error: { param: string } }).error.param).toBe("text.format.schema.pattern")
     const badInput = await postJson(server, "/v1/responses", { model: tinyModelId, input: [{ role: "user", content: [{ type: "input_image", image_url: "x" }] }] })
     expect(badInput.status).toBe(400)
+  })
+})
+
+describe("the Responses API, when a generation fails mid-stream", () => {
+  let server: TestServer
+
+  beforeAll(async () => {
+    server = await startServer(SimBackend.layer({ parallel: 1, contextSize: 4096, tokenLatency: 1, script: () => ({ failAtToken: 3 }) }))
+  })
+  afterAll(() => server?.close())
+
+  it("ends the stream with response.failed carrying the error, and keeps serving", async () => {
+    const response = await postJson(server, "/v1/responses", { model: "sim", input: "Hi", max_output_tokens: 20, stream: true })
+    expect(response.status).toBe(200)
+    const events = (await response.text()).split("\n\n").filter((frame) => frame !== "").map((frame) =>
+      JSON.parse(frame.split("\n")[1]!.slice("data: ".length)) as { type: string; response?: { status: string; error: unknown } }
+    )
+    const last = events.at(-1)!
+    expect(last.type).toBe("response.failed")
+    expect(last.response).toMatchObject({ status: "failed", error: { code: "internal_error" } })
+    expect(events.map((event) => event.type)).not.toContain("response.completed")
+    const plain = await postJson(server, "/v1/responses", { model: "sim", input: "Hi", max_output_tokens: 20 })
+    expect(plain.status).toBe(500)
+  })
+})
+
+describe("the Responses API's metric labels", () => {
+  it("labels requests by route, one label for every response id", () => {
+    expect(endpointOf("/v1/responses", true)).toBe("/v1/responses")
+    expect(endpointOf("/v1/responses/resp_1", true)).toBe("/v1/responses/{response_id}")
+    expect(endpointOf("/v1/responses/resp_2", true)).toBe("/v1/responses/{response_id}")
   })
 })
