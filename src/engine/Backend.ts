@@ -122,6 +122,12 @@ export class ChatTemplateFailed extends Schema.TaggedError<ChatTemplateFailed>()
   message: Schema.String
 }) {}
 
+/** Grammar-constrained output that ended normally but does not validate against its schema (a grammar bug). */
+export class StructuredOutputInvalid extends Schema.TaggedError<StructuredOutputInvalid>()("StructuredOutputInvalid", {
+  /** Where the output breaks the schema, and how. */
+  violation: Schema.String
+}) {}
+
 /** The engine could not build a grammar for a constraint (llama.cpp's grammar parser rejected it). */
 export class GrammarRejected extends Schema.TaggedError<GrammarRejected>()("GrammarRejected", {
   message: Schema.String,

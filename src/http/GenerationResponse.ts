@@ -7,14 +7,14 @@ import type { ApiFailure } from "./OpenAiErrors.js"
 import { chunkBody, completionBody } from "./OpenAiResponses.js"
 import type { ChunkPart, OpenAiFinishReason, ResponseMeta } from "./OpenAiResponses.js"
 
-type Finished = Extract<GenerationEvent, { readonly _tag: "Finished" }>
+export type Finished = Extract<GenerationEvent, { readonly _tag: "Finished" }>
 
 type Outcome =
   | { readonly _tag: "Done"; readonly reason: OpenAiFinishReason }
   | { readonly _tag: "Failed"; readonly failure: ApiFailure }
 
 /** How a finished generation is answered: its OpenAI finish reason, or the failure it ended with. */
-const outcomeOf = (finished: Finished): Effect.Effect<Outcome> => {
+export const outcomeOf = (finished: Finished): Effect.Effect<Outcome> => {
   switch (finished.finishReason) {
     case "stop":
     case "length":
@@ -38,10 +38,10 @@ export interface GenerationRun {
   readonly events: Stream.Stream<GenerationEvent, ApiFailure>
 }
 
-/** Runs the generation to its end and answers with one JSON body; a client that disconnects interrupts the run. */
-export const jsonResponse = (
-  { events, meta }: GenerationRun
-): Effect.Effect<HttpServerResponse.HttpServerResponse, ApiFailure> =>
+/** Runs the generation to its end: its whole text and how it finished, or the failure it ended with. */
+export const generatedText = (
+  events: Stream.Stream<GenerationEvent, ApiFailure>
+): Effect.Effect<{ readonly text: string; readonly finished: Finished; readonly reason: OpenAiFinishReason }, ApiFailure> =>
   Effect.gen(function*() {
     const { finished, parts } = yield* Stream.runFold(
       events,
@@ -55,8 +55,15 @@ export const jsonResponse = (
     if (finished === undefined) return yield* Effect.dieMessage("generation stream ended without a Finished event")
     const outcome = yield* outcomeOf(finished)
     if (outcome._tag === "Failed") return yield* Effect.fail(outcome.failure)
-    return HttpServerResponse.unsafeJson(completionBody(meta, parts.join(""), outcome.reason, finished.usage))
+    return { text: parts.join(""), finished, reason: outcome.reason }
   })
+
+/** Runs the generation to its end and answers with one JSON body; a client that disconnects interrupts the run. */
+export const jsonResponse = (
+  { events, meta }: GenerationRun
+): Effect.Effect<HttpServerResponse.HttpServerResponse, ApiFailure> =>
+  Effect.map(generatedText(events), ({ finished, reason, text }) =>
+    HttpServerResponse.unsafeJson(completionBody(meta, text, reason, finished.usage)))
 
 const frame = (body: unknown) => `data: ${JSON.stringify(body)}\n\n`
 
@@ -95,9 +102,27 @@ const sseFrames = ({ meta }: GenerationRun, includeUsage: boolean) => {
  * queue timeouts still get their own status codes; later failures arrive as an in-band `data: {"error": …}` frame.
  */
 export const sseResponse = (run: GenerationRun, includeUsage: boolean) =>
+  Effect.map(startedEvents(run.events), (events) =>
+    HttpServerResponse.stream(
+      events.pipe(Stream.mapEffect(sseFrames(run, includeUsage)), Stream.flattenIterables, Stream.encodeText),
+      sseHeaders
+    ))
+
+/** How every event stream is answered. */
+export const sseHeaders = {
+  contentType: "text/event-stream",
+  headers: { "cache-control": "no-cache", "x-accel-buffering": "no" }
+} as const
+
+/**
+ * Waits until the request holds a slot (its `Started` event), failing with the admission or queue failure if it never
+ * does, and gives back all its events from the first. Headers go out only after this, so those failures keep their
+ * own status codes.
+ */
+export const startedEvents = (events: Stream.Stream<GenerationEvent, ApiFailure>) =>
   Effect.gen(function*() {
     // Pulled in the request's scope, which stays open until the response body is fully written.
-    const pull = yield* Stream.toPull(run.events)
+    const pull = yield* Stream.toPull(events)
     const head: Array<GenerationEvent> = []
     while (!head.some((event) => event._tag === "Started")) {
       const next = yield* pull.pipe(
@@ -117,13 +142,5 @@ export const sseResponse = (run: GenerationRun, includeUsage: boolean) =>
     const rest = Stream.repeatEffectChunkOption(
       pull.pipe(Effect.catchAll(Option.match({ onNone: () => Effect.fail(Option.none()), onSome: (error) => Effect.die(error) })))
     )
-    const body = Stream.concat(Stream.fromIterable(head), rest).pipe(
-      Stream.mapEffect(sseFrames(run, includeUsage)),
-      Stream.flattenIterables,
-      Stream.encodeText
-    )
-    return HttpServerResponse.stream(body, {
-      contentType: "text/event-stream",
-      headers: { "cache-control": "no-cache", "x-accel-buffering": "no" }
-    })
+    return Stream.concat(Stream.fromIterable(head), rest)
   })

@@ -6,7 +6,8 @@ import { toGrammarSchema } from "../engine/llama/JsonSchemaGrammar.js"
 import type { GenerationRequest, Priority } from "../scheduler/GenerationRequest.js"
 import { InvalidParam } from "./HttpErrors.js"
 import { quoteValue, shorten } from "./QuotedValue.js"
-import type { ChatMessageInput, CompletionRequest, ResponseFormat, SharedRequest } from "./OpenAiRequests.js"
+import { unsupportedParamIn } from "./OpenAiRequests.js"
+import type { ChatMessageInput, CompletionRequest, OpenAiEndpoint, ResponseFormat, SharedRequest } from "./OpenAiRequests.js"
 
 /** Everything about a generation except its id and prompt, and how to answer it. */
 export interface GenerationPlan {
@@ -70,6 +71,23 @@ export const decodeBody = <A, I>(schema: Schema.Schema<A, I>, body: unknown): Ef
       })
     })
   )
+}
+
+/**
+ * Decodes the body of an `endpoint` request like `decodeBody`, first refusing any known OpenAI parameter this server
+ * does not implement (`unsupportedParams`) with a 400 naming it, so no request is silently answered without it.
+ */
+export const decodeRequest = <A, I>(endpoint: OpenAiEndpoint, schema: Schema.Schema<A, I>, body: unknown): Effect.Effect<A, InvalidParam> => {
+  const unsupported = typeof body === "object" && body !== null && !Array.isArray(body)
+    ? unsupportedParamIn(endpoint, body as Record<string, unknown>)
+    : undefined
+  if (unsupported === undefined) return decodeBody(schema, body)
+  const hint = unsupported.hint === undefined ? "" : ` (${unsupported.hint})`
+  return Effect.fail(new InvalidParam({
+    param: unsupported.param,
+    message: `The parameter '${unsupported.param}' is not supported by this server${hint}.`,
+    code: "unsupported_parameter"
+  }))
 }
 
 const priorityOf = (priority: SharedRequest["priority"]): Priority | undefined => {

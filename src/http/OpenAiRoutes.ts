@@ -14,7 +14,8 @@ import { readJsonBody } from "./JsonBody.js"
 import { resolveModel } from "./ModelRoute.js"
 import { safeIdDescription, safeIdPattern } from "./SafeId.js"
 import { sessionOwnerOf } from "./SessionRoutes.js"
-import { chatMessagesOf, chatPrompt, completionPrompt, decodeBody, planOf } from "./OpenAiMapping.js"
+import { validatedOutput } from "./StructuredOutput.js"
+import { chatMessagesOf, chatPrompt, completionPrompt, decodeRequest, planOf } from "./OpenAiMapping.js"
 import { ChatCompletionRequest, CompletionRequest } from "./OpenAiRequests.js"
 import type { SharedRequest } from "./OpenAiRequests.js"
 import type { CompletionKind } from "./OpenAiResponses.js"
@@ -42,12 +43,13 @@ const generationRoute = <A extends SharedRequest, I>(
   runOf: RunOf<A>
 ) =>
   Effect.gen(function*() {
-    const body = yield* decodeBody(schema, yield* readJsonBody(options.maxBodyBytes))
+    const body = yield* decodeRequest(kind === "chat" ? "chat" : "completions", schema, yield* readJsonBody(options.maxBodyBytes))
     const { backend, scheduler } = yield* resolveModel(body.model)
     const plan = yield* planOf(body, { maxTokens: kind === "text" ? legacyCompletionMaxTokens : undefined }, backend)
     const id = newId(kind)
     const meta = { kind, id, created: Math.floor((yield* Clock.currentTimeMillis) / 1000), model: backend.info.id }
-    const { events, headers } = yield* runOf(backend, body, (prompt) => scheduler.submit({ id, prompt, ...plan.request }))
+    const { events, headers } = yield* runOf(backend, body, (prompt) =>
+      validatedOutput(plan.request.sampling.grammar, scheduler.submit({ id, prompt, ...plan.request })))
     const response = plan.stream ? yield* sseResponse({ meta, events }, plan.includeUsage) : yield* jsonResponse({ meta, events })
     return headers === undefined ? response : HttpServerResponse.setHeaders(response, headers)
   }).pipe(Effect.withSpan(kind === "chat" ? "http.chatCompletions" : "http.completions"))

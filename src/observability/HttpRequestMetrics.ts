@@ -8,6 +8,7 @@ const fixedEndpoints = new Set([
   "/tokenize",
   "/detokenize",
   "/v1/models",
+  "/v1/responses",
   "/v1/sessions",
   "/health",
   "/metrics",
@@ -17,6 +18,7 @@ const fixedEndpoints = new Set([
 /** Routes whose last segment is an id: one label value each, however many ids there are. */
 const parameterised: ReadonlyArray<readonly [string, string]> = [
   ["/v1/models/", "/v1/models/{model}"],
+  ["/v1/responses/", "/v1/responses/{response_id}"],
   ["/v1/sessions/", "/v1/sessions/{session_id}"]
 ]
 

@@ -1,6 +1,6 @@
 import { Data } from "effect"
 import type { SamplingOptions } from "../engine/SamplingOptions.js"
-import type { DecodeFailed } from "../engine/Backend.js"
+import type { DecodeFailed, StructuredOutputInvalid } from "../engine/Backend.js"
 import type { StageTimedOut } from "./SchedulerErrors.js"
 import type { CancelReason } from "./RequestLifecycle.js"
 
@@ -54,7 +54,8 @@ export type GenerationEvent = Data.TaggedEnum<{
   Finished: {
     readonly finishReason: FinishReason
     readonly usage: Usage
-    readonly error?: StageTimedOut | DecodeFailed | undefined
+    /** `StructuredOutputInvalid` is set by the HTTP layer, which validates grammar-constrained output once it ends. */
+    readonly error?: StageTimedOut | DecodeFailed | StructuredOutputInvalid | undefined
     /** Who cancelled it, when `finishReason` is `cancelled`. */
     readonly cancelReason?: CancelReason | undefined
   }

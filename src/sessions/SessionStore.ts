@@ -49,6 +49,28 @@ export class SessionOwnedByAnother extends Schema.TaggedError<SessionOwnedByAnot
   sessionId: Schema.String
 }) {}
 
+/** A stored Responses API response: its body, and the conversation a `previous_response_id` continues from. */
+export class StoredResponse extends Schema.Class<StoredResponse>("StoredResponse")({
+  id: Schema.String,
+  /** The prefix-cache isolation key of the client that created it. */
+  cacheKey: Schema.String,
+  /** The conversation up to and including this response's reply, without its `instructions`. */
+  messages: Schema.Array(ChatMessageSchema),
+  /** The response object as `GET /v1/responses/{id}` returns it. */
+  body: Schema.Unknown,
+  createdAt: Schema.Number
+}) {}
+
+const ResponseRow = Schema.Struct({
+  id: Schema.String,
+  cache_key: Schema.String,
+  messages: Schema.parseJson(Schema.Array(ChatMessageSchema)),
+  body: Schema.parseJson(Schema.Unknown),
+  created_at: Schema.Number
+})
+
+const decodeResponseRow = Schema.decodeUnknown(ResponseRow)
+
 /** The session store's database failed. */
 export class SessionStoreFailed extends Schema.TaggedError<SessionStoreFailed>()("SessionStoreFailed", {
   operation: Schema.String,
@@ -100,6 +122,14 @@ export class SessionStore extends Effect.Service<SessionStore>()("weft/SessionSt
       updated_at INTEGER NOT NULL
     )`.pipe(Effect.orDie)
     yield* sql`CREATE INDEX IF NOT EXISTS sessions_updated_at ON sessions (updated_at)`.pipe(Effect.orDie)
+    yield* sql`CREATE TABLE IF NOT EXISTS responses (
+      id TEXT PRIMARY KEY,
+      cache_key TEXT NOT NULL,
+      messages TEXT NOT NULL,
+      body TEXT NOT NULL,
+      created_at INTEGER NOT NULL
+    )`.pipe(Effect.orDie)
+    yield* sql`CREATE INDEX IF NOT EXISTS responses_created_at ON responses (created_at)`.pipe(Effect.orDie)
 
     const locks = new Map<string, { readonly semaphore: Effect.Semaphore; users: number }>()
 
@@ -233,13 +263,57 @@ export class SessionStore extends Effect.Service<SessionStore>()("weft/SessionSt
       return rows[0]?.count ?? 0
     }).pipe(Effect.mapError(failed("sweepExpired")))
 
+    /** Stores a Responses API response; responses are immutable, and expire the TTL after they were created. */
+    const saveResponse = Effect.fn("SessionStore.saveResponse")(function*(response: StoredResponse) {
+      yield* sql`INSERT OR REPLACE INTO responses ${
+        sql.insert({
+          id: response.id,
+          cache_key: response.cacheKey,
+          messages: JSON.stringify(response.messages),
+          body: JSON.stringify(response.body),
+          created_at: response.createdAt
+        })
+      }`.pipe(Effect.mapError(failed("saveResponse")))
+    })
+
+    /** The live (unexpired) stored response `id`. */
+    const getResponse = Effect.fn("SessionStore.getResponse")(function*(id: string) {
+      const now = yield* Clock.currentTimeMillis
+      const rows = yield* sql`SELECT * FROM responses WHERE id = ${id} AND created_at >= ${expiredBefore(now)}`.pipe(
+        Effect.mapError(failed("getResponse"))
+      )
+      if (rows.length === 0) return Option.none<StoredResponse>()
+      const row = yield* decodeResponseRow(rows[0]).pipe(Effect.mapError(failed("getResponse")))
+      return Option.some(
+        new StoredResponse({ id: row.id, cacheKey: row.cache_key, messages: row.messages, body: row.body, createdAt: row.created_at })
+      )
+    })
+
+    /** Deletes stored response `id`; true when it existed. */
+    const removeResponse = Effect.fn("SessionStore.removeResponse")(function*(id: string) {
+      const existing = yield* getResponse(id)
+      yield* sql`DELETE FROM responses WHERE id = ${id}`.pipe(Effect.mapError(failed("removeResponse")))
+      return Option.isSome(existing)
+    })
+
+    const sweepExpiredResponses = Effect.gen(function*() {
+      const now = yield* Clock.currentTimeMillis
+      yield* sql`DELETE FROM responses WHERE created_at < ${expiredBefore(now)}`
+    }).pipe(Effect.mapError(failed("sweepExpiredResponses")))
+
+    yield* sweepExpiredResponses.pipe(
+      Effect.catchAll((error) => Effect.logWarning("Sweeping expired responses failed", error)),
+      Effect.repeat(Schedule.spaced(Duration.millis(settings.sweepIntervalMs))),
+      Effect.forkScoped
+    )
+
     yield* sweepExpired.pipe(
       Effect.catchAll((error) => Effect.logWarning("Sweeping expired sessions failed", error)),
       Effect.repeat(Schedule.spaced(Duration.millis(settings.sweepIntervalMs))),
       Effect.forkScoped
     )
 
-    return { get, resume, appendTurn, remove, sweepExpired, lockTurn, withTurnLock } as const
+    return { get, resume, appendTurn, remove, sweepExpired, lockTurn, withTurnLock, saveResponse, getResponse, removeResponse } as const
   })
 }) {
   /** The store on a SQLite file (created if missing). */

@@ -4,6 +4,7 @@ import { WeftMetrics } from "../../observability/WeftMetrics.js"
 import { GrammarRejected } from "../Backend.js"
 import type { GrammarConstraint } from "../SamplingOptions.js"
 import { errorMessage } from "./errorMessage.js"
+import { hardenGbnf } from "./JsonSchemaGrammar.js"
 
 /** How much the cache of one model may hold; the least recently used verdict goes first past either bound. */
 export interface GrammarCacheLimits {
@@ -55,7 +56,7 @@ export class GrammarCache {
   grammarFor(constraint: GrammarConstraint): Effect.Effect<LlamaGrammar, GrammarRejected> {
     if (constraint._tag === "Json") {
       return Effect.tryPromise({
-        try: () => (this.json ??= this.llama.getGrammarFor("json")),
+        try: () => (this.json ??= this.llama.getGrammarFor("json").then((grammar) => this.hardened(grammar))),
         catch: (error) => {
           this.json = undefined
           return new GrammarRejected({ message: errorMessage(error), cause: error })
@@ -79,7 +80,7 @@ export class GrammarCache {
     return Effect.promise(() =>
       // node-llama-cpp parses the grammar synchronously inside; the JSON schema was checked by `toGrammarSchema`,
       // and node-llama-cpp's type only narrows what it supports.
-      this.llama.createGrammarForJsonSchema(schema as never).then(
+      this.llama.createGrammarForJsonSchema(schema as never).then((grammar) => this.hardened(grammar)).then(
         (grammar): Verdict => ({ _tag: "Built", grammar }),
         (error): Verdict => ({ _tag: "Rejected", message: errorMessage(error), cause: error })
       )
@@ -87,6 +88,16 @@ export class GrammarCache {
       Effect.tap((verdict) => this.remember(key, verdict)),
       Effect.tap(() => Metric.increment(this.tagged(WeftMetrics.grammarCacheMisses)))
     )
+  }
+
+  /** `grammar` with number and date rules whose output always parses and validates (see `hardenGbnf`). */
+  private hardened(grammar: LlamaGrammar): Promise<LlamaGrammar> {
+    return this.llama.createGrammar({
+      grammar: hardenGbnf(grammar.grammar),
+      stopGenerationTriggers: grammar.stopGenerationTriggers,
+      trimWhitespaceSuffix: grammar.trimWhitespaceSuffix,
+      rootRuleName: grammar.rootRuleName
+    })
   }
 
   private remember(key: string, verdict: Verdict): Effect.Effect<void> {
