@@ -185,12 +185,12 @@ export const sseResponse = (run: GenerationRun, includeUsage: boolean) =>
           : Effect.dieMessage("generation finished without starting")
       }
     }
-    const rest = Stream.repeatEffectChunkOption(
-      pull.pipe(Effect.catchAll(Option.match({ onNone: () => Effect.fail(Option.none()), onSome: (error) => Effect.die(error) })))
-    )
+    const rest = Stream.repeatEffectChunkOption(pull)
     const body = Stream.concat(Stream.fromIterable(head), rest).pipe(
       Stream.mapEffect(sseFrames(run, includeUsage)),
       Stream.flattenIterables,
+      // Another choice may still be refused (its queue place, its prompt) after the first one started.
+      Stream.catchAll((failure) => Stream.make(frame({ error: errorReply(failure).error }))),
       Stream.encodeText
     )
     return HttpServerResponse.stream(body, {

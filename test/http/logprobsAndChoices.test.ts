@@ -1,7 +1,8 @@
 import OpenAI from "openai"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { tinyBackend, tinyModelId } from "../support/tinyModel.js"
-import { startServer, waitForHealth } from "../support/testServer.js"
+import { SimBackend } from "../../src/engine/SimBackend.js"
+import { postJson, startServer, waitForHealth } from "../support/testServer.js"
 import type { TestServer } from "../support/testServer.js"
 
 const utf8Bytes = (text: string) => Array.from(new TextEncoder().encode(text))
@@ -179,5 +180,92 @@ describe("logprobs, n and prompt arrays against the tiny model", () => {
     const tooMany = await client.completions.create({ model: tinyModelId, prompt: ["a", "b", "c"], n: 6 }).catch((error: unknown) => error)
     expect(tooMany).toBeInstanceOf(OpenAI.BadRequestError)
     await waitForHealth(server, (body) => body.slots.free === body.slots.total)
+  })
+})
+
+describe("a failing choice fails the request and cancels the others (SimBackend behind the real server)", () => {
+  let server: TestServer
+  const failing = "FAIL"
+  const includes = (haystack: ReadonlyArray<number>, needle: string) => {
+    const bytes = Array.from(new TextEncoder().encode(needle))
+    return haystack.some((_, at) => bytes.every((byte, i) => haystack[at + i] === byte))
+  }
+
+  beforeAll(async () => {
+    server = await startServer(SimBackend.layer({
+      parallel: 4,
+      contextSize: 1_000_000,
+      tokenLatency: 2,
+      script: (prompt) => (includes(prompt, failing) ? { failAtToken: 3 } : {})
+    }))
+  })
+  afterAll(() => server?.close())
+
+  // The healthy choice would run for minutes: only its cancellation frees its slot in time.
+  const body = (stream: boolean) => ({ model: "sim", prompt: ["fine", failing], n: 2, max_tokens: 100_000, ignore_eos: true, stream })
+
+  it("answers a blocking request with the failure", async () => {
+    const response = await postJson(server, "/v1/completions", body(false))
+    expect(response.status).toBe(500)
+    const reply = (await response.json()) as { error: { type: string } }
+    expect(reply.error.type).toBe("server_error")
+    await waitForHealth(server, (health) => health.slots.free === health.slots.total)
+  })
+
+  it("ends a stream with an in-band error and no [DONE]", async () => {
+    const response = await postJson(server, "/v1/completions", body(true))
+    expect(response.status).toBe(200)
+    const text = await response.text()
+    const frames = text.split("\n\n").filter((frame) => frame.startsWith("data: ")).map((frame) => frame.slice(6))
+    expect(frames.at(-1)).toMatch(/"error"/)
+    expect(frames).not.toContain("[DONE]")
+    const indices = new Set(frames.slice(0, -1).map((frame) => (JSON.parse(frame) as { choices: Array<{ index: number }> }).choices[0]!.index))
+    expect(indices.size).toBeGreaterThan(1)
+    await waitForHealth(server, (health) => health.slots.free === health.slots.total)
+  })
+
+  it("gives each SimBackend choice deterministic logprobs that hold the sampled token", async () => {
+    const response = await postJson(server, "/v1/chat/completions", {
+      model: "sim", messages: [{ role: "user", content: "hi" }], max_tokens: 4, seed: 1, n: 2, logprobs: true, top_logprobs: 3
+    })
+    const reply = (await response.json()) as OpenAI.ChatCompletion
+    for (const choice of reply.choices) {
+      const content = choice.logprobs!.content!
+      expect(content).toHaveLength(4)
+      for (const entry of content) {
+        expect(entry.logprob).toBeCloseTo(Math.log(0.5))
+        expect(entry.top_logprobs.map((top) => top.logprob)).toEqual([Math.log(0.5), Math.log(0.25), Math.log(0.125)])
+      }
+    }
+  })
+})
+
+describe("choices beyond the queue (SimBackend, one slot, a queue of one)", () => {
+  let server: TestServer
+
+  beforeAll(async () => {
+    server = await startServer(SimBackend.layer({ parallel: 1, contextSize: 100_000, tokenLatency: 2 }), { scheduler: { maxQueue: 1 } })
+  })
+  afterAll(() => server?.close())
+
+  const body = (stream: boolean) => ({ model: "sim", prompt: "x", n: 4, max_tokens: 50, ignore_eos: true, stream })
+
+  it("answers a blocking request with 429 once its choices overflow the queue", async () => {
+    const response = await postJson(server, "/v1/completions", body(false))
+    expect(response.status).toBe(429)
+    await waitForHealth(server, (health) => health.slots.free === health.slots.total && health.queue.length === 0)
+  })
+
+  it("answers a stream with 429, or an in-band error once it started, never a broken connection", async () => {
+    for (let attempt = 0; attempt < 5; attempt++) {
+      const response = await postJson(server, "/v1/completions", body(true))
+      if (response.status === 429) continue
+      expect(response.status).toBe(200)
+      const frames = (await response.text()).split("\n\n").filter((frame) => frame.startsWith("data: "))
+      expect(frames.at(-1)).toMatch(/"error"/)
+    }
+    await waitForHealth(server, (health) => health.slots.free === health.slots.total && health.queue.length === 0)
+    const ok = await postJson(server, "/v1/completions", { ...body(false), n: 2 })
+    expect(ok.status).toBe(200)
   })
 })
