@@ -105,12 +105,17 @@ export const jsonResponse = (
         return states
       }
     )
+    // A failed choice ended the stream before the others finished: its failure is the answer.
+    const outcomes = yield* Effect.forEach(states, (state) => state.finished === undefined ? Effect.succeed(undefined) : outcomeOf(state.finished))
+    const failure = outcomes.find((outcome) => outcome?._tag === "Failed")
+    if (failure?._tag === "Failed") return yield* Effect.fail(failure.failure)
     const tally = new UsageTally(run.choicesPerPrompt)
     const choices = []
     for (const [index, state] of states.entries()) {
-      if (state.finished === undefined) return yield* Effect.dieMessage("generation stream ended without a Finished event")
-      const outcome = yield* outcomeOf(state.finished)
-      if (outcome._tag === "Failed") return yield* Effect.fail(outcome.failure)
+      const outcome = outcomes[index]
+      if (state.finished === undefined || outcome?._tag !== "Done") {
+        return yield* Effect.dieMessage("generation stream ended without a Finished event")
+      }
       tally.add(index, state.finished.usage)
       choices.push({ text: state.parts.join(""), finishReason: outcome.reason, logprobs: run.logprobs ? state.logprobs : undefined })
     }
