@@ -22,9 +22,24 @@ export interface ModelInfo {
   readonly maxEmbeddingTokens: number
 }
 
-/** One decode step's outcome. */
+/** A token's log probability under the distribution it was sampled from. */
+export interface TokenLogprob {
+  readonly token: number
+  readonly logprob: number
+}
+
+/** One sampled token's log probability and the most likely tokens of that step, most likely first. */
+export interface StepLogprobs {
+  readonly logprob: number
+  readonly top: ReadonlyArray<TokenLogprob>
+}
+
+/** OpenAI's floor for a probability too small to take the log of (`log(0)` would serialize as `null`). */
+export const logprobFloor = -9999
+
+/** One decode step's outcome; `logprobs` only when the sampling options asked for them. */
 export type StepResult =
-  | { readonly _tag: "Token"; readonly token: number; readonly cells: number }
+  | { readonly _tag: "Token"; readonly token: number; readonly cells: number; readonly logprobs?: StepLogprobs | undefined }
   | { readonly _tag: "EndOfGeneration"; readonly token: number; readonly cells: number }
 
 /** A generation running on a slot: each `next` runs one decode step (the first one also prefills the prompt). */

@@ -3,6 +3,7 @@ import { Backend, DecodeFailed, KvEraseFailed } from "./Backend.js"
 import type { BackendShape, Generation, StepResult } from "./Backend.js"
 import { l2Normalized } from "./L2Normalized.js"
 import type { SamplingOptions } from "./SamplingOptions.js"
+import { stepLogprobs } from "./StepLogprobs.js"
 
 /** What the simulated engine does for one prompt: when it ends, and where it fails. */
 export interface SimScript {
@@ -58,6 +59,10 @@ const simEmbedding = (tokens: ReadonlyArray<number>): Float32Array => {
   return l2Normalized(components)
 }
 
+/** A made-up distribution for a step that sampled `token`: it has half the mass, the next byte values halve the rest. */
+const simProbabilities = (token: number): ReadonlyMap<number, number> =>
+  new Map(Array.from({ length: 20 }, (_, i) => [(token + i) % 256, 2 ** -(i + 1)] as const))
+
 /** A deterministic in-memory engine: byte-level tokens, latency from `Clock`, scripted end and failures. */
 export const makeSimBackend = (config: SimBackendConfig): BackendShape => {
   const held: Array<Array<number>> = Array.from({ length: config.parallel }, () => [])
@@ -100,7 +105,8 @@ export const makeSimBackend = (config: SimBackendConfig): BackendShape => {
         const token = outputText[(offset + generated) % outputText.length]!
         generated += 1
         pending = [token]
-        return { _tag: "Token", token, cells: held[slot]!.length } satisfies StepResult
+        const logprobs = sampling.logprobs === undefined ? undefined : stepLogprobs(simProbabilities(token), token, sampling.logprobs)
+        return { _tag: "Token", token, cells: held[slot]!.length, logprobs } satisfies StepResult
       })
       return { next: Effect.uninterruptible(step) }
     })

@@ -14,6 +14,8 @@ export const expectedExactly = (text: string) => ({ message: () => ({ message: t
 
 export const PositiveInt = Schema.Int.pipe(Schema.greaterThanOrEqualTo(1)).annotations(expected("an integer of at least 1"))
 const NonNegativeInt = Schema.Int.pipe(Schema.greaterThanOrEqualTo(0)).annotations(expected("an integer of at least 0"))
+const IntBetween = (min: number, max: number) =>
+  Schema.Int.pipe(Schema.between(min, max)).annotations(expected(`an integer between ${min} and ${max}`))
 export const NumberBetween = (min: number, max: number) =>
   Schema.Number.pipe(Schema.between(min, max)).annotations(expected(`a number between ${min} and ${max}`))
 
@@ -94,16 +96,30 @@ export const ChatCompletionRequest = Schema.Struct({
   session_id: optional(Schema.String.pipe(Schema.pattern(safeIdPattern, { message: () => safeIdDescription }))),
   messages: Schema.Array(ChatMessageInput).annotations(expected("an array of messages")).pipe(
     Schema.minItems(1, { message: () => "a non-empty array of messages" })
-  )
+  ),
+  /** Report each generated token's log probability. */
+  logprobs: optional(Schema.Boolean),
+  /** With `logprobs`: how many most likely tokens to list at each position. */
+  top_logprobs: optional(IntBetween(0, 20))
 })
 export type ChatCompletionRequest = typeof ChatCompletionRequest.Type
+
+const TokenIds = Schema.Array(Schema.Int).pipe(Schema.minItems(1))
 
 /** Body of `POST /v1/completions`. */
 export const CompletionRequest = Schema.Struct({
   ...SharedFields,
-  prompt: Schema.Union(Schema.String, Schema.Array(Schema.String).pipe(Schema.minItems(1))).annotations(
-    expectedExactly("a string or a non-empty array of strings")
-  )
+  /** One prompt (text or token ids) or several, each answered with `n` choices. */
+  prompt: Schema.Union(
+    Schema.String,
+    Schema.Array(Schema.String).pipe(Schema.minItems(1)),
+    TokenIds,
+    Schema.Array(TokenIds).pipe(Schema.minItems(1))
+  ).annotations(
+    expectedExactly("a string, a non-empty array of strings, an array of token ids or an array of such arrays")
+  ),
+  /** Legacy logprobs: the sampled token's and this many most likely tokens' log probabilities at each position. */
+  logprobs: optional(IntBetween(0, 5))
 })
 export type CompletionRequest = typeof CompletionRequest.Type
 

@@ -270,7 +270,7 @@ const createResponse = (options: OpenAiRoutesOptions) =>
           })
       }
     }
-    const started = yield* startedEvents(events)
+    const started = yield* startedEvents(events, (event) => event)
     const frames = started.pipe(Stream.mapAccumEffect({ sequence: 0, text: "" }, framesOf), Stream.flattenIterables, Stream.encodeText)
     return HttpServerResponse.stream(frames, sseHeaders)
   }).pipe(Effect.withSpan("http.responses"))

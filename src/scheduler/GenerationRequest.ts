@@ -32,6 +32,17 @@ export interface GenerationRequest {
   readonly cacheKey?: string | undefined
 }
 
+/** A token as text with its log probability. */
+export interface TextLogprob {
+  readonly text: string
+  readonly logprob: number
+}
+
+/** One generated token's log probability and its step's most likely tokens, rendered as text. */
+export interface GeneratedLogprob extends TextLogprob {
+  readonly top: ReadonlyArray<TextLogprob>
+}
+
 export type FinishReason = "stop" | "length" | "cancelled" | "timeout" | "error"
 
 export interface Usage {
@@ -50,7 +61,8 @@ export type GenerationEvent = Data.TaggedEnum<{
     readonly promptTokens: number
     readonly cachedTokens: number
   }
-  Delta: { readonly text: string; readonly tokens: number }
+  /** `logprobs`, when the sampling options asked for them: one per token this delta accounts for, in order. */
+  Delta: { readonly text: string; readonly tokens: number; readonly logprobs?: ReadonlyArray<GeneratedLogprob> | undefined }
   Finished: {
     readonly finishReason: FinishReason
     readonly usage: Usage
