@@ -5,6 +5,7 @@ import { randomUUID } from "node:crypto"
 import type { BackendShape } from "../engine/Backend.js"
 import type { GenerationEvent } from "../scheduler/GenerationRequest.js"
 import { SessionStore } from "../sessions/SessionStore.js"
+import { currentPrincipal, prefixCacheKey, sessionOwner } from "../identity/Tenancy.js"
 import { ModelLoading } from "../host/HostErrors.js"
 import { ModelRegistry } from "../host/ModelRegistry.js"
 import { InvalidParam, SessionNotFound } from "./HttpErrors.js"
@@ -46,7 +47,13 @@ const generationRoute = <A extends SharedRequest, I>(
     const plan = yield* planOf(body, { maxTokens: kind === "text" ? legacyCompletionMaxTokens : undefined }, backend)
     const id = newId(kind)
     const meta = { kind, id, created: Math.floor((yield* Clock.currentTimeMillis) / 1000), model: backend.info.id }
-    const { events, headers } = yield* runOf(backend, body, (prompt) => scheduler.submit({ id, prompt, ...plan.request }))
+    const principal = yield* currentPrincipal
+    const request = {
+      ...plan.request,
+      cacheKey: yield* prefixCacheKey(body.cache_salt),
+      priority: plan.request.priority ?? Option.getOrUndefined(principal)?.defaultPriority
+    }
+    const { events, headers } = yield* runOf(backend, body, (prompt) => scheduler.submit({ id, prompt, ...request }))
     const response = plan.stream ? yield* sseResponse({ meta, events }, plan.includeUsage) : yield* jsonResponse({ meta, events })
     return headers === undefined ? response : HttpServerResponse.setHeaders(response, headers)
   }).pipe(Effect.withSpan(kind === "chat" ? "http.chatCompletions" : "http.completions"))
@@ -69,7 +76,7 @@ const chatRun: RunOf<ChatCompletionRequest> = (backend, body, submit) =>
       return yield* new InvalidParam({ param: "session_id", message: `session_id must be ${safeIdDescription}`, code: "invalid_value" })
     }
     const store = yield* SessionStore
-    const cacheKey = body.cache_salt ?? ""
+    const cacheKey = yield* sessionOwner(body.cache_salt)
     const newMessages = chatMessagesOf(body.messages)
     const events = Stream.unwrapScoped(
       Effect.gen(function*() {
