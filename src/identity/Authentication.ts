@@ -47,11 +47,13 @@ export const authenticateRequest = (request: HttpServerRequest.HttpServerRequest
     const scope = scopeFor(path, settings)
     if (scope === undefined) return Option.none<Principal>()
     const store = yield* KeyStore
-    if (settings.mode === "auto" && !(yield* store.hasLiveKeys())) return Option.none<Principal>()
     const secret = presentedKey(request.headers)
-    if (secret === undefined) return yield* new KeyRejected({ sent: false })
-    const principal = yield* store.authenticate(secret)
-    if (Option.isNone(principal)) return yield* new KeyRejected({ sent: true })
+    // A key that authenticates proves keys exist; only a request without a good one asks whether any do (`auto`).
+    const principal = secret === undefined ? Option.none<Principal>() : yield* store.authenticate(secret)
+    if (Option.isNone(principal)) {
+      if (settings.mode === "auto" && !(yield* store.hasLiveKeys())) return principal
+      return yield* new KeyRejected({ sent: secret !== undefined })
+    }
     if (!principal.value.scopes.includes(scope)) return yield* new ScopeMissing({ scope, path })
     return principal
   })

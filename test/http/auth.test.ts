@@ -1,5 +1,7 @@
 import OpenAI from "openai"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import { SimBackend } from "../../src/engine/SimBackend.js"
+import { JsonLogger } from "../../src/observability/JsonLogger.js"
 import { parsePrometheusText, sampleValue } from "../support/prometheusText.js"
 import { keyStoreIn } from "../support/keys.js"
 import { tinyBackend, tinyModelId } from "../support/tinyModel.js"
@@ -210,5 +212,43 @@ describe("API keys over HTTP", () => {
     expect(sampleValue(families, "weft_prompt_tokens_total", { model: tinyModelId, tenant: "globex" })).toBeGreaterThan(0)
     expect(sampleValue(families, "weft_generation_tokens_total", { model: tinyModelId, tenant: "globex" })).toBeGreaterThan(0)
     expect(text).not.toContain("sk-weft-")
+  })
+})
+
+describe("tenant defaults", () => {
+  it("runs a tenant's requests at its default priority unless they name one, logged with tenant and key id, never the key", async () => {
+    const store = keyStoreIn("weft-auth-priority-")
+    const lines: Array<string> = []
+    const key = await store.create("vip")
+    await store.run((keyStore) => keyStore.setTenant("vip", { priority: "high" }))
+    const server = await startServer(SimBackend.layer({ parallel: 1, contextSize: 4096, tokenLatency: 1 }), {
+      keysDatabasePath: store.databasePath,
+      observability: JsonLogger.layer({ level: "info", format: "json", write: (line) => lines.push(line) })
+    })
+    try {
+      const priorityOf = async (extra: Record<string, unknown>) => {
+        const response = await postJson(server, "/v1/chat/completions", { model: "sim", messages: [{ role: "user", content: "x" }], max_tokens: 1, ...extra }, {
+          headers: { "content-type": "application/json", "x-api-key": key.key }
+        })
+        expect(response.status).toBe(200)
+        const requestId = response.headers.get("x-request-id")
+        for (let attempt = 0; attempt < 200; attempt++) {
+          const line = lines.map((text) => JSON.parse(text) as Record<string, unknown>)
+            .find((entry) => entry.msg === "request completed" && entry.requestId === requestId)
+          if (line !== undefined) {
+            expect(line).toMatchObject({ tenant: "vip", keyId: key.id })
+            return line.priority
+          }
+          await sleep(10)
+        }
+        throw new Error("no request log line")
+      }
+      expect(await priorityOf({})).toBe("high")
+      expect(await priorityOf({ priority: "low" })).toBe("low")
+    } finally {
+      await server.close()
+      await store.close()
+    }
+    expect(lines.some((line) => line.includes(key.key))).toBe(false)
   })
 })
