@@ -1,5 +1,5 @@
 import { Options } from "@effect/cli"
-import { Effect, Layer, Schema } from "effect"
+import { Effect, Layer, Option, Schema } from "effect"
 import * as fs from "node:fs"
 import { KeyDuration, TenantName } from "../identity/KeyJson.js"
 import { keysDatabasePath, KeyStore } from "../identity/KeyStore.js"
@@ -30,10 +30,10 @@ export const limitOptions = {
 }
 
 /** The limits the options name (absent ones are no limit). */
-export const limitsOf = (options: { readonly [K in keyof typeof limitOptions]: import("effect").Option.Option<number> }): UsageLimits => ({
-  rpm: options.rpm._tag === "Some" ? options.rpm.value : undefined,
-  tpm: options.tpm._tag === "Some" ? options.tpm.value : undefined,
-  maxConcurrent: options.maxConcurrent._tag === "Some" ? options.maxConcurrent.value : undefined
+export const limitsOf = (options: { readonly [K in keyof typeof limitOptions]: Option.Option<number> }): UsageLimits => ({
+  rpm: Option.getOrUndefined(options.rpm),
+  tpm: Option.getOrUndefined(options.tpm),
+  maxConcurrent: Option.getOrUndefined(options.maxConcurrent)
 })
 
 /** Runs `effect` against the keys database of `dataDir` (created if missing), the one a server on that dir reads. */

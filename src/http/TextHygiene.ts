@@ -1,12 +1,25 @@
 /** What is wrong with a string: a NUL character, or a UTF-16 surrogate without its pair (not text at all). */
 export type TextProblem = "nul" | "lone_surrogate"
 
-/** A high surrogate not followed by a low one, or a low one not preceded by a high one (code units, no `u` flag). */
-const loneSurrogate = /[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/
+const anySurrogate = /[\ud800-\udfff]/
+
+/** Whether `text` holds a surrogate without its pair; a plain loop, as a regex with lookbehind is slow on long text. */
+const hasLoneSurrogate = (text: string): boolean => {
+  for (let index = 0; index < text.length; index++) {
+    const code = text.charCodeAt(index)
+    if (code < 0xd800 || code > 0xdfff) continue
+    if (code > 0xdbff) return true
+    const next = text.charCodeAt(index + 1)
+    if (!(next >= 0xdc00 && next <= 0xdfff)) return true
+    index++
+  }
+  return false
+}
 
 const problemOf = (text: string): TextProblem | undefined => {
   if (text.includes("\u0000")) return "nul"
-  return loneSurrogate.test(text) ? "lone_surrogate" : undefined
+  // Most text has no surrogates at all: the native scan answers for it without the loop.
+  return anySurrogate.test(text) && hasLoneSurrogate(text) ? "lone_surrogate" : undefined
 }
 
 const pathText = (path: ReadonlyArray<string | number>): string =>

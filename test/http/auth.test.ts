@@ -252,3 +252,40 @@ describe("tenant defaults", () => {
     expect(lines.some((line) => line.includes(key.key))).toBe(false)
   })
 })
+
+describe("--auth and --metrics-public", () => {
+  const sim = () => SimBackend.layer({ parallel: 1, contextSize: 4096, tokenLatency: 1 })
+
+  it("--metrics-public serves /metrics without a key while /admin stays closed", async () => {
+    const store = keyStoreIn("weft-auth-metrics-")
+    await store.create("acme")
+    const server = await startServer(sim(), { keysDatabasePath: store.databasePath, auth: { mode: "auto", metricsPublic: true } })
+    try {
+      expect((await fetch(`${server.url}/metrics`)).status).toBe(200)
+      expect((await fetch(`${server.url}/admin/stats`)).status).toBe(401)
+    } finally {
+      await server.close()
+      await store.close()
+    }
+  })
+
+  it("--auth on refuses every protected request while no key exists; --auth off ignores keys", async () => {
+    const store = keyStoreIn("weft-auth-on-")
+    const on = await startServer(sim(), { keysDatabasePath: store.databasePath, auth: { mode: "on", metricsPublic: false } })
+    try {
+      expect((await fetch(`${on.url}/v1/models`)).status).toBe(401)
+      expect((await fetch(`${on.url}/health`)).status).toBe(200)
+    } finally {
+      await on.close()
+    }
+    await store.create("acme")
+    const off = await startServer(sim(), { keysDatabasePath: store.databasePath, auth: { mode: "off", metricsPublic: false } })
+    try {
+      expect((await fetch(`${off.url}/v1/models`)).status).toBe(200)
+      expect((await fetch(`${off.url}/admin/keys`)).status).toBe(200)
+    } finally {
+      await off.close()
+      await store.close()
+    }
+  })
+})
