@@ -57,7 +57,7 @@ describe("weft keys and weft tenants", () => {
     } finally {
       await server.close()
     }
-  }, 120_000)
+  }, 240_000)
 
   it("sets tenant limits and default priority", async () => {
     const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), "weft-tenants-cli-"))
@@ -67,7 +67,7 @@ describe("weft keys and weft tenants", () => {
     expect(JSON.parse(listed.stdout)).toEqual({ object: "list", data: [{ name: "acme", priority: "high", limits: { rpm: 5, tpm: 1000, max_concurrent: null } }] })
     const bad = await run(["tenants", "set", "no spaces", "--data-dir", dataDir])
     expect(bad.code).toBe(1)
-  }, 60_000)
+  }, 180_000)
 
   it("keeps --help free of node-llama-cpp", async () => {
     for (const command of [["keys", "create", "--help"], ["tenants", "list"]]) {
@@ -76,7 +76,7 @@ describe("weft keys and weft tenants", () => {
       expect(result.stderr).not.toContain("node-llama-cpp imported")
       expect(result.code).toBe(0)
     }
-  }, 60_000)
+  }, 180_000)
 })
 
 describe("an open server beyond loopback", () => {
@@ -102,5 +102,5 @@ describe("an open server beyond loopback", () => {
     expect(result.code).toBe(1)
     expect(result.stderr).toContain("refusing to listen on 0.0.0.0 without authentication")
     expect(result.stderr).toContain("--auth off")
-  }, 120_000)
+  }, 240_000)
 })
