@@ -17,6 +17,8 @@ import { ProcessMetrics } from "./observability/ProcessMetrics.js"
 import type { RequestLogSettings } from "./observability/RequestLog.js"
 import type { RequestScheduler } from "./scheduler/RequestScheduler.js"
 import { SessionStore } from "./sessions/SessionStore.js"
+import type { OpenServerRefused } from "./identity/AuthErrors.js"
+import { KeyStore, keysDatabasePath } from "./identity/KeyStore.js"
 
 /** A model for `serverLayer`: its engine (a backend behind the scheduler) and, when known before loading, its id. */
 export interface ServedModel {
@@ -29,21 +31,23 @@ export const serverLayer = (
   models: ReadonlyArray<ServedModel>,
   http: HttpServerOptions,
   sessions: SessionSettingsInput,
-  requestLog: Partial<RequestLogSettings> = {}
-): Layer.Layer<HttpServer.HttpServer | ModelRegistry, HttpServerError.ServeError> =>
+  requestLog: Partial<RequestLogSettings> = {},
+  keys: { readonly databasePath: string } = { databasePath: ":memory:" }
+): Layer.Layer<HttpServer.HttpServer | ModelRegistry, HttpServerError.ServeError | OpenServerRefused> =>
   WeftHttpServer.layer(http).pipe(
     Layer.provideMerge(
       ModelRegistry.layer(models.map((model) => ({ id: model.id, engine: observedEngineLayer(model.engine, requestLog) })))
     ),
     Layer.provide(ProcessMetrics.Default),
     // A session database that cannot be opened is a start-up failure, reported like any other.
-    Layer.provide(Layer.orDie(SessionStore.layerSqlite(sessions)))
+    Layer.provide(Layer.orDie(SessionStore.layerSqlite(sessions))),
+    Layer.provide(Layer.orDie(KeyStore.layerSqlite(keys.databasePath)))
   )
 
 type SessionSettingsInput = Parameters<typeof SessionStore.layerSqlite>[0]
 
 /** The composition root of `weft serve`: config → ModelRegistry (LlamaBackend → SeqPool → RequestScheduler) → HTTP server. */
-export const WeftLive: Layer.Layer<HttpServer.HttpServer | ModelRegistry, HttpServerError.ServeError, WeftConfig> = Layer.unwrapEffect(
+export const WeftLive: Layer.Layer<HttpServer.HttpServer | ModelRegistry, HttpServerError.ServeError | OpenServerRefused, WeftConfig> = Layer.unwrapEffect(
   Effect.flatMap(WeftConfig, (settings) =>
     // The sessions database lives in the data dir, which a `--model` run may not have created yet.
     Effect.sync(() => {
@@ -56,10 +60,12 @@ export const WeftLive: Layer.Layer<HttpServer.HttpServer | ModelRegistry, HttpSe
           maxBodyBytes: settings.maxBodyBytes,
           shutdownGraceMs: settings.shutdownGraceMs,
           allowedHosts: settings.allowedHosts,
-          corsOrigins: settings.corsOrigins
+          corsOrigins: settings.corsOrigins,
+          auth: { mode: settings.auth, metricsPublic: settings.metricsPublic }
         },
         { databasePath: path.join(settings.dataDir, "sessions.sqlite"), ttlMs: settings.sessionTtlMs },
-        { logText: settings.logText }
+        { logText: settings.logText },
+        { databasePath: keysDatabasePath(settings.dataDir) }
       ).pipe(Layer.provide(observabilityLayer(settings)))
     }))
 )

@@ -4,12 +4,14 @@ import { NodeContext, NodeRuntime } from "@effect/platform-node"
 import { Cause, Console, Effect, Option } from "effect"
 import packageJson from "../package.json" with { type: "json" }
 import { benchCommand } from "./cli/BenchCommand.js"
+import { keysCommand } from "./cli/KeysCommand.js"
+import { tenantsCommand } from "./cli/TenantsCommand.js"
 import { modelCommand } from "./cli/ModelCommand.js"
 import { rejectedServeFlags, serveCommand } from "./cli/ServeCommand.js"
 
 const weft = Command.make("weft").pipe(
   Command.withDescription("Effect-native LLM server: GGUF models behind an OpenAI-compatible API"),
-  Command.withSubcommands([serveCommand, modelCommand, benchCommand])
+  Command.withSubcommands([serveCommand, modelCommand, benchCommand, keysCommand, tenantsCommand])
 )
 
 const cli = Command.run(weft, { name: "weft", version: packageJson.version })

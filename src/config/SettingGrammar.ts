@@ -218,3 +218,6 @@ export const originList = nameList(
   /^[a-z][a-z0-9+.-]*:\/\/[^/\s]+\/?$/,
   { noneAllowed: true }
 )
+
+/** API-key authentication: `on`, `off` or `auto`. */
+export const authSetting = choice(Schema.Literal("on", "off", "auto"), sameWords(["on", "off", "auto"] as const), "on, off or auto")

@@ -1,5 +1,6 @@
 import { logLevelNames } from "../observability/JsonLogger.js"
 import {
+  authSetting,
   byteSize,
   gpuSetting,
   hostList,
@@ -80,6 +81,13 @@ export const settingSpecs = [
   spec("cacheMaxBytes", "cache-max-bytes", optionalByteSize, "Estimated KV bytes of cached prefixes; LRU eviction starts at 80% (default none)"),
   spec("logLevel", "log-level", logLevelSetting, `Least severe log level written: ${logLevelNames.join(", ")} (default info)`),
   spec("logFormat", "log-format", logFormatSetting, "Log lines as JSON objects, or pretty for a terminal (default json)"),
+  spec(
+    "auth",
+    "auth",
+    authSetting,
+    "API-key authentication: on, off, or auto = on once a key exists (default auto; with no keys, a non-loopback --host needs --auth off)"
+  ),
+  spec("metricsPublic", "metrics-public", onOff, "Serve /metrics without an admin key (default off)"),
   spec("logText", "log-text", onOff, "Put prompt and completion text in the per-request log lines (default off: they may hold anything)")
 ] as const
 

@@ -41,7 +41,11 @@ export const WeftSettings = Schema.Struct({
   /** `json`: one object per line; `pretty`: for a person at a terminal. */
   logFormat: Schema.Literal(...logFormats),
   /** Adds prompt and completion text to the per-request log lines. */
-  logText: Schema.Boolean
+  logText: Schema.Boolean,
+  /** API-key authentication; `auto` is on once a key exists. */
+  auth: Schema.Literal("on", "off", "auto"),
+  /** `/metrics` answers without an admin key. */
+  metricsPublic: Schema.Boolean
 })
 
 /** Everything `weft serve` needs, validated and defaulted. */
@@ -76,5 +80,7 @@ export const defaultSettings: WeftSettings = {
   cacheMaxBytes: undefined,
   logLevel: "info",
   logFormat: "json",
-  logText: false
+  logText: false,
+  auth: "auto",
+  metricsPublic: false
 }

@@ -2,7 +2,8 @@ import { HttpServerRequest } from "@effect/platform"
 import { NodeHttpServerRequest, NodeStream } from "@effect/platform-node"
 import { Effect, Stream } from "effect"
 import type * as Http from "node:http"
-import { BodyNestedTooDeep, BodyNotDeclaredJson, BodyNotJson, BodyTooLarge } from "./HttpErrors.js"
+import { BodyNestedTooDeep, BodyNotDeclaredJson, BodyNotJson, BodyTooLarge, InvalidParam } from "./HttpErrors.js"
+import { findBadText, textProblemDescription } from "./TextHygiene.js"
 
 /** After a 413, how much of the rest of an oversized body is discarded before the connection is cut. */
 const discardLimitBytes = 16 * 1024 * 1024
@@ -91,8 +92,18 @@ export const readJsonBody = (limitBytes: number) =>
     const text = Buffer.concat(chunks).toString("utf8")
     if (text.trim() === "") return yield* new BodyNotJson({ reason: "the body is empty" })
     if (nestsDeeperThan(text, maxJsonDepth)) return yield* new BodyNestedTooDeep({ limit: maxJsonDepth })
-    return yield* Effect.try({
+    const body = yield* Effect.try({
       try: (): unknown => JSON.parse(text),
       catch: (error) => new BodyNotJson({ reason: error instanceof Error ? error.message : "invalid JSON" })
     })
+    const bad = findBadText(body)
+    if (bad !== undefined) {
+      const where = bad.param === "" ? "The request body" : `'${bad.param}'`
+      return yield* new InvalidParam({
+        param: bad.param === "" ? null : bad.param,
+        message: `${where} holds ${textProblemDescription(bad.problem)}, which text parameters may not contain.`,
+        code: "invalid_text"
+      })
+    }
+    return body
   })

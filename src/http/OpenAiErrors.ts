@@ -4,6 +4,9 @@ import type { AdmissionRejected, StageTimedOut } from "../scheduler/SchedulerErr
 import type { SessionStoreFailed } from "../sessions/SessionStore.js"
 import { ModelNotFound } from "../host/HostErrors.js"
 import type { ModelLoading } from "../host/HostErrors.js"
+import type { KeyRejected, ScopeMissing } from "../identity/AuthErrors.js"
+import { KeyNotFound } from "../identity/KeyStore.js"
+import type { KeyStoreFailed } from "../identity/KeyStore.js"
 import { ResponseNotFound, SessionNotFound } from "./HttpErrors.js"
 import type {
   BodyNestedTooDeep,
@@ -41,6 +44,10 @@ export type ApiFailure =
   | SessionStoreFailed
   | ResponseNotFound
   | StructuredOutputInvalid
+  | KeyRejected
+  | ScopeMissing
+  | KeyNotFound
+  | KeyStoreFailed
 
 /** OpenAI's error object, as it appears under `error` in a response body or an SSE frame. */
 export interface OpenAiErrorBody {
@@ -163,6 +170,18 @@ export const errorReply = (failure: ApiFailure): ErrorReply => {
       return reply(503, { message: failure.message, type: "server_error", param: null, code: "model_loading" }, { "retry-after": "1" })
     case "GenerationCancelled":
       return reply(503, { message: failure.message, type: "server_error", param: null, code: failure.shuttingDown ? "shutting_down" : "cancelled" })
+    case "KeyRejected":
+      return reply(401, { message: failure.message, type: "invalid_request_error", param: null, code: "invalid_api_key" })
+    case "ScopeMissing":
+      return reply(403, { message: failure.message, type: "invalid_request_error", param: null, code: "insufficient_scope" })
+    case "KeyNotFound":
+      return reply(404, {
+        message: new KeyNotFound({ keyId: shorten(failure.keyId) }).message,
+        type: "invalid_request_error",
+        param: "id",
+        code: "key_not_found"
+      })
+    case "KeyStoreFailed":
     case "DecodeFailed":
     case "EmbeddingFailed":
       return internalError()

@@ -5,6 +5,7 @@ import { randomUUID } from "node:crypto"
 import type { BackendShape } from "../engine/Backend.js"
 import type { GenerationEvent } from "../scheduler/GenerationRequest.js"
 import { SessionStore } from "../sessions/SessionStore.js"
+import { currentPrincipal, prefixCacheKey } from "../identity/Tenancy.js"
 import { ModelLoading } from "../host/HostErrors.js"
 import { ModelRegistry } from "../host/ModelRegistry.js"
 import { InvalidParam, SessionNotFound } from "./HttpErrors.js"
@@ -66,21 +67,27 @@ const generationRoute = <A extends SharedRequest, I>(
     const plan = yield* planOf(body, { maxTokens: kind === "text" ? legacyCompletionMaxTokens : undefined }, backend)
     const id = newId(kind)
     const meta = { kind, id, created: Math.floor((yield* Clock.currentTimeMillis) / 1000), model: backend.info.id }
-    const seed = plan.request.sampling.seed
+    const principal = yield* currentPrincipal
+    const request = {
+      ...plan.request,
+      cacheKey: yield* prefixCacheKey(body.cache_salt),
+      priority: plan.request.priority ?? Option.getOrUndefined(principal)?.defaultPriority
+    }
+    const seed = request.sampling.seed
     const { choices, headers } = yield* runOf(backend, body, plan.n, (prompt, index, choice) =>
-      validatedOutput(plan.request.sampling.grammar, scheduler.submit({
-        ...plan.request,
+      validatedOutput(request.sampling.grammar, scheduler.submit({
+        ...request,
         // Each choice is a request of its own: its own id, and its own seed derived from the request's.
         id: index === 0 ? id : `${id}-${index}`,
         prompt,
-        sampling: { ...plan.request.sampling, seed: seed === undefined ? undefined : (seed + choice) >>> 0 }
+        sampling: { ...request.sampling, seed: seed === undefined ? undefined : (seed + choice) >>> 0 }
       })))
     const run = {
       meta,
       events: mergeChoices(choices),
       choices: choices.length,
       choicesPerPrompt: plan.n,
-      logprobs: plan.request.sampling.logprobs !== undefined
+      logprobs: request.sampling.logprobs !== undefined
     }
     const response = plan.stream ? yield* sseResponse(run, plan.includeUsage) : yield* jsonResponse(run)
     return headers === undefined ? response : HttpServerResponse.setHeaders(response, headers)
@@ -107,7 +114,7 @@ const chatRun: RunOf<ChatCompletionRequest> = (backend, body, n, submit) =>
       return yield* new InvalidParam({ param: "session_id", message: `session_id must be ${safeIdDescription}`, code: "invalid_value" })
     }
     const store = yield* SessionStore
-    const owner = sessionOwnerOf(body.cache_salt)
+    const owner = yield* sessionOwnerOf(body.cache_salt)
     const newMessages = chatMessagesOf(body.messages)
     const events = Stream.unwrapScoped(
       Effect.gen(function*() {

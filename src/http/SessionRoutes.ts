@@ -1,20 +1,22 @@
 import { HttpRouter, HttpServerRequest, HttpServerResponse } from "@effect/platform"
 import { Effect, Option } from "effect"
 import { SessionOwner, SessionStore } from "../sessions/SessionStore.js"
+import { sessionOwner } from "../identity/Tenancy.js"
 import type { Session } from "../sessions/SessionStore.js"
 import { SessionNotFound } from "./HttpErrors.js"
 import { usageOf } from "./OpenAiResponses.js"
 
 /**
- * The owner a request acts as: its `cache_salt` (the body's on a chat turn, the `X-Cache-Salt` header on the
- * session routes, which have no body; `""` without one). The one place to switch to the API key's tenant.
+ * The owner a request acts as: the API key's tenant; without authentication its `cache_salt` (the body's on a chat
+ * turn, the `X-Cache-Salt` header on the session routes, which have no body; `""` without one).
  */
-export const sessionOwnerOf = (cacheSalt: string | undefined): SessionOwner => SessionOwner.make(cacheSalt ?? "")
+export const sessionOwnerOf = (cacheSalt: string | undefined): Effect.Effect<SessionOwner> =>
+  Effect.map(sessionOwner(cacheSalt), SessionOwner.make)
 
 /** The header that carries the salt on `GET`/`DELETE /v1/sessions/{id}` (not a query parameter: URLs end up in logs). */
 const saltHeader = "x-cache-salt"
 
-const requestOwner = Effect.map(HttpServerRequest.HttpServerRequest, (request) => sessionOwnerOf(request.headers[saltHeader]))
+const requestOwner = Effect.flatMap(HttpServerRequest.HttpServerRequest, (request) => sessionOwnerOf(request.headers[saltHeader]))
 
 const sessionIdParam = Effect.map(HttpRouter.params, (params) => params["id"] ?? "")
 

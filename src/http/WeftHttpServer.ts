@@ -1,7 +1,7 @@
 import { HttpRouter, HttpServer, HttpServerRequest, HttpServerResponse } from "@effect/platform"
 import { HttpServerError } from "@effect/platform"
 import { NodeHttpServer } from "@effect/platform-node"
-import { Clock, Deferred, Duration, Effect, Exit, Fiber, Layer, Ref, Schedule } from "effect"
+import { Clock, Deferred, Duration, Effect, Exit, Fiber, Layer, Option, Ref, Schedule } from "effect"
 import { randomUUID } from "node:crypto"
 import * as Http from "node:http"
 import { countHttpRequest, endpointOf } from "../observability/HttpRequestMetrics.js"
@@ -24,6 +24,13 @@ import { responsesRoutes } from "./ResponsesRoutes.js"
 import { sessionRoutes } from "./SessionRoutes.js"
 import { tokenizeRoutes } from "./TokenizeRoutes.js"
 import type { SessionStore } from "../sessions/SessionStore.js"
+import { authenticateRequest, openServerRefusal } from "../identity/Authentication.js"
+import type { AuthSettings } from "../identity/Authentication.js"
+import { KeyStore } from "../identity/KeyStore.js"
+import { OpenServerRefused } from "../identity/AuthErrors.js"
+import { CurrentPrincipal } from "../identity/Principal.js"
+import type { Principal } from "../identity/Principal.js"
+import { adminKeyRoutes } from "./AdminKeyRoutes.js"
 
 /** Where to listen and the limits the HTTP layer enforces itself. */
 export interface HttpServerOptions {
@@ -36,7 +43,11 @@ export interface HttpServerOptions {
   readonly allowedHosts?: ReadonlyArray<string> | undefined
   /** Browser origins allowed to call the API (CORS), `*` for any; default none. */
   readonly corsOrigins?: ReadonlyArray<string> | undefined
+  /** API-key authentication; default `auto` (on once a key exists) with `/metrics` behind an admin key. */
+  readonly auth?: AuthSettings | undefined
 }
+
+const defaultAuth: AuthSettings = { mode: "auto", metricsPublic: false }
 
 /** After the grace period, how long finished responses get to flush before the remaining connections are cut. */
 const flushAfterGrace = Duration.seconds(2)
@@ -85,9 +96,10 @@ const isScheduledFailure = (failure: ApiFailure): boolean => scheduledFailures.s
  * (the client went away) passes through untouched.
  */
 const withRequestContext = <R>(
-  app: Effect.Effect<HttpServerResponse.HttpServerResponse, ApiFailure | HttpServerError.RouteNotFound, R | RequestModel>,
+  app: Effect.Effect<HttpServerResponse.HttpServerResponse, ApiFailure | HttpServerError.RouteNotFound, R | RequestModel | CurrentPrincipal>,
   methodsOf: (url: string) => ReadonlyArray<string>,
-  withCors: (request: HttpServerRequest.HttpServerRequest, response: HttpServerResponse.HttpServerResponse) => HttpServerResponse.HttpServerResponse
+  policy: ReturnType<typeof browserPolicy>,
+  auth: AuthSettings
 ) =>
   Effect.gen(function*() {
     const request = yield* HttpServerRequest.HttpServerRequest
@@ -99,7 +111,19 @@ const withRequestContext = <R>(
     let routed = true
     const requestModel = yield* Ref.make<string | undefined>(undefined)
     const modelId = Effect.flatMap(Ref.get(requestModel), (resolved) => (resolved === undefined ? soleModelId : Effect.succeed(resolved)))
-    const response = yield* app.pipe(
+    let principal = Option.none<Principal>()
+    // The host check and CORS preflights come first; then the key, so handlers run knowing who calls.
+    const authenticated = policy.guard(
+      Effect.flatMap(authenticateRequest(request, path, auth), (caller) => {
+        principal = caller
+        return Option.match(caller, {
+          onNone: () => app,
+          onSome: (known) => Effect.annotateLogs(app, { tenant: known.tenant, keyId: known.keyId })
+        }).pipe(Effect.provideService(CurrentPrincipal, caller))
+      })
+    )
+    const tenant = () => Option.match(principal, { onNone: () => "", onSome: (known) => known.tenant })
+    const response = yield* authenticated.pipe(
       Effect.provideService(RequestModel, requestModel),
       Effect.catchAll((caught) => {
         const allowed = caught instanceof HttpServerError.RouteNotFound ? methodsOf(request.url) : []
@@ -121,14 +145,14 @@ const withRequestContext = <R>(
       }),
       Effect.catchAllDefect((defect) => Effect.as(Effect.logError("Request failed with a defect", defect), errorResponse(internalError()))),
       Effect.onInterrupt(() =>
-        Effect.flatMap(modelId, (model) => countHttpRequest({ model, endpoint: endpointOf(path, routed), status: 499 }))
+        Effect.flatMap(modelId, (model) => countHttpRequest({ model, endpoint: endpointOf(path, routed), status: 499, tenant: tenant() }))
       ),
       Effect.annotateLogs({ requestId, method: request.method, path })
     )
     const models = yield* Effect.flatMap(ModelRegistry, (registry) => registry.models)
     const draining = models.some((model) => model.draining)
     const endpoint = endpointOf(path, routed)
-    yield* countHttpRequest({ model: yield* modelId, endpoint, status: response.status })
+    yield* countHttpRequest({ model: yield* modelId, endpoint, status: response.status, tenant: tenant() })
     yield* Effect.logDebug("http response").pipe(
       Effect.annotateLogs({
         requestId,
@@ -139,7 +163,7 @@ const withRequestContext = <R>(
         durationMs: (yield* Clock.currentTimeMillis) - startedAt
       })
     )
-    const tagged = HttpServerResponse.setHeader(withCors(request, response), "x-request-id", requestId)
+    const tagged = HttpServerResponse.setHeader(policy.withCors(request, response), "x-request-id", requestId)
     // While draining, connections are not kept alive, so the server can close once their last response is out.
     return draining ? HttpServerResponse.setHeader(tagged, "connection", "close") : tagged
   })
@@ -181,11 +205,15 @@ const addressText = (address: HttpServer.Address): string =>
 export const WeftHttpServer = {
   layer: (
     options: HttpServerOptions
-  ): Layer.Layer<HttpServer.HttpServer, HttpServerError.ServeError, ModelRegistry | SessionStore | ProcessMetrics> =>
+  ): Layer.Layer<HttpServer.HttpServer, HttpServerError.ServeError | OpenServerRefused, ModelRegistry | SessionStore | ProcessMetrics | KeyStore> =>
     Layer.unwrapEffect(
-      Effect.sync(() => {
+      Effect.gen(function*() {
+        const auth = options.auth ?? defaultAuth
+        const hasKeys = yield* Effect.flatMap(KeyStore, (store) => store.hasLiveKeys()).pipe(Effect.orDie)
+        const refusal = openServerRefusal(options.host, auth.mode, hasKeys)
+        if (refusal !== undefined) return yield* new OpenServerRefused({ host: options.host, reason: refusal })
         const server = Http.createServer()
-        const router = openAiRoutes(options).pipe(HttpRouter.concat(responsesRoutes(options)), HttpRouter.concat(embeddingRoutes(options)), HttpRouter.concat(tokenizeRoutes(options)), HttpRouter.concat(sessionRoutes), HttpRouter.concat(observabilityRoutes), HttpRouter.get("/health", health))
+        const router = openAiRoutes(options).pipe(HttpRouter.concat(responsesRoutes(options)), HttpRouter.concat(embeddingRoutes(options)), HttpRouter.concat(tokenizeRoutes(options)), HttpRouter.concat(sessionRoutes), HttpRouter.concat(observabilityRoutes), HttpRouter.concat(adminKeyRoutes(options)), HttpRouter.get("/health", health))
         // One scope, so the shutdown finalizer (added last) runs before the request handler is removed.
         const serve = Layer.scopedDiscard(
           Effect.gen(function*() {
@@ -193,7 +221,7 @@ export const WeftHttpServer = {
             const registry = yield* ModelRegistry
             const methodsOf = routeMethods(router)
             const policy = browserPolicy(options, methodsOf)
-            yield* httpServer.serve(withRequestContext(policy.guard(router), methodsOf, policy.withCors))
+            yield* httpServer.serve(withRequestContext(router, methodsOf, policy, auth))
             yield* Effect.logInfo("listening").pipe(Effect.annotateLogs({ address: addressText(httpServer.address) }))
             yield* Effect.addFinalizer(() =>
               Effect.flatMap(Effect.forkDaemon(gracefulShutdown(server, registry, options.shutdownGraceMs)), Fiber.join)

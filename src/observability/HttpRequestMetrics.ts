@@ -12,14 +12,16 @@ const fixedEndpoints = new Set([
   "/v1/sessions",
   "/health",
   "/metrics",
-  "/admin/stats"
+  "/admin/stats",
+  "/admin/keys"
 ])
 
 /** Routes whose last segment is an id: one label value each, however many ids there are. */
 const parameterised: ReadonlyArray<readonly [string, string]> = [
   ["/v1/models/", "/v1/models/{model}"],
   ["/v1/responses/", "/v1/responses/{response_id}"],
-  ["/v1/sessions/", "/v1/sessions/{session_id}"]
+  ["/v1/sessions/", "/v1/sessions/{session_id}"],
+  ["/admin/keys/", "/admin/keys/{id}"]
 ]
 
 /**
@@ -29,6 +31,7 @@ const parameterised: ReadonlyArray<readonly [string, string]> = [
 export const endpointOf = (path: string, routed: boolean): string => {
   if (!routed) return "unmatched"
   if (fixedEndpoints.has(path)) return path
+  if (path.startsWith("/admin/keys/") && path.endsWith("/rotate")) return "/admin/keys/{id}/rotate"
   for (const [prefix, endpoint] of parameterised) if (path.startsWith(prefix)) return endpoint
   return "other"
 }
@@ -38,11 +41,14 @@ export const countHttpRequest = (options: {
   readonly model: string
   readonly endpoint: string
   readonly status: number
+  /** The caller's tenant; empty without authentication. */
+  readonly tenant: string
 }): Effect.Effect<void> =>
   Metric.increment(
     Metric.taggedWithLabels(WeftMetrics.requests, [
       MetricLabel.make("model", options.model),
       MetricLabel.make("endpoint", options.endpoint),
-      MetricLabel.make("status", String(options.status))
+      MetricLabel.make("status", String(options.status)),
+      MetricLabel.make("tenant", options.tenant)
     ])
   )

@@ -3,6 +3,7 @@ import type { PrefixCacheStats } from "../engine/SeqPool.js"
 import type { SchedulerEvent } from "../scheduler/RequestScheduler.js"
 import { RequestScheduler } from "../scheduler/RequestScheduler.js"
 import { outcomeLabels } from "../scheduler/RequestLifecycle.js"
+import type { RequestRecord } from "../scheduler/RequestLifecycle.js"
 import type { OutcomeLabel } from "../scheduler/RequestLifecycle.js"
 import type { AdmissionRejected } from "../scheduler/SchedulerErrors.js"
 import { adminStatsOf, makeStatsRates, makeStatsWindows } from "./AdminStats.js"
@@ -18,6 +19,12 @@ const rejectionReasons = {
   PromptEmpty: "prompt_empty",
   PromptTokenInvalid: "prompt_token_invalid"
 } as const satisfies Record<AdmissionRejected["_tag"], string>
+
+/** The `tenant` label of a request: the HTTP layer annotates authenticated requests with it; empty without a key. */
+const tenantOf = (record: RequestRecord): string => {
+  const tenant = record.annotations?.["tenant"]
+  return typeof tenant === "string" ? tenant : ""
+}
 
 const timeoutStages = { queue: "queue", firstToken: "first_token", total: "total" } as const
 const cancelReasons = ["client", "cancel", "shutdown"] as const
@@ -72,8 +79,8 @@ export class SchedulerMetrics extends Effect.Service<SchedulerMetrics>()("weft/S
         ...Object.values(timeoutStages).map((stage) => Metric.incrementBy(Metric.tagged(m.timeouts, "stage", stage), 0)),
         ...cancelReasons.map((reason) => Metric.incrementBy(Metric.tagged(m.cancellations, "reason", reason), 0)),
         ...Object.values(cacheCounters).map((counter) => Metric.incrementBy(counter, 0)),
-        Metric.incrementBy(m.promptTokens, 0),
-        Metric.incrementBy(m.generationTokens, 0)
+        Metric.incrementBy(Metric.tagged(m.promptTokens, "tenant", ""), 0),
+        Metric.incrementBy(Metric.tagged(m.generationTokens, "tenant", ""), 0)
       ],
       { discard: true }
     )
@@ -83,7 +90,7 @@ export class SchedulerMetrics extends Effect.Service<SchedulerMetrics>()("weft/S
     const finished: Record<OutcomeLabel, number> = { completed: 0, failed: 0, timed_out: 0, cancelled: 0, rejected: 0 }
     let promptTokensStarted = 0
     /** Admission time and last token time of each live request. */
-    const live = new Map<string, { readonly enqueuedAt: number; lastTokenAt: number | undefined }>()
+    const live = new Map<string, { readonly enqueuedAt: number; readonly tenant: string; lastTokenAt: number | undefined }>()
 
     const observeQueueWait = (at: number, ms: number) =>
       Effect.suspend(() => {
@@ -103,7 +110,7 @@ export class SchedulerMetrics extends Effect.Service<SchedulerMetrics>()("weft/S
         case "Token": {
           const request = live.get(event.requestId)
           rates.generationTokens.add(event.at, 1)
-          const count = Metric.increment(m.generationTokens)
+          const count = Metric.increment(Metric.tagged(m.generationTokens, "tenant", request?.tenant ?? ""))
           if (request === undefined) return count
           const previous = request.lastTokenAt
           request.lastTokenAt = event.at
@@ -115,7 +122,7 @@ export class SchedulerMetrics extends Effect.Service<SchedulerMetrics>()("weft/S
           const { record } = event
           switch (event.to) {
             case "Queued":
-              live.set(record.id, { enqueuedAt: record.enqueuedAt, lastTokenAt: undefined })
+              live.set(record.id, { enqueuedAt: record.enqueuedAt, tenant: tenantOf(record), lastTokenAt: undefined })
               rates.requests.add(event.at, 1)
               return Effect.void
             case "Running":
@@ -123,7 +130,7 @@ export class SchedulerMetrics extends Effect.Service<SchedulerMetrics>()("weft/S
               rates.promptTokens.add(event.at, record.promptTokens)
               return Effect.zipRight(
                 observeQueueWait(event.at, event.at - record.enqueuedAt),
-                Metric.incrementBy(m.promptTokens, record.promptTokens)
+                Metric.incrementBy(Metric.tagged(m.promptTokens, "tenant", tenantOf(record)), record.promptTokens)
               )
             case "Rejected": {
               finished.rejected += 1

@@ -29,7 +29,7 @@ const histogram = (name: `weft_${string}_seconds`, help: string, buckets: Readon
  * (added where they are updated); process metrics describe the whole process and carry none.
  */
 export const WeftMetrics = {
-  requests: counter("weft_requests_total", "HTTP requests answered, by endpoint and status code (499: the client went away first)"),
+  requests: counter("weft_requests_total", "HTTP requests answered, by endpoint, status code (499: the client went away first) and tenant (empty without a key)"),
   generations: counter(
     "weft_generations_total",
     "Generation requests that reached an end state, by outcome (completed, failed, timed_out, cancelled, rejected)"
@@ -54,8 +54,8 @@ export const WeftMetrics = {
     "Time between consecutive generated tokens of one request",
     [0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1, 2.5]
   ),
-  promptTokens: counter("weft_prompt_tokens_total", "Prompt tokens of requests that got a slot (prefix-cache hits included)"),
-  generationTokens: counter("weft_generation_tokens_total", "Tokens generated"),
+  promptTokens: counter("weft_prompt_tokens_total", "Prompt tokens of requests that got a slot (prefix-cache hits included), by tenant"),
+  generationTokens: counter("weft_generation_tokens_total", "Tokens generated, by tenant"),
   rejections: counter("weft_rejections_total", "Requests turned away at admission, by reason"),
   timeouts: counter("weft_timeouts_total", "Requests ended by a stage limit, by stage (queue, first_token, total)"),
   cancellations: counter("weft_cancellations_total", "Requests cancelled, by reason (client, cancel, shutdown)"),

@@ -25,14 +25,17 @@ const chatWith = (schema: unknown, extra: Record<string, unknown> = {}, model = 
 const arrayOf = (extra: Record<string, unknown>) => ({ type: "array", items: { type: "string" }, ...extra })
 const property = (schema: unknown) => ({ type: "object", properties: { x: schema }, required: ["x"] })
 
-/** Schemas the grammar parser rejects, each with the param its 400 must name. */
-const breaking: ReadonlyArray<readonly [string, unknown, string | RegExp]> = [
+/**
+ * Schemas the grammar parser rejects, each with the param its 400 must name, and its code when not
+ * `invalid_json_schema` (a NUL is refused in any string of any body, before the schema is looked at).
+ */
+const breaking: ReadonlyArray<readonly [string, unknown, string | RegExp, string?]> = [
   ["minItems above the repetition limit", property(arrayOf({ minItems: 1100 })), `${schemaParam}.properties.x.minItems`],
   ["minLength above the repetition limit", property({ type: "string", minLength: 1001 }), `${schemaParam}.properties.x.minLength`],
   ["minProperties above the repetition limit", { type: "object", additionalProperties: { type: "string" }, minProperties: 5000 }, `${schemaParam}.minProperties`],
-  ["a NUL character in a property name", { type: "object", properties: { "a\u0000b": { type: "string" } } }, `${schemaParam}.properties`],
-  ["a NUL character in an enum value", property({ enum: ["ok", "a\u0000b"] }), `${schemaParam}.properties.x.enum`],
-  ["a NUL character in a const value", property({ const: "a\u0000b" }), `${schemaParam}.properties.x.const`],
+  ["a NUL character in a property name", { type: "object", properties: { "a\u0000b": { type: "string" } } }, `${schemaParam}.properties`, "invalid_text"],
+  ["a NUL character in an enum value", property({ enum: ["ok", "a\u0000b"] }), `${schemaParam}.properties.x.enum[1]`, "invalid_text"],
+  ["a NUL character in a const value", property({ const: "a\u0000b" }), `${schemaParam}.properties.x.const`, "invalid_text"],
   ["a $ref cycle a → a", { $defs: { a: { $ref: "#/$defs/a" } }, $ref: "#/$defs/a" }, `${schemaParam}.$defs.a.$ref`],
   ["a $ref cycle a → b → a", { $defs: { a: { $ref: "#/$defs/b" }, b: { $ref: "#/$defs/a" } }, $ref: "#/$defs/a" }, /\.\$defs\.[ab]\.\$ref$/],
   [
@@ -55,13 +58,13 @@ describe("JSON schema grammars against the tiny model", () => {
   })
   afterAll(() => server?.close())
 
-  for (const [name, schema, param] of breaking) {
+  for (const [name, schema, param, code = "invalid_json_schema"] of breaking) {
     for (const stream of [false, true]) {
-      it(`refuses ${name} with 400 invalid_json_schema before admission${stream ? " (streaming)" : ""}`, async () => {
+      it(`refuses ${name} with 400 ${code} before admission${stream ? " (streaming)" : ""}`, async () => {
         const response = await postJson(server, "/v1/chat/completions", chatWith(schema, { stream }))
         expect(response.status).toBe(400)
         const body = (await response.json()) as ErrorBody
-        expect(body.error.code).toBe("invalid_json_schema")
+        expect(body.error.code).toBe(code)
         expect(body.error.type).toBe("invalid_request_error")
         if (typeof param === "string") expect(body.error.param).toBe(param)
         else expect(body.error.param).toMatch(param)

@@ -141,8 +141,8 @@ describe("SchedulerMetrics", () => {
       }).toEqual({ client: 1, cancel: 1, shutdown: 1 })
 
       // Six requests got a slot (A B F G I K), three prompt tokens each; A 5 + B 3 + G 3 + I 2 tokens generated.
-      expect(delta("weft_prompt_tokens_total")).toBe(18)
-      expect(delta("weft_generation_tokens_total")).toBe(13)
+      expect(delta("weft_prompt_tokens_total", { tenant: "" })).toBe(18)
+      expect(delta("weft_generation_tokens_total", { tenant: "" })).toBe(13)
 
       // Queue wait: 0 for the six that got a slot at once and for D, 30 ms for C.
       expect(delta("weft_queue_wait_seconds_count")).toBe(8)

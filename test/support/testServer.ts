@@ -8,6 +8,8 @@ import { schedulerLayer } from "../../src/host/LocalEngine.js"
 import type { Engine, EngineStartFailed } from "../../src/host/LocalEngine.js"
 import { ModelRegistry } from "../../src/host/ModelRegistry.js"
 import { serverLayer } from "../../src/layers.js"
+import type { OpenServerRefused } from "../../src/identity/AuthErrors.js"
+import type { AuthSettings } from "../../src/identity/Authentication.js"
 import type { SchedulerSettings } from "../../src/scheduler/SchedulerConfig.js"
 
 /** Options of `testServerLayer`; everything has a test-friendly default. */
@@ -23,6 +25,12 @@ export interface TestServerOptions {
   readonly allowedHosts?: ReadonlyArray<string>
   /** `--cors-origins`; none by default. */
   readonly corsOrigins?: ReadonlyArray<string>
+  /** The API keys database (`keys.sqlite` of a data dir, to share it with the CLI); in memory by default. */
+  readonly keysDatabasePath?: string
+  /** `--auth` and `--metrics-public`; by default `auto` (on once a key exists) with `/metrics` behind an admin key. */
+  readonly auth?: AuthSettings
+  /** `--host`; 127.0.0.1 by default. */
+  readonly host?: string
   /** What the server is built under, such as a test logger or tracer; by default only errors are logged. */
   readonly observability?: Layer.Layer<never>
 }
@@ -31,19 +39,21 @@ export interface TestServerOptions {
 export const testServerLayer = <E extends EngineStartFailed>(
   backend: Layer.Layer<Backend, E>,
   options: TestServerOptions = {}
-): Layer.Layer<HttpServer.HttpServer | ModelRegistry, HttpServerError.ServeError> =>
+): Layer.Layer<HttpServer.HttpServer | ModelRegistry, HttpServerError.ServeError | OpenServerRefused> =>
   serverLayer(
     [{ engine: schedulerLayer(backend, options.scheduler, options.cache) }],
     {
-      host: "127.0.0.1",
+      host: options.host ?? "127.0.0.1",
       port: 0,
       maxBodyBytes: options.maxBodyBytes ?? 4 * 1024 * 1024,
       shutdownGraceMs: options.shutdownGraceMs ?? 0,
       allowedHosts: options.allowedHosts,
-      corsOrigins: options.corsOrigins
+      corsOrigins: options.corsOrigins,
+      auth: options.auth
     },
     { databasePath: options.sessionsDatabasePath ?? ":memory:" },
-    { logText: options.logText ?? false }
+    { logText: options.logText ?? false },
+    { databasePath: options.keysDatabasePath ?? ":memory:" }
   ).pipe(Layer.provide(options.observability ?? Logger.minimumLogLevel(LogLevel.Error)))
 
 /** A running server on a free port; `close` drains it like SIGTERM does. */
