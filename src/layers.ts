@@ -17,6 +17,9 @@ import { ProcessMetrics } from "./observability/ProcessMetrics.js"
 import type { RequestLogSettings } from "./observability/RequestLog.js"
 import type { RequestScheduler } from "./scheduler/RequestScheduler.js"
 import { SessionStore } from "./sessions/SessionStore.js"
+import { AuditLog } from "./identity/AuditLog.js"
+import type { AuditSettings } from "./identity/AuditLog.js"
+import { RateLimiter } from "./identity/RateLimiter.js"
 
 /** A model for `serverLayer`: its engine (a backend behind the scheduler) and, when known before loading, its id. */
 export interface ServedModel {
@@ -29,13 +32,16 @@ export const serverLayer = (
   models: ReadonlyArray<ServedModel>,
   http: HttpServerOptions,
   sessions: SessionSettingsInput,
-  requestLog: Partial<RequestLogSettings> = {}
+  requestLog: Partial<RequestLogSettings> = {},
+  audit: AuditSettings = { path: undefined }
 ): Layer.Layer<HttpServer.HttpServer | ModelRegistry, HttpServerError.ServeError> =>
   WeftHttpServer.layer(http).pipe(
     Layer.provideMerge(
       ModelRegistry.layer(models.map((model) => ({ id: model.id, engine: observedEngineLayer(model.engine, requestLog) })))
     ),
     Layer.provide(ProcessMetrics.Default),
+    Layer.provide(RateLimiter.Default),
+    Layer.provide(AuditLog.Default(audit)),
     // A session database that cannot be opened is a start-up failure, reported like any other.
     Layer.provide(Layer.orDie(SessionStore.layerSqlite(sessions)))
   )
@@ -59,7 +65,8 @@ export const WeftLive: Layer.Layer<HttpServer.HttpServer | ModelRegistry, HttpSe
           corsOrigins: settings.corsOrigins
         },
         { databasePath: path.join(settings.dataDir, "sessions.sqlite"), ttlMs: settings.sessionTtlMs },
-        { logText: settings.logText }
+        { logText: settings.logText },
+        { path: settings.auditLog ?? path.join(settings.dataDir, "audit.jsonl") }
       ).pipe(Layer.provide(observabilityLayer(settings)))
     }))
 )

@@ -1,9 +1,11 @@
 import { HttpRouter, HttpServerRequest, HttpServerResponse } from "@effect/platform"
-import { Clock, Effect, Option, Stream } from "effect"
+import { Clock, Effect, Option, Ref, Stream } from "effect"
 import type { Schema } from "effect"
 import { randomUUID } from "node:crypto"
 import type { BackendShape } from "../engine/Backend.js"
 import type { GenerationEvent } from "../scheduler/GenerationRequest.js"
+import { currentPrincipal } from "../identity/currentPrincipal.js"
+import { RateLimiter } from "../identity/RateLimiter.js"
 import { SessionStore } from "../sessions/SessionStore.js"
 import { ModelLoading } from "../host/HostErrors.js"
 import { ModelRegistry } from "../host/ModelRegistry.js"
@@ -17,6 +19,8 @@ import { chatMessagesOf, chatPrompt, completionPrompt, decodeBody, planOf } from
 import { ChatCompletionRequest, CompletionRequest } from "./OpenAiRequests.js"
 import type { SharedRequest } from "./OpenAiRequests.js"
 import type { CompletionKind } from "./OpenAiResponses.js"
+import { RequestUsage } from "./RequestUsage.js"
+import type { TokenUsage } from "./RequestUsage.js"
 
 export interface OpenAiRoutesOptions {
   readonly maxBodyBytes: number
@@ -34,6 +38,41 @@ type RunOf<A> = (
   submit: (prompt: ReadonlyArray<number>) => Stream.Stream<GenerationEvent, ApiFailure>
 ) => Effect.Effect<{ readonly events: Stream.Stream<GenerationEvent, ApiFailure>; readonly headers?: Record<string, string> }, ApiFailure, SessionStore | HttpServerRequest.HttpServerRequest>
 
+/**
+ * Runs a generation under the caller's rate limits (none when there is no principal): admits it with its prompt and
+ * the completion tokens it may use reserved, holds a concurrency slot while it streams, then settles the tokens it
+ * really used (those seen so far, if it ended early; none, if it never started) and notes them for the audit log.
+ * Without `max_tokens`, the reservation is what the context leaves after the prompt, shrunk to fit the token limit.
+ */
+const metered = (backend: BackendShape, maxTokens: number | undefined) =>
+  Effect.gen(function*() {
+    const principal = yield* currentPrincipal
+    const limiter = yield* RateLimiter
+    const usage = yield* RequestUsage
+    return (prompt: ReadonlyArray<number>, events: Stream.Stream<GenerationEvent, ApiFailure>): Stream.Stream<GenerationEvent, ApiFailure> =>
+      Stream.unwrapScoped(
+        Effect.gen(function*() {
+          const room = Math.max(0, backend.info.contextSize - prompt.length)
+          const reservation = { promptTokens: prompt.length, reservedCompletionTokens: Math.min(maxTokens ?? room, room), estimated: maxTokens === undefined }
+          const ticket = Option.isSome(principal) ? Option.some(yield* limiter.acquire(principal.value, reservation)) : Option.none()
+          let used: TokenUsage | undefined
+          // Added after the ticket, so it runs before the ticket's slot is released.
+          yield* Effect.addFinalizer(() =>
+            Effect.zipRight(
+              Ref.set(usage, used),
+              Option.match(ticket, { onNone: () => Effect.void, onSome: (held) => held.settle(used === undefined ? 0 : used.promptTokens + used.completionTokens) })
+            )
+          )
+          return Stream.tap(events, (event) =>
+            Effect.sync(() => {
+              if (event._tag === "Started") used = { promptTokens: event.promptTokens, completionTokens: 0 }
+              else if (event._tag === "Delta" && used !== undefined) used = { ...used, completionTokens: used.completionTokens + event.tokens }
+              else if (event._tag === "Finished") used = event.usage
+            }))
+        })
+      )
+  })
+
 const generationRoute = <A extends SharedRequest, I>(
   options: OpenAiRoutesOptions,
   kind: CompletionKind,
@@ -46,7 +85,8 @@ const generationRoute = <A extends SharedRequest, I>(
     const plan = yield* planOf(body, { maxTokens: kind === "text" ? legacyCompletionMaxTokens : undefined }, backend)
     const id = newId(kind)
     const meta = { kind, id, created: Math.floor((yield* Clock.currentTimeMillis) / 1000), model: backend.info.id }
-    const { events, headers } = yield* runOf(backend, body, (prompt) => scheduler.submit({ id, prompt, ...plan.request }))
+    const meter = yield* metered(backend, plan.request.maxTokens)
+    const { events, headers } = yield* runOf(backend, body, (prompt) => meter(prompt, scheduler.submit({ id, prompt, ...plan.request })))
     const response = plan.stream ? yield* sseResponse({ meta, events }, plan.includeUsage) : yield* jsonResponse({ meta, events })
     return headers === undefined ? response : HttpServerResponse.setHeaders(response, headers)
   }).pipe(Effect.withSpan(kind === "chat" ? "http.chatCompletions" : "http.completions"))

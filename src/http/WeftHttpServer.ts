@@ -15,6 +15,13 @@ import { GenerationCancelled, MethodNotAllowed } from "./HttpErrors.js"
 import { RequestModel, soleModelId } from "./ModelRoute.js"
 import { safeIdPattern } from "./SafeId.js"
 import { observabilityRoutes } from "./ObservabilityRoutes.js"
+import { adminAuditRoutes } from "./AdminAuditRoutes.js"
+import { accountRequest } from "./RequestAccounting.js"
+import { RequestUsage } from "./RequestUsage.js"
+import type { TokenUsage } from "./RequestUsage.js"
+import type { AuditLog } from "../identity/AuditLog.js"
+import { currentPrincipal } from "../identity/currentPrincipal.js"
+import type { RateLimiter } from "../identity/RateLimiter.js"
 import { errorReply, errorResponse, internalError, unknownRoute } from "./OpenAiErrors.js"
 import type { ApiFailure } from "./OpenAiErrors.js"
 import { openAiRoutes } from "./OpenAiRoutes.js"
@@ -82,7 +89,7 @@ const isScheduledFailure = (failure: ApiFailure): boolean => scheduledFailures.s
  * (the client went away) passes through untouched.
  */
 const withRequestContext = <R>(
-  app: Effect.Effect<HttpServerResponse.HttpServerResponse, ApiFailure | HttpServerError.RouteNotFound, R | RequestModel>,
+  app: Effect.Effect<HttpServerResponse.HttpServerResponse, ApiFailure | HttpServerError.RouteNotFound, R | RequestModel | RequestUsage>,
   methodsOf: (url: string) => ReadonlyArray<string>,
   withCors: (request: HttpServerRequest.HttpServerRequest, response: HttpServerResponse.HttpServerResponse) => HttpServerResponse.HttpServerResponse
 ) =>
@@ -96,8 +103,13 @@ const withRequestContext = <R>(
     let routed = true
     const requestModel = yield* Ref.make<string | undefined>(undefined)
     const modelId = Effect.flatMap(Ref.get(requestModel), (resolved) => (resolved === undefined ? soleModelId : Effect.succeed(resolved)))
+    // Rate limits and the audit log: who called, and the tokens a generation used.
+    const principal = yield* currentPrincipal
+    const usage = yield* Ref.make<TokenUsage | undefined>(undefined)
+    const account = (status: number) => accountRequest({ principal, requestId, method: request.method, path, status, startedAt, usage })
     const response = yield* app.pipe(
       Effect.provideService(RequestModel, requestModel),
+      Effect.provideService(RequestUsage, usage),
       Effect.catchAll((caught) => {
         const allowed = caught instanceof HttpServerError.RouteNotFound ? methodsOf(request.url) : []
         if (caught instanceof HttpServerError.RouteNotFound && allowed.length === 0) {
@@ -118,7 +130,9 @@ const withRequestContext = <R>(
       }),
       Effect.catchAllDefect((defect) => Effect.as(Effect.logError("Request failed with a defect", defect), errorResponse(internalError()))),
       Effect.onInterrupt(() =>
-        Effect.flatMap(modelId, (model) => countHttpRequest({ model, endpoint: endpointOf(path, routed), status: 499 }))
+        Effect.flatMap(modelId, (model) => countHttpRequest({ model, endpoint: endpointOf(path, routed), status: 499 })).pipe(
+          Effect.zipRight(account(499))
+        )
       ),
       Effect.annotateLogs({ requestId, method: request.method, path })
     )
@@ -136,7 +150,8 @@ const withRequestContext = <R>(
         durationMs: (yield* Clock.currentTimeMillis) - startedAt
       })
     )
-    const tagged = HttpServerResponse.setHeader(withCors(request, response), "x-request-id", requestId)
+    const limitHeaders = yield* account(response.status)
+    const tagged = HttpServerResponse.setHeaders(withCors(request, response), { ...limitHeaders, "x-request-id": requestId })
     // While draining, connections are not kept alive, so the server can close once their last response is out.
     return draining ? HttpServerResponse.setHeader(tagged, "connection", "close") : tagged
   })
@@ -178,11 +193,11 @@ const addressText = (address: HttpServer.Address): string =>
 export const WeftHttpServer = {
   layer: (
     options: HttpServerOptions
-  ): Layer.Layer<HttpServer.HttpServer, HttpServerError.ServeError, ModelRegistry | SessionStore | ProcessMetrics> =>
+  ): Layer.Layer<HttpServer.HttpServer, HttpServerError.ServeError, ModelRegistry | SessionStore | ProcessMetrics | RateLimiter | AuditLog> =>
     Layer.unwrapEffect(
       Effect.sync(() => {
         const server = Http.createServer()
-        const router = openAiRoutes(options).pipe(HttpRouter.concat(sessionRoutes), HttpRouter.concat(observabilityRoutes), HttpRouter.get("/health", health))
+        const router = openAiRoutes(options).pipe(HttpRouter.concat(sessionRoutes), HttpRouter.concat(observabilityRoutes), HttpRouter.concat(adminAuditRoutes), HttpRouter.get("/health", health))
         // One scope, so the shutdown finalizer (added last) runs before the request handler is removed.
         const serve = Layer.scopedDiscard(
           Effect.gen(function*() {

@@ -8,7 +8,8 @@ const fixedEndpoints = new Set([
   "/v1/sessions",
   "/health",
   "/metrics",
-  "/admin/stats"
+  "/admin/stats",
+  "/admin/audit"
 ])
 
 /** Routes whose last segment is an id: one label value each, however many ids there are. */
