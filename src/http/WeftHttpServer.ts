@@ -106,7 +106,7 @@ const withRequestContext = <R>(
     // Rate limits and the audit log: who called, and the tokens a generation used.
     const principal = yield* currentPrincipal
     const usage = yield* Ref.make<TokenUsage | undefined>(undefined)
-    const account = (status: number) => accountRequest({ principal, requestId, method: request.method, path, status, startedAt, usage })
+    const account = yield* accountRequest({ principal, requestId, method: request.method, path, startedAt, usage })
     const response = yield* app.pipe(
       Effect.provideService(RequestModel, requestModel),
       Effect.provideService(RequestUsage, usage),
@@ -130,9 +130,7 @@ const withRequestContext = <R>(
       }),
       Effect.catchAllDefect((defect) => Effect.as(Effect.logError("Request failed with a defect", defect), errorResponse(internalError()))),
       Effect.onInterrupt(() =>
-        Effect.flatMap(modelId, (model) => countHttpRequest({ model, endpoint: endpointOf(path, routed), status: 499 })).pipe(
-          Effect.zipRight(account(499))
-        )
+        Effect.flatMap(modelId, (model) => countHttpRequest({ model, endpoint: endpointOf(path, routed), status: 499 }))
       ),
       Effect.annotateLogs({ requestId, method: request.method, path })
     )
@@ -150,7 +148,7 @@ const withRequestContext = <R>(
         durationMs: (yield* Clock.currentTimeMillis) - startedAt
       })
     )
-    const limitHeaders = yield* account(response.status)
+    const limitHeaders = yield* account.answered(response.status)
     const tagged = HttpServerResponse.setHeaders(withCors(request, response), { ...limitHeaders, "x-request-id": requestId })
     // While draining, connections are not kept alive, so the server can close once their last response is out.
     return draining ? HttpServerResponse.setHeader(tagged, "connection", "close") : tagged

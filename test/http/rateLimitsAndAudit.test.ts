@@ -78,4 +78,75 @@ describe("rate limits and the audit log over HTTP", () => {
     expect(tooLarge).toBeInstanceOf(OpenAI.BadRequestError)
     expect(tooLarge).toMatchObject({ code: "tokens_over_rate_limit", param: "max_tokens" })
   })
+
+  it("writes one audit record per request, with no key and no prompt or completion text, and reads them back", async () => {
+    const sent: Array<string> = []
+    // The rpm limit of the test above may still hold: either answer is a request to audit.
+    const answered = await client.completions.create({ model: "sim", prompt: `${secretPrompt} again`, max_tokens: 4 }).withResponse().then(
+      (ok) => ok.response.headers.get("x-request-id"),
+      (error: unknown) => (error as InstanceType<typeof OpenAI.APIError>).headers?.get("x-request-id")
+    )
+    sent.push(answered!)
+    for (const url of ["/v1/models", "/v1/nowhere?api_key=sk-weft-secretinquery", "/health"]) {
+      const response = await fetch(`${server.url}${url}`, { headers: { authorization: `Bearer ${apiKey}` } })
+      sent.push(response.headers.get("x-request-id")!)
+    }
+    const reply = await fetch(`${server.url}/admin/audit?limit=1000&tenant=acme`)
+    expect(reply.status).toBe(200)
+    const listed = (await reply.json()) as { object: string; data: ReadonlyArray<AuditLine>; has_more: boolean }
+    expect(listed.object).toBe("list")
+    expect(listed.has_more).toBe(false)
+    // Newest last: the requests of this test are the last four, in order.
+    expect(listed.data.slice(-4).map((record) => record.requestId)).toEqual(sent)
+    expect(listed.data.slice(-3).map((record) => [record.method, record.path, record.status])).toEqual([
+      ["GET", "/v1/models", 200],
+      ["GET", "/v1/nowhere", 404],
+      ["GET", "/health", 200]
+    ])
+    for (const record of listed.data) expect(record).toMatchObject({ kind: "request", keyId: "key_alpha", tenant: "acme" })
+    const generated = listed.data.filter((record) => record.status === 200 && record.path !== "/v1/models" && record.path !== "/health")
+    expect(generated.length).toBeGreaterThanOrEqual(3)
+    for (const record of generated) {
+      expect(record.promptTokens).toBeGreaterThan(0)
+      expect(record.completionTokens).toBeGreaterThan(0)
+    }
+
+    const limited = await fetch(`${server.url}/admin/audit?limit=2`)
+    const lastTwo = (await limited.json()) as { data: ReadonlyArray<AuditLine>; has_more: boolean }
+    expect(lastTwo.has_more).toBe(true)
+    // The read above is a request too, recorded once it was answered.
+    expect(lastTwo.data.map((record) => [record.requestId, record.path])).toEqual([[sent.at(-1), "/health"], [reply.headers.get("x-request-id"), "/admin/audit"]])
+    const future = await fetch(`${server.url}/admin/audit?since=${Math.floor(Date.now() / 1000) + 3600}`)
+    expect(((await future.json()) as { data: ReadonlyArray<AuditLine> }).data).toEqual([])
+    const other = await fetch(`${server.url}/admin/audit?tenant=globex`)
+    expect(((await other.json()) as { data: ReadonlyArray<AuditLine> }).data).toEqual([])
+    for (const bad of ["limit=0", "limit=1001", "limit=ten", "since=yesterday"]) {
+      const refused = await fetch(`${server.url}/admin/audit?${bad}`)
+      expect(refused.status).toBe(400)
+      expect(((await refused.json()) as { error: { type: string } }).error.type).toBe("invalid_request_error")
+    }
+
+    const text = fs.readFileSync(auditPath, "utf8")
+    const lines = text.trimEnd().split("\n").map((line) => JSON.parse(line) as AuditLine)
+    expect(new Set(lines.map((line) => line.requestId)).size).toBe(lines.length)
+    for (const id of sent) expect(lines.filter((line) => line.requestId === id)).toHaveLength(1)
+    expect(text).not.toContain("PURPLE-ELEPHANT")
+    expect(text).not.toContain("secretinquery")
+    expect(text).not.toContain("sk-weft-")
+    expect(text).not.toContain(apiKey.slice(8))
+    expect(text).not.toContain("héllo")
+  })
+
+  it("sends no x-ratelimit headers and enforces no limit without a principal", async () => {
+    const open = await startServer(SimBackend.layer({ parallel: 1, contextSize: 256, tokenLatency: 1 }))
+    try {
+      const openClient = new OpenAI({ baseURL: open.baseURL, apiKey, maxRetries: 0 })
+      for (let index = 0; index < 4; index++) {
+        const { response } = await openClient.completions.create({ model: "sim", prompt: "hi", max_tokens: 2 }).withResponse()
+        expect([...response.headers.keys()].filter((name) => name.startsWith("x-ratelimit"))).toEqual([])
+      }
+    } finally {
+      await open.close()
+    }
+  })
 })
