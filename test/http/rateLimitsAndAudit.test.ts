@@ -5,7 +5,7 @@ import * as path from "node:path"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { SimBackend } from "../../src/engine/SimBackend.js"
 import type { Principal } from "../../src/identity/Principal.js"
-import { startServer } from "../support/testServer.js"
+import { firstSseFrame, postJson, readAll, startServer } from "../support/testServer.js"
 import type { TestServer } from "../support/testServer.js"
 
 const secretPrompt = "the password is PURPLE-ELEPHANT-42"
@@ -147,6 +147,28 @@ describe("rate limits and the audit log over HTTP", () => {
       }
     } finally {
       await open.close()
+    }
+  })
+})
+
+describe("a concurrency limit over HTTP", () => {
+  it("holds the place until a stream is fully sent, then frees it", async () => {
+    const server = await startServer(SimBackend.layer({ parallel: 2, contextSize: 4096, tokenLatency: 5 }), {
+      principal: { ...principal, keyLimits: {}, tenantLimits: { maxConcurrent: 1 } }
+    })
+    try {
+      const client = new OpenAI({ baseURL: server.baseURL, apiKey, maxRetries: 0 })
+      const running = await postJson(server, "/v1/completions", { model: "sim", prompt: "hi", max_tokens: 200, stream: true })
+      const reader = await firstSseFrame(running)
+      const refused = await client.completions.create({ model: "sim", prompt: "hi", max_tokens: 2 }).then(() => undefined, (error: unknown) => error)
+      expect(refused).toBeInstanceOf(OpenAI.RateLimitError)
+      expect(refused).toMatchObject({ code: "rate_limit_exceeded", type: "requests" })
+      expect((refused as InstanceType<typeof OpenAI.RateLimitError>).headers.get("retry-after")).toBe("1")
+      await readAll(reader)
+      const completion = await client.completions.create({ model: "sim", prompt: "hi", max_tokens: 2 })
+      expect(completion.usage?.completion_tokens).toBe(2)
+    } finally {
+      await server.close()
     }
   })
 })
