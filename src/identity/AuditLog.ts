@@ -1,4 +1,4 @@
-import { Clock, Effect, Fiber, Metric, Queue, Schema, Stream, SubscriptionRef } from "effect"
+import { Clock, Effect, Fiber, Metric, Option, Queue, Schema, Stream, SubscriptionRef } from "effect"
 import type { Chunk } from "effect"
 import * as fs from "node:fs"
 import * as path from "node:path"
@@ -112,11 +112,10 @@ export class AuditLog extends Effect.Service<AuditLog>()("weft/AuditLog", {
       if (file === undefined) return { records: [] as ReadonlyArray<AuditRecord>, hasMore: false }
       yield* flushed
       const text = yield* Effect.promise(() => fs.promises.readFile(file, "utf8").catch(() => ""))
-      const matching = text.split("\n").flatMap((line) => {
-        const decoded = line === "" ? [] : decodeLine(line).pipe((option) => (option._tag === "Some" ? [option.value] : []))
-        return decoded.filter((one) =>
-          (query.since === undefined || Date.parse(one.time) >= query.since) && (query.tenant === undefined || one.tenant === query.tenant))
-      })
+      // A line that does not decode (cut short by a crash, written by hand) is skipped.
+      const matching = text.split("\n").flatMap((line) => Option.toArray(decodeLine(line))).filter((one) =>
+        (query.since === undefined || Date.parse(one.time) >= query.since) && (query.tenant === undefined || one.tenant === query.tenant)
+      )
       return { records: matching.slice(-query.limit), hasMore: matching.length > query.limit }
     })
 
