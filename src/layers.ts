@@ -19,6 +19,9 @@ import type { RequestScheduler } from "./scheduler/RequestScheduler.js"
 import { SessionStore } from "./sessions/SessionStore.js"
 import type { OpenServerRefused } from "./identity/AuthErrors.js"
 import { KeyStore, keysDatabasePath } from "./identity/KeyStore.js"
+import { AuditLog } from "./identity/AuditLog.js"
+import type { AuditSettings } from "./identity/AuditLog.js"
+import { RateLimiter } from "./identity/RateLimiter.js"
 
 /** A model for `serverLayer`: its engine (a backend behind the scheduler) and, when known before loading, its id. */
 export interface ServedModel {
@@ -32,13 +35,16 @@ export const serverLayer = (
   http: HttpServerOptions,
   sessions: SessionSettingsInput,
   requestLog: Partial<RequestLogSettings> = {},
-  keys: { readonly databasePath: string } = { databasePath: ":memory:" }
+  keys: { readonly databasePath: string } = { databasePath: ":memory:" },
+  audit: AuditSettings = { path: undefined }
 ): Layer.Layer<HttpServer.HttpServer | ModelRegistry, HttpServerError.ServeError | OpenServerRefused> =>
   WeftHttpServer.layer(http).pipe(
     Layer.provideMerge(
       ModelRegistry.layer(models.map((model) => ({ id: model.id, engine: observedEngineLayer(model.engine, requestLog) })))
     ),
     Layer.provide(ProcessMetrics.Default),
+    Layer.provide(RateLimiter.Default),
+    Layer.provide(AuditLog.Default(audit)),
     // A session database that cannot be opened is a start-up failure, reported like any other.
     Layer.provide(Layer.orDie(SessionStore.layerSqlite(sessions))),
     Layer.provide(Layer.orDie(KeyStore.layerSqlite(keys.databasePath)))
@@ -65,7 +71,8 @@ export const WeftLive: Layer.Layer<HttpServer.HttpServer | ModelRegistry, HttpSe
         },
         { databasePath: path.join(settings.dataDir, "sessions.sqlite"), ttlMs: settings.sessionTtlMs },
         { logText: settings.logText },
-        { databasePath: keysDatabasePath(settings.dataDir) }
+        { databasePath: keysDatabasePath(settings.dataDir) },
+        { path: settings.auditLog ?? path.join(settings.dataDir, "audit.jsonl") }
       ).pipe(Layer.provide(observabilityLayer(settings)))
     }))
 )

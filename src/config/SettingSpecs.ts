@@ -71,6 +71,12 @@ export const settingSpecs = [
   spec("maxBodyBytes", "max-body", byteSize, "Largest request body before 413 (default 4MiB)"),
   spec("shutdownGraceMs", "shutdown-grace", requiredDuration("500ms, 10s or 0"), "On SIGINT/SIGTERM, how long in-flight requests may finish (default 10s)"),
   spec("dataDir", "data-dir", nonEmptyText("a directory path", { _tag: "directory" }), "Where the demo model and the sessions database are kept (default ./.weft)"),
+  spec(
+    "auditLog",
+    "audit-log",
+    nonEmptyText("a file path", { _tag: "text", pseudoName: "PATH" }),
+    "Append-only JSONL audit log: one record per request and per key or tenant change (default: audit.jsonl in the data dir)"
+  ),
   spec("sessionTtlMs", "session-ttl", requiredDuration("30m, 24h or 0"), "Idle chat sessions are deleted after this long (default 24h)"),
   spec(
     "cacheMaxTokens",

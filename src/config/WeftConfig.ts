@@ -160,11 +160,12 @@ export const loadWeftSettings = Effect.fn("WeftConfig.load")(function*(sources: 
   // Every value was decoded by its own grammar; a record that is not a WeftSettings is a bug in the table.
   const resolved = yield* Schema.decodeUnknown(WeftSettings)(settings).pipe(Effect.orDie)
   // Paths in a config file are relative to the file, as a reader of that file would expect.
-  const resolvePath = (field: "model" | "dataDir", value: string) =>
+  const resolvePath = (field: "model" | "dataDir" | "auditLog", value: string) =>
     configPath !== undefined && origin[field]?.startsWith(`${configPath}:`) === true
       ? path.resolve(path.dirname(configPath), value)
       : path.resolve(value)
   const model = resolved.model === undefined ? undefined : resolvePath("model", resolved.model)
   if (model !== undefined) yield* checkModelFile(model, origin.model ?? "model")
-  return { ...resolved, model, dataDir: resolvePath("dataDir", resolved.dataDir) } satisfies WeftSettings
+  const auditLog = resolved.auditLog === undefined ? undefined : resolvePath("auditLog", resolved.auditLog)
+  return { ...resolved, model, dataDir: resolvePath("dataDir", resolved.dataDir), auditLog } satisfies WeftSettings
 })

@@ -30,6 +30,8 @@ export const WeftSettings = Schema.Struct({
   shutdownGraceMs: Schema.Number,
   /** Where the demo model is generated and sessions are stored. */
   dataDir: Schema.String,
+  /** The audit log (JSONL); `undefined` is `audit.jsonl` in the data dir. */
+  auditLog: Schema.UndefinedOr(Schema.String),
   /** Idle chat sessions are deleted after this long. */
   sessionTtlMs: Schema.Number,
   /** Cached prefix tokens kept across slots; `undefined` is as many as the slots hold. */
@@ -75,6 +77,7 @@ export const defaultSettings: WeftSettings = {
   maxBodyBytes: 4 * MiB,
   shutdownGraceMs: 10_000,
   dataDir: ".weft",
+  auditLog: undefined,
   sessionTtlMs: 24 * 60 * 60 * 1000,
   cacheMaxTokens: undefined,
   cacheMaxBytes: undefined,

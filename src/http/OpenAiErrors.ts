@@ -2,6 +2,7 @@ import { HttpServerResponse } from "@effect/platform"
 import type { ChatTemplateFailed, DecodeFailed, EmbeddingFailed, PromptTooLarge, StructuredOutputInvalid } from "../engine/Backend.js"
 import type { AdmissionRejected, StageTimedOut } from "../scheduler/SchedulerErrors.js"
 import type { SessionStoreFailed } from "../sessions/SessionStore.js"
+import type { RateLimited, TokensOverLimit } from "../identity/RateLimiter.js"
 import { ModelNotFound } from "../host/HostErrors.js"
 import type { ModelLoading } from "../host/HostErrors.js"
 import type { KeyRejected, ScopeMissing } from "../identity/AuthErrors.js"
@@ -48,6 +49,8 @@ export type ApiFailure =
   | ScopeMissing
   | KeyNotFound
   | KeyStoreFailed
+  | RateLimited
+  | TokensOverLimit
 
 /** OpenAI's error object, as it appears under `error` in a response body or an SSE frame. */
 export interface OpenAiErrorBody {
@@ -158,6 +161,15 @@ export const errorReply = (failure: ApiFailure): ErrorReply => {
         },
         { "retry-after": String(failure.retryAfterSeconds) }
       )
+    case "RateLimited":
+      // OpenAI's own 429: `type` says which limit (`requests`, `tokens`); the x-ratelimit-* headers come with every answer.
+      return reply(
+        429,
+        { message: failure.message, type: failure.kind === "tokens" ? "tokens" : "requests", param: null, code: "rate_limit_exceeded" },
+        { "retry-after": String(failure.retryAfterSeconds) }
+      )
+    case "TokensOverLimit":
+      return invalid(failure.message, "max_tokens", "tokens_over_rate_limit")
     case "StageTimedOut":
       return failure.stage === "queue"
         ? reply(408, { message: `Timed out waiting for a free slot: ${failure.message}`, type: "timeout_error", param: null, code: "queue_timeout" })

@@ -1,11 +1,13 @@
 import { HttpRouter, HttpServerRequest, HttpServerResponse } from "@effect/platform"
-import { Clock, Effect, Option, Stream } from "effect"
+import { Clock, Effect, Option, Ref, Stream } from "effect"
 import type { Schema } from "effect"
 import { randomUUID } from "node:crypto"
 import type { BackendShape } from "../engine/Backend.js"
 import type { GenerationEvent } from "../scheduler/GenerationRequest.js"
+import { currentPrincipal } from "../identity/currentPrincipal.js"
+import { RateLimiter } from "../identity/RateLimiter.js"
 import { SessionStore } from "../sessions/SessionStore.js"
-import { currentPrincipal, prefixCacheKey } from "../identity/Tenancy.js"
+import { prefixCacheKey } from "../identity/Tenancy.js"
 import { ModelLoading } from "../host/HostErrors.js"
 import { ModelRegistry } from "../host/ModelRegistry.js"
 import { InvalidParam, SessionNotFound } from "./HttpErrors.js"
@@ -21,6 +23,8 @@ import { chatMessagesOf, chatPrompt, completionPrompts, decodeRequest, planOf } 
 import { ChatCompletionRequest, CompletionRequest } from "./OpenAiRequests.js"
 import type { SharedRequest } from "./OpenAiRequests.js"
 import type { CompletionKind } from "./OpenAiResponses.js"
+import { RequestUsage } from "./RequestUsage.js"
+import type { TokenUsage } from "./RequestUsage.js"
 
 export interface OpenAiRoutesOptions {
   readonly maxBodyBytes: number
@@ -55,6 +59,41 @@ const mergeChoices = (choices: ReadonlyArray<Stream.Stream<GenerationEvent, ApiF
     ? Stream.map(choices[0]!, (event) => ({ index: 0, event }))
     : Stream.mergeAll(choices.map((events, index) => Stream.map(events, (event) => ({ index, event }))), { concurrency: "unbounded" })
 
+/**
+ * Runs a generation under the caller's rate limits (none when there is no principal): admits it with its prompt and
+ * the completion tokens it may use reserved, holds a concurrency slot while it streams, then settles the tokens it
+ * really used (those seen so far, if it ended early; none, if it never started) and notes them for the audit log.
+ * Without `max_tokens`, the reservation is what the context leaves after the prompt, shrunk to fit the token limit.
+ */
+const metered = (backend: BackendShape, maxTokens: number | undefined) =>
+  Effect.gen(function*() {
+    const principal = yield* currentPrincipal
+    const limiter = yield* RateLimiter
+    const usage = yield* RequestUsage
+    return (prompt: ReadonlyArray<number>, events: Stream.Stream<GenerationEvent, ApiFailure>): Stream.Stream<GenerationEvent, ApiFailure> =>
+      Stream.unwrapScoped(
+        Effect.gen(function*() {
+          const room = Math.max(0, backend.info.contextSize - prompt.length)
+          const reservation = { promptTokens: prompt.length, reservedCompletionTokens: Math.min(maxTokens ?? room, room), estimated: maxTokens === undefined }
+          const ticket = Option.isSome(principal) ? Option.some(yield* limiter.acquire(principal.value, reservation)) : Option.none()
+          let used: TokenUsage | undefined
+          // Added after the ticket, so it runs before the ticket's slot is released.
+          yield* Effect.addFinalizer(() =>
+            Effect.zipRight(
+              Ref.set(usage, used),
+              Option.match(ticket, { onNone: () => Effect.void, onSome: (held) => held.settle(used === undefined ? 0 : used.promptTokens + used.completionTokens) })
+            )
+          )
+          return Stream.tap(events, (event) =>
+            Effect.sync(() => {
+              if (event._tag === "Started") used = { promptTokens: event.promptTokens, completionTokens: 0 }
+              else if (event._tag === "Delta" && used !== undefined) used = { ...used, completionTokens: used.completionTokens + event.tokens }
+              else if (event._tag === "Finished") used = event.usage
+            }))
+        })
+      )
+  })
+
 const generationRoute = <A extends SharedRequest, I>(
   options: OpenAiRoutesOptions,
   kind: CompletionKind,
@@ -73,15 +112,16 @@ const generationRoute = <A extends SharedRequest, I>(
       cacheKey: yield* prefixCacheKey(body.cache_salt),
       priority: plan.request.priority ?? Option.getOrUndefined(principal)?.defaultPriority
     }
+    const meter = yield* metered(backend, request.maxTokens)
     const seed = request.sampling.seed
     const { choices, headers } = yield* runOf(backend, body, plan.n, (prompt, index, choice) =>
-      validatedOutput(request.sampling.grammar, scheduler.submit({
+      meter(prompt, validatedOutput(request.sampling.grammar, scheduler.submit({
         ...request,
         // Each choice is a request of its own: its own id, and its own seed derived from the request's.
         id: index === 0 ? id : `${id}-${index}`,
         prompt,
         sampling: { ...request.sampling, seed: seed === undefined ? undefined : (seed + choice) >>> 0 }
-      })))
+      }))))
     const run = {
       meta,
       events: mergeChoices(choices),

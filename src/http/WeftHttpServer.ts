@@ -15,6 +15,13 @@ import { GenerationCancelled, MethodNotAllowed } from "./HttpErrors.js"
 import { RequestModel, soleModelId } from "./ModelRoute.js"
 import { safeIdPattern } from "./SafeId.js"
 import { observabilityRoutes } from "./ObservabilityRoutes.js"
+import { adminAuditRoutes } from "./AdminAuditRoutes.js"
+import { accountRequest } from "./RequestAccounting.js"
+import { RequestUsage } from "./RequestUsage.js"
+import type { TokenUsage } from "./RequestUsage.js"
+import type { AuditLog } from "../identity/AuditLog.js"
+import { currentPrincipal } from "../identity/currentPrincipal.js"
+import type { RateLimiter } from "../identity/RateLimiter.js"
 import { errorReply, errorResponse, internalError, unknownRoute } from "./OpenAiErrors.js"
 import type { ApiFailure } from "./OpenAiErrors.js"
 import { embeddingRoutes } from "./EmbeddingRoutes.js"
@@ -29,7 +36,6 @@ import type { AuthSettings } from "../identity/Authentication.js"
 import { KeyStore } from "../identity/KeyStore.js"
 import { OpenServerRefused } from "../identity/AuthErrors.js"
 import { CurrentPrincipal } from "../identity/Principal.js"
-import type { Principal } from "../identity/Principal.js"
 import { adminKeyRoutes } from "./AdminKeyRoutes.js"
 
 /** Where to listen and the limits the HTTP layer enforces itself. */
@@ -96,7 +102,7 @@ const isScheduledFailure = (failure: ApiFailure): boolean => scheduledFailures.s
  * (the client went away) passes through untouched.
  */
 const withRequestContext = <R>(
-  app: Effect.Effect<HttpServerResponse.HttpServerResponse, ApiFailure | HttpServerError.RouteNotFound, R | RequestModel | CurrentPrincipal>,
+  app: Effect.Effect<HttpServerResponse.HttpServerResponse, ApiFailure | HttpServerError.RouteNotFound, R | RequestModel | RequestUsage | CurrentPrincipal>,
   methodsOf: (url: string) => ReadonlyArray<string>,
   policy: ReturnType<typeof browserPolicy>,
   auth: AuthSettings
@@ -111,10 +117,16 @@ const withRequestContext = <R>(
     let routed = true
     const requestModel = yield* Ref.make<string | undefined>(undefined)
     const modelId = Effect.flatMap(Ref.get(requestModel), (resolved) => (resolved === undefined ? soleModelId : Effect.succeed(resolved)))
-    let principal = Option.none<Principal>()
+    // A caller the embedding program provided (an Effect program that authenticates by itself); none for HTTP alone.
+    const providedCaller = yield* currentPrincipal
+    let principal = providedCaller
+    // Rate limits and the audit log: who called (known once the key is checked), and the tokens a generation used.
+    const usage = yield* Ref.make<TokenUsage | undefined>(undefined)
+    const account = yield* accountRequest({ principal: () => principal, requestId, method: request.method, path, startedAt, usage })
     // The host check and CORS preflights come first; then the key, so handlers run knowing who calls.
     const authenticated = policy.guard(
-      Effect.flatMap(authenticateRequest(request, path, auth), (caller) => {
+      Effect.flatMap(authenticateRequest(request, path, auth), (authenticatedCaller) => {
+        const caller = Option.orElse(authenticatedCaller, () => providedCaller)
         principal = caller
         return Option.match(caller, {
           onNone: () => app,
@@ -124,7 +136,9 @@ const withRequestContext = <R>(
     )
     const tenant = () => Option.match(principal, { onNone: () => "", onSome: (known) => known.tenant })
     const response = yield* authenticated.pipe(
+      Effect.provideService(RequestUsage, usage),
       Effect.provideService(RequestModel, requestModel),
+      Effect.provideService(RequestUsage, usage),
       Effect.catchAll((caught) => {
         const allowed = caught instanceof HttpServerError.RouteNotFound ? methodsOf(request.url) : []
         if (caught instanceof HttpServerError.RouteNotFound && allowed.length === 0) {
@@ -163,7 +177,8 @@ const withRequestContext = <R>(
         durationMs: (yield* Clock.currentTimeMillis) - startedAt
       })
     )
-    const tagged = HttpServerResponse.setHeader(policy.withCors(request, response), "x-request-id", requestId)
+    const limitHeaders = yield* account.answered(response.status)
+    const tagged = HttpServerResponse.setHeaders(policy.withCors(request, response), { ...limitHeaders, "x-request-id": requestId })
     // While draining, connections are not kept alive, so the server can close once their last response is out.
     return draining ? HttpServerResponse.setHeader(tagged, "connection", "close") : tagged
   })
@@ -205,7 +220,7 @@ const addressText = (address: HttpServer.Address): string =>
 export const WeftHttpServer = {
   layer: (
     options: HttpServerOptions
-  ): Layer.Layer<HttpServer.HttpServer, HttpServerError.ServeError | OpenServerRefused, ModelRegistry | SessionStore | ProcessMetrics | KeyStore> =>
+  ): Layer.Layer<HttpServer.HttpServer, HttpServerError.ServeError | OpenServerRefused, ModelRegistry | SessionStore | ProcessMetrics | KeyStore | RateLimiter | AuditLog> =>
     Layer.unwrapEffect(
       Effect.gen(function*() {
         const auth = options.auth ?? defaultAuth
@@ -213,7 +228,7 @@ export const WeftHttpServer = {
         const refusal = openServerRefusal(options.host, auth.mode, hasKeys)
         if (refusal !== undefined) return yield* new OpenServerRefused({ host: options.host, reason: refusal })
         const server = Http.createServer()
-        const router = openAiRoutes(options).pipe(HttpRouter.concat(responsesRoutes(options)), HttpRouter.concat(embeddingRoutes(options)), HttpRouter.concat(tokenizeRoutes(options)), HttpRouter.concat(sessionRoutes), HttpRouter.concat(observabilityRoutes), HttpRouter.concat(adminKeyRoutes(options)), HttpRouter.get("/health", health))
+        const router = openAiRoutes(options).pipe(HttpRouter.concat(responsesRoutes(options)), HttpRouter.concat(embeddingRoutes(options)), HttpRouter.concat(tokenizeRoutes(options)), HttpRouter.concat(sessionRoutes), HttpRouter.concat(observabilityRoutes), HttpRouter.concat(adminKeyRoutes(options)), HttpRouter.concat(adminAuditRoutes), HttpRouter.get("/health", health))
         // One scope, so the shutdown finalizer (added last) runs before the request handler is removed.
         const serve = Layer.scopedDiscard(
           Effect.gen(function*() {

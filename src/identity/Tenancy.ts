@@ -1,5 +1,5 @@
 import { Effect, Option } from "effect"
-import { CurrentPrincipal } from "./Principal.js"
+import { currentPrincipal } from "./currentPrincipal.js"
 
 /**
  * A tenant's keys start with NUL, which no client-sent value can hold (bodies with NUL are refused), so a tenant's
@@ -7,8 +7,6 @@ import { CurrentPrincipal } from "./Principal.js"
  */
 const tenantKey = (tenant: string) => `\u0000${tenant}`
 
-/** The caller of the current request; `None` without authentication (and outside a request). */
-export const currentPrincipal = Effect.serviceOption(CurrentPrincipal).pipe(Effect.map(Option.flatten))
 
 /**
  * The prefix-cache key: the caller's tenant, with a client's `cache_salt` separating further within it; without

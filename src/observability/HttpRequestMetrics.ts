@@ -13,7 +13,8 @@ const fixedEndpoints = new Set([
   "/health",
   "/metrics",
   "/admin/stats",
-  "/admin/keys"
+  "/admin/keys",
+  "/admin/audit"
 ])
 
 /** Routes whose last segment is an id: one label value each, however many ids there are. */

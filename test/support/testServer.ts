@@ -1,12 +1,14 @@
 import { HttpServer } from "@effect/platform"
 import type { HttpServerError } from "@effect/platform"
-import { Effect, Layer, Logger, LogLevel, ManagedRuntime } from "effect"
+import { Effect, Layer, Logger, LogLevel, ManagedRuntime, Option } from "effect"
 import * as net from "node:net"
 import type { Backend } from "../../src/engine/Backend.js"
 import type { PrefixCacheSettings } from "../../src/engine/SeqPool.js"
 import { schedulerLayer } from "../../src/host/LocalEngine.js"
 import type { Engine, EngineStartFailed } from "../../src/host/LocalEngine.js"
 import { ModelRegistry } from "../../src/host/ModelRegistry.js"
+import { CurrentPrincipal } from "../../src/identity/Principal.js"
+import type { Principal } from "../../src/identity/Principal.js"
 import { serverLayer } from "../../src/layers.js"
 import type { OpenServerRefused } from "../../src/identity/AuthErrors.js"
 import type { AuthSettings } from "../../src/identity/Authentication.js"
@@ -31,6 +33,10 @@ export interface TestServerOptions {
   readonly auth?: AuthSettings
   /** `--host`; 127.0.0.1 by default. */
   readonly host?: string
+  /** The audit log file; none by default. */
+  readonly auditLogPath?: string
+  /** Every request is made as this caller (rate limits, audit), as if it had authenticated; none by default. */
+  readonly principal?: Principal
   /** What the server is built under, such as a test logger or tracer; by default only errors are logged. */
   readonly observability?: Layer.Layer<never>
 }
@@ -53,8 +59,13 @@ export const testServerLayer = <E extends EngineStartFailed>(
     },
     { databasePath: options.sessionsDatabasePath ?? ":memory:" },
     { logText: options.logText ?? false },
-    { databasePath: options.keysDatabasePath ?? ":memory:" }
-  ).pipe(Layer.provide(options.observability ?? Logger.minimumLogLevel(LogLevel.Error)))
+    { databasePath: options.keysDatabasePath ?? ":memory:" },
+    { path: options.auditLogPath }
+  ).pipe(
+    // The server's requests run in the context it was built in, so a principal provided here is every request's caller.
+    Layer.provide(options.principal === undefined ? Layer.empty : Layer.succeed(CurrentPrincipal, Option.some(options.principal))),
+    Layer.provide(options.observability ?? Logger.minimumLogLevel(LogLevel.Error))
+  )
 
 /** A running server on a free port; `close` drains it like SIGTERM does. */
 export interface TestServer {
