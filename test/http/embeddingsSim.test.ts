@@ -35,9 +35,9 @@ describe("/v1/embeddings admission over HTTP (SimBackend)", () => {
       // Each route is its own `endpoint` label, not `other`.
       const metrics = await (await fetch(`${server.url}/metrics`)).text()
       for (const endpoint of ["/v1/embeddings", "/tokenize", "/detokenize"]) {
-        expect(metrics).toContain(`weft_requests_total{endpoint="${endpoint}",model="sim",status="200"}`)
+        expect(metrics).toContain(`weft_requests_total{endpoint="${endpoint}",model="sim",status="200",tenant=""}`)
       }
-      expect(metrics).toContain(`weft_requests_total{endpoint="/v1/embeddings",model="sim",status="429"} 1`)
+      expect(metrics).toContain(`weft_requests_total{endpoint="/v1/embeddings",model="sim",status="429",tenant=""} 1`)
     } finally {
       await server.close()
     }
