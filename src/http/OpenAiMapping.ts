@@ -3,16 +3,20 @@ import type { BackendShape, ChatMessage, PromptTooLarge } from "../engine/Backen
 import { defaultSampling } from "../engine/SamplingOptions.js"
 import type { GrammarConstraint } from "../engine/SamplingOptions.js"
 import { toGrammarSchema } from "../engine/llama/JsonSchemaGrammar.js"
+import type { ToolCallSyntax } from "../engine/ToolCallSyntax.js"
 import type { GenerationRequest, Priority } from "../scheduler/GenerationRequest.js"
 import { InvalidParam } from "./HttpErrors.js"
 import { quoteValue, shorten } from "./QuotedValue.js"
-import type { ChatMessageInput, CompletionRequest, ResponseFormat, SharedRequest } from "./OpenAiRequests.js"
+import type { ChatCompletionRequest, ChatMessageInput, CompletionRequest, ResponseFormat, SharedRequest } from "./OpenAiRequests.js"
+import { offeredTools, toolPlanOf } from "./ToolCalls.js"
 
 /** Everything about a generation except its id and prompt, and how to answer it. */
 export interface GenerationPlan {
   readonly request: Omit<GenerationRequest, "id" | "prompt">
   readonly stream: boolean
   readonly includeUsage: boolean
+  /** Set when the output may hold tool calls in this syntax (chat requests with tools). */
+  readonly toolSyntax?: ToolCallSyntax | undefined
 }
 
 type PathSegment = PropertyKey
@@ -117,7 +121,8 @@ export const planOf = (
       return yield* new InvalidParam({ param: "n", message: "Only n=1 is supported: this server generates one choice per request", code: "unsupported_value" })
     }
     const stop = body.stop === undefined ? [] : typeof body.stop === "string" ? [body.stop] : body.stop
-    const grammar = yield* grammarOf(body.response_format, backend)
+    const tools = "messages" in body ? yield* toolPlanOf(body, backend) : undefined
+    const grammar = tools?.constraint ?? (yield* grammarOf(body.response_format, backend))
     const seed = body.seed === undefined || body.seed === -1 ? undefined : body.seed >>> 0
     return {
       request: {
@@ -145,23 +150,31 @@ export const planOf = (
         }
       },
       stream: body.stream ?? false,
-      includeUsage: body.stream_options?.include_usage ?? false
+      includeUsage: body.stream_options?.include_usage ?? false,
+      toolSyntax: tools?.syntax
     }
   })
 
 const messageText = (content: ChatMessageInput["content"]): string =>
   content === undefined ? "" : typeof content === "string" ? content : content.map((part) => part.text).join("")
 
-/** Chat messages rendered with the model's own chat template. */
-/** OpenAI messages as the chat template takes them (`developer` is a system message, content parts joined). */
+/**
+ * OpenAI messages as the chat template takes them (`developer` is a system message, content parts joined, an
+ * assistant's tool calls and a tool result's call id kept).
+ */
 export const chatMessagesOf = (messages: ReadonlyArray<ChatMessageInput>): ReadonlyArray<ChatMessage> =>
   messages.map((message): ChatMessage => ({
     role: message.role === "developer" ? "system" : message.role,
-    content: messageText(message.content)
+    content: messageText(message.content),
+    ...(message.role === "assistant" && message.tool_calls !== undefined && message.tool_calls.length > 0
+      ? { toolCalls: message.tool_calls.map((call) => ({ id: call.id, name: call.function.name, arguments: call.function.arguments })) }
+      : {}),
+    ...(message.role === "tool" && message.tool_call_id !== undefined ? { toolCallId: message.tool_call_id } : {})
   }))
 
-export const chatPrompt = (backend: BackendShape, messages: ReadonlyArray<ChatMessageInput>) =>
-  backend.renderChat(chatMessagesOf(messages))
+/** A chat request's prompt, rendered with the model's own chat template and the tools offered to it. */
+export const chatPrompt = (backend: BackendShape, body: ChatCompletionRequest) =>
+  backend.renderChat(chatMessagesOf(body.messages), offeredTools(body))
 
 /**
  * A completion prompt as tokens, BOS first when the model has one. Special-token text is parsed, as llama-server

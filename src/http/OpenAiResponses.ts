@@ -13,7 +13,15 @@ export interface ResponseMeta {
 }
 
 /** OpenAI's finish reasons for a generation that ended normally. */
-export type OpenAiFinishReason = "stop" | "length"
+export type OpenAiFinishReason = "stop" | "length" | "tool_calls"
+
+/** A tool call of a complete response. */
+export interface ToolCallOutput {
+  readonly id: string
+  readonly name: string
+  /** JSON text, as OpenAI sends it. */
+  readonly arguments: string
+}
 
 export interface OpenAiUsage {
   readonly prompt_tokens: number
@@ -30,15 +38,32 @@ export const usageOf = (usage: Usage): OpenAiUsage => ({
   prompt_tokens_details: { cached_tokens: usage.cachedTokens }
 })
 
+/** An assistant message; with tool calls, `content` is the text before them, or null when there is none. */
+const messageOf = (text: string, toolCalls: ReadonlyArray<ToolCallOutput>) =>
+  toolCalls.length === 0
+    ? { role: "assistant", content: text, refusal: null }
+    : {
+      role: "assistant",
+      content: text === "" ? null : text,
+      refusal: null,
+      tool_calls: toolCalls.map((call) => ({ id: call.id, type: "function", function: { name: call.name, arguments: call.arguments } }))
+    }
+
 /** The complete (non-streaming) response body. */
-export const completionBody = (meta: ResponseMeta, text: string, finishReason: OpenAiFinishReason, usage: Usage) =>
+export const completionBody = (
+  meta: ResponseMeta,
+  text: string,
+  finishReason: OpenAiFinishReason,
+  usage: Usage,
+  toolCalls: ReadonlyArray<ToolCallOutput> = []
+) =>
   meta.kind === "chat"
     ? {
       id: meta.id,
       object: "chat.completion",
       created: meta.created,
       model: meta.model,
-      choices: [{ index: 0, message: { role: "assistant", content: text, refusal: null }, logprobs: null, finish_reason: finishReason }],
+      choices: [{ index: 0, message: messageOf(text, toolCalls), logprobs: null, finish_reason: finishReason }],
       usage: usageOf(usage)
     }
     : {
@@ -55,6 +80,19 @@ export type ChunkPart =
   | { readonly _tag: "Role" }
   | { readonly _tag: "Content"; readonly text: string; readonly finishReason: OpenAiFinishReason | null }
   | { readonly _tag: "Usage"; readonly usage: Usage }
+  /** A tool call begins: its id and function name, with empty arguments. */
+  | { readonly _tag: "ToolCallStart"; readonly index: number; readonly id: string; readonly name: string }
+  /** More of a tool call's arguments. */
+  | { readonly _tag: "ToolCallArguments"; readonly index: number; readonly text: string }
+
+/** The delta of a tool-call chunk, as OpenAI streams it: id, type and name first, then argument fragments. */
+const toolCallDelta = (part: Extract<ChunkPart, { readonly _tag: "ToolCallStart" | "ToolCallArguments" }>) => ({
+  tool_calls: [
+    part._tag === "ToolCallStart"
+      ? { index: part.index, id: part.id, type: "function", function: { name: part.name, arguments: "" } }
+      : { index: part.index, function: { arguments: part.text } }
+  ]
+})
 
 /** One streamed chunk; with `include_usage` every chunk has `usage` (null until the last), as OpenAI sends it. */
 export const chunkBody = (meta: ResponseMeta, part: ChunkPart, includeUsage: boolean) => {
@@ -66,6 +104,9 @@ export const chunkBody = (meta: ResponseMeta, part: ChunkPart, includeUsage: boo
     model: meta.model
   }
   if (part._tag === "Usage") return { ...head, choices: [], ...usage }
+  if (part._tag === "ToolCallStart" || part._tag === "ToolCallArguments") {
+    return { ...head, choices: [{ index: 0, delta: toolCallDelta(part), logprobs: null, finish_reason: null }], ...usage }
+  }
   if (meta.kind === "text") {
     const text = part._tag === "Content" ? part.text : ""
     const finishReason = part._tag === "Content" ? part.finishReason : null

@@ -47,7 +47,8 @@ const generationRoute = <A extends SharedRequest, I>(
     const id = newId(kind)
     const meta = { kind, id, created: Math.floor((yield* Clock.currentTimeMillis) / 1000), model: backend.info.id }
     const { events, headers } = yield* runOf(backend, body, (prompt) => scheduler.submit({ id, prompt, ...plan.request }))
-    const response = plan.stream ? yield* sseResponse({ meta, events }, plan.includeUsage) : yield* jsonResponse({ meta, events })
+    const run = { meta, events, toolSyntax: plan.toolSyntax }
+    const response = plan.stream ? yield* sseResponse(run, plan.includeUsage) : yield* jsonResponse(run)
     return headers === undefined ? response : HttpServerResponse.setHeaders(response, headers)
   }).pipe(Effect.withSpan(kind === "chat" ? "http.chatCompletions" : "http.completions"))
 
@@ -64,7 +65,14 @@ const chatRun: RunOf<ChatCompletionRequest> = (backend, body, submit) =>
   Effect.gen(function*() {
     const request = yield* HttpServerRequest.HttpServerRequest
     const sessionId = body.session_id ?? request.headers["x-session-id"]
-    if (sessionId === undefined) return { events: submit(yield* chatPrompt(backend, body.messages)) }
+    if (sessionId === undefined) return { events: submit(yield* chatPrompt(backend, body)) }
+    if (body.tools !== undefined || body.messages.some((message) => message.role === "tool" || message.tool_calls !== undefined)) {
+      return yield* new InvalidParam({
+        param: "tools",
+        message: "Tools and tool messages are not supported in server-kept sessions; send the whole conversation instead",
+        code: "unsupported_value"
+      })
+    }
     if (!safeIdPattern.test(sessionId)) {
       return yield* new InvalidParam({ param: "session_id", message: `session_id must be ${safeIdDescription}`, code: "invalid_value" })
     }

@@ -9,6 +9,7 @@ import { prioritizeBySequence } from "../BatchPlan.js"
 import { StepBatcher } from "../StepBatcher.js"
 import { defaultThreadTunerOptions, ThreadTuner } from "../ThreadTuner.js"
 import { makeBoundedTokenizer } from "./BoundedTokenizer.js"
+import { chatRenderer } from "./ChatRenderer.js"
 import { errorMessage } from "./errorMessage.js"
 import { evaluateOptions } from "./EvaluateOptions.js"
 import { GrammarCache } from "./GrammarCache.js"
@@ -229,6 +230,7 @@ export const LlamaBackend = {
         return {
           info,
           ...tokenizer,
+          toolCallSyntax: chatRenderer(model).toolCallSyntax,
           checkGrammar: (constraint) => Effect.asVoid(grammars.grammarFor(constraint)),
           detokenize: (tokens, context) =>
             model.detokenize(tokens as ReadonlyArray<Token>, false, context as ReadonlyArray<Token> | undefined),
