@@ -1,0 +1,82 @@
+import OpenAI from "openai"
+import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import { SimBackend } from "../../src/engine/SimBackend.js"
+import { postJson, sseData, startServer } from "../support/testServer.js"
+import type { TestServer } from "../support/testServer.js"
+
+/** What the simulated model "generates" for every prompt: two Hermes-style calls, the second's arguments tricky. */
+const output = [
+  "<tool_call>\n{\"name\": \"get_time\", \"arguments\": {\"zone\": \"UTC\"}}\n</tool_call>",
+  "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"a } \\\" </tool_call>\", \"days\": [1, 2]}}\n</tool_call>"
+].join("\n")
+
+const tools = ["get_time", "get_weather"].map((name) => ({
+  type: "function",
+  function: { name, parameters: { type: "object", properties: {} } }
+}))
+
+describe("streamed tool calls (SimBackend scripted output)", () => {
+  let server: TestServer
+
+  beforeAll(async () => {
+    server = await startServer(SimBackend.layer({ parallel: 2, contextSize: 4096, tokenLatency: 0, script: () => ({ text: output }) }))
+  })
+  afterAll(() => server?.close())
+
+  it("sends each call's index, id, type and name first, then only argument fragments, then finish_reason tool_calls", async () => {
+    const response = await postJson(server, "/v1/chat/completions", {
+      model: "sim",
+      messages: [{ role: "user", content: "Hi" }],
+      tools,
+      tool_choice: "required",
+      stream: true
+    })
+    expect(response.status).toBe(200)
+    const frames = sseData(await response.text())
+    expect(frames[frames.length - 1]).toBe("[DONE]")
+    const chunks = frames.slice(0, -1).map((frame) => JSON.parse(frame) as OpenAI.ChatCompletionChunk)
+    const deltas = chunks.map((chunk) => chunk.choices[0]!.delta)
+    expect(deltas[0]).toEqual({ role: "assistant", content: "" })
+    expect(deltas.some((delta) => (delta.content ?? "") !== "")).toBe(false)
+    const toolDeltas = deltas.flatMap((delta) => delta.tool_calls ?? [])
+    const starts = toolDeltas.filter((delta) => delta.id !== undefined)
+    expect(starts).toEqual([
+      { index: 0, id: expect.stringMatching(/^call_/), type: "function", function: { name: "get_time", arguments: "" } },
+      { index: 1, id: expect.stringMatching(/^call_/), type: "function", function: { name: "get_weather", arguments: "" } }
+    ])
+    for (const delta of toolDeltas.filter((delta) => delta.id === undefined)) {
+      expect(Object.keys(delta).sort()).toEqual(["function", "index"])
+      expect(Object.keys(delta.function!)).toEqual(["arguments"])
+    }
+    const argumentsOf = (index: number) =>
+      toolDeltas.filter((delta) => delta.index === index).map((delta) => delta.function!.arguments).join("")
+    expect(JSON.parse(argumentsOf(0))).toEqual({ zone: "UTC" })
+    expect(JSON.parse(argumentsOf(1))).toEqual({ city: "a } \" </tool_call>", days: [1, 2] })
+    const last = chunks[chunks.length - 1]!.choices[0]!
+    expect(last.finish_reason).toBe("tool_calls")
+    expect(last.delta).toEqual({})
+  })
+
+  it("answers the same calls in one body without streaming, content null", async () => {
+    const client = new OpenAI({ baseURL: server.baseURL, apiKey: "unused", maxRetries: 0 })
+    const completion = await client.chat.completions.create({
+      model: "sim",
+      messages: [{ role: "user", content: "Hi" }],
+      tools: tools as Array<OpenAI.ChatCompletionTool>
+    })
+    const message = completion.choices[0]!.message
+    expect(completion.choices[0]!.finish_reason).toBe("tool_calls")
+    expect(message.content).toBeNull()
+    expect(message.tool_calls!.map((call) => (call as OpenAI.ChatCompletionMessageFunctionToolCall).function)).toEqual([
+      { name: "get_time", arguments: "{\"zone\": \"UTC\"}" },
+      { name: "get_weather", arguments: "{\"city\": \"a } \\\" </tool_call>\", \"days\": [1, 2]}" }
+    ])
+  })
+
+  it("without tools, the same output is plain text", async () => {
+    const response = await postJson(server, "/v1/chat/completions", { model: "sim", messages: [{ role: "user", content: "Hi" }] })
+    const body = (await response.json()) as OpenAI.ChatCompletion
+    expect(body.choices[0]!.message.content).toBe(output)
+    expect(body.choices[0]!.finish_reason).toBe("stop")
+  })
+})
