@@ -36,9 +36,10 @@ export const DEFAULT_MODEL_SEED = 42
  * ChatML with Hermes-style tools, as Qwen2.5's template has them (without its default system prompt): the tools are
  * listed in the system turn inside `<tools>…</tools>`, the assistant calls them as `<tool_call>{"name": …,
  * "arguments": …}</tool_call>`, and results come back as `<tool_response>…</tool_response>` in a user turn. Without
- * tools it renders exactly as plain ChatML.
+ * tools it renders exactly as plain ChatML after BOS (as node-llama-cpp's ChatML wrapper does for this model).
  */
 export const CHATML_TEMPLATE = [
+  "{{- bos_token }}",
   "{%- if tools %}",
   "{{- '<|im_start|>system\\n' }}",
   "{%- if messages[0]['role'] == 'system' %}{{- messages[0]['content'] + '\\n\\n' }}{%- endif %}",
