@@ -61,6 +61,11 @@ export const toolPlanOf = (
   backend: BackendShape
 ): Effect.Effect<ToolPlan | undefined, InvalidParam> =>
   Effect.gen(function*() {
+    const unanswerable = body.messages.findIndex((message) => message.role === "tool" && message.tool_call_id === undefined)
+    if (unanswerable !== -1) {
+      const param = `messages[${unanswerable}].tool_call_id`
+      return yield* new InvalidParam({ param, message: `Missing required parameter: '${param}'.`, code: "missing_required_parameter" })
+    }
     const tools = body.tools ?? []
     const choice = body.tool_choice ?? "auto"
     if (tools.length === 0) {

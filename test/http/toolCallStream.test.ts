@@ -79,4 +79,16 @@ describe("streamed tool calls (SimBackend scripted output)", () => {
     expect(body.choices[0]!.message.content).toBe(output)
     expect(body.choices[0]!.finish_reason).toBe("stop")
   })
+
+  it("refuses tools in a server-kept session with a 400, and keeps serving", async () => {
+    const response = await postJson(server, "/v1/chat/completions", {
+      model: "sim",
+      session_id: "s1",
+      messages: [{ role: "tool", tool_call_id: "call_1", content: "42" }]
+    })
+    expect(response.status).toBe(400)
+    expect(((await response.json()) as { error: { param: string } }).error.param).toBe("tools")
+    const ok = await postJson(server, "/v1/chat/completions", { model: "sim", messages: [{ role: "user", content: "Hi" }] })
+    expect(ok.status).toBe(200)
+  })
 })
