@@ -47,7 +47,7 @@ export const inProcessTarget = (config: EngineBenchConfig): Effect.Effect<BenchT
         const startedAt = performance.now()
         const text = yield* backend.tokenize(call.prompt, { special: true })
         const bos = backend.info.bosToken
-        // As the HTTP server maps a completion prompt (OpenAiMapping.completionPrompt).
+        // As the HTTP server maps a completion prompt (OpenAiMapping.completionPrompts).
         const prompt = bos === undefined || !backend.info.addBosToken || text[0] === bos ? text : [bos, ...text]
         const chunkTimes: Array<number> = []
         let completionTokens = 0

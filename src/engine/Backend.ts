@@ -17,11 +17,30 @@ export interface ModelInfo {
   readonly bosToken: number | undefined
   /** Whether the model expects BOS before a raw (non-chat) prompt. */
   readonly addBosToken: boolean
+  /** Length of the vectors `embed` returns (the model's native embedding size). */
+  readonly embeddingSize: number
+  /** Most tokens one input to `embed` may have. */
+  readonly maxEmbeddingTokens: number
 }
 
-/** One decode step's outcome. */
+/** A token's log probability under the distribution it was sampled from. */
+export interface TokenLogprob {
+  readonly token: number
+  readonly logprob: number
+}
+
+/** One sampled token's log probability and the most likely tokens of that step, most likely first. */
+export interface StepLogprobs {
+  readonly logprob: number
+  readonly top: ReadonlyArray<TokenLogprob>
+}
+
+/** OpenAI's floor for a probability too small to take the log of (`log(0)` would serialize as `null`). */
+export const logprobFloor = -9999
+
+/** One decode step's outcome; `logprobs` only when the sampling options asked for them. */
 export type StepResult =
-  | { readonly _tag: "Token"; readonly token: number; readonly cells: number }
+  | { readonly _tag: "Token"; readonly token: number; readonly cells: number; readonly logprobs?: StepLogprobs | undefined }
   | { readonly _tag: "EndOfGeneration"; readonly token: number; readonly cells: number }
 
 /** A generation running on a slot: each `next` runs one decode step (the first one also prefills the prompt). */
@@ -51,8 +70,15 @@ export interface BackendShape {
     text: string,
     options?: { readonly special?: boolean }
   ) => Effect.Effect<ReadonlyArray<number>, PromptTooLarge>
-  /** Text of `tokens`; `context` are the tokens before them, so leading spaces render as they would in the full text. */
-  readonly detokenize: (tokens: ReadonlyArray<number>, context?: ReadonlyArray<number>) => string
+  /**
+   * Text of `tokens`; `context` are the tokens before them, so leading spaces render as they would in the full text.
+   * Special tokens render as their text only with `special` (by default they render as nothing).
+   */
+  readonly detokenize: (
+    tokens: ReadonlyArray<number>,
+    context?: ReadonlyArray<number>,
+    options?: { readonly special?: boolean }
+  ) => string
   /**
    * Renders a conversation with the model's own chat template, ending with the assistant's generation prompt; `tools`
    * are offered to the model as its template presents them.
@@ -87,6 +113,12 @@ export interface BackendShape {
   readonly cells: (slot: number) => number
   /** The tokens whose KV cells `slot` holds, in position order. */
   readonly tokensOf: (slot: number) => ReadonlyArray<number>
+  /**
+   * One embedding per input (token arrays of 1 … `info.maxEmbeddingTokens` valid ids, checked by the caller), in input
+   * order, each `info.embeddingSize` long and L2-normalized. Deterministic: the same tokens give the same vector.
+   * Runs beside generation without taking a slot; the caller bounds how many run at once.
+   */
+  readonly embed: (inputs: ReadonlyArray<ReadonlyArray<number>>) => Effect.Effect<ReadonlyArray<Float32Array>, EmbeddingFailed>
 }
 
 /** The inference engine behind the scheduler: `LlamaBackend` (node-llama-cpp) or `SimBackend` (deterministic, for tests). */
@@ -101,6 +133,13 @@ export class DecodeFailed extends Schema.TaggedError<DecodeFailed>()("DecodeFail
   cause: Schema.optional(Schema.Defect)
 }) {}
 
+/** The engine failed to compute an embedding. */
+export class EmbeddingFailed extends Schema.TaggedError<EmbeddingFailed>()("EmbeddingFailed", {
+  message: Schema.String,
+  /** What the engine threw. */
+  cause: Schema.optional(Schema.Defect)
+}) {}
+
 /** The engine could not erase a slot's KV cells. */
 export class KvEraseFailed extends Schema.TaggedError<KvEraseFailed>()("KvEraseFailed", {
   slot: Schema.Number,
@@ -110,6 +149,12 @@ export class KvEraseFailed extends Schema.TaggedError<KvEraseFailed>()("KvEraseF
 /** The model's chat template could not render the conversation. */
 export class ChatTemplateFailed extends Schema.TaggedError<ChatTemplateFailed>()("ChatTemplateFailed", {
   message: Schema.String
+}) {}
+
+/** Grammar-constrained output that ended normally but does not validate against its schema (a grammar bug). */
+export class StructuredOutputInvalid extends Schema.TaggedError<StructuredOutputInvalid>()("StructuredOutputInvalid", {
+  /** Where the output breaks the schema, and how. */
+  violation: Schema.String
 }) {}
 
 /** The engine could not build a grammar for a constraint (llama.cpp's grammar parser rejected it). */

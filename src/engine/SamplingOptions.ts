@@ -15,6 +15,11 @@ export interface SamplingOptions {
   readonly ignoreEos: boolean
   /** Constrains output: `json` for any JSON object, `jsonSchema` for a given JSON schema. */
   readonly grammar?: GrammarConstraint | undefined
+  /**
+   * When set, each step reports the sampled token's log probability and this many (0–20) most likely alternatives,
+   * under the distribution the token was sampled from. Left unset, nothing is computed.
+   */
+  readonly logprobs?: number | undefined
 }
 
 /** A grammar the backend enforces while sampling. */

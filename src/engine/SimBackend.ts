@@ -1,7 +1,9 @@
 import { Duration, Effect, Layer } from "effect"
 import { Backend, DecodeFailed, KvEraseFailed } from "./Backend.js"
 import type { BackendShape, ChatMessage, Generation, StepResult } from "./Backend.js"
+import { l2Normalized } from "./L2Normalized.js"
 import type { SamplingOptions } from "./SamplingOptions.js"
+import { stepLogprobs } from "./StepLogprobs.js"
 import { hermesToolCallSyntax } from "./ToolCallSyntax.js"
 
 /** What the simulated engine does for one prompt: when it ends, and where it fails. */
@@ -34,6 +36,9 @@ export interface SimBackendConfig {
 /** Token ids: 0–255 are raw bytes, then BOS and EOS. */
 export const SimTokens = { bos: 256, eos: 257, vocabSize: 258 } as const
 
+/** Length of the simulator's embeddings. */
+export const simEmbeddingSize = 16
+
 /** Generated text cycles through this, so multi-byte characters arrive split across tokens. */
 const outputText = new TextEncoder().encode("héllo wörld, 日本語 says ✓ to the € and 🙂. ")
 
@@ -53,6 +58,22 @@ const simTurn = (message: ChatMessage): string => {
   const answers = message.toolCallId === undefined ? "" : `<for ${message.toolCallId}>`
   return `<${message.role}>${answers}${message.content}${calls.join(hermesToolCallSyntax.betweenCalls)}\n`
 }
+
+/** A unit vector determined by `tokens`: pseudo-random components seeded by their hash (mulberry32). */
+const simEmbedding = (tokens: ReadonlyArray<number>): Float32Array => {
+  let state = promptHash(tokens) | 0
+  const components = Array.from({ length: simEmbeddingSize }, () => {
+    state = (state + 0x6d2b79f5) | 0
+    let mixed = Math.imul(state ^ (state >>> 15), state | 1)
+    mixed ^= mixed + Math.imul(mixed ^ (mixed >>> 7), mixed | 61)
+    return ((mixed ^ (mixed >>> 14)) >>> 0) / 2 ** 32 - 0.5
+  })
+  return l2Normalized(components)
+}
+
+/** A made-up distribution for a step that sampled `token`: it has half the mass, the next byte values halve the rest. */
+const simProbabilities = (token: number): ReadonlyMap<number, number> =>
+  new Map(Array.from({ length: 20 }, (_, i) => [(token + i) % 256, 2 ** -(i + 1)] as const))
 
 /** A deterministic in-memory engine: byte-level tokens, latency from `Clock`, scripted end and failures. */
 export const makeSimBackend = (config: SimBackendConfig): BackendShape => {
@@ -100,7 +121,8 @@ export const makeSimBackend = (config: SimBackendConfig): BackendShape => {
           : scripted[generated % scripted.length]!
         generated += 1
         pending = [token]
-        return { _tag: "Token", token, cells: held[slot]!.length } satisfies StepResult
+        const logprobs = sampling.logprobs === undefined ? undefined : stepLogprobs(simProbabilities(token), token, sampling.logprobs)
+        return { _tag: "Token", token, cells: held[slot]!.length, logprobs } satisfies StepResult
       })
       return { next: Effect.uninterruptible(step) }
     })
@@ -124,7 +146,9 @@ export const makeSimBackend = (config: SimBackendConfig): BackendShape => {
       vocabSize: SimTokens.vocabSize,
       kvBytesPerToken: 1024,
       bosToken: SimTokens.bos,
-      addBosToken: true
+      addBosToken: true,
+      embeddingSize: simEmbeddingSize,
+      maxEmbeddingTokens: config.contextSize
     },
     tokenize: (text) => Effect.sync(() => Array.from(new TextEncoder().encode(text))),
     renderChat: (messages, tools) =>
@@ -141,7 +165,13 @@ export const makeSimBackend = (config: SimBackendConfig): BackendShape => {
     erase: (slot) => eraseFrom(slot, 0),
     trim: eraseFrom,
     cells: (slot) => held[slot]!.length,
-    tokensOf: (slot) => held[slot]!.slice()
+    tokensOf: (slot) => held[slot]!.slice(),
+    // Embedding takes the prefill latency of its tokens, from `Clock`, like a prompt would.
+    embed: (inputs) =>
+      Effect.as(
+        Effect.sleep(Duration.times(prefillPerToken, inputs.reduce((sum, tokens) => sum + tokens.length, 0))),
+        inputs.map(simEmbedding)
+      )
   }
 }
 

@@ -1,24 +1,27 @@
 import { HttpServerResponse } from "@effect/platform"
 import { Chunk, Effect, Option, Stream } from "effect"
-import type { GenerationEvent } from "../scheduler/GenerationRequest.js"
+import type { GeneratedLogprob, GenerationEvent, Usage } from "../scheduler/GenerationRequest.js"
 import { GenerationCancelled } from "./HttpErrors.js"
 import { errorReply } from "./OpenAiErrors.js"
 import type { ApiFailure } from "./OpenAiErrors.js"
-import { chunkBody, completionBody } from "./OpenAiResponses.js"
+import { characterCount, chunkBody, completionBody } from "./OpenAiResponses.js"
 import { ToolCallParser } from "../engine/ToolCallParser.js"
 import type { ToolCallEvent } from "../engine/ToolCallParser.js"
 import type { ToolCallSyntax } from "../engine/ToolCallSyntax.js"
 import { randomUUID } from "node:crypto"
 import type { ChunkPart, OpenAiFinishReason, ResponseMeta } from "./OpenAiResponses.js"
 
-type Finished = Extract<GenerationEvent, { readonly _tag: "Finished" }>
+export type Finished = Extract<GenerationEvent, { readonly _tag: "Finished" }>
+
+/** How the engine ends a generation normally; `tool_calls` is decided later, from the output. */
+type EngineFinishReason = Exclude<OpenAiFinishReason, "tool_calls">
 
 type Outcome =
-  | { readonly _tag: "Done"; readonly reason: OpenAiFinishReason }
+  | { readonly _tag: "Done"; readonly reason: EngineFinishReason }
   | { readonly _tag: "Failed"; readonly failure: ApiFailure }
 
 /** How a finished generation is answered: its OpenAI finish reason, or the failure it ended with. */
-const outcomeOf = (finished: Finished): Effect.Effect<Outcome> => {
+export const outcomeOf = (finished: Finished): Effect.Effect<Outcome> => {
   switch (finished.finishReason) {
     case "stop":
     case "length":
@@ -34,14 +37,6 @@ const outcomeOf = (finished: Finished): Effect.Effect<Outcome> => {
     _tag: "Failed",
     failure: new GenerationCancelled({ shuttingDown: finished.cancelReason === "shutdown" })
   })
-}
-
-/** The generation's events and the response's identity. */
-export interface GenerationRun {
-  readonly meta: ResponseMeta
-  readonly events: Stream.Stream<GenerationEvent, ApiFailure>
-  /** Set when the output may hold tool calls written in this syntax. */
-  readonly toolSyntax?: ToolCallSyntax | undefined
 }
 
 /** OpenAI's id of a tool call. */
@@ -64,65 +59,154 @@ const splitToolCalls = (syntax: ToolCallSyntax, output: string) => {
   return { text, calls }
 }
 
-/** Runs the generation to its end and answers with one JSON body; a client that disconnects interrupts the run. */
+/** One choice's generation event: `index` is the choice's place in the response. */
+export interface ChoiceEvent {
+  readonly index: number
+  readonly event: GenerationEvent
+}
+
+/** The choices' merged events and the response's identity. */
+export interface GenerationRun {
+  readonly meta: ResponseMeta
+  readonly events: Stream.Stream<ChoiceEvent, ApiFailure>
+  /** Choices in all, numbered `0 … choices-1`. */
+  readonly choices: number
+  /** Choices per prompt (`n`): the first of each group counts its prompt in the usage, as OpenAI counts it once. */
+  readonly choicesPerPrompt: number
+  /** Whether the request asked for logprobs. */
+  readonly logprobs: boolean
+  /** Set when the output may hold tool calls written in this syntax. */
+  readonly toolSyntax?: ToolCallSyntax | undefined
+}
+
+/** Whether a finished choice ended in a failure, which fails the whole response. */
+const failed = (event: GenerationEvent) =>
+  event._tag === "Finished" && event.finishReason !== "stop" && event.finishReason !== "length"
+
+/** The events up to and including the first choice's failure: the others end with it (the merge interrupts them). */
+const untilFailure = (events: Stream.Stream<ChoiceEvent, ApiFailure>) => Stream.takeUntil(events, ({ event }) => failed(event))
+
+/**
+ * Sums the choices' usage: completion tokens of every choice, prompt (and cached) tokens of each prompt's first
+ * choice. Used by one stream's fiber, one event at a time.
+ */
+class UsageTally {
+  private promptTokens = 0
+  private cachedTokens = 0
+  private completionTokens = 0
+  finished = 0
+  constructor(private readonly choicesPerPrompt: number) {}
+
+  add(index: number, usage: Usage): void {
+    this.finished++
+    this.completionTokens += usage.completionTokens
+    if (index % this.choicesPerPrompt === 0) {
+      this.promptTokens += usage.promptTokens
+      this.cachedTokens += usage.cachedTokens
+    }
+  }
+
+  get total(): Usage {
+    return { promptTokens: this.promptTokens, completionTokens: this.completionTokens, cachedTokens: this.cachedTokens }
+  }
+}
+
+interface ChoiceState {
+  readonly parts: Array<string>
+  readonly logprobs: Array<GeneratedLogprob>
+  finished: Finished | undefined
+}
+
+/** Runs the choices to their end and answers with one JSON body; a client that disconnects interrupts them. */
 export const jsonResponse = (
-  { events, meta, toolSyntax }: GenerationRun
+  run: GenerationRun
 ): Effect.Effect<HttpServerResponse.HttpServerResponse, ApiFailure> =>
   Effect.gen(function*() {
-    const { finished, parts } = yield* Stream.runFold(
-      events,
-      { parts: [] as Array<string>, finished: undefined as Finished | undefined },
-      (state, event) => {
-        if (event._tag === "Delta") state.parts.push(event.text)
-        else if (event._tag === "Finished") state.finished = event
-        return state
+    const states = yield* Stream.runFold(
+      untilFailure(run.events),
+      Array.from({ length: run.choices }, (): ChoiceState => ({ parts: [], logprobs: [], finished: undefined })),
+      (states, { event, index }) => {
+        const state = states[index]!
+        if (event._tag === "Delta") {
+          state.parts.push(event.text)
+          if (event.logprobs !== undefined) state.logprobs.push(...event.logprobs)
+        } else if (event._tag === "Finished") state.finished = event
+        return states
       }
     )
-    if (finished === undefined) return yield* Effect.dieMessage("generation stream ended without a Finished event")
-    const outcome = yield* outcomeOf(finished)
-    if (outcome._tag === "Failed") return yield* Effect.fail(outcome.failure)
-    const output = parts.join("")
-    if (toolSyntax === undefined) return HttpServerResponse.unsafeJson(completionBody(meta, output, outcome.reason, finished.usage))
-    const { calls, text } = splitToolCalls(toolSyntax, output)
-    return HttpServerResponse.unsafeJson(completionBody(meta, text, withToolCalls(outcome.reason, calls.length), finished.usage, calls))
+    // A failed choice ended the stream before the others finished: its failure is the answer.
+    const outcomes = yield* Effect.forEach(states, (state) => state.finished === undefined ? Effect.succeed(undefined) : outcomeOf(state.finished))
+    const failure = outcomes.find((outcome) => outcome?._tag === "Failed")
+    if (failure?._tag === "Failed") return yield* Effect.fail(failure.failure)
+    const tally = new UsageTally(run.choicesPerPrompt)
+    const choices = []
+    for (const [index, state] of states.entries()) {
+      const outcome = outcomes[index]
+      if (state.finished === undefined || outcome?._tag !== "Done") {
+        return yield* Effect.dieMessage("generation stream ended without a Finished event")
+      }
+      tally.add(index, state.finished.usage)
+      const output = state.parts.join("")
+      const logprobs = run.logprobs ? state.logprobs : undefined
+      if (run.toolSyntax === undefined) {
+        choices.push({ text: output, finishReason: outcome.reason, logprobs })
+      } else {
+        // Each choice's output is parsed on its own: its tool calls are its own.
+        const { calls, text } = splitToolCalls(run.toolSyntax, output)
+        choices.push({ text, finishReason: withToolCalls(outcome.reason, calls.length), logprobs, toolCalls: calls })
+      }
+    }
+    return HttpServerResponse.unsafeJson(completionBody(run.meta, choices, tally.total))
   })
 
 const frame = (body: unknown) => `data: ${JSON.stringify(body)}\n\n`
 
 /**
- * Frames the events after the slot was granted. Each delta goes out as it comes; `finish_reason` follows in a chunk of
- * its own with an empty delta, as OpenAI sends it (holding a delta back to carry it would delay every token by one).
+ * Frames the events after a slot was granted. Each delta goes out as it comes, naming its choice; a choice's
+ * `finish_reason` follows in a chunk of its own with an empty delta, as OpenAI sends it (holding a delta back to carry
+ * it would delay every token by one). Usage and `[DONE]` follow the last choice's end.
  */
-const sseFrames = ({ meta, toolSyntax }: GenerationRun, includeUsage: boolean) => {
+const sseFrames = (run: GenerationRun, includeUsage: boolean) => {
+  const { meta, toolSyntax } = run
   const chunk = (part: ChunkPart) => frame(chunkBody(meta, part, includeUsage))
-  // With tools, text goes through the parser, so tool-call markup turns into `tool_calls` deltas and never into content.
-  const parser = toolSyntax === undefined ? undefined : new ToolCallParser(toolSyntax)
-  const toolFrames = (events: ReadonlyArray<ToolCallEvent>) =>
+  // Written only by this stream's fiber, one event at a time.
+  const tally = new UsageTally(run.choicesPerPrompt)
+  const sent = Array.from({ length: run.choices }, () => 0)
+  // With tools, each choice's text goes through a parser of its own, so tool-call markup turns into that choice's
+  // `tool_calls` deltas and never into content.
+  const parsers = Array.from({ length: run.choices }, () => toolSyntax === undefined ? undefined : new ToolCallParser(toolSyntax))
+  const toolFrames = (index: number, events: ReadonlyArray<ToolCallEvent>) =>
     events.map((event) =>
       chunk(
         event._tag === "Text"
-          ? { _tag: "Content", text: event.text, finishReason: null }
+          ? { _tag: "Content", index, text: event.text, finishReason: null }
           : event._tag === "CallStarted"
-          ? { _tag: "ToolCallStart", index: event.index, id: newCallId(), name: event.name }
-          : { _tag: "ToolCallArguments", index: event.index, text: event.text }
+          ? { _tag: "ToolCallStart", index, call: event.index, id: newCallId(), name: event.name }
+          : { _tag: "ToolCallArguments", index, call: event.index, text: event.text }
       )
     )
-  return (event: GenerationEvent): Effect.Effect<ReadonlyArray<string>> => {
+  return ({ event, index }: ChoiceEvent): Effect.Effect<ReadonlyArray<string>> => {
+    const parser = parsers[index]
     switch (event._tag) {
       case "Started":
-        return Effect.succeed(meta.kind === "chat" ? [chunk({ _tag: "Role" })] : [])
-      case "Delta":
-        if (event.text === "") return Effect.succeed([])
-        return Effect.succeed(
-          parser === undefined ? [chunk({ _tag: "Content", text: event.text, finishReason: null })] : toolFrames(parser.push(event.text))
-        )
+        return Effect.succeed(meta.kind === "chat" ? [chunk({ _tag: "Role", index })] : [])
+      case "Delta": {
+        // Logprobs are refused together with tools (see `planOf`), so a parsed choice has none to carry.
+        if (parser !== undefined) return Effect.succeed(event.text === "" ? [] : toolFrames(index, parser.push(event.text)))
+        if (event.text === "" && (event.logprobs === undefined || event.logprobs.length === 0)) return Effect.succeed([])
+        const offset = sent[index]!
+        sent[index] = offset + characterCount(event.text)
+        return Effect.succeed([chunk({ _tag: "Content", index, text: event.text, finishReason: null, logprobs: event.logprobs, offset })])
+      }
       case "Finished":
         return Effect.flatMap(outcomeOf(event), (outcome) => {
           if (outcome._tag === "Done") {
-            const rest = parser === undefined ? [] : toolFrames(parser.finish())
+            tally.add(index, event.usage)
+            const rest = parser === undefined ? [] : toolFrames(index, parser.finish())
             const reason = withToolCalls(outcome.reason, parser?.calls ?? 0)
-            const frames = [...rest, chunk({ _tag: "Content", text: "", finishReason: reason })]
-            if (includeUsage) frames.push(chunk({ _tag: "Usage", usage: event.usage }))
+            const frames = [...rest, chunk({ _tag: "Content", index, text: "", finishReason: reason })]
+            if (tally.finished < run.choices) return Effect.succeed(frames)
+            if (includeUsage) frames.push(chunk({ _tag: "Usage", usage: tally.total }))
             frames.push("data: [DONE]\n\n")
             return Effect.succeed(frames)
           }
@@ -141,35 +225,69 @@ const sseFrames = ({ meta, toolSyntax }: GenerationRun, includeUsage: boolean) =
  * queue timeouts still get their own status codes; later failures arrive as an in-band `data: {"error": …}` frame.
  */
 export const sseResponse = (run: GenerationRun, includeUsage: boolean) =>
+  Effect.map(startedEvents(untilFailure(run.events), ({ event }) => event), (events) =>
+    HttpServerResponse.stream(
+      events.pipe(
+        Stream.mapEffect(sseFrames(run, includeUsage)),
+        Stream.flattenIterables,
+        // Another choice may still be refused (its queue place, its prompt) after the first one started.
+        Stream.catchAll((failure) => Stream.make(frame({ error: errorReply(failure).error }))),
+        Stream.encodeText
+      ),
+      sseHeaders
+    ))
+
+/** How every event stream is answered. */
+export const sseHeaders = {
+  contentType: "text/event-stream",
+  headers: { "cache-control": "no-cache", "x-accel-buffering": "no" }
+} as const
+
+/**
+ * Waits until the request holds a slot (a `Started` event), failing with the admission or queue failure if it never
+ * does, and gives back all the events from the first. Headers go out only after this, so those failures keep their
+ * own status codes.
+ */
+export const startedEvents = <A>(events: Stream.Stream<A, ApiFailure>, eventOf: (item: A) => GenerationEvent) =>
   Effect.gen(function*() {
     // Pulled in the request's scope, which stays open until the response body is fully written.
-    const pull = yield* Stream.toPull(run.events)
-    const head: Array<GenerationEvent> = []
-    while (!head.some((event) => event._tag === "Started")) {
+    const pull = yield* Stream.toPull(events)
+    const head: Array<A> = []
+    const started = () => head.some((item) => eventOf(item)._tag === "Started")
+    while (!started()) {
       const next = yield* pull.pipe(
         Effect.map(Option.some),
         Effect.catchAll(Option.match({ onNone: () => Effect.succeed(Option.none()), onSome: (error) => Effect.fail(error) }))
       )
       if (Option.isNone(next)) return yield* Effect.dieMessage("generation stream ended before it started")
       head.push(...Chunk.toReadonlyArray(next.value))
-      const finished = head.find((event): event is Finished => event._tag === "Finished")
-      if (finished !== undefined && !head.some((event) => event._tag === "Started")) {
+      const finished = head.map(eventOf).find((event): event is Finished => event._tag === "Finished")
+      if (finished !== undefined && !started()) {
         const outcome = yield* outcomeOf(finished)
         return yield* outcome._tag === "Failed"
           ? Effect.fail(outcome.failure)
           : Effect.dieMessage("generation finished without starting")
       }
     }
-    const rest = Stream.repeatEffectChunkOption(
-      pull.pipe(Effect.catchAll(Option.match({ onNone: () => Effect.fail(Option.none()), onSome: (error) => Effect.die(error) })))
+    return Stream.concat(Stream.fromIterable(head), Stream.repeatEffectChunkOption(pull))
+  })
+
+/** Runs one generation to its end: its whole text and how it finished, or the failure it ended with. */
+export const generatedText = (
+  events: Stream.Stream<GenerationEvent, ApiFailure>
+): Effect.Effect<{ readonly text: string; readonly finished: Finished; readonly reason: EngineFinishReason }, ApiFailure> =>
+  Effect.gen(function*() {
+    const { finished, parts } = yield* Stream.runFold(
+      events,
+      { parts: [] as Array<string>, finished: undefined as Finished | undefined },
+      (state, event) => {
+        if (event._tag === "Delta") state.parts.push(event.text)
+        else if (event._tag === "Finished") state.finished = event
+        return state
+      }
     )
-    const body = Stream.concat(Stream.fromIterable(head), rest).pipe(
-      Stream.mapEffect(sseFrames(run, includeUsage)),
-      Stream.flattenIterables,
-      Stream.encodeText
-    )
-    return HttpServerResponse.stream(body, {
-      contentType: "text/event-stream",
-      headers: { "cache-control": "no-cache", "x-accel-buffering": "no" }
-    })
+    if (finished === undefined) return yield* Effect.dieMessage("generation stream ended without a Finished event")
+    const outcome = yield* outcomeOf(finished)
+    if (outcome._tag === "Failed") return yield* Effect.fail(outcome.failure)
+    return { text: parts.join(""), finished, reason: outcome.reason }
   })

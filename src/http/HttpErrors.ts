@@ -101,3 +101,14 @@ export class MethodNotAllowed extends Schema.TaggedError<MethodNotAllowed>()("Me
     return `${shorten(this.method)} is not allowed on ${shorten(this.path)}; it answers ${this.allowed.join(", ")}.`
   }
 }
+
+/** No stored response has this id (never stored, `store: false`, deleted or expired). */
+export class ResponseNotFound extends Schema.TaggedError<ResponseNotFound>()("ResponseNotFound", {
+  responseId: Schema.String,
+  /** The body parameter that named it (`previous_response_id`), or null for a path id. */
+  param: Schema.NullOr(Schema.String)
+}) {
+  override get message(): string {
+    return `No response with id \`${this.responseId}\` is stored (it may have been created with store: false, deleted, or expired).`
+  }
+}

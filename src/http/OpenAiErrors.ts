@@ -1,10 +1,10 @@
 import { HttpServerResponse } from "@effect/platform"
-import type { ChatTemplateFailed, DecodeFailed, PromptTooLarge } from "../engine/Backend.js"
+import type { ChatTemplateFailed, DecodeFailed, EmbeddingFailed, PromptTooLarge, StructuredOutputInvalid } from "../engine/Backend.js"
 import type { AdmissionRejected, StageTimedOut } from "../scheduler/SchedulerErrors.js"
 import type { SessionStoreFailed } from "../sessions/SessionStore.js"
 import { ModelNotFound } from "../host/HostErrors.js"
 import type { ModelLoading } from "../host/HostErrors.js"
-import { SessionNotFound } from "./HttpErrors.js"
+import { ResponseNotFound, SessionNotFound } from "./HttpErrors.js"
 import type {
   BodyNestedTooDeep,
   BodyNotDeclaredJson,
@@ -34,10 +34,13 @@ export type ApiFailure =
   | AdmissionRejected
   | StageTimedOut
   | DecodeFailed
+  | EmbeddingFailed
   | ChatTemplateFailed
   | PromptTooLarge
   | SessionNotFound
   | SessionStoreFailed
+  | ResponseNotFound
+  | StructuredOutputInvalid
 
 /** OpenAI's error object, as it appears under `error` in a response body or an SSE frame. */
 export interface OpenAiErrorBody {
@@ -118,6 +121,13 @@ export const errorReply = (failure: ApiFailure): ErrorReply => {
       })
     case "SessionStoreFailed":
       return reply(500, { message: "The session store failed; the turn was not saved", type: "server_error", param: null, code: null })
+    case "ResponseNotFound":
+      return reply(404, {
+        message: new ResponseNotFound({ responseId: shorten(failure.responseId), param: failure.param }).message,
+        type: "invalid_request_error",
+        param: failure.param,
+        code: "response_not_found"
+      })
     case "ModelNotFound":
       return reply(404, {
         message: new ModelNotFound({ model: shorten(failure.model) }).message,
@@ -154,7 +164,15 @@ export const errorReply = (failure: ApiFailure): ErrorReply => {
     case "GenerationCancelled":
       return reply(503, { message: failure.message, type: "server_error", param: null, code: failure.shuttingDown ? "shutting_down" : "cancelled" })
     case "DecodeFailed":
+    case "EmbeddingFailed":
       return internalError()
+    case "StructuredOutputInvalid":
+      return reply(500, {
+        message: `The generated output does not match the requested schema (${failure.violation}); this is a server bug`,
+        type: "server_error",
+        param: null,
+        code: "structured_output_invalid"
+      })
   }
 }
 

@@ -7,17 +7,26 @@ import type { ToolCallSyntax } from "../engine/ToolCallSyntax.js"
 import type { GenerationRequest, Priority } from "../scheduler/GenerationRequest.js"
 import { InvalidParam } from "./HttpErrors.js"
 import { quoteValue, shorten } from "./QuotedValue.js"
-import type { ChatCompletionRequest, ChatMessageInput, CompletionRequest, ResponseFormat, SharedRequest } from "./OpenAiRequests.js"
+import { unsupportedParamIn } from "./OpenAiRequests.js"
+import type { ChatCompletionRequest, ChatMessageInput, CompletionRequest, OpenAiEndpoint, ResponseFormat, SharedRequest } from "./OpenAiRequests.js"
 import { offeredTools, toolPlanOf } from "./ToolCalls.js"
 
 /** Everything about a generation except its id and prompt, and how to answer it. */
 export interface GenerationPlan {
   readonly request: Omit<GenerationRequest, "id" | "prompt">
+  /** Choices per prompt, each a generation of its own. */
+  readonly n: number
   readonly stream: boolean
   readonly includeUsage: boolean
   /** Set when the output may hold tool calls in this syntax (chat requests with tools). */
   readonly toolSyntax?: ToolCallSyntax | undefined
 }
+
+/**
+ * Most choices one request may fan out to (`n` times the prompts): each takes a queue place and a slot like a
+ * request of its own.
+ */
+export const maxChoices = 16
 
 type PathSegment = PropertyKey
 
@@ -76,6 +85,33 @@ export const decodeBody = <A, I>(schema: Schema.Schema<A, I>, body: unknown): Ef
   )
 }
 
+/**
+ * Decodes the body of an `endpoint` request like `decodeBody`, first refusing any known OpenAI parameter this server
+ * does not implement (`unsupportedParams`) with a 400 naming it, so no request is silently answered without it.
+ */
+export const decodeRequest = <A, I>(endpoint: OpenAiEndpoint, schema: Schema.Schema<A, I>, body: unknown): Effect.Effect<A, InvalidParam> => {
+  const unsupported = typeof body === "object" && body !== null && !Array.isArray(body)
+    ? unsupportedParamIn(endpoint, body as Record<string, unknown>)
+    : undefined
+  if (unsupported === undefined) return decodeBody(schema, body)
+  const hint = unsupported.hint === undefined ? "" : ` (${unsupported.hint})`
+  return Effect.fail(new InvalidParam({
+    param: unsupported.param,
+    message: `The parameter '${unsupported.param}' is not supported by this server${hint}.`,
+    code: "unsupported_parameter"
+  }))
+}
+
+/** How many alternatives to report per token, or undefined for no logprobs: chat's `logprobs`/`top_logprobs`, or legacy `logprobs`. */
+const logprobsOf = (body: SharedRequest): Effect.Effect<number | undefined, InvalidParam> => {
+  if (!("messages" in body)) return Effect.succeed(body.logprobs)
+  if (body.logprobs === true) return Effect.succeed(body.top_logprobs ?? 0)
+  if (body.top_logprobs !== undefined && body.top_logprobs > 0) {
+    return Effect.fail(new InvalidParam({ param: "top_logprobs", message: "top_logprobs requires logprobs to be true", code: "invalid_value" }))
+  }
+  return Effect.succeed(undefined)
+}
+
 const priorityOf = (priority: SharedRequest["priority"]): Priority | undefined => {
   if (priority === undefined) return undefined
   if (typeof priority === "string") return priority
@@ -117,12 +153,30 @@ export const planOf = (
   backend: BackendShape
 ): Effect.Effect<GenerationPlan, InvalidParam> =>
   Effect.gen(function*() {
-    if (body.n !== undefined && body.n !== 1) {
-      return yield* new InvalidParam({ param: "n", message: "Only n=1 is supported: this server generates one choice per request", code: "unsupported_value" })
+    const n = body.n ?? 1
+    if (n > maxChoices) {
+      return yield* new InvalidParam({ param: "n", message: `n must be at most ${maxChoices}: each choice takes a slot of its own`, code: "invalid_value" })
     }
+    const logprobs = yield* logprobsOf(body)
     const stop = body.stop === undefined ? [] : typeof body.stop === "string" ? [body.stop] : body.stop
     const tools = "messages" in body ? yield* toolPlanOf(body, backend) : undefined
     const grammar = tools?.constraint ?? (yield* grammarOf(body.response_format, backend))
+    if (grammar !== undefined && body.ignore_eos === true) {
+      return yield* new InvalidParam({
+        param: "ignore_eos",
+        message: tools === undefined
+          ? "ignore_eos cannot be combined with a json_object or json_schema response_format: the grammar decides where the output ends"
+          : "ignore_eos cannot be combined with tools (unless tool_choice is \"none\"): the tool-call grammar decides where the output ends",
+        code: "unsupported_value"
+      })
+    }
+    if (tools !== undefined && logprobs !== undefined) {
+      return yield* new InvalidParam({
+        param: "logprobs",
+        message: "logprobs cannot be combined with tools (unless tool_choice is \"none\"): tool-call output is not scored token by token",
+        code: "unsupported_value"
+      })
+    }
     const seed = body.seed === undefined || body.seed === -1 ? undefined : body.seed >>> 0
     return {
       request: {
@@ -136,7 +190,8 @@ export const planOf = (
           repeatPenalty: body.repeat_penalty ?? defaultSampling.repeatPenalty,
           ignoreEos: body.ignore_eos ?? defaultSampling.ignoreEos,
           seed,
-          grammar
+          grammar,
+          logprobs
         },
         maxTokens: body.max_completion_tokens ?? body.max_tokens ?? defaults.maxTokens,
         stop: stop.filter((text) => text.length > 0),
@@ -149,6 +204,7 @@ export const planOf = (
           totalMs: body.timeout_total_ms
         }
       },
+      n,
       stream: body.stream ?? false,
       includeUsage: body.stream_options?.include_usage ?? false,
       toolSyntax: tools?.syntax
@@ -177,23 +233,42 @@ export const chatPrompt = (backend: BackendShape, body: ChatCompletionRequest) =
   backend.renderChat(chatMessagesOf(body.messages), offeredTools(body))
 
 /**
- * A completion prompt as tokens, BOS first when the model has one. Special-token text is parsed, as llama-server
- * does for raw prompts, so a prompt can spell out a template by hand.
+ * A completion's prompts as tokens, one list per prompt. Text gets BOS first when the model has one, and its
+ * special-token text is parsed, as llama-server does for raw prompts, so a prompt can spell out a template by hand;
+ * token ids are taken as they are.
  */
-export const completionPrompt = (
+export const completionPrompts = (
   backend: BackendShape,
-  prompt: CompletionRequest["prompt"]
-): Effect.Effect<ReadonlyArray<number>, InvalidParam | PromptTooLarge> =>
+  prompt: CompletionRequest["prompt"],
+  n: number
+): Effect.Effect<ReadonlyArray<ReadonlyArray<number>>, InvalidParam | PromptTooLarge> =>
   Effect.gen(function*() {
-    if (typeof prompt !== "string" && prompt.length > 1) {
+    const prompts: ReadonlyArray<string | ReadonlyArray<number>> = typeof prompt === "string"
+      ? [prompt]
+      : prompt.every((part) => typeof part === "number")
+      ? [prompt as ReadonlyArray<number>]
+      : prompt as ReadonlyArray<string | ReadonlyArray<number>>
+    if (prompts.length * n > maxChoices) {
       return yield* new InvalidParam({
-        param: "prompt",
-        message: "Only one prompt per request is supported (like n=1); send the prompts as separate requests",
-        code: "unsupported_value"
+        param: "n",
+        message: `${prompts.length} prompts × n=${n} is more than ${maxChoices} choices: each choice takes a slot of its own`,
+        code: "invalid_value"
       })
     }
-    const text = typeof prompt === "string" ? prompt : prompt[0]!
-    const tokens = yield* backend.tokenize(text, { special: true })
-    const bos = backend.info.bosToken
-    return bos === undefined || !backend.info.addBosToken || tokens[0] === bos ? tokens : [bos, ...tokens]
+    const vocabSize = backend.info.vocabSize
+    const tokenized: Array<ReadonlyArray<number>> = []
+    for (const [index, part] of prompts.entries()) {
+      if (typeof part !== "string") {
+        const bad = part.find((token) => token < 0 || token >= vocabSize)
+        if (bad !== undefined) {
+          return yield* new InvalidParam({ param: "prompt", message: `Prompt ${index} has token id ${bad}, outside the vocabulary (0–${vocabSize - 1})`, code: "invalid_value" })
+        }
+        tokenized.push(part)
+        continue
+      }
+      const tokens = yield* backend.tokenize(part, { special: true })
+      const bos = backend.info.bosToken
+      tokenized.push(bos === undefined || !backend.info.addBosToken || tokens[0] === bos ? tokens : [bos, ...tokens])
+    }
+    return tokenized
   })

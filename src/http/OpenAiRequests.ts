@@ -4,17 +4,19 @@ import { safeIdDescription, safeIdPattern } from "./SafeId.js"
 // Unknown fields are tolerated: Schema.Struct ignores excess properties when decoding.
 // `null` is accepted wherever a field is optional, as OpenAI's own API and many clients send it for "unset".
 
-const optional = <S extends Schema.Schema.Any>(schema: S) => Schema.optionalWith(schema, { nullable: true })
+export const optional = <S extends Schema.Schema.Any>(schema: S) => Schema.optionalWith(schema, { nullable: true })
 
 /** What a valid value looks like; reported for a failed refinement, while a wrong JSON type reports itself. */
 const expected = (text: string) => ({ message: () => text })
 
 /** For leaves whose inner issues say less than this (a union of literals would report only its first member). */
-const expectedExactly = (text: string) => ({ message: () => ({ message: text, override: true }) })
+export const expectedExactly = (text: string) => ({ message: () => ({ message: text, override: true }) })
 
-const PositiveInt = Schema.Int.pipe(Schema.greaterThanOrEqualTo(1)).annotations(expected("an integer of at least 1"))
+export const PositiveInt = Schema.Int.pipe(Schema.greaterThanOrEqualTo(1)).annotations(expected("an integer of at least 1"))
 const NonNegativeInt = Schema.Int.pipe(Schema.greaterThanOrEqualTo(0)).annotations(expected("an integer of at least 0"))
-const NumberBetween = (min: number, max: number) =>
+const IntBetween = (min: number, max: number) =>
+  Schema.Int.pipe(Schema.between(min, max)).annotations(expected(`an integer between ${min} and ${max}`))
+export const NumberBetween = (min: number, max: number) =>
   Schema.Number.pipe(Schema.between(min, max)).annotations(expected(`a number between ${min} and ${max}`))
 
 /** A text content part; other part types (images, audio) are not supported by a text-only model. */
@@ -49,7 +51,7 @@ export const ChatMessageInput = Schema.Struct({
 })
 export type ChatMessageInput = typeof ChatMessageInput.Type
 
-const JsonSchemaFormat = Schema.Struct({
+export const JsonSchemaFormat = Schema.Struct({
   name: optional(Schema.String),
   description: optional(Schema.String),
   schema: Schema.Unknown.pipe(Schema.filter((value) => value !== undefined, { message: () => "is required" })),
@@ -130,18 +132,99 @@ export const ChatCompletionRequest = Schema.Struct({
   session_id: optional(Schema.String.pipe(Schema.pattern(safeIdPattern, { message: () => safeIdDescription }))),
   messages: Schema.Array(ChatMessageInput).annotations(expected("an array of messages")).pipe(
     Schema.minItems(1, { message: () => "a non-empty array of messages" })
-  )
+  ),
+  /** Report each generated token's log probability. */
+  logprobs: optional(Schema.Boolean),
+  /** With `logprobs`: how many most likely tokens to list at each position. */
+  top_logprobs: optional(IntBetween(0, 20))
 })
 export type ChatCompletionRequest = typeof ChatCompletionRequest.Type
+
+const TokenIds = Schema.Array(Schema.Int).pipe(Schema.minItems(1))
 
 /** Body of `POST /v1/completions`. */
 export const CompletionRequest = Schema.Struct({
   ...SharedFields,
-  prompt: Schema.Union(Schema.String, Schema.Array(Schema.String).pipe(Schema.minItems(1))).annotations(
-    expectedExactly("a string or a non-empty array of strings")
-  )
+  /** One prompt (text or token ids) or several, each answered with `n` choices. */
+  prompt: Schema.Union(
+    Schema.String,
+    Schema.Array(Schema.String).pipe(Schema.minItems(1)),
+    TokenIds,
+    Schema.Array(TokenIds).pipe(Schema.minItems(1))
+  ).annotations(
+    expectedExactly("a string, a non-empty array of strings, an array of token ids or an array of such arrays")
+  ),
+  /** Legacy logprobs: the sampled token's and this many most likely tokens' log probabilities at each position. */
+  logprobs: optional(IntBetween(0, 5))
 })
 export type CompletionRequest = typeof CompletionRequest.Type
 
 /** The fields both request kinds share. */
 export type SharedRequest = ChatCompletionRequest | CompletionRequest
+
+/** The OpenAI endpoints whose bodies the unsupported-parameter table covers. */
+export type OpenAiEndpoint = "chat" | "completions" | "responses"
+
+/** A known OpenAI parameter Weft does not implement, where it applies, and when a value counts as asking for it. */
+export interface UnsupportedParam {
+  readonly param: string
+  readonly endpoints: ReadonlyArray<OpenAiEndpoint>
+  /** True when the value asks for the feature; `null`, absent and default values never do. */
+  readonly used: (value: unknown) => boolean
+  /** What to do instead, appended to the message. */
+  readonly hint?: string
+  /** A value that uses it, as a client would send it (the table-driven test sends each). */
+  readonly example: unknown
+}
+
+const present = (value: unknown) => value !== undefined && value !== null
+const notEmpty = (value: unknown) =>
+  present(value) && value !== false &&
+  !(Array.isArray(value) && value.length === 0) &&
+  !(typeof value === "object" && value !== null && !Array.isArray(value) && Object.keys(value).length === 0)
+const other = (...allowed: ReadonlyArray<unknown>) => (value: unknown) => present(value) && !allowed.includes(value)
+
+const all: ReadonlyArray<OpenAiEndpoint> = ["chat", "completions", "responses"]
+
+/**
+ * Known OpenAI parameters this server does not implement: a request that uses one gets a 400 naming it rather than a
+ * reply that silently ignores it. Unknown fields stay tolerated. The README's parameter list is this table.
+ */
+export const unsupportedParams: ReadonlyArray<UnsupportedParam> = [
+  { param: "logit_bias", endpoints: ["chat", "completions"], used: notEmpty , example: { "50256": -100 } },
+  { param: "audio", endpoints: ["chat"], used: present, hint: "this server generates text only" , example: { voice: "alloy", format: "mp3" } },
+  {
+    param: "modalities",
+    endpoints: ["chat"],
+    used: (value) => present(value) && !(Array.isArray(value) && value.every((each) => each === "text")),
+    hint: "only [\"text\"] is supported",
+    example: ["text", "audio"]
+  },
+  { param: "prediction", endpoints: ["chat"], used: present , example: { type: "content", content: "x" } },
+  { param: "web_search_options", endpoints: ["chat"], used: present , example: {} },
+  { param: "moderation", endpoints: ["chat", "responses"], used: present , example: { model: "omni-moderation-latest" } },
+  { param: "service_tier", endpoints: all, used: other("auto", "default"), hint: "only \"auto\" and \"default\" are supported" , example: "flex" },
+  { param: "store", endpoints: ["chat"], used: (value) => value === true, hint: "use session_id to keep a conversation on the server" , example: true },
+  { param: "metadata", endpoints: ["chat", "completions"], used: notEmpty, hint: "metadata is kept only with stored responses (/v1/responses)" , example: { k: "v" } },
+  { param: "functions", endpoints: ["chat"], used: present, hint: "use `tools` instead" , example: [{ name: "f", parameters: {} }] },
+  { param: "function_call", endpoints: ["chat"], used: present, hint: "use `tool_choice` instead" , example: "auto" },
+  { param: "reasoning_effort", endpoints: ["chat"], used: present , example: "low" },
+  { param: "verbosity", endpoints: ["chat"], used: present , example: "low" },
+  { param: "suffix", endpoints: ["completions"], used: (value) => typeof value === "string" && value !== "" , example: "end" },
+  { param: "best_of", endpoints: ["completions"], used: other(1) , example: 2 },
+  { param: "echo", endpoints: ["completions"], used: (value) => value === true , example: true },
+  { param: "tools", endpoints: ["responses"], used: notEmpty, hint: "tools are supported on /v1/chat/completions only" , example: [{ type: "function", name: "f", parameters: {} }] },
+  { param: "tool_choice", endpoints: ["responses"], used: other("none", "auto") , example: "required" },
+  { param: "reasoning", endpoints: ["responses"], used: (value) => typeof value === "object" && value !== null && Object.values(value).some(present) , example: { effort: "low" } },
+  { param: "background", endpoints: ["responses"], used: (value) => value === true , example: true },
+  { param: "conversation", endpoints: ["responses"], used: present, hint: "use `previous_response_id` instead" , example: "conv_1" },
+  { param: "include", endpoints: ["responses"], used: notEmpty , example: ["message.output_text.logprobs"] },
+  { param: "prompt", endpoints: ["responses"], used: present, hint: "send `input` and `instructions` instead" , example: { id: "pmpt_1" } },
+  { param: "truncation", endpoints: ["responses"], used: other("disabled") , example: "auto" },
+  { param: "context_management", endpoints: ["responses"], used: present , example: [{ type: "compaction" }] },
+  { param: "top_logprobs", endpoints: ["responses"], used: other(0) , example: 2 }
+]
+
+/** The first known-but-unimplemented parameter `body` uses on `endpoint`, if any. */
+export const unsupportedParamIn = (endpoint: OpenAiEndpoint, body: Readonly<Record<string, unknown>>): UnsupportedParam | undefined =>
+  unsupportedParams.find((entry) => entry.endpoints.includes(endpoint) && Object.hasOwn(body, entry.param) && entry.used(body[entry.param]))

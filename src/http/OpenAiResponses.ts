@@ -1,4 +1,4 @@
-import type { Usage } from "../scheduler/GenerationRequest.js"
+import type { GeneratedLogprob, Usage } from "../scheduler/GenerationRequest.js"
 
 /** Which endpoint a response belongs to. */
 export type CompletionKind = "chat" | "text"
@@ -49,21 +49,67 @@ const messageOf = (text: string, toolCalls: ReadonlyArray<ToolCallOutput>) =>
       tool_calls: toolCalls.map((call) => ({ id: call.id, type: "function", function: { name: call.name, arguments: call.arguments } }))
     }
 
-/** The complete (non-streaming) response body. */
-export const completionBody = (
-  meta: ResponseMeta,
-  text: string,
-  finishReason: OpenAiFinishReason,
-  usage: Usage,
-  toolCalls: ReadonlyArray<ToolCallOutput> = []
-) =>
+const utf8 = new TextEncoder()
+const bytesOf = (text: string) => Array.from(utf8.encode(text))
+
+/** Chat's `choices[i].logprobs`: each token with its log probability, UTF-8 bytes and most likely alternatives. */
+export const chatLogprobs = (entries: ReadonlyArray<GeneratedLogprob>) => ({
+  content: entries.map((entry) => ({
+    token: entry.text,
+    logprob: entry.logprob,
+    bytes: bytesOf(entry.text),
+    top_logprobs: entry.top.map((top) => ({ token: top.text, logprob: top.logprob, bytes: bytesOf(top.text) }))
+  })),
+  refusal: null
+})
+
+/** Length in characters (code points), as OpenAI's legacy `text_offset` counts. */
+export const characterCount = (text: string) => {
+  let count = 0
+  for (const _ of text) count++
+  return count
+}
+
+/** Legacy completions' `choices[i].logprobs`; `offset` is where the first token starts in the choice's text. */
+export const legacyLogprobs = (entries: ReadonlyArray<GeneratedLogprob>, offset: number) => {
+  const text_offset: Array<number> = []
+  let at = offset
+  for (const entry of entries) {
+    text_offset.push(at)
+    at += characterCount(entry.text)
+  }
+  return {
+    tokens: entries.map((entry) => entry.text),
+    token_logprobs: entries.map((entry) => entry.logprob),
+    // Two alternatives may render to the same text: the more likely one (listed first) keeps the key.
+    top_logprobs: entries.map((entry) => Object.fromEntries([...entry.top].reverse().map((top) => [top.text, top.logprob]))),
+    text_offset
+  }
+}
+
+/** One finished choice of a complete response; `logprobs` only when they were asked for. */
+export interface ChoiceResult {
+  readonly text: string
+  readonly finishReason: OpenAiFinishReason
+  readonly logprobs?: ReadonlyArray<GeneratedLogprob> | undefined
+  /** The tool calls a chat choice made (its `text` is then what came before them). */
+  readonly toolCalls?: ReadonlyArray<ToolCallOutput> | undefined
+}
+
+/** The complete (non-streaming) response body, choices in `index` order. */
+export const completionBody = (meta: ResponseMeta, choices: ReadonlyArray<ChoiceResult>, usage: Usage) =>
   meta.kind === "chat"
     ? {
       id: meta.id,
       object: "chat.completion",
       created: meta.created,
       model: meta.model,
-      choices: [{ index: 0, message: messageOf(text, toolCalls), logprobs: null, finish_reason: finishReason }],
+      choices: choices.map((choice, index) => ({
+        index,
+        message: messageOf(choice.text, choice.toolCalls ?? []),
+        logprobs: choice.logprobs === undefined ? null : chatLogprobs(choice.logprobs),
+        finish_reason: choice.finishReason
+      })),
       usage: usageOf(usage)
     }
     : {
@@ -71,26 +117,39 @@ export const completionBody = (
       object: "text_completion",
       created: meta.created,
       model: meta.model,
-      choices: [{ index: 0, text, logprobs: null, finish_reason: finishReason }],
+      choices: choices.map((choice, index) => ({
+        index,
+        text: choice.text,
+        logprobs: choice.logprobs === undefined ? null : legacyLogprobs(choice.logprobs, 0),
+        finish_reason: choice.finishReason
+      })),
       usage: usageOf(usage)
     }
 
-/** What one streamed chunk carries. */
+/** What one streamed chunk carries; content parts name their choice and carry their tokens' logprobs, if asked for. */
 export type ChunkPart =
-  | { readonly _tag: "Role" }
-  | { readonly _tag: "Content"; readonly text: string; readonly finishReason: OpenAiFinishReason | null }
+  | { readonly _tag: "Role"; readonly index: number }
+  | {
+    readonly _tag: "Content"
+    readonly index: number
+    readonly text: string
+    readonly finishReason: OpenAiFinishReason | null
+    readonly logprobs?: ReadonlyArray<GeneratedLogprob> | undefined
+    /** Characters of this choice's text sent before this chunk (legacy `text_offset`). */
+    readonly offset?: number | undefined
+  }
   | { readonly _tag: "Usage"; readonly usage: Usage }
-  /** A tool call begins: its id and function name, with empty arguments. */
-  | { readonly _tag: "ToolCallStart"; readonly index: number; readonly id: string; readonly name: string }
-  /** More of a tool call's arguments. */
-  | { readonly _tag: "ToolCallArguments"; readonly index: number; readonly text: string }
+  /** A tool call of choice `index` begins (the choice's `call`-th): its id and function name, with empty arguments. */
+  | { readonly _tag: "ToolCallStart"; readonly index: number; readonly call: number; readonly id: string; readonly name: string }
+  /** More of the arguments of choice `index`'s `call`-th tool call. */
+  | { readonly _tag: "ToolCallArguments"; readonly index: number; readonly call: number; readonly text: string }
 
 /** The delta of a tool-call chunk, as OpenAI streams it: id, type and name first, then argument fragments. */
 const toolCallDelta = (part: Extract<ChunkPart, { readonly _tag: "ToolCallStart" | "ToolCallArguments" }>) => ({
   tool_calls: [
     part._tag === "ToolCallStart"
-      ? { index: part.index, id: part.id, type: "function", function: { name: part.name, arguments: "" } }
-      : { index: part.index, function: { arguments: part.text } }
+      ? { index: part.call, id: part.id, type: "function", function: { name: part.name, arguments: "" } }
+      : { index: part.call, function: { arguments: part.text } }
   ]
 })
 
@@ -105,18 +164,19 @@ export const chunkBody = (meta: ResponseMeta, part: ChunkPart, includeUsage: boo
   }
   if (part._tag === "Usage") return { ...head, choices: [], ...usage }
   if (part._tag === "ToolCallStart" || part._tag === "ToolCallArguments") {
-    return { ...head, choices: [{ index: 0, delta: toolCallDelta(part), logprobs: null, finish_reason: null }], ...usage }
+    return { ...head, choices: [{ index: part.index, delta: toolCallDelta(part), logprobs: null, finish_reason: null }], ...usage }
   }
+  const content = part._tag === "Content" ? part : undefined
+  const finishReason = content?.finishReason ?? null
   if (meta.kind === "text") {
-    const text = part._tag === "Content" ? part.text : ""
-    const finishReason = part._tag === "Content" ? part.finishReason : null
-    return { ...head, choices: [{ index: 0, text, logprobs: null, finish_reason: finishReason }], ...usage }
+    const logprobs = content?.logprobs === undefined ? null : legacyLogprobs(content.logprobs, content.offset ?? 0)
+    return { ...head, choices: [{ index: part.index, text: content?.text ?? "", logprobs, finish_reason: finishReason }], ...usage }
   }
-  const delta = part._tag === "Role"
+  const delta = content === undefined
     ? { role: "assistant", content: "" }
-    : part.text === "" && part.finishReason !== null
+    : content.text === "" && content.finishReason !== null
     ? {}
-    : { content: part.text }
-  const finishReason = part._tag === "Content" ? part.finishReason : null
-  return { ...head, choices: [{ index: 0, delta, logprobs: null, finish_reason: finishReason }], ...usage }
+    : { content: content.text }
+  const logprobs = content?.logprobs === undefined ? null : chatLogprobs(content.logprobs)
+  return { ...head, choices: [{ index: part.index, delta, logprobs, finish_reason: finishReason }], ...usage }
 }

@@ -10,10 +10,13 @@ import { ModelRegistry } from "../host/ModelRegistry.js"
 import { InvalidParam, SessionNotFound } from "./HttpErrors.js"
 import type { ApiFailure } from "./OpenAiErrors.js"
 import { jsonResponse, sseResponse } from "./GenerationResponse.js"
+import type { ChoiceEvent } from "./GenerationResponse.js"
 import { readJsonBody } from "./JsonBody.js"
 import { resolveModel } from "./ModelRoute.js"
 import { safeIdDescription, safeIdPattern } from "./SafeId.js"
-import { chatMessagesOf, chatPrompt, completionPrompt, decodeBody, planOf } from "./OpenAiMapping.js"
+import { sessionOwnerOf } from "./SessionRoutes.js"
+import { validatedOutput } from "./StructuredOutput.js"
+import { chatMessagesOf, chatPrompt, completionPrompts, decodeRequest, planOf } from "./OpenAiMapping.js"
 import { ChatCompletionRequest, CompletionRequest } from "./OpenAiRequests.js"
 import type { SharedRequest } from "./OpenAiRequests.js"
 import type { CompletionKind } from "./OpenAiResponses.js"
@@ -27,12 +30,29 @@ const legacyCompletionMaxTokens = 16
 
 const newId = (kind: CompletionKind) => `${kind === "chat" ? "chatcmpl" : "cmpl"}-${randomUUID().replaceAll("-", "")}`
 
-/** Builds the generation's event stream once the prompt is known; sessions wrap it to load and save the conversation. */
+/**
+ * Builds each choice's event stream once the prompts are known, in `index` order: `submit` runs choice `index`
+ * (its `choice` among the `n` of its prompt) on `prompt`. Sessions wrap it to load and save the conversation.
+ */
 type RunOf<A> = (
   backend: BackendShape,
   body: A,
-  submit: (prompt: ReadonlyArray<number>) => Stream.Stream<GenerationEvent, ApiFailure>
-) => Effect.Effect<{ readonly events: Stream.Stream<GenerationEvent, ApiFailure>; readonly headers?: Record<string, string> }, ApiFailure, SessionStore | HttpServerRequest.HttpServerRequest>
+  n: number,
+  submit: (prompt: ReadonlyArray<number>, index: number, choice: number) => Stream.Stream<GenerationEvent, ApiFailure>
+) => Effect.Effect<{ readonly choices: ReadonlyArray<Stream.Stream<GenerationEvent, ApiFailure>>; readonly headers?: Record<string, string> }, ApiFailure, SessionStore | HttpServerRequest.HttpServerRequest>
+
+/** The `n` choices of each prompt, numbered prompt by prompt. */
+const fanOut = (
+  prompts: ReadonlyArray<ReadonlyArray<number>>,
+  n: number,
+  submit: Parameters<RunOf<unknown>>[3]
+) => prompts.flatMap((prompt, at) => Array.from({ length: n }, (_, choice) => submit(prompt, at * n + choice, choice)))
+
+/** The choices' events merged as they come, each tagged with its choice's index. */
+const mergeChoices = (choices: ReadonlyArray<Stream.Stream<GenerationEvent, ApiFailure>>): Stream.Stream<ChoiceEvent, ApiFailure> =>
+  choices.length === 1
+    ? Stream.map(choices[0]!, (event) => ({ index: 0, event }))
+    : Stream.mergeAll(choices.map((events, index) => Stream.map(events, (event) => ({ index, event }))), { concurrency: "unbounded" })
 
 const generationRoute = <A extends SharedRequest, I>(
   options: OpenAiRoutesOptions,
@@ -41,31 +61,47 @@ const generationRoute = <A extends SharedRequest, I>(
   runOf: RunOf<A>
 ) =>
   Effect.gen(function*() {
-    const body = yield* decodeBody(schema, yield* readJsonBody(options.maxBodyBytes))
+    const body = yield* decodeRequest(kind === "chat" ? "chat" : "completions", schema, yield* readJsonBody(options.maxBodyBytes))
     const { backend, scheduler } = yield* resolveModel(body.model)
     const plan = yield* planOf(body, { maxTokens: kind === "text" ? legacyCompletionMaxTokens : undefined }, backend)
     const id = newId(kind)
     const meta = { kind, id, created: Math.floor((yield* Clock.currentTimeMillis) / 1000), model: backend.info.id }
-    const { events, headers } = yield* runOf(backend, body, (prompt) => scheduler.submit({ id, prompt, ...plan.request }))
-    const run = { meta, events, toolSyntax: plan.toolSyntax }
+    const seed = plan.request.sampling.seed
+    const { choices, headers } = yield* runOf(backend, body, plan.n, (prompt, index, choice) =>
+      validatedOutput(plan.request.sampling.grammar, scheduler.submit({
+        ...plan.request,
+        // Each choice is a request of its own: its own id, and its own seed derived from the request's.
+        id: index === 0 ? id : `${id}-${index}`,
+        prompt,
+        sampling: { ...plan.request.sampling, seed: seed === undefined ? undefined : (seed + choice) >>> 0 }
+      })))
+    const run = {
+      meta,
+      events: mergeChoices(choices),
+      choices: choices.length,
+      choicesPerPrompt: plan.n,
+      logprobs: plan.request.sampling.logprobs !== undefined,
+      // Each choice's output is parsed for tool calls on its own.
+      toolSyntax: plan.toolSyntax
+    }
     const response = plan.stream ? yield* sseResponse(run, plan.includeUsage) : yield* jsonResponse(run)
     return headers === undefined ? response : HttpServerResponse.setHeaders(response, headers)
   }).pipe(Effect.withSpan(kind === "chat" ? "http.chatCompletions" : "http.completions"))
 
-/** A plain generation: the prompt is the request's own. */
-const promptRun = <A>(promptOf: (backend: BackendShape, body: A) => Effect.Effect<ReadonlyArray<number>, ApiFailure>): RunOf<A> =>
-  (backend, body, submit) => Effect.map(promptOf(backend, body), (prompt) => ({ events: submit(prompt) }))
+/** Completions: `n` choices for each of the request's prompts. */
+const completionRun: RunOf<CompletionRequest> = (backend, body, n, submit) =>
+  Effect.map(completionPrompts(backend, body.prompt, n), (prompts) => ({ choices: fanOut(prompts, n, submit) }))
 
 /**
  * A chat turn. With a session id (`session_id`, or the `X-Session-Id` header) the server keeps the conversation:
  * `messages` holds only this turn's new messages, the stored history goes before them, and the reply is saved when
  * the generation ends. Turns of one session run one at a time; its prefix stays in the KV cache between turns.
  */
-const chatRun: RunOf<ChatCompletionRequest> = (backend, body, submit) =>
+const chatRun: RunOf<ChatCompletionRequest> = (backend, body, n, submit) =>
   Effect.gen(function*() {
     const request = yield* HttpServerRequest.HttpServerRequest
     const sessionId = body.session_id ?? request.headers["x-session-id"]
-    if (sessionId === undefined) return { events: submit(yield* chatPrompt(backend, body)) }
+    if (sessionId === undefined) return { choices: fanOut([yield* chatPrompt(backend, body)], n, submit) }
     if (body.tools !== undefined || body.messages.some((message) => message.role === "tool" || message.tool_calls !== undefined)) {
       return yield* new InvalidParam({
         param: "tools",
@@ -73,32 +109,36 @@ const chatRun: RunOf<ChatCompletionRequest> = (backend, body, submit) =>
         code: "unsupported_value"
       })
     }
+    if (n > 1) {
+      return yield* new InvalidParam({ param: "n", message: "A session turn has one reply: n must be 1 with session_id", code: "unsupported_value" })
+    }
     if (!safeIdPattern.test(sessionId)) {
       return yield* new InvalidParam({ param: "session_id", message: `session_id must be ${safeIdDescription}`, code: "invalid_value" })
     }
     const store = yield* SessionStore
-    const cacheKey = body.cache_salt ?? ""
+    const owner = sessionOwnerOf(body.cache_salt)
     const newMessages = chatMessagesOf(body.messages)
     const events = Stream.unwrapScoped(
       Effect.gen(function*() {
         yield* store.lockTurn(sessionId)
-        const existing = yield* store.get(sessionId)
-        if (Option.isSome(existing) && existing.value.cacheKey !== cacheKey) return yield* new SessionNotFound({ sessionId })
+        const existing = yield* store.resume(sessionId, owner).pipe(
+          Effect.catchTag("SessionOwnedByAnother", () => new SessionNotFound({ sessionId }))
+        )
         const history = Option.match(existing, { onNone: () => [], onSome: (session) => session.messages })
         const prompt = yield* backend.renderChat([...history, ...newMessages])
         let reply = ""
-        return submit(prompt).pipe(
+        return submit(prompt, 0, 0).pipe(
           Stream.tap((event) => {
             if (event._tag === "Delta") reply += event.text
             if (event._tag !== "Finished" || (event.finishReason !== "stop" && event.finishReason !== "length")) return Effect.void
-            return store.appendTurn(sessionId, cacheKey, { newMessages, reply: { role: "assistant", content: reply }, usage: event.usage }).pipe(
+            return store.appendTurn(sessionId, owner, { newMessages, reply: { role: "assistant", content: reply }, usage: event.usage }).pipe(
               Effect.catchAll((error) => Effect.logError("The session turn could not be saved", error))
             )
           })
         )
       })
     )
-    return { events, headers: { "x-session-id": sessionId } }
+    return { choices: [events], headers: { "x-session-id": sessionId } }
   })
 
 const safeDecode = (text: string) => {
@@ -121,7 +161,7 @@ export const openAiRoutes = (options: OpenAiRoutesOptions) => {
     ),
     HttpRouter.post(
       "/v1/completions",
-      generationRoute(options, "text", CompletionRequest, promptRun((backend, body: CompletionRequest) => completionPrompt(backend, body.prompt)))
+      generationRoute(options, "text", CompletionRequest, completionRun)
     ),
     HttpRouter.get(
       "/v1/models",

@@ -1,9 +1,20 @@
-import { HttpRouter, HttpServerResponse } from "@effect/platform"
+import { HttpRouter, HttpServerRequest, HttpServerResponse } from "@effect/platform"
 import { Effect, Option } from "effect"
-import { SessionStore } from "../sessions/SessionStore.js"
+import { SessionOwner, SessionStore } from "../sessions/SessionStore.js"
 import type { Session } from "../sessions/SessionStore.js"
 import { SessionNotFound } from "./HttpErrors.js"
 import { usageOf } from "./OpenAiResponses.js"
+
+/**
+ * The owner a request acts as: its `cache_salt` (the body's on a chat turn, the `X-Cache-Salt` header on the
+ * session routes, which have no body; `""` without one). The one place to switch to the API key's tenant.
+ */
+export const sessionOwnerOf = (cacheSalt: string | undefined): SessionOwner => SessionOwner.make(cacheSalt ?? "")
+
+/** The header that carries the salt on `GET`/`DELETE /v1/sessions/{id}` (not a query parameter: URLs end up in logs). */
+const saltHeader = "x-cache-salt"
+
+const requestOwner = Effect.map(HttpServerRequest.HttpServerRequest, (request) => sessionOwnerOf(request.headers[saltHeader]))
 
 const sessionIdParam = Effect.map(HttpRouter.params, (params) => params["id"] ?? "")
 
@@ -17,13 +28,17 @@ const sessionObject = (session: Session) => ({
   usage: usageOf(session)
 })
 
-/** `GET /v1/sessions/{id}` (the stored conversation) and `DELETE /v1/sessions/{id}`. */
+/**
+ * `GET /v1/sessions/{id}` (the stored conversation) and `DELETE /v1/sessions/{id}`, for the session's owner only;
+ * anyone else gets the same 404 as for an id that never existed.
+ */
 export const sessionRoutes = HttpRouter.empty.pipe(
   HttpRouter.get(
     "/v1/sessions/:id",
     Effect.gen(function*() {
       const sessionId = yield* sessionIdParam
-      const session = yield* Effect.flatMap(SessionStore, (store) => store.get(sessionId))
+      const owner = yield* requestOwner
+      const session = yield* Effect.flatMap(SessionStore, (store) => store.get(sessionId, owner))
       if (Option.isNone(session)) return yield* new SessionNotFound({ sessionId })
       return HttpServerResponse.unsafeJson(sessionObject(session.value))
     })
@@ -32,8 +47,8 @@ export const sessionRoutes = HttpRouter.empty.pipe(
     "/v1/sessions/:id",
     Effect.gen(function*() {
       const sessionId = yield* sessionIdParam
-      const store = yield* SessionStore
-      const deleted = yield* store.withTurnLock(sessionId, store.remove(sessionId))
+      const owner = yield* requestOwner
+      const deleted = yield* Effect.flatMap(SessionStore, (store) => store.remove(sessionId, owner))
       if (!deleted) return yield* new SessionNotFound({ sessionId })
       return HttpServerResponse.unsafeJson({ id: sessionId, object: "chat.session.deleted", deleted: true })
     })

@@ -17,9 +17,12 @@ import { safeIdPattern } from "./SafeId.js"
 import { observabilityRoutes } from "./ObservabilityRoutes.js"
 import { errorReply, errorResponse, internalError, unknownRoute } from "./OpenAiErrors.js"
 import type { ApiFailure } from "./OpenAiErrors.js"
+import { embeddingRoutes } from "./EmbeddingRoutes.js"
 import { openAiRoutes } from "./OpenAiRoutes.js"
 import { routeMethods } from "./RouteMethods.js"
+import { responsesRoutes } from "./ResponsesRoutes.js"
 import { sessionRoutes } from "./SessionRoutes.js"
+import { tokenizeRoutes } from "./TokenizeRoutes.js"
 import type { SessionStore } from "../sessions/SessionStore.js"
 
 /** Where to listen and the limits the HTTP layer enforces itself. */
@@ -182,7 +185,7 @@ export const WeftHttpServer = {
     Layer.unwrapEffect(
       Effect.sync(() => {
         const server = Http.createServer()
-        const router = openAiRoutes(options).pipe(HttpRouter.concat(sessionRoutes), HttpRouter.concat(observabilityRoutes), HttpRouter.get("/health", health))
+        const router = openAiRoutes(options).pipe(HttpRouter.concat(responsesRoutes(options)), HttpRouter.concat(embeddingRoutes(options)), HttpRouter.concat(tokenizeRoutes(options)), HttpRouter.concat(sessionRoutes), HttpRouter.concat(observabilityRoutes), HttpRouter.get("/health", health))
         // One scope, so the shutdown finalizer (added last) runs before the request handler is removed.
         const serve = Layer.scopedDiscard(
           Effect.gen(function*() {

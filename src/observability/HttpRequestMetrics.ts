@@ -4,7 +4,11 @@ import { WeftMetrics } from "./WeftMetrics.js"
 const fixedEndpoints = new Set([
   "/v1/chat/completions",
   "/v1/completions",
+  "/v1/embeddings",
+  "/tokenize",
+  "/detokenize",
   "/v1/models",
+  "/v1/responses",
   "/v1/sessions",
   "/health",
   "/metrics",
@@ -14,6 +18,7 @@ const fixedEndpoints = new Set([
 /** Routes whose last segment is an id: one label value each, however many ids there are. */
 const parameterised: ReadonlyArray<readonly [string, string]> = [
   ["/v1/models/", "/v1/models/{model}"],
+  ["/v1/responses/", "/v1/responses/{response_id}"],
   ["/v1/sessions/", "/v1/sessions/{session_id}"]
 ]
 

@@ -1,10 +1,10 @@
 import { Clock, Deferred, Duration, Effect } from "effect"
 import type { Mailbox, Scope } from "effect"
-import type { BackendShape, DecodeFailed, StepResult } from "../engine/Backend.js"
+import type { BackendShape, DecodeFailed, StepLogprobs, StepResult } from "../engine/Backend.js"
 import type { SeqPool } from "../engine/SeqPool.js"
 import { TextAssembler } from "../engine/TextAssembler.js"
 import { GenerationEvent } from "./GenerationRequest.js"
-import type { FinishReason, GenerationRequest, StageTimeouts } from "./GenerationRequest.js"
+import type { FinishReason, GeneratedLogprob, GenerationRequest, StageTimeouts } from "./GenerationRequest.js"
 import type { Outcome } from "./RequestOutcome.js"
 import type { RequestRegistry } from "./RequestRegistry.js"
 import { StageTimedOut } from "./SchedulerErrors.js"
@@ -85,16 +85,18 @@ export const runGeneration = (
     const contextSize = backend.info.contextSize
     let unreportedTokens = 0
     let cells = 0
+    const logprobs = request.sampling.logprobs === undefined ? undefined : new LogprobRenderer(backend.detokenize, request.prompt)
 
-    const emit = (text: string) => {
-      if (text.length === 0) return Effect.void
+    /** Sends `text` with the tokens (and their logprobs) taken in since the last delta; `last` sends even no text. */
+    const emit = (text: string, last = false) => {
+      if (text.length === 0 && !(last && logprobs?.hasPending === true)) return Effect.void
       const tokens = unreportedTokens
       unreportedTokens = 0
-      return mailbox.offer(GenerationEvent.Delta({ text, tokens }))
+      return mailbox.offer(GenerationEvent.Delta({ text, tokens, logprobs: logprobs?.take() }))
     }
     const finishWithRest = (finishReason: FinishReason) => {
       const rest = assembler.finish()
-      return Effect.as(emit(rest.text), { finishReason: rest.stopped ? "stop" : finishReason } satisfies Outcome)
+      return Effect.as(emit(rest.text, true), { finishReason: rest.stopped ? "stop" : finishReason } satisfies Outcome)
     }
 
     const firstStep = withStageLimit(generation.next, "firstToken", limits.firstTokenMs).pipe(
@@ -124,9 +126,14 @@ export const runGeneration = (
         yield* Effect.flatMap(Clock.currentTimeMillis, (now) =>
           registry.publish({ _tag: "Token", requestId: request.id, at: now, token: step.token })
         )
+        logprobs?.add(step.token, step.logprobs)
         const out = assembler.push(step.token)
         yield* emit(out.text)
-        return out.stopped ? ({ finishReason: "stop" } satisfies Outcome) : undefined
+        if (out.stopped) {
+          yield* emit("", true)
+          return { finishReason: "stop" } satisfies Outcome
+        }
+        return undefined
       })
 
     if (atLimit()) return yield* finishWithRest("length")
@@ -142,3 +149,37 @@ export const runGeneration = (
       }
     }).pipe(Effect.withSpan("RequestScheduler.decode"))
   })
+
+/** Renders each generated token's logprobs as text, in the context of the tokens before it; held until emitted. */
+class LogprobRenderer {
+  private pending: Array<GeneratedLogprob> = []
+  private readonly context: Array<number>
+
+  constructor(private readonly detokenize: BackendShape["detokenize"], prompt: ReadonlyArray<number>) {
+    this.context = prompt.slice(-4)
+  }
+
+  get hasPending(): boolean {
+    return this.pending.length > 0
+  }
+
+  add(token: number, step: StepLogprobs | undefined): void {
+    const context = this.context.slice()
+    const text = (candidate: number) => this.detokenize([candidate], context)
+    if (step !== undefined) {
+      this.pending.push({
+        text: text(token),
+        logprob: step.logprob,
+        top: step.top.map((top) => ({ text: text(top.token), logprob: top.logprob }))
+      })
+    }
+    this.context.push(token)
+    if (this.context.length > 4) this.context.shift()
+  }
+
+  take(): ReadonlyArray<GeneratedLogprob> {
+    const taken = this.pending
+    this.pending = []
+    return taken
+  }
+}

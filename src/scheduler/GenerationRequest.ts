@@ -1,6 +1,6 @@
 import { Data } from "effect"
 import type { SamplingOptions } from "../engine/SamplingOptions.js"
-import type { DecodeFailed } from "../engine/Backend.js"
+import type { DecodeFailed, StructuredOutputInvalid } from "../engine/Backend.js"
 import type { StageTimedOut } from "./SchedulerErrors.js"
 import type { CancelReason } from "./RequestLifecycle.js"
 
@@ -32,6 +32,17 @@ export interface GenerationRequest {
   readonly cacheKey?: string | undefined
 }
 
+/** A token as text with its log probability. */
+export interface TextLogprob {
+  readonly text: string
+  readonly logprob: number
+}
+
+/** One generated token's log probability and its step's most likely tokens, rendered as text. */
+export interface GeneratedLogprob extends TextLogprob {
+  readonly top: ReadonlyArray<TextLogprob>
+}
+
 export type FinishReason = "stop" | "length" | "cancelled" | "timeout" | "error"
 
 export interface Usage {
@@ -50,11 +61,13 @@ export type GenerationEvent = Data.TaggedEnum<{
     readonly promptTokens: number
     readonly cachedTokens: number
   }
-  Delta: { readonly text: string; readonly tokens: number }
+  /** `logprobs`, when the sampling options asked for them: one per token this delta accounts for, in order. */
+  Delta: { readonly text: string; readonly tokens: number; readonly logprobs?: ReadonlyArray<GeneratedLogprob> | undefined }
   Finished: {
     readonly finishReason: FinishReason
     readonly usage: Usage
-    readonly error?: StageTimedOut | DecodeFailed | undefined
+    /** `StructuredOutputInvalid` is set by the HTTP layer, which validates grammar-constrained output once it ends. */
+    readonly error?: StageTimedOut | DecodeFailed | StructuredOutputInvalid | undefined
     /** Who cancelled it, when `finishReason` is `cancelled`. */
     readonly cancelReason?: CancelReason | undefined
   }

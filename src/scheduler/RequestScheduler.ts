@@ -4,10 +4,11 @@ import type { DecodeFailed } from "../engine/Backend.js"
 import { SeqPool } from "../engine/SeqPool.js"
 import type { SeqPoolStats } from "../engine/SeqPool.js"
 import { currentOrigin, makeAdmission } from "./Admission.js"
+import { makeEmbeddingGate } from "./EmbeddingGate.js"
 import { effectiveTimeouts, runGeneration, withStageLimit } from "./GenerationLoop.js"
 import type { Progress } from "./GenerationLoop.js"
 import { GenerationEvent } from "./GenerationRequest.js"
-import type { GenerationRequest, Priority } from "./GenerationRequest.js"
+import type { GenerationRequest, Priority, StageTimeouts } from "./GenerationRequest.js"
 import type { RequestRecord, RequestState } from "./RequestLifecycle.js"
 import { outcomeOf } from "./RequestOutcome.js"
 import type { Outcome } from "./RequestOutcome.js"
@@ -57,6 +58,7 @@ export class RequestScheduler extends Effect.Service<RequestScheduler>()("weft/R
     const registry = yield* makeRequestRegistry(settings.recentCapacity)
     const admission = yield* makeAdmission(settings, backend.info, pool, registry)
     const context = { backend, pool, registry, leaveQueue: admission.leaveQueue }
+    const embeddings = yield* makeEmbeddingGate(settings, Effect.map(registry.state, (state) => state.draining))
 
     const finish = (
       request: GenerationRequest,
@@ -169,7 +171,9 @@ export class RequestScheduler extends Effect.Service<RequestScheduler>()("weft/R
       /** Lifecycle events; subscribe before submitting to see every one. */
       events: registry.events,
       isDraining: Effect.map(registry.state, (state) => state.draining),
-      modelInfo: backend.info
+      modelInfo: backend.info,
+      /** Embeddings of `inputs` (see `Backend.embed`), admitted beside generation with the same limits (see `makeEmbeddingGate`). */
+      embed: (inputs: ReadonlyArray<ReadonlyArray<number>>, timeouts?: StageTimeouts) => embeddings.run(backend.embed(inputs), timeouts)
     } as const
   })
 }) {}

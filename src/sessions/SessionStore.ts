@@ -19,6 +19,13 @@ export class SessionConfig extends Context.Tag("weft/SessionConfig")<SessionConf
     Layer.succeed(SessionConfig, { ttlMs: 24 * 60 * 60 * 1000, sweepIntervalMs: 60_000, ...settings })
 }
 
+/**
+ * Who a session belongs to. Today it is the client's `cache_salt` (`""` without one); once API keys exist it is
+ * the key's tenant. Every read, delete and continuation of a session is checked against it.
+ */
+export const SessionOwner = Schema.String.pipe(Schema.brand("SessionOwner"))
+export type SessionOwner = typeof SessionOwner.Type
+
 const ChatMessageSchema = Schema.Struct({
   role: Schema.Literal("system", "user", "assistant"),
   content: Schema.String
@@ -27,8 +34,7 @@ const ChatMessageSchema = Schema.Struct({
 /** A stored conversation: its history, who it belongs to, and its totals. */
 export class Session extends Schema.Class<Session>("Session")({
   id: Schema.String,
-  /** The prefix-cache isolation key of the client that owns the session. */
-  cacheKey: Schema.String,
+  owner: SessionOwner,
   messages: Schema.Array(ChatMessageSchema),
   turns: Schema.Number,
   promptTokens: Schema.Number,
@@ -38,6 +44,33 @@ export class Session extends Schema.Class<Session>("Session")({
   updatedAt: Schema.Number
 }) {}
 
+/** A live session with this id belongs to another owner (callers answer as if it did not exist). */
+export class SessionOwnedByAnother extends Schema.TaggedError<SessionOwnedByAnother>()("SessionOwnedByAnother", {
+  sessionId: Schema.String
+}) {}
+
+/** A stored Responses API response: its body, and the conversation a `previous_response_id` continues from. */
+export class StoredResponse extends Schema.Class<StoredResponse>("StoredResponse")({
+  id: Schema.String,
+  /** The prefix-cache isolation key of the client that created it. */
+  cacheKey: Schema.String,
+  /** The conversation up to and including this response's reply, without its `instructions`. */
+  messages: Schema.Array(ChatMessageSchema),
+  /** The response object as `GET /v1/responses/{id}` returns it. */
+  body: Schema.Unknown,
+  createdAt: Schema.Number
+}) {}
+
+const ResponseRow = Schema.Struct({
+  id: Schema.String,
+  cache_key: Schema.String,
+  messages: Schema.parseJson(Schema.Array(ChatMessageSchema)),
+  body: Schema.parseJson(Schema.Unknown),
+  created_at: Schema.Number
+})
+
+const decodeResponseRow = Schema.decodeUnknown(ResponseRow)
+
 /** The session store's database failed. */
 export class SessionStoreFailed extends Schema.TaggedError<SessionStoreFailed>()("SessionStoreFailed", {
   operation: Schema.String,
@@ -46,7 +79,8 @@ export class SessionStoreFailed extends Schema.TaggedError<SessionStoreFailed>()
 
 const SessionRow = Schema.Struct({
   id: Schema.String,
-  cache_key: Schema.String,
+  // The column keeps its first name so existing databases open unchanged; it holds the owner.
+  cache_key: SessionOwner,
   messages: Schema.parseJson(Schema.Array(ChatMessageSchema)),
   turns: Schema.Number,
   prompt_tokens: Schema.Number,
@@ -88,6 +122,14 @@ export class SessionStore extends Effect.Service<SessionStore>()("weft/SessionSt
       updated_at INTEGER NOT NULL
     )`.pipe(Effect.orDie)
     yield* sql`CREATE INDEX IF NOT EXISTS sessions_updated_at ON sessions (updated_at)`.pipe(Effect.orDie)
+    yield* sql`CREATE TABLE IF NOT EXISTS responses (
+      id TEXT PRIMARY KEY,
+      cache_key TEXT NOT NULL,
+      messages TEXT NOT NULL,
+      body TEXT NOT NULL,
+      created_at INTEGER NOT NULL
+    )`.pipe(Effect.orDie)
+    yield* sql`CREATE INDEX IF NOT EXISTS responses_created_at ON responses (created_at)`.pipe(Effect.orDie)
 
     const locks = new Map<string, { readonly semaphore: Effect.Semaphore; users: number }>()
 
@@ -116,18 +158,21 @@ export class SessionStore extends Effect.Service<SessionStore>()("weft/SessionSt
 
     const expiredBefore = (now: number) => now - settings.ttlMs
 
-    /** The live (unexpired) session `id`. */
-    const get = Effect.fn("SessionStore.get")(function*(id: string) {
+    /**
+     * The one owner check: the live session `id` if `owner` owns it. A missing, expired or foreign session reads
+     * the same (no row from the same query), so the three cannot be told apart by the answer or by the work done.
+     */
+    const get = Effect.fn("SessionStore.get")(function*(id: string, owner: SessionOwner) {
       const now = yield* Clock.currentTimeMillis
-      const rows = yield* sql`SELECT * FROM sessions WHERE id = ${id} AND updated_at >= ${expiredBefore(now)}`.pipe(
-        Effect.mapError(failed("get"))
-      )
+      const rows = yield* sql`SELECT * FROM sessions WHERE ${
+        sql.and([sql`id = ${id}`, sql`cache_key = ${owner}`, sql`updated_at >= ${expiredBefore(now)}`])
+      }`.pipe(Effect.mapError(failed("get")))
       if (rows.length === 0) return Option.none<Session>()
       const row = yield* decodeRow(rows[0]).pipe(Effect.mapError(failed("get")))
       return Option.some(
         new Session({
           id: row.id,
-          cacheKey: row.cache_key,
+          owner: row.cache_key,
           messages: row.messages,
           turns: row.turns,
           promptTokens: row.prompt_tokens,
@@ -139,26 +184,49 @@ export class SessionStore extends Effect.Service<SessionStore>()("weft/SessionSt
       )
     })
 
-    /** Appends a finished turn, creating the session on its first turn. */
-    const appendTurn = Effect.fn("SessionStore.appendTurn")(function*(id: string, cacheKey: string, turn: SessionTurn) {
+    /**
+     * The session a turn of `owner` continues: theirs, or none when the id is free for a new session; fails with
+     * `SessionOwnedByAnother` when another owner's live session has this id. Call it holding the turn lock.
+     */
+    const resume = Effect.fn("SessionStore.resume")(function*(id: string, owner: SessionOwner) {
+      const owned = yield* get(id, owner)
+      if (Option.isSome(owned)) return owned
       const now = yield* Clock.currentTimeMillis
-      const existing = yield* get(id)
+      const live = yield* sql`SELECT 1 FROM sessions WHERE id = ${id} AND updated_at >= ${expiredBefore(now)}`.pipe(
+        Effect.mapError(failed("resume"))
+      )
+      if (live.length > 0) return yield* new SessionOwnedByAnother({ sessionId: id })
+      return owned
+    })
+
+    /**
+     * Appends a finished turn of `owner`, creating the session on its first turn (over an expired one with the same
+     * id). Another owner's live session is never written: its id makes the insert fail. Call it holding the turn lock.
+     */
+    const appendTurn = Effect.fn("SessionStore.appendTurn")(function*(id: string, owner: SessionOwner, turn: SessionTurn) {
+      const now = yield* Clock.currentTimeMillis
+      const existing = yield* get(id, owner)
       const messages = [...Option.match(existing, { onNone: () => [], onSome: (session) => session.messages }), ...turn.newMessages, turn.reply]
       const encoded = JSON.stringify(messages)
       if (Option.isNone(existing)) {
-        yield* sql`INSERT OR REPLACE INTO sessions ${
-          sql.insert({
-            id,
-            cache_key: cacheKey,
-            messages: encoded,
-            turns: 1,
-            prompt_tokens: turn.usage.promptTokens,
-            completion_tokens: turn.usage.completionTokens,
-            cached_tokens: turn.usage.cachedTokens,
-            created_at: now,
-            updated_at: now
-          })
-        }`.pipe(Effect.mapError(failed("appendTurn")))
+        yield* sql.withTransaction(
+          Effect.zipRight(
+            sql`DELETE FROM sessions WHERE id = ${id} AND updated_at < ${expiredBefore(now)}`,
+            sql`INSERT INTO sessions ${
+              sql.insert({
+                id,
+                cache_key: owner,
+                messages: encoded,
+                turns: 1,
+                prompt_tokens: turn.usage.promptTokens,
+                completion_tokens: turn.usage.completionTokens,
+                cached_tokens: turn.usage.cachedTokens,
+                created_at: now,
+                updated_at: now
+              })
+            }`
+          )
+        ).pipe(Effect.mapError(failed("appendTurn")))
       } else {
         yield* sql`UPDATE sessions SET
           messages = ${encoded},
@@ -167,15 +235,24 @@ export class SessionStore extends Effect.Service<SessionStore>()("weft/SessionSt
           completion_tokens = completion_tokens + ${turn.usage.completionTokens},
           cached_tokens = cached_tokens + ${turn.usage.cachedTokens},
           updated_at = ${now}
-          WHERE id = ${id}`.pipe(Effect.mapError(failed("appendTurn")))
+          WHERE id = ${id} AND cache_key = ${owner}`.pipe(Effect.mapError(failed("appendTurn")))
       }
     })
 
-    /** Deletes session `id`; true when it existed. */
-    const remove = Effect.fn("SessionStore.remove")(function*(id: string) {
-      const existing = yield* get(id)
-      yield* sql`DELETE FROM sessions WHERE id = ${id}`.pipe(Effect.mapError(failed("remove")))
-      return Option.isSome(existing)
+    /**
+     * Deletes `owner`'s session `id`; true when it existed. The owner check runs before the turn lock is taken, so
+     * a request for someone else's busy session answers as fast as one for a missing id; the owner's delete waits
+     * for a running turn, which would otherwise save its reply into a new session.
+     */
+    const remove = Effect.fn("SessionStore.remove")(function*(id: string, owner: SessionOwner) {
+      if (Option.isNone(yield* get(id, owner))) return false
+      return yield* withTurnLock(
+        id,
+        Effect.map(
+          sql`DELETE FROM sessions WHERE id = ${id} AND cache_key = ${owner} RETURNING id`.pipe(Effect.mapError(failed("remove"))),
+          (rows) => rows.length > 0
+        )
+      )
     })
 
     /** Deletes every session idle past the TTL; returns how many. */
@@ -186,13 +263,57 @@ export class SessionStore extends Effect.Service<SessionStore>()("weft/SessionSt
       return rows[0]?.count ?? 0
     }).pipe(Effect.mapError(failed("sweepExpired")))
 
+    /** Stores a Responses API response; responses are immutable, and expire the TTL after they were created. */
+    const saveResponse = Effect.fn("SessionStore.saveResponse")(function*(response: StoredResponse) {
+      yield* sql`INSERT OR REPLACE INTO responses ${
+        sql.insert({
+          id: response.id,
+          cache_key: response.cacheKey,
+          messages: JSON.stringify(response.messages),
+          body: JSON.stringify(response.body),
+          created_at: response.createdAt
+        })
+      }`.pipe(Effect.mapError(failed("saveResponse")))
+    })
+
+    /** The live (unexpired) stored response `id`. */
+    const getResponse = Effect.fn("SessionStore.getResponse")(function*(id: string) {
+      const now = yield* Clock.currentTimeMillis
+      const rows = yield* sql`SELECT * FROM responses WHERE id = ${id} AND created_at >= ${expiredBefore(now)}`.pipe(
+        Effect.mapError(failed("getResponse"))
+      )
+      if (rows.length === 0) return Option.none<StoredResponse>()
+      const row = yield* decodeResponseRow(rows[0]).pipe(Effect.mapError(failed("getResponse")))
+      return Option.some(
+        new StoredResponse({ id: row.id, cacheKey: row.cache_key, messages: row.messages, body: row.body, createdAt: row.created_at })
+      )
+    })
+
+    /** Deletes stored response `id`; true when it existed. */
+    const removeResponse = Effect.fn("SessionStore.removeResponse")(function*(id: string) {
+      const existing = yield* getResponse(id)
+      yield* sql`DELETE FROM responses WHERE id = ${id}`.pipe(Effect.mapError(failed("removeResponse")))
+      return Option.isSome(existing)
+    })
+
+    const sweepExpiredResponses = Effect.gen(function*() {
+      const now = yield* Clock.currentTimeMillis
+      yield* sql`DELETE FROM responses WHERE created_at < ${expiredBefore(now)}`
+    }).pipe(Effect.mapError(failed("sweepExpiredResponses")))
+
+    yield* sweepExpiredResponses.pipe(
+      Effect.catchAll((error) => Effect.logWarning("Sweeping expired responses failed", error)),
+      Effect.repeat(Schedule.spaced(Duration.millis(settings.sweepIntervalMs))),
+      Effect.forkScoped
+    )
+
     yield* sweepExpired.pipe(
       Effect.catchAll((error) => Effect.logWarning("Sweeping expired sessions failed", error)),
       Effect.repeat(Schedule.spaced(Duration.millis(settings.sweepIntervalMs))),
       Effect.forkScoped
     )
 
-    return { get, appendTurn, remove, sweepExpired, lockTurn, withTurnLock } as const
+    return { get, resume, appendTurn, remove, sweepExpired, lockTurn, withTurnLock, saveResponse, getResponse, removeResponse } as const
   })
 }) {
   /** The store on a SQLite file (created if missing). */

@@ -28,6 +28,8 @@ const inputs: ReadonlyArray<{ readonly name: string; readonly route: string; rea
 describe("adversarial prompts while a stream runs", () => {
   let server: TestServer
   let streamed = 0
+  /** The largest event-loop delay with only the stream running: what this machine shows without any input. */
+  let baselineLagMs = 0
   const background = new AbortController()
 
   beforeAll(async () => {
@@ -43,6 +45,11 @@ describe("adversarial prompts while a stream runs", () => {
       for await (const chunk of response.body!) streamed += new TextDecoder().decode(chunk).split("data: ").length - 1
     })().catch(() => {})
     while (streamed === 0) await new Promise((resolve) => setTimeout(resolve, 10))
+    const idle = monitorEventLoopDelay({ resolution: 10 })
+    idle.enable()
+    await new Promise((resolve) => setTimeout(resolve, 500))
+    idle.disable()
+    baselineLagMs = idle.max / 1e6
   }, 60_000)
   afterAll(async () => {
     background.abort()
@@ -66,7 +73,9 @@ describe("adversarial prompts while a stream runs", () => {
 
       expect(status === 200 || (status >= 400 && status < 500), `${status} ${text.slice(0, 200)}`).toBe(true)
       if (status !== 200) expect((JSON.parse(text) as ErrorBody).error.code).toBe("context_length_exceeded")
-      expect(lag.max / 1e6).toBeLessThan(100)
+      // At most 100 ms more than the machine's own delay, so a loaded CI machine does not fail it while a stall (seconds
+      // before inputs were bounded and tokenized off the main thread) still does.
+      expect(lag.max / 1e6, `baseline ${baselineLagMs.toFixed(1)} ms`).toBeLessThan(100 + baselineLagMs)
       expect(streamed).toBeGreaterThan(tokensBefore)
       expect(healthStatuses.length).toBeGreaterThan(0)
       expect(healthStatuses.every((one) => one === 200)).toBe(true)

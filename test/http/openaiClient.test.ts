@@ -206,7 +206,7 @@ describe("openai client against the tiny model", () => {
   })
 
   it("maps 400, 404 and 413 to the client's error classes", async () => {
-    const badRequest = await client.chat.completions.create({ model: tinyModelId, messages: [{ role: "user", content: "x" }], n: 2 }).catch((error: unknown) => error)
+    const badRequest = await client.chat.completions.create({ model: tinyModelId, messages: [{ role: "user", content: "x" }], n: 99 }).catch((error: unknown) => error)
     expect(badRequest).toBeInstanceOf(OpenAI.BadRequestError)
     expect((badRequest as InstanceType<typeof OpenAI.BadRequestError>).status).toBe(400)
     expect((badRequest as InstanceType<typeof OpenAI.BadRequestError>).param).toBe("n")

@@ -81,10 +81,11 @@ describe("raw HTTP against the tiny model", () => {
     await expectError(await fetch(`${server.url}/v1/models/gpt-4o`), 404)
   })
 
-  it("answers n > 1 and several prompts with 400", async () => {
-    await expectError(await postJson(server, "/v1/chat/completions", chat({ n: 2 })), 400, "n")
+  it("answers n and prompt counts over the choice cap with 400", async () => {
+    await expectError(await postJson(server, "/v1/chat/completions", chat({ n: 17 })), 400, "n")
     expect((await postJson(server, "/v1/chat/completions", chat({ n: 1 }))).status).toBe(200)
-    await expectError(await postJson(server, "/v1/completions", { model: tinyModelId, prompt: ["a", "b"] }), 400, "prompt")
+    await expectError(await postJson(server, "/v1/completions", { model: tinyModelId, prompt: Array.from({ length: 17 }, () => "a") }), 400, "n")
+    await expectError(await postJson(server, "/v1/completions", { model: tinyModelId, prompt: [[1, 2], "b"] }), 400, "prompt")
   })
 
   it("answers unknown routes with 404 and wrong methods with 405 in OpenAI's envelope", async () => {

@@ -80,6 +80,75 @@ describe("streamed tool calls (SimBackend scripted output)", () => {
     expect(body.choices[0]!.finish_reason).toBe("stop")
   })
 
+  it("with n: 3, parses each choice on its own: every choice has both calls, streamed under its own index", async () => {
+    const response = await postJson(server, "/v1/chat/completions", {
+      model: "sim",
+      messages: [{ role: "user", content: "Hi" }],
+      tools,
+      tool_choice: "required",
+      n: 3,
+      stream: true
+    })
+    expect(response.status).toBe(200)
+    const frames = sseData(await response.text())
+    expect(frames[frames.length - 1]).toBe("[DONE]")
+    const chunks = frames.slice(0, -1).map((frame) => JSON.parse(frame) as OpenAI.ChatCompletionChunk)
+    for (const index of [0, 1, 2]) {
+      const choices = chunks.flatMap((chunk) => chunk.choices.filter((choice) => choice.index === index))
+      expect(choices.some((choice) => (choice.delta.content ?? "") !== "")).toBe(false)
+      const toolDeltas = choices.flatMap((choice) => choice.delta.tool_calls ?? [])
+      expect(toolDeltas.filter((delta) => delta.id !== undefined).map((delta) => [delta.index, delta.function!.name])).toEqual([
+        [0, "get_time"],
+        [1, "get_weather"]
+      ])
+      const argumentsOf = (call: number) =>
+        toolDeltas.filter((delta) => delta.index === call).map((delta) => delta.function!.arguments).join("")
+      expect(JSON.parse(argumentsOf(0))).toEqual({ zone: "UTC" })
+      expect(JSON.parse(argumentsOf(1))).toEqual({ city: "a } \" </tool_call>", days: [1, 2] })
+      expect(choices.filter((choice) => choice.finish_reason !== null).map((choice) => choice.finish_reason)).toEqual(["tool_calls"])
+    }
+
+    const blocking = await postJson(server, "/v1/chat/completions", {
+      model: "sim",
+      messages: [{ role: "user", content: "Hi" }],
+      tools,
+      n: 2
+    })
+    const body = (await blocking.json()) as OpenAI.ChatCompletion
+    expect(body.choices.map((choice) => [choice.index, choice.finish_reason, choice.message.content])).toEqual([
+      [0, "tool_calls", null],
+      [1, "tool_calls", null]
+    ])
+    for (const choice of body.choices) {
+      expect(choice.message.tool_calls!.map((call) => (call as OpenAI.ChatCompletionMessageFunctionToolCall).function.name))
+        .toEqual(["get_time", "get_weather"])
+    }
+    const ids = body.choices.flatMap((choice) => choice.message.tool_calls!.map((call) => call.id))
+    expect(new Set(ids).size).toBe(4)
+  })
+
+  it("answers 400 naming ignore_eos, or logprobs, combined with tools; with tool_choice none both are allowed", async () => {
+    for (const [param, extra] of [["ignore_eos", { ignore_eos: true }], ["logprobs", { logprobs: true }]] as const) {
+      const refused = await postJson(server, "/v1/chat/completions", {
+        model: "sim",
+        messages: [{ role: "user", content: "Hi" }],
+        tools,
+        ...extra
+      })
+      expect(refused.status).toBe(400)
+      expect(((await refused.json()) as { error: { param: string } }).error.param).toBe(param)
+      const allowed = await postJson(server, "/v1/chat/completions", {
+        model: "sim",
+        messages: [{ role: "user", content: "Hi" }],
+        tools,
+        tool_choice: "none",
+        max_tokens: 4,
+        ...extra
+      })
+      expect(allowed.status).toBe(200)
+    }
+  })
+
   it("refuses tools in a server-kept session with a 400, and keeps serving", async () => {
     const response = await postJson(server, "/v1/chat/completions", {
       model: "sim",

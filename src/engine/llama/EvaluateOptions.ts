@@ -25,7 +25,10 @@ export const evaluateOptions = (
     seed: sampling.seed,
     yieldEogToken: true
   }
-  if (sampling.ignoreEos) options.tokenBias = banEndOfGeneration
+  // Never under a grammar: once it is complete only end-of-generation is allowed, and with that banned llama.cpp's
+  // sampler fails to accept the token it picks instead, inside node-llama-cpp's batch dispatch, where the failure
+  // settles no promise and the whole context stops decoding.
+  if (sampling.ignoreEos && grammar === undefined) options.tokenBias = banEndOfGeneration
   if (grammar !== undefined) options.grammarEvaluationState = new LlamaGrammarEvaluationState({ model, grammar })
   if (sampling.repeatPenalty !== 1 || sampling.presencePenalty !== 0 || sampling.frequencyPenalty !== 0) {
     options.repeatPenalty = {

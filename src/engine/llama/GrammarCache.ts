@@ -4,6 +4,7 @@ import { WeftMetrics } from "../../observability/WeftMetrics.js"
 import { GrammarRejected } from "../Backend.js"
 import type { GrammarConstraint, ToolCallsConstraint } from "../SamplingOptions.js"
 import { errorMessage } from "./errorMessage.js"
+import { hardenGbnf } from "./JsonSchemaGrammar.js"
 import { toolCallGrammar } from "./ToolGrammar.js"
 import type { FunctionGrammar } from "./ToolGrammar.js"
 
@@ -57,7 +58,7 @@ export class GrammarCache {
   grammarFor(constraint: GrammarConstraint): Effect.Effect<LlamaGrammar, GrammarRejected> {
     if (constraint._tag === "Json") {
       return Effect.tryPromise({
-        try: () => (this.json ??= this.llama.getGrammarFor("json")),
+        try: () => (this.json ??= this.llama.getGrammarFor("json").then((grammar) => this.hardened(grammar))),
         catch: (error) => {
           this.json = undefined
           return new GrammarRejected({ message: errorMessage(error), cause: error })
@@ -74,7 +75,10 @@ export class GrammarCache {
   private schemaVerdict(schema: unknown): Effect.Effect<Verdict> {
     // node-llama-cpp parses the grammar synchronously inside; the JSON schema was checked by `toGrammarSchema`,
     // and node-llama-cpp's type only narrows what it supports.
-    return this.verdictOf(JSON.stringify(schema), () => this.llama.createGrammarForJsonSchema(schema as never))
+    return this.verdictOf(
+      JSON.stringify(schema),
+      () => this.llama.createGrammarForJsonSchema(schema as never).then((grammar) => this.hardened(grammar))
+    )
   }
 
   /** Composed from the functions' own schema grammars (each cached as for `response_format`). */
@@ -112,6 +116,16 @@ export class GrammarCache {
       Effect.tap((verdict) => this.remember(key, verdict)),
       Effect.tap(() => Metric.increment(this.tagged(WeftMetrics.grammarCacheMisses)))
     )
+  }
+
+  /** `grammar` with number and date rules whose output always parses and validates (see `hardenGbnf`). */
+  private hardened(grammar: LlamaGrammar): Promise<LlamaGrammar> {
+    return this.llama.createGrammar({
+      grammar: hardenGbnf(grammar.grammar),
+      stopGenerationTriggers: grammar.stopGenerationTriggers,
+      trimWhitespaceSuffix: grammar.trimWhitespaceSuffix,
+      rootRuleName: grammar.rootRuleName
+    })
   }
 
   private remember(key: string, verdict: Verdict): Effect.Effect<void> {

@@ -7,9 +7,11 @@ import { Backend, DecodeFailed, KvEraseFailed } from "../Backend.js"
 import type { BackendShape, Generation, StepResult } from "../Backend.js"
 import { prioritizeBySequence } from "../BatchPlan.js"
 import { StepBatcher } from "../StepBatcher.js"
+import { stepLogprobs } from "../StepLogprobs.js"
 import { defaultThreadTunerOptions, ThreadTuner } from "../ThreadTuner.js"
 import { makeBoundedTokenizer } from "./BoundedTokenizer.js"
 import { chatRenderer } from "./ChatRenderer.js"
+import { makeLlamaEmbedder } from "./Embeddings.js"
 import { errorMessage } from "./errorMessage.js"
 import { evaluateOptions } from "./EvaluateOptions.js"
 import { GrammarCache } from "./GrammarCache.js"
@@ -152,12 +154,12 @@ export const LlamaBackend = {
           })
         )
 
-        const info = llamaModelInfo(
-          config.modelId ?? basename(config.modelPath).replace(/\.gguf$/i, ""),
-          config.parallel,
-          model,
-          context
-        )
+        const embedder = yield* makeLlamaEmbedder(model, { contextSize: config.contextSize, threads })
+        const info = {
+          ...llamaModelInfo(config.modelId ?? basename(config.modelPath).replace(/\.gguf$/i, ""), config.parallel, model, context),
+          embeddingSize: embedder.size,
+          maxEmbeddingTokens: embedder.maxInputTokens
+        }
         const banEndOfGeneration = endOfGenerationBan(model, info.vocabSize)
         const grammars = new GrammarCache(llama, info.id, config.grammarCache)
         const tokenizer = yield* makeBoundedTokenizer(model, {
@@ -179,7 +181,11 @@ export const LlamaBackend = {
             const options = evaluateOptions(model, banEndOfGeneration, sampling, generated, grammar)
             const chunks = chunksOf(prompt as ReadonlyArray<Token>, prefillChunk)
             const participant = arrivals.claim(slot)
-            let iterator: AsyncGenerator<Token, void, Token | Array<Token> | undefined> | undefined
+            // Probabilities cost a copy of the sampler's candidates per step: asked for only with `logprobs`.
+            const metadata = { probabilities: sampling.logprobs !== undefined }
+            let iterator:
+              | AsyncGenerator<{ readonly token: Token; readonly probabilities?: Map<Token, number> }, void, void | Token | Array<Token>>
+              | undefined
             yield* Effect.addFinalizer(() =>
               Effect.promise(async () => {
                 participant.leave()
@@ -198,7 +204,7 @@ export const LlamaBackend = {
                   await participant.step(() => sequence.evaluateWithoutGeneratingNewTokens(chunk), { eager })
                   eager = false
                 }
-                iterator = sequence.evaluate(chunks[chunks.length - 1]!, options)
+                iterator = sequence.evaluateWithMetadata(chunks[chunks.length - 1]!, metadata, options)
               } else {
                 eager = false
               }
@@ -216,11 +222,14 @@ export const LlamaBackend = {
                 if (result.done === true) {
                   return new DecodeFailed({ slot, stage: "decode", message: "the sampler produced no token" })
                 }
-                const token = result.value
+                const { probabilities, token } = result.value
                 const cells = sequence.nextTokenIndex
                 if (model.isEogToken(token)) return Effect.succeed({ _tag: "EndOfGeneration", token, cells })
                 generated.push(token)
-                return Effect.succeed({ _tag: "Token", token, cells })
+                const logprobs = probabilities === undefined || sampling.logprobs === undefined
+                  ? undefined
+                  : stepLogprobs(probabilities, token, sampling.logprobs)
+                return Effect.succeed({ _tag: "Token", token, cells, logprobs })
               }),
               Effect.uninterruptible
             )
@@ -232,8 +241,8 @@ export const LlamaBackend = {
           ...tokenizer,
           toolCallSyntax: chatRenderer(model).toolCallSyntax,
           checkGrammar: (constraint) => Effect.asVoid(grammars.grammarFor(constraint)),
-          detokenize: (tokens, context) =>
-            model.detokenize(tokens as ReadonlyArray<Token>, false, context as ReadonlyArray<Token> | undefined),
+          detokenize: (tokens, context, options) =>
+            model.detokenize(tokens as ReadonlyArray<Token>, options?.special ?? false, context as ReadonlyArray<Token> | undefined),
           start,
           erase: (slot) =>
             Effect.tryPromise({
@@ -254,7 +263,8 @@ export const LlamaBackend = {
               (participant) => arrivals.expire(slot, participant)
             ),
           cells: (slot) => sequences[slot]!.nextTokenIndex,
-          tokensOf: (slot) => sequences[slot]!.contextTokens
+          tokensOf: (slot) => sequences[slot]!.contextTokens,
+          embed: embedder.embed
         } satisfies BackendShape
       })
     )

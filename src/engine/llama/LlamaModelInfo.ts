@@ -17,13 +17,13 @@ const kvBytesPerToken = (model: LlamaModel): number => {
   return 2 * layers * (embedding / heads) * kvHeads * bytesPerValue
 }
 
-/** What the scheduler needs to know about `model` loaded into `context` with `parallel` sequences. */
+/** What the scheduler needs to know about `model` loaded into `context` with `parallel` sequences (the embedder adds its own). */
 export const llamaModelInfo = (
   id: string,
   parallel: number,
   model: LlamaModel,
   context: LlamaContext
-): ModelInfo => ({
+): Omit<ModelInfo, "embeddingSize" | "maxEmbeddingTokens"> => ({
   id,
   parallel,
   // node-llama-cpp keeps one cell of each sequence free and asks for a context shift to use it

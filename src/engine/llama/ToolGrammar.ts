@@ -1,5 +1,6 @@
 import { callSectionStart } from "../ToolCallSyntax.js"
 import type { ToolCallSyntax } from "../ToolCallSyntax.js"
+import { hardenGbnf } from "./JsonSchemaGrammar.js"
 
 /** One callable function and the GBNF grammar (with a `root` rule) of its arguments. */
 export interface FunctionGrammar {
@@ -66,17 +67,12 @@ export const withoutTrailingNewlines = (gbnf: string): string =>
   gbnf.replace(/^(root ::= .*?)\s*"(?:\\n)+"\s*\[\\n\]\*\s*$/m, "$1")
 
 /**
- * node-llama-cpp's number rules allow 16-digit exponents (`5E2025` parses to Infinity) and integers in exponent
- * notation or past 2^53; here integers are plain digits that stay exact and exponents are at most two digits, so
- * arguments always parse to finite numbers and integers stay integers.
+ * The schema grammar hardened as for `response_format` (`hardenGbnf`: finite numbers with at most two-digit exponents,
+ * valid dates and times), with integers one digit shorter still: at most 15 digits, so they stay exact (below 2^53)
+ * once a client parses the arguments.
  */
 export const finiteNumbers = (gbnf: string): string =>
-  gbnf
-    .replace(/^integer-number-rule ::= .*$/m, "integer-number-rule ::= \"-\"? (\"0\" | [1-9] [0-9]{0,14})")
-    .replace(
-      /^fractional-number-rule ::= .*$/m,
-      "fractional-number-rule ::= \"-\"? (\"0\" | [1-9] [0-9]{0,14}) (\".\" [0-9]{1,16})? ([eE] [-+]? [0-9]{1,2})?"
-    )
+  hardenGbnf(gbnf).replace(/^integer-number-rule ::= .*$/m, "integer-number-rule ::= \"-\"? (\"0\" | [1-9] [0-9]{0,14})")
 
 /**
  * The GBNF grammar of a tool-call answer: one call (or several, separated as the syntax separates them) of one of the

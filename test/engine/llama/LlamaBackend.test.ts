@@ -171,6 +171,21 @@ describe("LlamaBackend on the tiny model", () => {
         expect(stats.slots.free).toBe(parallel)
       }))
 
+    it.effect("ignore_eos under a grammar still ends when the grammar is complete, instead of wedging the context", () =>
+      Effect.gen(function*() {
+        const scheduler = yield* RequestScheduler
+        const backend = yield* Backend
+        // The prompt and seed the hostile-body property found: with end-of-generation banned, the sampler failed to
+        // accept a token once the JSON object was complete, and no request on the context answered again.
+        const prompt = [backend.info.bosToken!, ...(yield* backend.tokenize("\u{21FD9}\u{2D39B}\u{A3D77}", { special: true }))]
+        const sampling = { ...defaultSampling, seed: 1, ignoreEos: true, grammar: { _tag: "Json" } as const }
+        for (const id of ["g1", "g2", "g3"]) {
+          const events = yield* run(scheduler, request(id, prompt, { sampling, maxTokens: 12 }))
+          expect(["stop", "length"]).toContain(finishedOf(events).finishReason)
+        }
+        expect((yield* scheduler.stats).slots.free).toBe(parallel)
+      }))
+
     it.effect("the same seed and prompt give the same text; another seed gives other text", () =>
       Effect.gen(function*() {
         const scheduler = yield* RequestScheduler
