@@ -1,6 +1,7 @@
 import { Context, Schema } from "effect"
 import type { Effect, Scope } from "effect"
 import type { GrammarConstraint, SamplingOptions } from "./SamplingOptions.js"
+import type { ToolCallRecord, ToolCallSyntax, ToolFunction } from "./ToolCallSyntax.js"
 
 /** What the scheduler needs to know about the loaded model. */
 export interface ModelInfo {
@@ -48,10 +49,17 @@ export interface Generation {
   readonly next: Effect.Effect<StepResult, DecodeFailed>
 }
 
-/** One chat turn, as OpenAI's `messages` carry it once content parts are joined. */
+/**
+ * One chat turn, as OpenAI's `messages` carry it once content parts are joined: an assistant turn may carry the tool
+ * calls it made, and a `tool` turn the result of one of them.
+ */
 export interface ChatMessage {
-  readonly role: "system" | "user" | "assistant"
+  readonly role: "system" | "user" | "assistant" | "tool"
   readonly content: string
+  /** Only on assistant turns. */
+  readonly toolCalls?: ReadonlyArray<ToolCallRecord> | undefined
+  /** Only on tool turns: the call this is the result of. */
+  readonly toolCallId?: string | undefined
 }
 
 /** The seam between the scheduler and an inference engine. Slots are identified by their index `0 … parallel-1`. */
@@ -71,10 +79,16 @@ export interface BackendShape {
     context?: ReadonlyArray<number>,
     options?: { readonly special?: boolean }
   ) => string
-  /** Renders a conversation with the model's own chat template, ending with the assistant's generation prompt. */
+  /**
+   * Renders a conversation with the model's own chat template, ending with the assistant's generation prompt; `tools`
+   * are offered to the model as its template presents them.
+   */
   readonly renderChat: (
-    messages: ReadonlyArray<ChatMessage>
+    messages: ReadonlyArray<ChatMessage>,
+    tools?: ReadonlyArray<ToolFunction>
   ) => Effect.Effect<ReadonlyArray<number>, ChatTemplateFailed | PromptTooLarge>
+  /** How this model writes tool calls (the syntax `renderChat` teaches it when given tools). */
+  readonly toolCallSyntax: ToolCallSyntax
   /**
    * Builds (or finds already built) the grammar for `constraint`, so a grammar the engine cannot parse is refused before
    * the request takes a slot; `start` then uses the same grammar.

@@ -1,3 +1,5 @@
+import type { ToolCallSyntax } from "./ToolCallSyntax.js"
+
 /** Per-request sampling parameters, already validated and defaulted by the caller. */
 export interface SamplingOptions {
   readonly temperature: number
@@ -24,6 +26,17 @@ export interface SamplingOptions {
 export type GrammarConstraint =
   | { readonly _tag: "Json" }
   | { readonly _tag: "JsonSchema"; readonly schema: unknown }
+  | ToolCallsConstraint
+
+/** Tool calls in `syntax` to one of `functions`, arguments matching its schema; `allowText` also allows a text answer. */
+export interface ToolCallsConstraint {
+  readonly _tag: "ToolCalls"
+  readonly syntax: ToolCallSyntax
+  /** Each function's name and its arguments' JSON schema, as `toGrammarSchema` normalized it. */
+  readonly functions: ReadonlyArray<{ readonly name: string; readonly schema: unknown }>
+  readonly allowText: boolean
+  readonly parallel: boolean
+}
 
 /** llama-server's defaults, so an empty request samples like it does. */
 export const defaultSampling: Omit<SamplingOptions, "seed"> = {

@@ -1,9 +1,10 @@
 import { Duration, Effect, Layer } from "effect"
 import { Backend, DecodeFailed, KvEraseFailed } from "./Backend.js"
-import type { BackendShape, Generation, StepResult } from "./Backend.js"
+import type { BackendShape, ChatMessage, Generation, StepResult } from "./Backend.js"
 import { l2Normalized } from "./L2Normalized.js"
 import type { SamplingOptions } from "./SamplingOptions.js"
 import { stepLogprobs } from "./StepLogprobs.js"
+import { hermesToolCallSyntax } from "./ToolCallSyntax.js"
 
 /** What the simulated engine does for one prompt: when it ends, and where it fails. */
 export interface SimScript {
@@ -14,6 +15,8 @@ export interface SimScript {
   readonly failAtToken?: number | undefined
   /** The next `failEraseTimes` erases of this request's slot fail before one succeeds. */
   readonly failEraseTimes?: number | undefined
+  /** Generate exactly this text, one byte a token, then end (instead of cycling through the built-in text). */
+  readonly text?: string | undefined
 }
 
 export interface SimBackendConfig {
@@ -45,6 +48,15 @@ const promptHash = (prompt: ReadonlyArray<number>): number => {
   let hash = 2166136261
   for (const token of prompt) hash = Math.imul(hash ^ token, 16777619)
   return hash >>> 0
+}
+
+/** One rendered turn: its role and content, then any calls it made (Hermes-style) or the call it answers. */
+const simTurn = (message: ChatMessage): string => {
+  const calls = (message.toolCalls ?? []).map((call) =>
+    `${hermesToolCallSyntax.callPrefix}${call.name}${hermesToolCallSyntax.paramsPrefix}${call.arguments}${hermesToolCallSyntax.callSuffix}`
+  )
+  const answers = message.toolCallId === undefined ? "" : `<for ${message.toolCallId}>`
+  return `<${message.role}>${answers}${message.content}${calls.join(hermesToolCallSyntax.betweenCalls)}\n`
 }
 
 /** A unit vector determined by `tokens`: pseudo-random components seeded by their hash (mulberry32). */
@@ -87,6 +99,8 @@ export const makeSimBackend = (config: SimBackendConfig): BackendShape => {
       while ((outputText[offset]! & 0xc0) === 0x80) offset = (offset + 1) % outputText.length
       let generated = 0
       let pending: ReadonlyArray<number> = prompt
+      const scripted = script.text === undefined ? undefined : new TextEncoder().encode(script.text)
+      const endAt = scripted === undefined ? script.eosAt : Math.min(script.eosAt ?? scripted.length, scripted.length)
 
       const step = Effect.gen(function*() {
         const isPrefill = generated === 0
@@ -99,10 +113,12 @@ export const makeSimBackend = (config: SimBackendConfig): BackendShape => {
         if (!isPrefill && script.failAtToken === generated) {
           return yield* new DecodeFailed({ slot, stage: "decode", message: `injected failure at token ${generated}` })
         }
-        if (script.eosAt === generated && !sampling.ignoreEos) {
+        if (endAt === generated && !sampling.ignoreEos) {
           return { _tag: "EndOfGeneration", token: SimTokens.eos, cells: held[slot]!.length } satisfies StepResult
         }
-        const token = outputText[(offset + generated) % outputText.length]!
+        const token = scripted === undefined
+          ? outputText[(offset + generated) % outputText.length]!
+          : scripted[generated % scripted.length]!
         generated += 1
         pending = [token]
         const logprobs = sampling.logprobs === undefined ? undefined : stepLogprobs(simProbabilities(token), token, sampling.logprobs)
@@ -135,11 +151,13 @@ export const makeSimBackend = (config: SimBackendConfig): BackendShape => {
       maxEmbeddingTokens: config.contextSize
     },
     tokenize: (text) => Effect.sync(() => Array.from(new TextEncoder().encode(text))),
-    renderChat: (messages) =>
+    renderChat: (messages, tools) =>
       Effect.sync(() => {
-        const text = messages.map((message) => `<${message.role}>${message.content}\n`).join("") + "<assistant>"
+        const offered = tools === undefined ? "" : `<tools>${JSON.stringify(tools)}</tools>\n`
+        const text = offered + messages.map(simTurn).join("") + "<assistant>"
         return [SimTokens.bos, ...new TextEncoder().encode(text)]
       }),
+    toolCallSyntax: hermesToolCallSyntax,
     // The simulator samples without grammars: every constraint is accepted.
     checkGrammar: () => Effect.void,
     detokenize: (tokens) => utf8.decode(Uint8Array.from(tokens.filter((token) => token < 256))),

@@ -5,12 +5,19 @@ import { GenerationCancelled } from "./HttpErrors.js"
 import { errorReply } from "./OpenAiErrors.js"
 import type { ApiFailure } from "./OpenAiErrors.js"
 import { characterCount, chunkBody, completionBody } from "./OpenAiResponses.js"
+import { ToolCallParser } from "../engine/ToolCallParser.js"
+import type { ToolCallEvent } from "../engine/ToolCallParser.js"
+import type { ToolCallSyntax } from "../engine/ToolCallSyntax.js"
+import { randomUUID } from "node:crypto"
 import type { ChunkPart, OpenAiFinishReason, ResponseMeta } from "./OpenAiResponses.js"
 
 export type Finished = Extract<GenerationEvent, { readonly _tag: "Finished" }>
 
+/** How the engine ends a generation normally; `tool_calls` is decided later, from the output. */
+type EngineFinishReason = Exclude<OpenAiFinishReason, "tool_calls">
+
 type Outcome =
-  | { readonly _tag: "Done"; readonly reason: OpenAiFinishReason }
+  | { readonly _tag: "Done"; readonly reason: EngineFinishReason }
   | { readonly _tag: "Failed"; readonly failure: ApiFailure }
 
 /** How a finished generation is answered: its OpenAI finish reason, or the failure it ended with. */
@@ -32,6 +39,26 @@ export const outcomeOf = (finished: Finished): Effect.Effect<Outcome> => {
   })
 }
 
+/** OpenAI's id of a tool call. */
+const newCallId = () => `call_${randomUUID().replaceAll("-", "").slice(0, 24)}`
+
+/** A generation that ended normally with tool calls ends for them, unless it was cut at the length limit. */
+const withToolCalls = (reason: OpenAiFinishReason, calls: number): OpenAiFinishReason =>
+  calls > 0 && reason === "stop" ? "tool_calls" : reason
+
+/** The text and tool calls of a complete output. */
+const splitToolCalls = (syntax: ToolCallSyntax, output: string) => {
+  const parser = new ToolCallParser(syntax)
+  let text = ""
+  const calls: Array<{ id: string; name: string; arguments: string }> = []
+  for (const event of [...parser.push(output), ...parser.finish()]) {
+    if (event._tag === "Text") text += event.text
+    else if (event._tag === "CallStarted") calls.push({ id: newCallId(), name: event.name, arguments: "" })
+    else calls[event.index]!.arguments += event.text
+  }
+  return { text, calls }
+}
+
 /** One choice's generation event: `index` is the choice's place in the response. */
 export interface ChoiceEvent {
   readonly index: number
@@ -48,6 +75,8 @@ export interface GenerationRun {
   readonly choicesPerPrompt: number
   /** Whether the request asked for logprobs. */
   readonly logprobs: boolean
+  /** Set when the output may hold tool calls written in this syntax. */
+  readonly toolSyntax?: ToolCallSyntax | undefined
 }
 
 /** Whether a finished choice ended in a failure, which fails the whole response. */
@@ -117,7 +146,15 @@ export const jsonResponse = (
         return yield* Effect.dieMessage("generation stream ended without a Finished event")
       }
       tally.add(index, state.finished.usage)
-      choices.push({ text: state.parts.join(""), finishReason: outcome.reason, logprobs: run.logprobs ? state.logprobs : undefined })
+      const output = state.parts.join("")
+      const logprobs = run.logprobs ? state.logprobs : undefined
+      if (run.toolSyntax === undefined) {
+        choices.push({ text: output, finishReason: outcome.reason, logprobs })
+      } else {
+        // Each choice's output is parsed on its own: its tool calls are its own.
+        const { calls, text } = splitToolCalls(run.toolSyntax, output)
+        choices.push({ text, finishReason: withToolCalls(outcome.reason, calls.length), logprobs, toolCalls: calls })
+      }
     }
     return HttpServerResponse.unsafeJson(completionBody(run.meta, choices, tally.total))
   })
@@ -130,16 +167,32 @@ const frame = (body: unknown) => `data: ${JSON.stringify(body)}\n\n`
  * it would delay every token by one). Usage and `[DONE]` follow the last choice's end.
  */
 const sseFrames = (run: GenerationRun, includeUsage: boolean) => {
-  const { meta } = run
+  const { meta, toolSyntax } = run
   const chunk = (part: ChunkPart) => frame(chunkBody(meta, part, includeUsage))
   // Written only by this stream's fiber, one event at a time.
   const tally = new UsageTally(run.choicesPerPrompt)
   const sent = Array.from({ length: run.choices }, () => 0)
+  // With tools, each choice's text goes through a parser of its own, so tool-call markup turns into that choice's
+  // `tool_calls` deltas and never into content.
+  const parsers = Array.from({ length: run.choices }, () => toolSyntax === undefined ? undefined : new ToolCallParser(toolSyntax))
+  const toolFrames = (index: number, events: ReadonlyArray<ToolCallEvent>) =>
+    events.map((event) =>
+      chunk(
+        event._tag === "Text"
+          ? { _tag: "Content", index, text: event.text, finishReason: null }
+          : event._tag === "CallStarted"
+          ? { _tag: "ToolCallStart", index, call: event.index, id: newCallId(), name: event.name }
+          : { _tag: "ToolCallArguments", index, call: event.index, text: event.text }
+      )
+    )
   return ({ event, index }: ChoiceEvent): Effect.Effect<ReadonlyArray<string>> => {
+    const parser = parsers[index]
     switch (event._tag) {
       case "Started":
         return Effect.succeed(meta.kind === "chat" ? [chunk({ _tag: "Role", index })] : [])
       case "Delta": {
+        // Logprobs are refused together with tools (see `planOf`), so a parsed choice has none to carry.
+        if (parser !== undefined) return Effect.succeed(event.text === "" ? [] : toolFrames(index, parser.push(event.text)))
         if (event.text === "" && (event.logprobs === undefined || event.logprobs.length === 0)) return Effect.succeed([])
         const offset = sent[index]!
         sent[index] = offset + characterCount(event.text)
@@ -149,7 +202,9 @@ const sseFrames = (run: GenerationRun, includeUsage: boolean) => {
         return Effect.flatMap(outcomeOf(event), (outcome) => {
           if (outcome._tag === "Done") {
             tally.add(index, event.usage)
-            const frames = [chunk({ _tag: "Content", index, text: "", finishReason: outcome.reason })]
+            const rest = parser === undefined ? [] : toolFrames(index, parser.finish())
+            const reason = withToolCalls(outcome.reason, parser?.calls ?? 0)
+            const frames = [...rest, chunk({ _tag: "Content", index, text: "", finishReason: reason })]
             if (tally.finished < run.choices) return Effect.succeed(frames)
             if (includeUsage) frames.push(chunk({ _tag: "Usage", usage: tally.total }))
             frames.push("data: [DONE]\n\n")
@@ -220,7 +275,7 @@ export const startedEvents = <A>(events: Stream.Stream<A, ApiFailure>, eventOf: 
 /** Runs one generation to its end: its whole text and how it finished, or the failure it ended with. */
 export const generatedText = (
   events: Stream.Stream<GenerationEvent, ApiFailure>
-): Effect.Effect<{ readonly text: string; readonly finished: Finished; readonly reason: OpenAiFinishReason }, ApiFailure> =>
+): Effect.Effect<{ readonly text: string; readonly finished: Finished; readonly reason: EngineFinishReason }, ApiFailure> =>
   Effect.gen(function*() {
     const { finished, parts } = yield* Stream.runFold(
       events,

@@ -3,11 +3,13 @@ import type { BackendShape, ChatMessage, PromptTooLarge } from "../engine/Backen
 import { defaultSampling } from "../engine/SamplingOptions.js"
 import type { GrammarConstraint } from "../engine/SamplingOptions.js"
 import { toGrammarSchema } from "../engine/llama/JsonSchemaGrammar.js"
+import type { ToolCallSyntax } from "../engine/ToolCallSyntax.js"
 import type { GenerationRequest, Priority } from "../scheduler/GenerationRequest.js"
 import { InvalidParam } from "./HttpErrors.js"
 import { quoteValue, shorten } from "./QuotedValue.js"
 import { unsupportedParamIn } from "./OpenAiRequests.js"
-import type { ChatMessageInput, CompletionRequest, OpenAiEndpoint, ResponseFormat, SharedRequest } from "./OpenAiRequests.js"
+import type { ChatCompletionRequest, ChatMessageInput, CompletionRequest, OpenAiEndpoint, ResponseFormat, SharedRequest } from "./OpenAiRequests.js"
+import { offeredTools, toolPlanOf } from "./ToolCalls.js"
 
 /** Everything about a generation except its id and prompt, and how to answer it. */
 export interface GenerationPlan {
@@ -16,6 +18,8 @@ export interface GenerationPlan {
   readonly n: number
   readonly stream: boolean
   readonly includeUsage: boolean
+  /** Set when the output may hold tool calls in this syntax (chat requests with tools). */
+  readonly toolSyntax?: ToolCallSyntax | undefined
 }
 
 /**
@@ -155,11 +159,21 @@ export const planOf = (
     }
     const logprobs = yield* logprobsOf(body)
     const stop = body.stop === undefined ? [] : typeof body.stop === "string" ? [body.stop] : body.stop
-    const grammar = yield* grammarOf(body.response_format, backend)
+    const tools = "messages" in body ? yield* toolPlanOf(body, backend) : undefined
+    const grammar = tools?.constraint ?? (yield* grammarOf(body.response_format, backend))
     if (grammar !== undefined && body.ignore_eos === true) {
       return yield* new InvalidParam({
         param: "ignore_eos",
-        message: "ignore_eos cannot be combined with a json_object or json_schema response_format: the grammar decides where the output ends",
+        message: tools === undefined
+          ? "ignore_eos cannot be combined with a json_object or json_schema response_format: the grammar decides where the output ends"
+          : "ignore_eos cannot be combined with tools (unless tool_choice is \"none\"): the tool-call grammar decides where the output ends",
+        code: "unsupported_value"
+      })
+    }
+    if (tools !== undefined && logprobs !== undefined) {
+      return yield* new InvalidParam({
+        param: "logprobs",
+        message: "logprobs cannot be combined with tools (unless tool_choice is \"none\"): tool-call output is not scored token by token",
         code: "unsupported_value"
       })
     }
@@ -192,23 +206,31 @@ export const planOf = (
       },
       n,
       stream: body.stream ?? false,
-      includeUsage: body.stream_options?.include_usage ?? false
+      includeUsage: body.stream_options?.include_usage ?? false,
+      toolSyntax: tools?.syntax
     }
   })
 
 const messageText = (content: ChatMessageInput["content"]): string =>
   content === undefined ? "" : typeof content === "string" ? content : content.map((part) => part.text).join("")
 
-/** Chat messages rendered with the model's own chat template. */
-/** OpenAI messages as the chat template takes them (`developer` is a system message, content parts joined). */
+/**
+ * OpenAI messages as the chat template takes them (`developer` is a system message, content parts joined, an
+ * assistant's tool calls and a tool result's call id kept).
+ */
 export const chatMessagesOf = (messages: ReadonlyArray<ChatMessageInput>): ReadonlyArray<ChatMessage> =>
   messages.map((message): ChatMessage => ({
     role: message.role === "developer" ? "system" : message.role,
-    content: messageText(message.content)
+    content: messageText(message.content),
+    ...(message.role === "assistant" && message.tool_calls !== undefined && message.tool_calls.length > 0
+      ? { toolCalls: message.tool_calls.map((call) => ({ id: call.id, name: call.function.name, arguments: call.function.arguments })) }
+      : {}),
+    ...(message.role === "tool" && message.tool_call_id !== undefined ? { toolCallId: message.tool_call_id } : {})
   }))
 
-export const chatPrompt = (backend: BackendShape, messages: ReadonlyArray<ChatMessageInput>) =>
-  backend.renderChat(chatMessagesOf(messages))
+/** A chat request's prompt, rendered with the model's own chat template and the tools offered to it. */
+export const chatPrompt = (backend: BackendShape, body: ChatCompletionRequest) =>
+  backend.renderChat(chatMessagesOf(body.messages), offeredTools(body))
 
 /**
  * A completion's prompts as tokens, one list per prompt. Text gets BOS first when the model has one, and its

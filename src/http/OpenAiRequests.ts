@@ -27,13 +27,27 @@ const TextPart = Schema.Struct({
 
 const MessageContent = Schema.Union(Schema.String, Schema.Array(TextPart))
 
-/** One chat message; `developer` is OpenAI's newer name for `system`. */
+/** A function name as OpenAI allows it, so it can be written into a grammar and a prompt as is. */
+const FunctionName = Schema.String.pipe(Schema.pattern(/^[a-zA-Z0-9_-]{1,64}$/)).annotations(
+  expected("a function name of 1 to 64 letters, digits, underscores or dashes")
+)
+
+/** A tool call an assistant message made, as the history carries it. */
+const ToolCallInput = Schema.Struct({
+  id: Schema.String,
+  type: Schema.Literal("function").annotations(expectedExactly("\"function\" (only function tools are supported)")),
+  function: Schema.Struct({ name: FunctionName, arguments: Schema.String })
+})
+
+/** One chat message; `developer` is OpenAI's newer name for `system`; `tool` carries the result of a tool call. */
 export const ChatMessageInput = Schema.Struct({
-  role: Schema.Literal("system", "developer", "user", "assistant").annotations(
-    expectedExactly("one of \"system\", \"developer\", \"user\", \"assistant\"")
+  role: Schema.Literal("system", "developer", "user", "assistant", "tool").annotations(
+    expectedExactly("one of \"system\", \"developer\", \"user\", \"assistant\", \"tool\"")
   ),
   content: optional(MessageContent),
-  name: optional(Schema.String)
+  name: optional(Schema.String),
+  tool_calls: optional(Schema.Array(ToolCallInput)),
+  tool_call_id: optional(Schema.String)
 })
 export type ChatMessageInput = typeof ChatMessageInput.Type
 
@@ -89,9 +103,31 @@ const SharedFields = {
   timeout_total_ms: optional(PositiveInt)
 }
 
+/** A function the model may call; `parameters` is the JSON schema of its arguments object. */
+export const ToolInput = Schema.Struct({
+  type: Schema.Literal("function").annotations(expectedExactly("\"function\" (only function tools are supported)")),
+  function: Schema.Struct({
+    name: FunctionName,
+    description: optional(Schema.String),
+    parameters: optional(Schema.Unknown),
+    strict: optional(Schema.Boolean)
+  })
+})
+export type ToolInput = typeof ToolInput.Type
+
+/** `tool_choice`: let the model decide, never call, always call, or call the named function. */
+export const ToolChoice = Schema.Union(
+  Schema.Literal("none", "auto", "required"),
+  Schema.Struct({ type: Schema.Literal("function"), function: Schema.Struct({ name: Schema.String }) })
+).annotations(expectedExactly("\"none\", \"auto\", \"required\" or {\"type\": \"function\", \"function\": {\"name\": …}}"))
+export type ToolChoice = typeof ToolChoice.Type
+
 /** Body of `POST /v1/chat/completions`. */
 export const ChatCompletionRequest = Schema.Struct({
   ...SharedFields,
+  tools: optional(Schema.Array(ToolInput).pipe(Schema.maxItems(128))),
+  tool_choice: optional(ToolChoice),
+  parallel_tool_calls: optional(Schema.Boolean),
   /** Weft extension: continue a server-kept conversation; `messages` then carries only this turn's new messages. */
   session_id: optional(Schema.String.pipe(Schema.pattern(safeIdPattern, { message: () => safeIdDescription }))),
   messages: Schema.Array(ChatMessageInput).annotations(expected("an array of messages")).pipe(

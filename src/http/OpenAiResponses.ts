@@ -13,7 +13,15 @@ export interface ResponseMeta {
 }
 
 /** OpenAI's finish reasons for a generation that ended normally. */
-export type OpenAiFinishReason = "stop" | "length"
+export type OpenAiFinishReason = "stop" | "length" | "tool_calls"
+
+/** A tool call of a complete response. */
+export interface ToolCallOutput {
+  readonly id: string
+  readonly name: string
+  /** JSON text, as OpenAI sends it. */
+  readonly arguments: string
+}
 
 export interface OpenAiUsage {
   readonly prompt_tokens: number
@@ -29,6 +37,17 @@ export const usageOf = (usage: Usage): OpenAiUsage => ({
   total_tokens: usage.promptTokens + usage.completionTokens,
   prompt_tokens_details: { cached_tokens: usage.cachedTokens }
 })
+
+/** An assistant message; with tool calls, `content` is the text before them, or null when there is none. */
+const messageOf = (text: string, toolCalls: ReadonlyArray<ToolCallOutput>) =>
+  toolCalls.length === 0
+    ? { role: "assistant", content: text, refusal: null }
+    : {
+      role: "assistant",
+      content: text === "" ? null : text,
+      refusal: null,
+      tool_calls: toolCalls.map((call) => ({ id: call.id, type: "function", function: { name: call.name, arguments: call.arguments } }))
+    }
 
 const utf8 = new TextEncoder()
 const bytesOf = (text: string) => Array.from(utf8.encode(text))
@@ -73,6 +92,8 @@ export interface ChoiceResult {
   readonly text: string
   readonly finishReason: OpenAiFinishReason
   readonly logprobs?: ReadonlyArray<GeneratedLogprob> | undefined
+  /** The tool calls a chat choice made (its `text` is then what came before them). */
+  readonly toolCalls?: ReadonlyArray<ToolCallOutput> | undefined
 }
 
 /** The complete (non-streaming) response body, choices in `index` order. */
@@ -85,7 +106,7 @@ export const completionBody = (meta: ResponseMeta, choices: ReadonlyArray<Choice
       model: meta.model,
       choices: choices.map((choice, index) => ({
         index,
-        message: { role: "assistant", content: choice.text, refusal: null },
+        message: messageOf(choice.text, choice.toolCalls ?? []),
         logprobs: choice.logprobs === undefined ? null : chatLogprobs(choice.logprobs),
         finish_reason: choice.finishReason
       })),
@@ -118,6 +139,19 @@ export type ChunkPart =
     readonly offset?: number | undefined
   }
   | { readonly _tag: "Usage"; readonly usage: Usage }
+  /** A tool call of choice `index` begins (the choice's `call`-th): its id and function name, with empty arguments. */
+  | { readonly _tag: "ToolCallStart"; readonly index: number; readonly call: number; readonly id: string; readonly name: string }
+  /** More of the arguments of choice `index`'s `call`-th tool call. */
+  | { readonly _tag: "ToolCallArguments"; readonly index: number; readonly call: number; readonly text: string }
+
+/** The delta of a tool-call chunk, as OpenAI streams it: id, type and name first, then argument fragments. */
+const toolCallDelta = (part: Extract<ChunkPart, { readonly _tag: "ToolCallStart" | "ToolCallArguments" }>) => ({
+  tool_calls: [
+    part._tag === "ToolCallStart"
+      ? { index: part.call, id: part.id, type: "function", function: { name: part.name, arguments: "" } }
+      : { index: part.call, function: { arguments: part.text } }
+  ]
+})
 
 /** One streamed chunk; with `include_usage` every chunk has `usage` (null until the last), as OpenAI sends it. */
 export const chunkBody = (meta: ResponseMeta, part: ChunkPart, includeUsage: boolean) => {
@@ -129,6 +163,9 @@ export const chunkBody = (meta: ResponseMeta, part: ChunkPart, includeUsage: boo
     model: meta.model
   }
   if (part._tag === "Usage") return { ...head, choices: [], ...usage }
+  if (part._tag === "ToolCallStart" || part._tag === "ToolCallArguments") {
+    return { ...head, choices: [{ index: part.index, delta: toolCallDelta(part), logprobs: null, finish_reason: null }], ...usage }
+  }
   const content = part._tag === "Content" ? part : undefined
   const finishReason = content?.finishReason ?? null
   if (meta.kind === "text") {

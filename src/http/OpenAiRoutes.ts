@@ -127,7 +127,9 @@ const generationRoute = <A extends SharedRequest, I>(
       events: mergeChoices(choices),
       choices: choices.length,
       choicesPerPrompt: plan.n,
-      logprobs: request.sampling.logprobs !== undefined
+      logprobs: request.sampling.logprobs !== undefined,
+      // Each choice's output is parsed for tool calls on its own.
+      toolSyntax: plan.toolSyntax
     }
     const response = plan.stream ? yield* sseResponse(run, plan.includeUsage) : yield* jsonResponse(run)
     return headers === undefined ? response : HttpServerResponse.setHeaders(response, headers)
@@ -146,7 +148,14 @@ const chatRun: RunOf<ChatCompletionRequest> = (backend, body, n, submit) =>
   Effect.gen(function*() {
     const request = yield* HttpServerRequest.HttpServerRequest
     const sessionId = body.session_id ?? request.headers["x-session-id"]
-    if (sessionId === undefined) return { choices: fanOut([yield* chatPrompt(backend, body.messages)], n, submit) }
+    if (sessionId === undefined) return { choices: fanOut([yield* chatPrompt(backend, body)], n, submit) }
+    if (body.tools !== undefined || body.messages.some((message) => message.role === "tool" || message.tool_calls !== undefined)) {
+      return yield* new InvalidParam({
+        param: "tools",
+        message: "Tools and tool messages are not supported in server-kept sessions; send the whole conversation instead",
+        code: "unsupported_value"
+      })
+    }
     if (n > 1) {
       return yield* new InvalidParam({ param: "n", message: "A session turn has one reply: n must be 1 with session_id", code: "unsupported_value" })
     }

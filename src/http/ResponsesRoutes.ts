@@ -80,10 +80,13 @@ const renamed = (error: InvalidParam) =>
     })
     : error
 
-const messagesOf = (input: ResponseCreateRequest["input"]): ReadonlyArray<ChatMessage> =>
+/** A message of a Responses conversation: no tool turns, so it is stored as it is. */
+type ConversationMessage = ChatMessage & { readonly role: "system" | "user" | "assistant" }
+
+const messagesOf = (input: ResponseCreateRequest["input"]): ReadonlyArray<ConversationMessage> =>
   typeof input === "string"
     ? [{ role: "user", content: input }]
-    : input.map((item: InputMessage): ChatMessage => ({
+    : input.map((item: InputMessage): ConversationMessage => ({
       role: item.role === "developer" ? "system" : item.role,
       content: typeof item.content === "string" ? item.content : item.content.map((part) => part.text).join("")
     }))

@@ -5,7 +5,7 @@ import { schemaViolation } from "../engine/llama/JsonSchemaValidator.js"
 import { GenerationEvent } from "../scheduler/GenerationRequest.js"
 
 /** Why `text` is not what `grammar` promises (JSON, matching its schema), or undefined when it is. */
-export const outputViolation = (grammar: GrammarConstraint, text: string): string | undefined => {
+export const outputViolation = (grammar: Exclude<GrammarConstraint, { readonly _tag: "ToolCalls" }>, text: string): string | undefined => {
   let value: unknown
   try {
     value = JSON.parse(text)
@@ -25,7 +25,9 @@ export const validatedOutput = <E, R>(
   grammar: GrammarConstraint | undefined,
   events: Stream.Stream<GenerationEvent, E, R>
 ): Stream.Stream<GenerationEvent, E, R> => {
-  if (grammar === undefined) return events
+  // Tool-call output is not checked here: the tool-call parser splits it into text and `tool_calls`, whose arguments
+  // are held to their schemas by the grammar alone.
+  if (grammar === undefined || grammar._tag === "ToolCalls") return events
   const pass = (text: string, event: GenerationEvent) => Effect.succeed<readonly [string, GenerationEvent]>([text, event])
   return Stream.mapAccumEffect(events, "", (text, event) => {
     if (event._tag === "Delta") return pass(text + event.text, event)

@@ -32,9 +32,45 @@ export interface GenerateModelOptions {
 /** Seed used when none is given. */
 export const DEFAULT_MODEL_SEED = 42
 
-/** The standard ChatML Jinja template; node-llama-cpp resolves it to its `ChatMLChatWrapper`. */
-export const CHATML_TEMPLATE = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + " +
-  "'<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+/**
+ * ChatML with Hermes-style tools, as Qwen2.5's template has them (without its default system prompt): the tools are
+ * listed in the system turn inside `<tools>…</tools>`, the assistant calls them as `<tool_call>{"name": …,
+ * "arguments": …}</tool_call>`, and results come back as `<tool_response>…</tool_response>` in a user turn. Without
+ * tools it renders exactly as plain ChatML after BOS (as node-llama-cpp's ChatML wrapper does for this model).
+ */
+export const CHATML_TEMPLATE = [
+  "{{- bos_token }}",
+  "{%- if tools %}",
+  "{{- '<|im_start|>system\\n' }}",
+  "{%- if messages[0]['role'] == 'system' %}{{- messages[0]['content'] + '\\n\\n' }}{%- endif %}",
+  "{{- '# Tools\\n\\nYou may call one or more functions to assist with the user query.\\n\\n' }}",
+  "{{- 'You are provided with function signatures within <tools></tools> XML tags:\\n<tools>' }}",
+  "{%- for tool in tools %}{{- '\\n' }}{{- tool | tojson }}{%- endfor %}",
+  "{{- '\\n</tools>\\n\\nFor each function call, return a json object with function name and arguments within ' }}",
+  "{{- '<tool_call></tool_call> XML tags:\\n<tool_call>\\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\\n</tool_call><|im_end|>\\n' }}",
+  "{%- endif %}",
+  "{%- for message in messages %}",
+  "{%- if message.role == 'system' and loop.first and tools %}",
+  "{%- elif message.role == 'user' or message.role == 'system' or (message.role == 'assistant' and not message.tool_calls) %}",
+  "{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' + '\\n' }}",
+  "{%- elif message.role == 'assistant' %}",
+  "{{- '<|im_start|>' + message.role }}",
+  "{%- if message.content %}{{- '\\n' + message.content }}{%- endif %}",
+  "{%- for tool_call in message.tool_calls %}",
+  "{%- if tool_call.function is defined %}{%- set tool_call = tool_call.function %}{%- endif %}",
+  "{{- '\\n<tool_call>\\n{\"name\": \"' }}{{- tool_call.name }}{{- '\", \"arguments\": ' }}",
+  "{%- if tool_call.arguments is string %}{{- tool_call.arguments }}{%- else %}{{- tool_call.arguments | tojson }}{%- endif %}",
+  "{{- '}\\n</tool_call>' }}",
+  "{%- endfor %}",
+  "{{- '<|im_end|>\\n' }}",
+  "{%- elif message.role == 'tool' %}",
+  "{%- if loop.index0 == 0 or messages[loop.index0 - 1].role != 'tool' %}{{- '<|im_start|>user' }}{%- endif %}",
+  "{{- '\\n<tool_response>\\n' }}{{- message.content }}{{- '\\n</tool_response>' }}",
+  "{%- if loop.last or messages[loop.index0 + 1].role != 'tool' %}{{- '<|im_end|>\\n' }}{%- endif %}",
+  "{%- endif %}",
+  "{%- endfor %}",
+  "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+].join("")
 
 const GGUF_ALIGNMENT = 32
 const LLAMA_FTYPE_MOSTLY_F16 = 1

@@ -3,7 +3,7 @@ import { Effect } from "effect"
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
-import { ChatMLChatWrapper, getLlama, type LlamaContextSequence, LlamaLogLevel, resolveChatWrapper, type Token } from "node-llama-cpp"
+import { ChatMLChatWrapper, getLlama, JinjaTemplateChatWrapper, type ChatHistoryItem, type ChatWrapper, type LlamaContextSequence, LlamaLogLevel, resolveChatWrapper, type Token } from "node-llama-cpp"
 import { CHATML_TEMPLATE, ensureModel, generateModel, modelFileName } from "../../src/model/generateModel.js"
 import { ModelPresets } from "../../src/model/ModelPresets.js"
 
@@ -97,7 +97,20 @@ describe("generateModel", () => {
       expect(model.tokens.eot).toBe(IM_END)
       expect(model.isEogToken(IM_END as Token)).toBe(true)
       expect(model.isEogToken(IM_START as Token)).toBe(false)
-      expect(resolveChatWrapper(model)).toBeInstanceOf(ChatMLChatWrapper)
+      // The template has Hermes-style tools, so node-llama-cpp renders it itself (reading the tool-call syntax from it);
+      // a plain chat still renders token for token as its ChatML wrapper renders it.
+      const wrapper = resolveChatWrapper(model)
+      expect(wrapper).toBeInstanceOf(JinjaTemplateChatWrapper)
+      expect((wrapper as JinjaTemplateChatWrapper).usingJinjaFunctionCallTemplate).toBe(true)
+      const chatHistory: Array<ChatHistoryItem> = [
+        { type: "system", text: "Be brief." },
+        { type: "user", text: "hi" },
+        { type: "model", response: ["hello"] },
+        { type: "user", text: "again" },
+        { type: "model", response: [] }
+      ]
+      const render = (chatWrapper: ChatWrapper) => chatWrapper.generateContextState({ chatHistory }).contextText.tokenize(model.tokenizer)
+      expect(render(wrapper)).toEqual(render(new ChatMLChatWrapper()))
 
       const english = "hello world, the weather"
       const englishTokens = model.tokenize(english)

@@ -17,6 +17,11 @@ export const mainThreadBytes = 4096
 /** Bytes allowed beyond `contextSize × longest token`, so the bound never refuses what could fit. */
 const marginBytes = 64
 
+/** Bytes of a message's own text: its content and the arguments of the calls it made. */
+const messageBytes = (message: ChatMessage): number =>
+  Buffer.byteLength(message.content) +
+  (message.toolCalls ?? []).reduce((sum, call) => sum + Buffer.byteLength(call.name) + Buffer.byteLength(call.arguments), 0)
+
 export interface BoundedTokenizerConfig {
   readonly modelPath: string
   readonly contextSize: number
@@ -48,15 +53,16 @@ export const makeBoundedTokenizer = (
       })
 
     // The template only adds text around the messages, so their own bytes are a lower bound of the rendered prompt's.
-    const renderChat: BackendShape["renderChat"] = (messages: ReadonlyArray<ChatMessage>) =>
+    const renderChat: BackendShape["renderChat"] = (messages: ReadonlyArray<ChatMessage>, tools) =>
       Effect.suspend((): Effect.Effect<ReadonlyArray<number>, ChatTemplateFailed | PromptTooLarge> => {
-        const bytes = messages.reduce((sum, message) => sum + Buffer.byteLength(message.content), 0)
+        const bytes = messages.reduce((sum, message) => sum + messageBytes(message), 0) +
+          (tools === undefined ? 0 : Buffer.byteLength(JSON.stringify(tools)))
         return tooLarge(bytes) ?? (bytes <= mainThreadBytes
           ? Effect.try({
-            try: () => local.renderChat(messages),
+            try: () => local.renderChat(messages, tools),
             catch: (error) => new ChatTemplateFailed({ message: errorMessage(error) })
           })
-          : offThread.renderChat(messages))
+          : offThread.renderChat(messages, tools))
       })
 
     return { tokenize, renderChat }

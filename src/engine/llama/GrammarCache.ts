@@ -2,9 +2,11 @@ import { Effect, Metric } from "effect"
 import type { Llama, LlamaGrammar } from "node-llama-cpp"
 import { WeftMetrics } from "../../observability/WeftMetrics.js"
 import { GrammarRejected } from "../Backend.js"
-import type { GrammarConstraint } from "../SamplingOptions.js"
+import type { GrammarConstraint, ToolCallsConstraint } from "../SamplingOptions.js"
 import { errorMessage } from "./errorMessage.js"
 import { hardenGbnf } from "./JsonSchemaGrammar.js"
+import { toolCallGrammar } from "./ToolGrammar.js"
+import type { FunctionGrammar } from "./ToolGrammar.js"
 
 /** How much the cache of one model may hold; the least recently used verdict goes first past either bound. */
 export interface GrammarCacheLimits {
@@ -63,14 +65,42 @@ export class GrammarCache {
         }
       })
     }
-    return Effect.flatMap(this.verdictOf(constraint.schema), (verdict) =>
+    const verdict = constraint._tag === "JsonSchema" ? this.schemaVerdict(constraint.schema) : this.toolCallsVerdict(constraint)
+    return Effect.flatMap(verdict, (verdict) =>
       verdict._tag === "Built"
         ? Effect.succeed(verdict.grammar)
         : Effect.fail(new GrammarRejected({ message: verdict.message, cause: verdict.cause })))
   }
 
-  private verdictOf(schema: unknown): Effect.Effect<Verdict> {
-    const key = JSON.stringify(schema)
+  private schemaVerdict(schema: unknown): Effect.Effect<Verdict> {
+    // node-llama-cpp parses the grammar synchronously inside; the JSON schema was checked by `toGrammarSchema`,
+    // and node-llama-cpp's type only narrows what it supports.
+    return this.verdictOf(
+      JSON.stringify(schema),
+      () => this.llama.createGrammarForJsonSchema(schema as never).then((grammar) => this.hardened(grammar))
+    )
+  }
+
+  /** Composed from the functions' own schema grammars (each cached as for `response_format`). */
+  private toolCallsVerdict(constraint: ToolCallsConstraint): Effect.Effect<Verdict> {
+    return Effect.flatMap(
+      Effect.forEach(constraint.functions, (fn) => this.schemaVerdict(fn.schema)),
+      (verdicts) => {
+        const functions: Array<FunctionGrammar> = []
+        for (const [index, verdict] of verdicts.entries()) {
+          if (verdict._tag === "Rejected") return Effect.succeed(verdict)
+          functions.push({ name: constraint.functions[index]!.name, gbnf: verdict.grammar.grammar })
+        }
+        // Schema keys are JSON objects, so this prefix keeps the two kinds apart.
+        return this.verdictOf(
+          `tools:${JSON.stringify(constraint)}`,
+          () => this.llama.createGrammar({ grammar: toolCallGrammar({ ...constraint, functions }) })
+        )
+      }
+    )
+  }
+
+  private verdictOf(key: string, build: () => Promise<LlamaGrammar>): Effect.Effect<Verdict> {
     const cached = this.entries.get(key)
     if (cached !== undefined) {
       this.entries.delete(key)
@@ -78,9 +108,7 @@ export class GrammarCache {
       return Effect.as(Metric.increment(this.tagged(WeftMetrics.grammarCacheHits)), cached.verdict)
     }
     return Effect.promise(() =>
-      // node-llama-cpp parses the grammar synchronously inside; the JSON schema was checked by `toGrammarSchema`,
-      // and node-llama-cpp's type only narrows what it supports.
-      this.llama.createGrammarForJsonSchema(schema as never).then((grammar) => this.hardened(grammar)).then(
+      build().then(
         (grammar): Verdict => ({ _tag: "Built", grammar }),
         (error): Verdict => ({ _tag: "Rejected", message: errorMessage(error), cause: error })
       )

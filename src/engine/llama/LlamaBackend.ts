@@ -10,6 +10,7 @@ import { StepBatcher } from "../StepBatcher.js"
 import { stepLogprobs } from "../StepLogprobs.js"
 import { defaultThreadTunerOptions, ThreadTuner } from "../ThreadTuner.js"
 import { makeBoundedTokenizer } from "./BoundedTokenizer.js"
+import { chatRenderer } from "./ChatRenderer.js"
 import { makeLlamaEmbedder } from "./Embeddings.js"
 import { errorMessage } from "./errorMessage.js"
 import { evaluateOptions } from "./EvaluateOptions.js"
@@ -238,6 +239,7 @@ export const LlamaBackend = {
         return {
           info,
           ...tokenizer,
+          toolCallSyntax: chatRenderer(model).toolCallSyntax,
           checkGrammar: (constraint) => Effect.asVoid(grammars.grammarFor(constraint)),
           detokenize: (tokens, context, options) =>
             model.detokenize(tokens as ReadonlyArray<Token>, options?.special ?? false, context as ReadonlyArray<Token> | undefined),

@@ -4,6 +4,7 @@ import type { Token } from "node-llama-cpp"
 import { Worker } from "node:worker_threads"
 import { ChatTemplateFailed } from "../Backend.js"
 import type { ChatMessage } from "../Backend.js"
+import type { ToolFunction } from "../ToolCallSyntax.js"
 import type { VocabTables } from "./VocabTokenizer.js"
 
 /** What the tokenizer worker starts from. */
@@ -16,7 +17,12 @@ export interface TokenizerWorkerData {
 /** A request to the tokenizer worker. */
 export type TokenizerRequest =
   | { readonly _tag: "Tokenize"; readonly id: number; readonly text: string; readonly special: boolean }
-  | { readonly _tag: "RenderChat"; readonly id: number; readonly messages: ReadonlyArray<ChatMessage> }
+  | {
+    readonly _tag: "RenderChat"
+    readonly id: number
+    readonly messages: ReadonlyArray<ChatMessage>
+    readonly tools: ReadonlyArray<ToolFunction> | undefined
+  }
 
 /** The tokenizer worker's answer to the request with the same id. */
 export type TokenizerReply =
@@ -91,7 +97,7 @@ export const makeOffThreadTokenizer = (
       tokenize: (text, special) =>
         // A tokenize request is never answered TemplateFailed.
         Effect.orDie(Effect.flatMap(ask((id) => ({ _tag: "Tokenize", id, text, special })), tokensOf)),
-      renderChat: (messages) => Effect.flatMap(ask((id) => ({ _tag: "RenderChat", id, messages })), tokensOf),
+      renderChat: (messages, tools) => Effect.flatMap(ask((id) => ({ _tag: "RenderChat", id, messages, tools })), tokensOf),
       tables: status.tables
     } satisfies OffThreadTokenizer
   })
@@ -101,7 +107,10 @@ export interface OffThreadTokenizer {
   /** The vocabulary as the worker read it. */
   readonly tables: VocabTables
   readonly tokenize: (text: string, special: boolean) => Effect.Effect<Array<Token>>
-  readonly renderChat: (messages: ReadonlyArray<ChatMessage>) => Effect.Effect<Array<Token>, ChatTemplateFailed>
+  readonly renderChat: (
+    messages: ReadonlyArray<ChatMessage>,
+    tools: ReadonlyArray<ToolFunction> | undefined
+  ) => Effect.Effect<Array<Token>, ChatTemplateFailed>
 }
 
 /** The tokenizer worker could not start or load the model's vocabulary. */

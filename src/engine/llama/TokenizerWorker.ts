@@ -31,7 +31,7 @@ port.on("message", (request: TokenizerRequest) => {
   loaded.then(
     ({ tokenizer }) => {
       try {
-        const tokens = request._tag === "Tokenize" ? tokenizer.tokenize(request.text, request.special) : tokenizer.renderChat(request.messages)
+        const tokens = request._tag === "Tokenize" ? tokenizer.tokenize(request.text, request.special) : tokenizer.renderChat(request.messages, request.tools)
         answer({ _tag: "Tokens", id: request.id, tokens: Uint32Array.from(tokens) })
       } catch (error) {
         answer({ _tag: request._tag === "RenderChat" ? "TemplateFailed" : "Failed", id: request.id, message: errorMessage(error) })

@@ -1,5 +1,6 @@
 import type { LlamaModel, Token } from "node-llama-cpp"
 import type { ChatMessage } from "../Backend.js"
+import type { ToolFunction } from "../ToolCallSyntax.js"
 import { chatRenderer } from "./ChatRenderer.js"
 import { makeSpecialTokenSplitter } from "./SpecialTokenSplitter.js"
 import type { SpecialTokenText } from "./SpecialTokenSplitter.js"
@@ -39,7 +40,7 @@ export interface VocabTokenizer {
   /** `special`: special-token text is parsed, as llama-server does for raw prompts. */
   readonly tokenize: (text: string, special: boolean) => Array<Token>
   /** Throws what the chat template throws. */
-  readonly renderChat: (messages: ReadonlyArray<ChatMessage>) => Array<Token>
+  readonly renderChat: (messages: ReadonlyArray<ChatMessage>, tools?: ReadonlyArray<ToolFunction>) => Array<Token>
 }
 
 /**
@@ -59,5 +60,5 @@ export const makeVocabTokenizer = (model: LlamaModel, specials: ReadonlyArray<Sp
     }
     return tokens
   }
-  return { tokenize, renderChat: chatRenderer(model) }
+  return { tokenize, renderChat: chatRenderer(model).render }
 }
