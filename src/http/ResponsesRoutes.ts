@@ -1,3 +1,4 @@
+// Just over 300 lines: the three /v1/responses routes share the response object and its streamed event sequence.
 import { HttpRouter, HttpServerResponse } from "@effect/platform"
 import { Clock, Effect, Option, Schema, Stream } from "effect"
 import { randomUUID } from "node:crypto"

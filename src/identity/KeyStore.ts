@@ -1,3 +1,5 @@
+// Over 300 lines: keys and tenants share one database, and authentication reads a key and its tenant together;
+// splitting them would spread that one read over two services.
 import { SqlClient } from "@effect/sql"
 import type { SqlError } from "@effect/sql/SqlError"
 import { SqliteClient } from "@effect/sql-sqlite-node"

@@ -1,3 +1,5 @@
+// Over 300 lines: sessions and stored Responses share one SQLite database, its schema set-up and its TTL sweep. The
+// Responses half is the next to move into a ResponseStore of its own, when response chains get owners.
 import { SqlClient } from "@effect/sql"
 import type { SqlError } from "@effect/sql/SqlError"
 import { SqliteClient } from "@effect/sql-sqlite-node"

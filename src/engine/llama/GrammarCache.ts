@@ -4,7 +4,7 @@ import { WeftMetrics } from "../../observability/WeftMetrics.js"
 import { GrammarRejected } from "../Backend.js"
 import type { GrammarConstraint, ToolCallsConstraint } from "../SamplingOptions.js"
 import { errorMessage } from "./errorMessage.js"
-import { hardenGbnf } from "./JsonSchemaGrammar.js"
+import { hardenGbnf } from "./GbnfHardening.js"
 import { toolCallGrammar } from "./ToolGrammar.js"
 import type { FunctionGrammar } from "./ToolGrammar.js"
 

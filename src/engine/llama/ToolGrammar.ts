@@ -1,6 +1,6 @@
 import { callSectionStart } from "../ToolCallSyntax.js"
 import type { ToolCallSyntax } from "../ToolCallSyntax.js"
-import { hardenGbnf } from "./JsonSchemaGrammar.js"
+import { hardenGbnf } from "./GbnfHardening.js"
 
 /** One callable function and the GBNF grammar (with a `root` rule) of its arguments. */
 export interface FunctionGrammar {

@@ -1,7 +1,7 @@
 import { Chunk, Effect, Stream } from "effect"
 import * as fs from "node:fs"
 import { describe, expect, it } from "vitest"
-import { hardenGbnf } from "../../../src/engine/llama/JsonSchemaGrammar.js"
+import { hardenGbnf } from "../../../src/engine/llama/GbnfHardening.js"
 import { schemaViolation } from "../../../src/engine/llama/JsonSchemaValidator.js"
 import { outputViolation, validatedOutput } from "../../../src/http/StructuredOutput.js"
 import { GenerationEvent } from "../../../src/scheduler/GenerationRequest.js"
