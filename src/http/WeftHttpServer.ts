@@ -136,7 +136,6 @@ const withRequestContext = <R>(
     )
     const tenant = () => Option.match(principal, { onNone: () => "", onSome: (known) => known.tenant })
     const response = yield* authenticated.pipe(
-      Effect.provideService(RequestUsage, usage),
       Effect.provideService(RequestModel, requestModel),
       Effect.provideService(RequestUsage, usage),
       Effect.catchAll((caught) => {
