@@ -80,7 +80,11 @@ const metered = (backend: BackendShape, maxTokens: number | undefined) =>
           // Added after the ticket, so it runs before the ticket's slot is released.
           yield* Effect.addFinalizer(() =>
             Effect.zipRight(
-              Ref.set(usage, used),
+              // Several choices each add theirs; prompt tokens of a prompt's repeated choices count each time here.
+              Ref.update(usage, (before) =>
+                before === undefined || used === undefined
+                  ? (used ?? before)
+                  : { promptTokens: before.promptTokens + used.promptTokens, completionTokens: before.completionTokens + used.completionTokens }),
               Option.match(ticket, { onNone: () => Effect.void, onSome: (held) => held.settle(used === undefined ? 0 : used.promptTokens + used.completionTokens) })
             )
           )
