@@ -1,5 +1,5 @@
 import { Options } from "@effect/cli"
-import { Effect, Layer, Option, Schema } from "effect"
+import { Console, Effect, Layer, Option, Schema } from "effect"
 import * as fs from "node:fs"
 import { KeyDuration, TenantName } from "../identity/KeyJson.js"
 import { keysDatabasePath, KeyStore } from "../identity/KeyStore.js"
@@ -11,6 +11,9 @@ export const dataDirOption = Options.text("data-dir").pipe(
   Options.withDefault(".weft"),
   Options.withDescription("The data dir of the server (the keys database is keys.sqlite in it). Default ./.weft")
 )
+
+/** One JSON object on a line of its own, for `--json`. */
+export const printJson = (value: unknown) => Console.log(JSON.stringify(value))
 
 export const jsonOption = Options.boolean("json").pipe(Options.withDescription("Print one JSON object instead of text"))
 

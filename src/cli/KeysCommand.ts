@@ -3,11 +3,10 @@ import { Clock, Console, Effect, Option } from "effect"
 import { defaultOverlapMs, keyJson, keyStatus } from "../identity/KeyJson.js"
 import type { KeyInfo } from "../identity/KeyStore.js"
 import { KeyStore } from "../identity/KeyStore.js"
-import { dataDirOption, durationOption, jsonOption, limitOptions, limitsOf, tenantOption, withKeyStore } from "./IdentityOptions.js"
+import { dataDirOption, durationOption, jsonOption, limitOptions, limitsOf, printJson, tenantOption, withKeyStore } from "./IdentityOptions.js"
 
 const keyIdArg = Args.text({ name: "ID" }).pipe(Args.withDescription("The key's id (key_…), as `weft keys list` shows it"))
 
-const printJson = (value: unknown) => Console.log(JSON.stringify(value))
 
 const when = (ms: number | undefined) => (ms === undefined ? "-" : new Date(ms).toISOString())
 

@@ -2,7 +2,7 @@ import { Args, Command, Options } from "@effect/cli"
 import { Console, Effect, Option } from "effect"
 import { tenantJson, TenantName } from "../identity/KeyJson.js"
 import { KeyStore, priorities } from "../identity/KeyStore.js"
-import { dataDirOption, jsonOption, limitOptions, limitsOf, withKeyStore } from "./IdentityOptions.js"
+import { dataDirOption, jsonOption, limitOptions, limitsOf, printJson, withKeyStore } from "./IdentityOptions.js"
 
 const limitText = (value: number | undefined) => (value === undefined ? "-" : String(value))
 
@@ -24,7 +24,7 @@ const setCommand = Command.make(
       Effect.gen(function*() {
         const tenant = yield* Effect.flatMap(KeyStore, (store) =>
           store.setTenant(options.tenant, { priority: Option.getOrUndefined(options.priority), limits: limitsOf(options) }))
-        if (options.json) return yield* Console.log(JSON.stringify(tenantJson(tenant)))
+        if (options.json) return yield* printJson(tenantJson(tenant))
         yield* Console.log(`weft: tenant ${tenant.name} set`)
       })
     )
@@ -35,7 +35,7 @@ const listCommand = Command.make("list", { json: jsonOption, dataDir: dataDirOpt
     options.dataDir,
     Effect.gen(function*() {
       const tenants = yield* Effect.flatMap(KeyStore, (store) => store.listTenants())
-      if (options.json) return yield* Console.log(JSON.stringify({ object: "list", data: tenants.map(tenantJson) }))
+      if (options.json) return yield* printJson({ object: "list", data: tenants.map(tenantJson) })
       yield* Effect.forEach(
         tenants,
         (tenant) =>

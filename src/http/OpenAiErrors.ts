@@ -83,6 +83,10 @@ const reply = (
 const invalid = (message: string, param: string | null, code: string | null) =>
   reply(400, { message, type: "invalid_request_error", param, code })
 
+/** 404 for something the request names that does not exist; `missing` is rebuilt with its id shortened. */
+const notFound = (missing: { readonly message: string }, param: string | null, code: string) =>
+  reply(404, { message: missing.message, type: "invalid_request_error", param, code })
+
 /** The one mapping from failures to HTTP status and OpenAI's envelope. */
 export const errorReply = (failure: ApiFailure): ErrorReply => {
   switch (failure._tag) {
@@ -123,28 +127,13 @@ export const errorReply = (failure: ApiFailure): ErrorReply => {
     case "ChatTemplateFailed":
       return invalid(`The model's chat template could not render these messages: ${failure.message}`, "messages", "chat_template_failed")
     case "SessionNotFound":
-      return reply(404, {
-        message: new SessionNotFound({ sessionId: shorten(failure.sessionId) }).message,
-        type: "invalid_request_error",
-        param: "session_id",
-        code: "session_not_found"
-      })
+      return notFound(new SessionNotFound({ sessionId: shorten(failure.sessionId) }), "session_id", "session_not_found")
     case "SessionStoreFailed":
       return reply(500, { message: "The session store failed; the turn was not saved", type: "server_error", param: null, code: null })
     case "ResponseNotFound":
-      return reply(404, {
-        message: new ResponseNotFound({ responseId: shorten(failure.responseId), param: failure.param }).message,
-        type: "invalid_request_error",
-        param: failure.param,
-        code: "response_not_found"
-      })
+      return notFound(new ResponseNotFound({ responseId: shorten(failure.responseId), param: failure.param }), failure.param, "response_not_found")
     case "ModelNotFound":
-      return reply(404, {
-        message: new ModelNotFound({ model: shorten(failure.model) }).message,
-        type: "invalid_request_error",
-        param: "model",
-        code: "model_not_found"
-      })
+      return notFound(new ModelNotFound({ model: shorten(failure.model) }), "model", "model_not_found")
     case "BodyTooLarge":
       return reply(413, { message: failure.message, type: "invalid_request_error", param: null, code: "request_too_large" }, {
         connection: "close"
@@ -187,12 +176,7 @@ export const errorReply = (failure: ApiFailure): ErrorReply => {
     case "ScopeMissing":
       return reply(403, { message: failure.message, type: "invalid_request_error", param: null, code: "insufficient_scope" })
     case "KeyNotFound":
-      return reply(404, {
-        message: new KeyNotFound({ keyId: shorten(failure.keyId) }).message,
-        type: "invalid_request_error",
-        param: "id",
-        code: "key_not_found"
-      })
+      return notFound(new KeyNotFound({ keyId: shorten(failure.keyId) }), "id", "key_not_found")
     case "KeyStoreFailed":
     case "DecodeFailed":
     case "EmbeddingFailed":
