@@ -3,6 +3,7 @@ import * as path from "node:path"
 import type { HttpServer } from "@effect/platform"
 import type { HttpServerError } from "@effect/platform"
 import { Effect, Layer } from "effect"
+import { isLocalDeployment, localEngineId } from "./config/ModelsConfig.js"
 import { WeftConfig } from "./config/WeftConfig.js"
 import type { WeftSettings } from "./config/WeftConfig.js"
 import { llamaEngineLayer, observedEngineLayer } from "./host/LocalEngine.js"
@@ -52,6 +53,37 @@ export const serverLayer = (
 
 type SessionSettingsInput = Parameters<typeof SessionStore.layerSqlite>[0]
 
+/**
+ * The local engines of `weft serve`: `--model` (or the demo model when the config file names no models), and each
+ * local deployment of the config file's `models` with its own pool size, context, queue and timeouts.
+ */
+export const servedModels = (settings: WeftSettings): ReadonlyArray<ServedModel> => {
+  const configured = Object.entries(settings.models).flatMap(([modelId, model]) =>
+    model.deployments.flatMap((deployment, index) => {
+      if (!isLocalDeployment(deployment)) return []
+      const id = localEngineId(modelId, model, index)
+      return [{
+        id,
+        engine: llamaEngineLayer({
+          ...settings,
+          model: deployment.gguf,
+          modelId: id,
+          parallel: deployment.parallel ?? settings.parallel,
+          ctxSize: deployment.ctxSize ?? settings.ctxSize,
+          maxQueue: deployment.maxQueue ?? settings.maxQueue,
+          timeoutQueueMs: deployment.timeoutQueueMs ?? settings.timeoutQueueMs,
+          timeoutFirstTokenMs: deployment.timeoutFirstTokenMs ?? settings.timeoutFirstTokenMs,
+          timeoutTotalMs: deployment.timeoutTotalMs ?? settings.timeoutTotalMs
+        })
+      }]
+    })
+  )
+  const cliModel = settings.model !== undefined || Object.keys(settings.models).length === 0
+    ? [{ id: settings.modelId, engine: llamaEngineLayer(settings) }]
+    : []
+  return [...cliModel, ...configured]
+}
+
 /** The composition root of `weft serve`: config → ModelRegistry (LlamaBackend → SeqPool → RequestScheduler) → HTTP server. */
 export const WeftLive: Layer.Layer<HttpServer.HttpServer | ModelRegistry, HttpServerError.ServeError | OpenServerRefused, WeftConfig> = Layer.unwrapEffect(
   Effect.flatMap(WeftConfig, (settings) =>
@@ -59,7 +91,7 @@ export const WeftLive: Layer.Layer<HttpServer.HttpServer | ModelRegistry, HttpSe
     Effect.sync(() => {
       fs.mkdirSync(settings.dataDir, { recursive: true })
       return serverLayer(
-        [{ engine: llamaEngineLayer(settings) }],
+        servedModels(settings),
         {
           host: settings.host,
           port: settings.port,

@@ -3,6 +3,7 @@ import { Array as Arr, Config, Context, Effect, Either, Layer, Option, Schema } 
 import * as path from "node:path"
 import { quoteValue } from "../http/QuotedValue.js"
 import type { FlagType } from "./SettingGrammar.js"
+import { decodeModelsConfig, isLocalDeployment } from "./ModelsConfig.js"
 import { envName, settingSpecs } from "./SettingSpecs.js"
 import type { AnySettingSpec } from "./SettingSpecs.js"
 import { defaultSettings, WeftSettings } from "./WeftSettings.js"
@@ -91,6 +92,9 @@ export const rejectedFlags = (flags: FlagValues) =>
       return Either.match(decodeSetting(setting, raw), { onLeft: (error) => [error], onRight: () => [] })
     })).pipe(Effect.map(Arr.flatten))
 
+/** Config-file keys that hold JSON structures rather than one setting's value; they have no flag or `WEFT_*` form. */
+const structuredKeys = ["models"] as const
+
 const readConfigFile = (file: string) =>
   Effect.gen(function*() {
     const fs = yield* FileSystem.FileSystem
@@ -104,7 +108,7 @@ const readConfigFile = (file: string) =>
     if (typeof parsed !== "object" || parsed === null || Array.isArray(parsed)) {
       return yield* new ConfigFileInvalid({ path: file, reason: "expected a JSON object of settings" })
     }
-    const known = new Set<string>(settingSpecs.map((setting) => setting.name))
+    const known = new Set<string>([...settingSpecs.map((setting) => setting.name), ...structuredKeys])
     for (const key of Object.keys(parsed)) {
       if (!known.has(key)) {
         return yield* new ConfigFileInvalid({ path: file, reason: `unknown key "${key}" (keys are the flag names, e.g. "ctx-size")` })
@@ -167,5 +171,20 @@ export const loadWeftSettings = Effect.fn("WeftConfig.load")(function*(sources: 
   const model = resolved.model === undefined ? undefined : resolvePath("model", resolved.model)
   if (model !== undefined) yield* checkModelFile(model, origin.model ?? "model")
   const auditLog = resolved.auditLog === undefined ? undefined : resolvePath("auditLog", resolved.auditLog)
-  return { ...resolved, model, dataDir: resolvePath("dataDir", resolved.dataDir), auditLog } satisfies WeftSettings
+  const models = configPath === undefined || file.models === undefined ? {} : yield* Either.mapLeft(
+    decodeModelsConfig(file.models, path.dirname(path.resolve(configPath))),
+    (reason) => new ConfigFileInvalid({ path: configPath, reason })
+  )
+  for (const [modelId, entry] of Object.entries(models)) {
+    if (entry.deployments.length > 1 || entry.deployments.some((deployment) => !isLocalDeployment(deployment))) {
+      return yield* new ConfigFileInvalid({
+        path: configPath!,
+        reason: `models.${modelId}: upstream deployments and several deployments per model are not served yet; give one "gguf" deployment`
+      })
+    }
+    for (const [index, deployment] of entry.deployments.entries()) {
+      if (isLocalDeployment(deployment)) yield* checkModelFile(deployment.gguf, `${configPath}: models.${modelId}.deployments[${index}].gguf`)
+    }
+  }
+  return { ...resolved, model, dataDir: resolvePath("dataDir", resolved.dataDir), auditLog, models } satisfies WeftSettings
 })

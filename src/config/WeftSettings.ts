@@ -1,5 +1,6 @@
 import { Schema } from "effect"
 import { logLevelNames } from "../observability/JsonLogger.js"
+import { ModelsConfig } from "./ModelsConfig.js"
 import { logFormats } from "./SettingGrammar.js"
 
 /** Everything `weft serve` needs, validated and defaulted. Durations are milliseconds; `undefined` means no limit. */
@@ -47,7 +48,9 @@ export const WeftSettings = Schema.Struct({
   /** API-key authentication; `auto` is on once a key exists. */
   auth: Schema.Literal("on", "off", "auto"),
   /** `/metrics` answers without an admin key. */
-  metricsPublic: Schema.Boolean
+  metricsPublic: Schema.Boolean,
+  /** The config file's `models`: ids served by local GGUFs or upstream servers, with routing; see `ModelsConfig`. */
+  models: ModelsConfig
 })
 
 /** Everything `weft serve` needs, validated and defaulted. */
@@ -85,5 +88,6 @@ export const defaultSettings: WeftSettings = {
   logFormat: "json",
   logText: false,
   auth: "auto",
-  metricsPublic: false
+  metricsPublic: false,
+  models: {}
 }

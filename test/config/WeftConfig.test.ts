@@ -6,6 +6,7 @@ import * as path from "node:path"
 import { afterAll, describe, expect, it } from "vitest"
 import { defaultSettings, loadWeftSettings } from "../../src/config/WeftConfig.js"
 import type { ConfigSources } from "../../src/config/WeftConfig.js"
+import { servedModels } from "../../src/layers.js"
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), "weft-config-"))
 afterAll(() => fs.rmSync(dir, { recursive: true, force: true }))
@@ -115,5 +116,18 @@ describe("WeftConfig", () => {
     fs.writeFileSync(path.join(dir, "m.gguf"), "")
     const settings = await settingsOf({ configPath: writeJson("model.json", { model: "./m.gguf" }) })
     expect(settings.model).toBe(path.join(dir, "m.gguf"))
+  })
+
+  it("reads the config file's models, resolving their files against it, and serves each local one as an engine", async () => {
+    fs.writeFileSync(path.join(dir, "m.gguf"), "")
+    const settings = await settingsOf({ configPath: writeJson("models.json", { models: { chat: { deployments: [{ gguf: "./m.gguf", parallel: 2 }] } } }) })
+    expect(settings.models).toEqual({ chat: { deployments: [{ gguf: path.join(dir, "m.gguf"), parallel: 2 }] } })
+    // A config that names its models serves those, without the demo model.
+    expect(servedModels(settings).map((model) => model.id)).toEqual(["chat"])
+    expect(servedModels({ ...settings, model: path.join(dir, "m.gguf"), modelId: "cli" }).map((model) => model.id)).toEqual(["cli", "chat"])
+    expect(await errorOf({ configPath: writeJson("models-missing.json", { models: { chat: { deployments: [{ gguf: "./none.gguf" }] } } }) }))
+      .toContain("models.chat.deployments[0].gguf: expected a path to an existing .gguf file")
+    expect(await errorOf({ configPath: writeJson("models-bad.json", { models: { chat: { deployments: [{ gguf: "./m.gguf", ctxSize: 1 }] } } }) }))
+      .toMatch(/models-bad\.json: models\.chat\.deployments\[0\]\.ctxSize: /)
   })
 })
