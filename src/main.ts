@@ -4,6 +4,7 @@ import { NodeContext, NodeRuntime } from "@effect/platform-node"
 import { Cause, Console, Effect, Option } from "effect"
 import packageJson from "../package.json" with { type: "json" }
 import { benchCommand } from "./cli/BenchCommand.js"
+import { buildNativeCommand } from "./cli/BuildNativeCommand.js"
 import { keysCommand } from "./cli/KeysCommand.js"
 import { tenantsCommand } from "./cli/TenantsCommand.js"
 import { modelCommand } from "./cli/ModelCommand.js"
@@ -11,7 +12,7 @@ import { rejectedServeFlags, serveCommand } from "./cli/ServeCommand.js"
 
 const weft = Command.make("weft").pipe(
   Command.withDescription("Effect-native LLM server: GGUF models behind an OpenAI-compatible API"),
-  Command.withSubcommands([serveCommand, modelCommand, benchCommand, keysCommand, tenantsCommand])
+  Command.withSubcommands([serveCommand, modelCommand, benchCommand, keysCommand, tenantsCommand, buildNativeCommand])
 )
 
 const cli = Command.run(weft, { name: "weft", version: packageJson.version })

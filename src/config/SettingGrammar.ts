@@ -220,4 +220,6 @@ export const originList = nameList(
 )
 
 /** API-key authentication: `on`, `off` or `auto`. */
+export const binarySetting = choice(Schema.Literal("auto", "native", "prebuilt"), sameWords(["auto", "native", "prebuilt"] as const), "auto, native or prebuilt")
+
 export const authSetting = choice(Schema.Literal("on", "off", "auto"), sameWords(["on", "off", "auto"] as const), "on, off or auto")

@@ -1,6 +1,7 @@
 import { logLevelNames } from "../observability/JsonLogger.js"
 import {
   authSetting,
+  binarySetting,
   byteSize,
   gpuSetting,
   hostList,
@@ -64,6 +65,12 @@ export const settingSpecs = [
   ),
   spec("flashAttention", "flash-attention", onOff, "llama.cpp flash attention (default on)"),
   spec("gpu", "gpu", gpuSetting, "GPU offloading: auto or off (default auto)"),
+  spec(
+    "binary",
+    "binary",
+    binarySetting,
+    "llama.cpp binary: native (the build of `weft build-native`, CPU only), prebuilt, or auto = native when it loads (default auto)"
+  ),
   spec("maxQueue", "max-queue", integerBetween(0, 1_000_000), "Requests that may wait for a slot before 429 (default 64)"),
   spec("timeoutQueueMs", "timeout-queue", optionalDuration, "Longest wait for a slot before 408 (default 60s)"),
   spec("timeoutFirstTokenMs", "timeout-first-token", optionalDuration, "Longest time from slot to first token before 504 (default none)"),

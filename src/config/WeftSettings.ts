@@ -23,6 +23,8 @@ export const WeftSettings = Schema.Struct({
   prefillChunk: Schema.Int,
   flashAttention: Schema.Boolean,
   gpu: Schema.Union(Schema.Literal("auto"), Schema.Literal(false)),
+  /** Which llama.cpp binary to load; see `LlamaBinary`. */
+  binary: Schema.Literal("auto", "native", "prebuilt"),
   maxQueue: Schema.Int,
   timeoutQueueMs: Schema.UndefinedOr(Schema.Number),
   timeoutFirstTokenMs: Schema.UndefinedOr(Schema.Number),
@@ -73,6 +75,7 @@ export const defaultSettings: WeftSettings = {
   prefillChunk: 128,
   flashAttention: true,
   gpu: "auto",
+  binary: "auto",
   maxQueue: 64,
   timeoutQueueMs: 60_000,
   timeoutFirstTokenMs: undefined,

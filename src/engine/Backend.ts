@@ -21,6 +21,13 @@ export interface ModelInfo {
   readonly embeddingSize: number
   /** Most tokens one input to `embed` may have. */
   readonly maxEmbeddingTokens: number
+  /** The llama.cpp binary in use; absent for backends that are not llama.cpp. */
+  readonly binary?: {
+    readonly kind: "native" | "prebuilt"
+    readonly release: string
+    readonly cmakeOptions: Readonly<Record<string, string>>
+    readonly fallbackReason?: string | undefined
+  } | undefined
 }
 
 /** A token's log probability under the distribution it was sampled from. */

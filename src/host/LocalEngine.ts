@@ -71,7 +71,8 @@ export const llamaEngineLayer = (settings: WeftSettings) =>
           threads: settings.threads,
           prefillChunk: settings.prefillChunk,
           flashAttention: settings.flashAttention,
-          gpu: settings.gpu
+          gpu: settings.gpu,
+          binary: settings.binary
         }))
     ),
     {

@@ -2,7 +2,7 @@ import { HttpRouter, HttpServerResponse } from "@effect/platform"
 import { Effect, Metric } from "effect"
 import { ProcessMetrics } from "../observability/ProcessMetrics.js"
 import { encodePrometheusText, prometheusContentType } from "../observability/PrometheusText.js"
-import { weftMetricFamilies } from "../observability/WeftMetrics.js"
+import { weftMetricFamilies, WeftMetrics } from "../observability/WeftMetrics.js"
 import { ModelRegistry } from "../host/ModelRegistry.js"
 
 const noStore = { "cache-control": "no-store" }
@@ -12,6 +12,11 @@ const metrics = Effect.gen(function*() {
   yield* Effect.flatMap(ProcessMetrics, (process) => process.sample())
   const engines = yield* Effect.flatMap(ModelRegistry, (registry) => registry.engines)
   yield* Effect.forEach(engines, (engine) => engine.metrics.sample(), { discard: true })
+  yield* Effect.forEach(engines, ({ backend: { info } }) =>
+    info.binary === undefined ? Effect.void : Metric.set(
+      WeftMetrics.buildInfo.pipe(Metric.tagged("model", info.id), Metric.tagged("binary", info.binary.kind), Metric.tagged("release", info.binary.release)),
+      1
+    ), { discard: true })
   const text = encodePrometheusText(weftMetricFamilies, yield* Metric.snapshot)
   return HttpServerResponse.text(text, { contentType: prometheusContentType, headers: noStore })
 })
@@ -36,7 +41,12 @@ const adminStats = Effect.gen(function*() {
       : Effect.dieMessage("unreachable: every model is ready"))
   const draining = byModel.some(([, stats]) => stats.requests.draining)
   const status = draining ? "draining" : "ok"
-  const body = byModel.length === 1 ? { status, ...byModel[0]![1], process } : { status, models: Object.fromEntries(byModel), process }
+  const binaries = Object.fromEntries(models.flatMap((model) =>
+    model.state._tag === "Ready" && model.state.engine.backend.info.binary !== undefined ? [[model.id ?? "", model.state.engine.backend.info.binary]] : []
+  ))
+  const body = byModel.length === 1
+    ? { status, ...byModel[0]![1], binary: Object.values(binaries)[0], process }
+    : { status, models: Object.fromEntries(byModel), binaries, process }
   return HttpServerResponse.unsafeJson(body, { headers: noStore })
 })
 

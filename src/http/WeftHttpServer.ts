@@ -75,6 +75,8 @@ const health = Effect.gen(function*() {
   return HttpServerResponse.unsafeJson(
     {
       status: draining ? "draining" : "ok",
+      // Which llama.cpp binaries serve (native or prebuilt); absent on backends that are not llama.cpp.
+      binary: [...new Set(engines.flatMap((engine) => engine.backend.info.binary?.kind ?? []))].join(",") || undefined,
       slots: { total: sum((one) => one.slots.total), free: sum((one) => one.slots.free) },
       queue: { length: sum((one) => one.queued), limit: sum((one) => one.queueLimit) }
     },

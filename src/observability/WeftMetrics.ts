@@ -56,6 +56,7 @@ export const WeftMetrics = {
   ),
   promptTokens: counter("weft_prompt_tokens_total", "Prompt tokens of requests that got a slot (prefix-cache hits included), by tenant"),
   generationTokens: counter("weft_generation_tokens_total", "Tokens generated, by tenant"),
+  buildInfo: gauge("weft_build_info", "Always 1: the llama.cpp binary each model runs on (binary: native or prebuilt) and its llama.cpp release"),
   rejections: counter("weft_rejections_total", "Requests turned away at admission, by reason"),
   timeouts: counter("weft_timeouts_total", "Requests ended by a stage limit, by stage (queue, first_token, total)"),
   cancellations: counter("weft_cancellations_total", "Requests cancelled, by reason (client, cancel, shutdown)"),

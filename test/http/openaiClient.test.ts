@@ -1,6 +1,7 @@
 import { Effect, Either, Schema } from "effect"
 import OpenAI from "openai"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import { findNativeBuild } from "../../src/engine/llama/LlamaBinary.js"
 import { SimBackend } from "../../src/engine/SimBackend.js"
 import { tinyBackend, tinyModelId } from "../support/tinyModel.js"
 import { startServer, waitForHealth } from "../support/testServer.js"
@@ -33,6 +34,18 @@ describe("openai client against the tiny model", () => {
     expect(models.data.map((model) => model.id)).toEqual([tinyModelId])
     const model = await client.models.retrieve(tinyModelId)
     expect(model).toMatchObject({ id: tinyModelId, object: "model", owned_by: "weft" })
+  })
+
+  it("says which llama.cpp binary serves: /health, /admin/stats and weft_build_info", async () => {
+    // A clean checkout (CI) has no native build; a developer's may, after `weft build-native`.
+    const kind = findNativeBuild() === undefined ? "prebuilt" : "native"
+    const health = await (await fetch(`${server.url}/health`)).json() as { binary?: string }
+    expect(health.binary).toBe(kind)
+    const stats = await (await fetch(`${server.url}/admin/stats`)).json() as { binary?: { kind: string; release: string } }
+    expect(stats.binary?.kind).toBe(kind)
+    expect(stats.binary?.release).toMatch(/\S/)
+    const metrics = await (await fetch(`${server.url}/metrics`)).text()
+    expect(metrics).toMatch(new RegExp(`^weft_build_info\\{.*binary="${kind}".*\\} 1$`, "m"))
   })
 
   it("answers a chat completion with OpenAI's shape and usage that adds up", async () => {

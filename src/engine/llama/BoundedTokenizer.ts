@@ -26,6 +26,7 @@ export interface BoundedTokenizerConfig {
   readonly modelPath: string
   readonly contextSize: number
   readonly vocabSize: number
+  readonly binary: "native" | "prebuilt"
 }
 
 /**
@@ -37,7 +38,7 @@ export const makeBoundedTokenizer = (
   config: BoundedTokenizerConfig
 ): Effect.Effect<Pick<BackendShape, "tokenize" | "renderChat">, TokenizerWorkerFailed, Scope.Scope> =>
   Effect.gen(function*() {
-    const offThread = yield* makeOffThreadTokenizer({ modelPath: config.modelPath, vocabSize: config.vocabSize })
+    const offThread = yield* makeOffThreadTokenizer({ modelPath: config.modelPath, vocabSize: config.vocabSize, binary: config.binary })
     const tables = offThread.tables
     const local = makeVocabTokenizer(model, tables.specials)
     const maxBytes = config.contextSize * tables.longestTokenBytes + marginBytes

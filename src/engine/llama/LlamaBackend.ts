@@ -1,7 +1,6 @@
 import { availableParallelism } from "node:os"
 import { basename } from "node:path"
 import { Effect, Layer, Schema } from "effect"
-import { getLlama, LlamaLogLevel } from "node-llama-cpp"
 import type { CustomBatchingPrioritizationStrategy, LlamaContext, LlamaContextSequence, Token } from "node-llama-cpp"
 import { Backend, DecodeFailed, KvEraseFailed } from "../Backend.js"
 import type { BackendShape, Generation, StepResult } from "../Backend.js"
@@ -17,6 +16,8 @@ import { evaluateOptions } from "./EvaluateOptions.js"
 import { GrammarCache } from "./GrammarCache.js"
 import type { GrammarCacheLimits } from "./GrammarCache.js"
 import { endOfGenerationBan, interceptDecodes, queuedDecodesOf } from "./LlamaInternals.js"
+import { loadLlamaBinary } from "./LlamaBinary.js"
+import type { BinaryPreference } from "./LlamaBinary.js"
 import { llamaModelInfo } from "./LlamaModelInfo.js"
 import { makeSlotArrivals } from "./SlotArrivals.js"
 
@@ -48,6 +49,8 @@ export interface LlamaBackendConfig {
    */
   readonly flashAttention?: boolean | undefined
   readonly gpu?: "auto" | false | undefined
+  /** Which llama.cpp binary to load; defaults to `auto`, the native build when one loads. */
+  readonly binary?: BinaryPreference | undefined
   /** Bounds of the cache of JSON-schema grammars (client input); defaults to 256 entries and 64 MiB. */
   readonly grammarCache?: GrammarCacheLimits | undefined
 }
@@ -105,19 +108,9 @@ export const LlamaBackend = {
         const threads = config.threads ?? availableParallelism()
         const loadFailed = (error: unknown) =>
           new ModelLoadFailed({ path: config.modelPath, message: errorMessage(error), cause: error })
-        const llama = yield* Effect.acquireRelease(
-          Effect.tryPromise({
-            try: () =>
-              getLlama({
-                build: "never",
-                gpu: config.gpu ?? "auto",
-                maxThreads: threads,
-                logLevel: LlamaLogLevel.error,
-                progressLogs: false
-              }),
-            catch: loadFailed
-          }),
-          (llama) => Effect.promise(() => llama.dispose())
+        const { binary, llama } = yield* Effect.acquireRelease(
+          loadLlamaBinary(config.binary ?? "auto", { gpu: config.gpu ?? "auto", maxThreads: threads }).pipe(Effect.mapError(loadFailed)),
+          ({ llama }) => Effect.promise(() => llama.dispose())
         )
         const model = yield* Effect.acquireRelease(
           Effect.tryPromise({ try: () => llama.loadModel({ modelPath: config.modelPath }), catch: loadFailed }),
@@ -158,14 +151,16 @@ export const LlamaBackend = {
         const info = {
           ...llamaModelInfo(config.modelId ?? basename(config.modelPath).replace(/\.gguf$/i, ""), config.parallel, model, context),
           embeddingSize: embedder.size,
-          maxEmbeddingTokens: embedder.maxInputTokens
+          maxEmbeddingTokens: embedder.maxInputTokens,
+          binary
         }
         const banEndOfGeneration = endOfGenerationBan(model, info.vocabSize)
         const grammars = new GrammarCache(llama, info.id, config.grammarCache)
         const tokenizer = yield* makeBoundedTokenizer(model, {
           modelPath: config.modelPath,
           contextSize: info.contextSize,
-          vocabSize: info.vocabSize
+          vocabSize: info.vocabSize,
+          binary: binary.kind
         }).pipe(Effect.mapError((error) => new ModelLoadFailed({ path: config.modelPath, message: error.message, cause: error })))
 
         const start: BackendShape["start"] = (slot, prompt, sampling) =>

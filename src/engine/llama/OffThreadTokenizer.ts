@@ -12,6 +12,8 @@ export interface TokenizerWorkerData {
   readonly modelPath: string
   /** Token ids are `0 … vocabSize-1`. */
   readonly vocabSize: number
+  /** The binary the backend loaded, so one process never holds two different llama.cpp builds. */
+  readonly binary: "native" | "prebuilt"
 }
 
 /** A request to the tokenizer worker. */

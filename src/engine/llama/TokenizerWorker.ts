@@ -1,7 +1,8 @@
 // A worker thread that tokenizes large inputs for `OffThreadTokenizer`: it loads the model vocabulary-only and
 // answers one request at a time, so superlinear tokenization never runs on the server's event loop.
 import { parentPort, workerData } from "node:worker_threads"
-import { getLlama, LlamaLogLevel } from "node-llama-cpp"
+import { Effect } from "effect"
+import { nodeLlamaCppLoader } from "./LlamaBinary.js"
 import { errorMessage } from "./errorMessage.js"
 import type { TokenizerReply, TokenizerRequest, TokenizerStatus, TokenizerWorkerData } from "./OffThreadTokenizer.js"
 import { makeVocabTokenizer, vocabTables } from "./VocabTokenizer.js"
@@ -10,7 +11,7 @@ const data = workerData as TokenizerWorkerData
 const port = parentPort!
 
 const loaded = (async () => {
-  const llama = await getLlama({ build: "never", gpu: false, logLevel: LlamaLogLevel.error, progressLogs: false })
+  const llama = await Effect.runPromise(nodeLlamaCppLoader(data.binary, { gpu: false, maxThreads: 1 }))
   const model = await llama.loadModel({ modelPath: data.modelPath, vocabOnly: true })
   // Read here rather than on the main thread: about 2 µs a token (7 ms for the tiny model's 3,072), so some
   // hundreds of milliseconds for a 150k-token vocabulary, which would stall other models' streams.

@@ -1,0 +1,139 @@
+import { Effect, Schema } from "effect"
+import * as fs from "node:fs"
+import { createRequire } from "node:module"
+import * as path from "node:path"
+import { getLlama, LlamaLogLevel } from "node-llama-cpp"
+import type { Llama } from "node-llama-cpp"
+import { errorMessage } from "./errorMessage.js"
+
+/** Which llama.cpp binary to load: `auto` is the native build when one loads, else the prebuilt one. */
+export const binaryPreferences = ["auto", "native", "prebuilt"] as const
+export type BinaryPreference = (typeof binaryPreferences)[number]
+
+/**
+ * The cmake options of `weft build-native`. node-llama-cpp names a local build's folder after its custom cmake
+ * options, so asking `getLlama` for exactly these finds exactly that build, never a differently configured one.
+ * `WEFT_NATIVE_BUILD` is only that marker; cmake ignores it.
+ */
+export const nativeCmakeOptions: Readonly<Record<string, string>> = {
+  GGML_NATIVE: "ON",
+  GGML_OPENMP: "ON",
+  WEFT_NATIVE_BUILD: "1"
+}
+
+/** A marker no local build is made with, so `getLlama` skips local builds and loads the prebuilt binary. */
+const prebuiltOnlyCmakeOptions: Readonly<Record<string, string>> = { WEFT_PREBUILT_ONLY: "1" }
+
+/** Which binary is in use, as the banner, `/health`, `/admin/stats` and `weft_build_info` report it. */
+export interface LlamaBinaryInfo {
+  readonly kind: "native" | "prebuilt"
+  /** The llama.cpp release it was built from. */
+  readonly release: string
+  /** The cmake options of a native build; empty for the prebuilt one. */
+  readonly cmakeOptions: Readonly<Record<string, string>>
+  /** Why a native build present or asked for is not the one in use. */
+  readonly fallbackReason?: string | undefined
+}
+
+/** `--binary native` was asked for, and no native build loads. */
+export class NativeBinaryUnavailable extends Schema.TaggedError<NativeBinaryUnavailable>()("NativeBinaryUnavailable", {
+  reason: Schema.String
+}) {
+  override get message(): string {
+    return `no native llama.cpp build loads (${this.reason}); run \`npx weft build-native\` (or \`npm run build:native\`), or use --binary auto`
+  }
+}
+
+/** The prebuilt binary did not load either. */
+export class LlamaBinaryLoadFailed extends Schema.TaggedError<LlamaBinaryLoadFailed>()("LlamaBinaryLoadFailed", {
+  reason: Schema.String
+}) {
+  override get message(): string {
+    return `llama.cpp could not be loaded: ${this.reason}`
+  }
+}
+
+export interface LlamaLoadOptions {
+  readonly gpu: "auto" | false
+  readonly maxThreads: number
+}
+
+/** How one kind of binary is loaded; a seam so the selection can be tested without a native build. */
+export type BinaryLoader = (kind: "native" | "prebuilt", options: LlamaLoadOptions) => Effect.Effect<Llama, string>
+
+export const nodeLlamaCppLoader: BinaryLoader = (kind, options) =>
+  Effect.tryPromise({
+    try: () =>
+      getLlama({
+        build: "never",
+        // The native build is CPU-only (`source build --gpu false`).
+        gpu: kind === "native" ? false : options.gpu,
+        usePrebuiltBinaries: kind === "prebuilt",
+        cmakeOptions: kind === "native" ? { ...nativeCmakeOptions } : { ...prebuiltOnlyCmakeOptions },
+        maxThreads: options.maxThreads,
+        logLevel: LlamaLogLevel.error,
+        progressLogs: false
+      }),
+    catch: errorMessage
+  }).pipe(
+    Effect.filterOrFail(
+      (llama) => kind === "prebuilt" || llama.buildType === "localBuild",
+      () => "node-llama-cpp loaded its prebuilt binary"
+    )
+  )
+
+const infoOf = (llama: Llama, fallbackReason: string | undefined): LlamaBinaryInfo => ({
+  kind: llama.buildType === "localBuild" ? "native" : "prebuilt",
+  release: llama.llamaCppRelease.release,
+  cmakeOptions: llama.buildType === "localBuild" ? { ...llama.cmakeOptions } : {},
+  fallbackReason
+})
+
+/**
+ * Loads llama.cpp as `preference` says: `native` or a `NativeBinaryUnavailable` error, `prebuilt` always, `auto`
+ * the native build when it loads and otherwise the prebuilt one, logging why when a native build was there.
+ */
+export const loadLlamaBinary = (
+  preference: BinaryPreference,
+  options: LlamaLoadOptions,
+  loader: BinaryLoader = nodeLlamaCppLoader
+): Effect.Effect<{ readonly llama: Llama; readonly binary: LlamaBinaryInfo }, NativeBinaryUnavailable | LlamaBinaryLoadFailed> =>
+  Effect.gen(function*() {
+    const prebuilt = (fallbackReason: string | undefined) =>
+      loader("prebuilt", options).pipe(
+        Effect.mapError((reason) => new LlamaBinaryLoadFailed({ reason })),
+        Effect.map((llama) => ({ llama, binary: infoOf(llama, fallbackReason) }))
+      )
+    if (preference === "prebuilt") return yield* prebuilt(undefined)
+    const native = yield* Effect.either(loader("native", options))
+    if (native._tag === "Right") return { llama: native.right, binary: infoOf(native.right, undefined) }
+    if (preference === "native") return yield* new NativeBinaryUnavailable({ reason: native.left })
+    const built = yield* nativeBuildPresent
+    if (built) yield* Effect.logWarning("the native llama.cpp build did not load; using the prebuilt binary").pipe(Effect.annotateLogs({ reason: native.left }))
+    return yield* prebuilt(built ? native.left : undefined)
+  })
+
+/** Where node-llama-cpp is installed (its `exports` hide `package.json`, so from its entry point, `dist/index.js`). */
+export const nodeLlamaCppRoot = (): string => path.dirname(path.dirname(createRequire(import.meta.url).resolve("node-llama-cpp")))
+
+/** node-llama-cpp's folder of local builds (`npm ci` empties it). */
+export const localBuildsDirectory = (): string => path.join(nodeLlamaCppRoot(), "llama", "localBuilds")
+
+/** A finished local build made with `nativeCmakeOptions`, as node-llama-cpp lays it out; its folder, if any. */
+export const findNativeBuild = (localBuilds: string = localBuildsDirectory()): string | undefined => {
+  if (!fs.existsSync(localBuilds)) return undefined
+  return fs.readdirSync(localBuilds).map((name) => path.join(localBuilds, name)).find((folder) => {
+    const metadata = path.join(folder, "Release", "_nlcBuildMetadata.json")
+    if (!fs.existsSync(path.join(folder, "buildDone.status")) || !fs.existsSync(path.join(folder, "Release", "llama-addon.node"))) return false
+    try {
+      const options = (JSON.parse(fs.readFileSync(metadata, "utf8")) as { buildOptions?: { customCmakeOptions?: Record<string, string> } })
+        .buildOptions?.customCmakeOptions ?? {}
+      return Object.entries(nativeCmakeOptions).every(([key, value]) => options[key] === value)
+    } catch {
+      return false
+    }
+  })
+}
+
+/** Whether `weft build-native` has left a finished build behind (whether or not it loads). */
+export const nativeBuildPresent: Effect.Effect<boolean> = Effect.sync(() => findNativeBuild() !== undefined)

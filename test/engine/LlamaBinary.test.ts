@@ -1,0 +1,70 @@
+import { Effect, Either } from "effect"
+import type { Llama } from "node-llama-cpp"
+import * as fs from "node:fs"
+import * as os from "node:os"
+import * as path from "node:path"
+import { describe, expect, it } from "vitest"
+import { findNativeBuild, loadLlamaBinary, nativeCmakeOptions } from "../../src/engine/llama/LlamaBinary.js"
+import type { BinaryLoader } from "../../src/engine/llama/LlamaBinary.js"
+
+const fakeLlama = (buildType: "localBuild" | "prebuilt"): Llama =>
+  ({ buildType, llamaCppRelease: { repo: "ggml-org/llama.cpp", release: "v0.5.0" }, cmakeOptions: buildType === "localBuild" ? nativeCmakeOptions : {} }) as unknown as Llama
+
+/** A loader whose native build loads, fails to load, or is missing; records what was tried. */
+const loader = (native: "loads" | "fails") => {
+  const tried: Array<string> = []
+  const load: BinaryLoader = (kind) => {
+    tried.push(kind)
+    if (kind === "prebuilt") return Effect.succeed(fakeLlama("prebuilt"))
+    return native === "loads" ? Effect.succeed(fakeLlama("localBuild")) : Effect.fail("no local build")
+  }
+  return { tried, load }
+}
+
+const options = { gpu: false, maxThreads: 2 } as const
+
+describe("LlamaBinary", () => {
+  it("auto takes the native build when it loads, and the prebuilt one otherwise", async () => {
+    const withNative = loader("loads")
+    const native = await Effect.runPromise(loadLlamaBinary("auto", options, withNative.load))
+    expect(native.binary).toEqual({ kind: "native", release: "v0.5.0", cmakeOptions: nativeCmakeOptions, fallbackReason: undefined })
+    expect(withNative.tried).toEqual(["native"])
+
+    const without = loader("fails")
+    const prebuilt = await Effect.runPromise(loadLlamaBinary("auto", options, without.load))
+    expect(prebuilt.binary.kind).toBe("prebuilt")
+    expect(prebuilt.binary.cmakeOptions).toEqual({})
+    expect(without.tried).toEqual(["native", "prebuilt"])
+  })
+
+  it("native without a loadable build fails with the command that makes one; prebuilt never looks for it", async () => {
+    const failed = await Effect.runPromise(Effect.either(loadLlamaBinary("native", options, loader("fails").load)))
+    expect(Either.isLeft(failed) && failed.left.message).toMatch(/no native llama\.cpp build loads \(no local build\); run `npx weft build-native`/)
+
+    const prebuiltOnly = loader("loads")
+    const prebuilt = await Effect.runPromise(loadLlamaBinary("prebuilt", options, prebuiltOnly.load))
+    expect(prebuilt.binary.kind).toBe("prebuilt")
+    expect(prebuiltOnly.tried).toEqual(["prebuilt"])
+  })
+
+  it("finds only a finished build made with Weft's cmake options", () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "weft-local-builds-"))
+    try {
+      const build = (name: string, customCmakeOptions: Record<string, string>, done: boolean) => {
+        const release = path.join(dir, name, "Release")
+        fs.mkdirSync(release, { recursive: true })
+        fs.writeFileSync(path.join(release, "llama-addon.node"), "")
+        fs.writeFileSync(path.join(release, "_nlcBuildMetadata.json"), JSON.stringify({ buildOptions: { customCmakeOptions } }))
+        if (done) fs.writeFileSync(path.join(dir, name, "buildDone.status"), "")
+      }
+      expect(findNativeBuild(path.join(dir, "missing"))).toBeUndefined()
+      build("linux-x64", {}, true)
+      build("linux-x64-unfinished", nativeCmakeOptions, false)
+      expect(findNativeBuild(dir)).toBeUndefined()
+      build("linux-x64-abc123", nativeCmakeOptions, true)
+      expect(findNativeBuild(dir)).toBe(path.join(dir, "linux-x64-abc123"))
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true })
+    }
+  })
+})
