@@ -2,7 +2,6 @@ import { Effect, Schema } from "effect"
 import * as fs from "node:fs"
 import { createRequire } from "node:module"
 import * as path from "node:path"
-import { getLlama, LlamaLogLevel } from "node-llama-cpp"
 import type { Llama } from "node-llama-cpp"
 import { errorMessage } from "./errorMessage.js"
 
@@ -63,8 +62,10 @@ export type BinaryLoader = (kind: "native" | "prebuilt", options: LlamaLoadOptio
 
 export const nodeLlamaCppLoader: BinaryLoader = (kind, options) =>
   Effect.tryPromise({
-    try: () =>
-      getLlama({
+    // Imported here so that commands which only reach this module (`--help`, `build-native`'s checks) load no native code.
+    try: async () => {
+      const { getLlama, LlamaLogLevel } = await import("node-llama-cpp")
+      return getLlama({
         build: "never",
         // The native build is CPU-only (`source build --gpu false`).
         gpu: kind === "native" ? false : options.gpu,
@@ -73,7 +74,8 @@ export const nodeLlamaCppLoader: BinaryLoader = (kind, options) =>
         maxThreads: options.maxThreads,
         logLevel: LlamaLogLevel.error,
         progressLogs: false
-      }),
+      })
+    },
     catch: errorMessage
   }).pipe(
     Effect.filterOrFail(
