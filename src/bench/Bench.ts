@@ -26,6 +26,7 @@ const modeLabel: Record<BenchMode, string> = {
   naive: "naive",
   "in-process": "in-process",
   spawn: "weft-http",
+  "spawn-native": "weft-http-native",
   url: "url"
 }
 
@@ -42,8 +43,10 @@ const targetOf = (
     case "in-process":
       return inProcessTarget(engine)
     case "spawn":
-      return Effect.flatMap(spawnWeft(engine), (server) =>
-        httpTarget({ name: modeLabel.spawn, baseUrl: server.baseUrl, sockets, pids: server.pid === undefined ? [] : [server.pid] }))
+    case "spawn-native":
+      // `spawn` is the prebuilt binary even where a native build exists, so the two compare in one run.
+      return Effect.flatMap(spawnWeft(engine, ["--binary", mode === "spawn" ? "prebuilt" : "native"]), (server) =>
+        httpTarget({ name: modeLabel[mode], baseUrl: server.baseUrl, sockets, pids: server.pid === undefined ? [] : [server.pid] }))
     case "url":
       return settings.url === undefined
         ? Effect.dieMessage("url mode needs --url")

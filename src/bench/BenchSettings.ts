@@ -15,7 +15,7 @@ export class BenchModelMissing extends Schema.TaggedError<BenchModelMissing>()("
 }
 
 /** A way of serving the same workload that the bench measures. */
-export type BenchMode = "naive" | "in-process" | "spawn" | "url"
+export type BenchMode = "naive" | "in-process" | "spawn" | "spawn-native" | "url"
 
 /** Everything one `weft bench` run does. */
 export interface BenchSettings {

@@ -35,7 +35,10 @@ const options = {
     Options.withDescription("Process id of the server behind --url (Linux): its CPU is then not counted as other load"),
     Options.optional
   ),
-  spawn: Options.boolean("spawn").pipe(Options.withDescription("Start `weft serve` in a child process and measure it over HTTP")),
+  spawn: Options.boolean("spawn").pipe(Options.withDescription("Start `weft serve` in a child process and measure it over HTTP (prebuilt binary)")),
+  spawnNative: Options.boolean("spawn-native").pipe(
+    Options.withDescription("Like --spawn, on the native build of `weft build-native` (measured interleaved with the others)")
+  ),
   inProcess: Options.boolean("in-process").pipe(Options.withDescription("Measure the scheduler in this process, without HTTP")),
   ceiling: Options.boolean("ceiling").pipe(
     Options.withDescription(
@@ -99,11 +102,14 @@ const options = {
 }
 
 /** The modes asked for, in the order they run; naive, in-process and spawn when none is named. */
-const modesOf = (selected: { readonly url: boolean; readonly spawn: boolean; readonly inProcess: boolean; readonly naive: boolean }) => {
+const modesOf = (
+  selected: { readonly url: boolean; readonly spawn: boolean; readonly spawnNative: boolean; readonly inProcess: boolean; readonly naive: boolean }
+) => {
   const modes: Array<BenchMode> = []
   if (selected.naive) modes.push("naive")
   if (selected.inProcess) modes.push("in-process")
   if (selected.spawn) modes.push("spawn")
+  if (selected.spawnNative) modes.push("spawn-native")
   if (selected.url) modes.push("url")
   return modes.length === 0 ? defaultBenchSettings.modes : modes
 }
@@ -118,11 +124,11 @@ const invocation = () => {
 export const benchCommand = Command.make("bench", options, (flags) =>
   Effect.gen(function*() {
     const url = Option.getOrUndefined(flags.url)
-    const modeNamed = url !== undefined || flags.spawn || flags.inProcess || flags.naive
+    const modeNamed = url !== undefined || flags.spawn || flags.spawnNative || flags.inProcess || flags.naive
     // `--chat-reuse` alone runs only the chat scenario; with a mode or `--ceiling` it runs after them.
     const onlyChat = flags.chatReuse && !modeNamed && !flags.ceiling
     const settings: BenchSettings = {
-      modes: onlyChat ? [] : modesOf({ url: url !== undefined, spawn: flags.spawn, inProcess: flags.inProcess, naive: flags.naive }),
+      modes: onlyChat ? [] : modesOf({ url: url !== undefined, spawn: flags.spawn, spawnNative: flags.spawnNative, inProcess: flags.inProcess, naive: flags.naive }),
       ceiling: flags.ceiling || !(modeNamed || flags.chatReuse),
       url,
       urlModel: Option.getOrUndefined(flags.urlModel),
