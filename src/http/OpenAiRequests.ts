@@ -103,15 +103,21 @@ const SharedFields = {
   timeout_total_ms: optional(PositiveInt)
 }
 
+/** What a function tool declares (chat nests it under `function`; the Responses API spells it flat). */
+export const FunctionToolFields = {
+  name: FunctionName,
+  description: optional(Schema.String),
+  parameters: optional(Schema.Unknown),
+  strict: optional(Schema.Boolean)
+}
+
+/** A tool's `type`: only functions. */
+export const FunctionToolType = Schema.Literal("function").annotations(expectedExactly("\"function\" (only function tools are supported)"))
+
 /** A function the model may call; `parameters` is the JSON schema of its arguments object. */
 export const ToolInput = Schema.Struct({
-  type: Schema.Literal("function").annotations(expectedExactly("\"function\" (only function tools are supported)")),
-  function: Schema.Struct({
-    name: FunctionName,
-    description: optional(Schema.String),
-    parameters: optional(Schema.Unknown),
-    strict: optional(Schema.Boolean)
-  })
+  type: FunctionToolType,
+  function: Schema.Struct(FunctionToolFields)
 })
 export type ToolInput = typeof ToolInput.Type
 

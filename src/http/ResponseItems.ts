@@ -4,7 +4,7 @@ import type { ChatMessage } from "../engine/Backend.js"
 import type { ToolCallEvent } from "../engine/ToolCallParser.js"
 import { newCallId } from "./GenerationResponse.js"
 import { InvalidParam } from "./HttpErrors.js"
-import { expectedExactly, FunctionName, optional } from "./OpenAiRequests.js"
+import { expectedExactly, FunctionName, FunctionToolFields, FunctionToolType, optional } from "./OpenAiRequests.js"
 import type { ChatCompletionRequest } from "./OpenAiRequests.js"
 import type { ToolCallOutput } from "./OpenAiResponses.js"
 
@@ -50,13 +50,7 @@ export const InputItem = Schema.Union(InputMessage, FunctionCallItem, FunctionCa
 export type InputItem = typeof InputItem.Type
 
 /** A function tool as the Responses API spells it: flat, without chat's `function` wrapper. */
-export const ResponseFunctionTool = Schema.Struct({
-  type: Schema.Literal("function").annotations(expectedExactly("\"function\" (only function tools are supported)")),
-  name: FunctionName,
-  description: optional(Schema.String),
-  parameters: optional(Schema.Unknown),
-  strict: optional(Schema.Boolean)
-})
+export const ResponseFunctionTool = Schema.Struct({ type: FunctionToolType, ...FunctionToolFields })
 export type ResponseFunctionTool = typeof ResponseFunctionTool.Type
 
 /** `tool_choice` as the Responses API spells it. */
