@@ -116,6 +116,12 @@ export interface BackendShape {
    * `start`s on it, so an engine may prepare for that start here.
    */
   readonly trim: (slot: number, keep: number) => Effect.Effect<void, KvEraseFailed>
+  /**
+   * Makes slot `to` hold copies of the first `length` KV cells of slot `from` (its own cells are replaced), so a prompt
+   * evaluated on one slot need not be evaluated again on another. False, with `to` erased, when the engine could not.
+   * Both slots must be held by the caller's requests; `from` may be generating meanwhile.
+   */
+  readonly copyPrefix: (from: number, to: number, length: number) => Effect.Effect<boolean, DecodeFailed>
   /** KV cells the engine itself reports for `slot` (the ground truth accounting is checked against). */
   readonly cells: (slot: number) => number
   /** The tokens whose KV cells `slot` holds, in position order. */

@@ -164,6 +164,12 @@ export const makeSimBackend = (config: SimBackendConfig): BackendShape => {
     start,
     erase: (slot) => eraseFrom(slot, 0),
     trim: eraseFrom,
+    copyPrefix: (from, to, length) =>
+      Effect.sync(() => {
+        const source = held[from]!
+        held[to] = source.length >= length ? source.slice(0, length) : []
+        return source.length >= length
+      }),
     cells: (slot) => held[slot]!.length,
     tokensOf: (slot) => held[slot]!.slice(),
     // Embedding takes the prefill latency of its tokens, from `Clock`, like a prompt would.

@@ -28,7 +28,7 @@ const TextPart = Schema.Struct({
 const MessageContent = Schema.Union(Schema.String, Schema.Array(TextPart))
 
 /** A function name as OpenAI allows it, so it can be written into a grammar and a prompt as is. */
-const FunctionName = Schema.String.pipe(Schema.pattern(/^[a-zA-Z0-9_-]{1,64}$/)).annotations(
+export const FunctionName = Schema.String.pipe(Schema.pattern(/^[a-zA-Z0-9_-]{1,64}$/)).annotations(
   expected("a function name of 1 to 64 letters, digits, underscores or dashes")
 )
 
@@ -103,15 +103,21 @@ const SharedFields = {
   timeout_total_ms: optional(PositiveInt)
 }
 
+/** What a function tool declares (chat nests it under `function`; the Responses API spells it flat). */
+export const FunctionToolFields = {
+  name: FunctionName,
+  description: optional(Schema.String),
+  parameters: optional(Schema.Unknown),
+  strict: optional(Schema.Boolean)
+}
+
+/** A tool's `type`: only functions. */
+export const FunctionToolType = Schema.Literal("function").annotations(expectedExactly("\"function\" (only function tools are supported)"))
+
 /** A function the model may call; `parameters` is the JSON schema of its arguments object. */
 export const ToolInput = Schema.Struct({
-  type: Schema.Literal("function").annotations(expectedExactly("\"function\" (only function tools are supported)")),
-  function: Schema.Struct({
-    name: FunctionName,
-    description: optional(Schema.String),
-    parameters: optional(Schema.Unknown),
-    strict: optional(Schema.Boolean)
-  })
+  type: FunctionToolType,
+  function: Schema.Struct(FunctionToolFields)
 })
 export type ToolInput = typeof ToolInput.Type
 
@@ -213,8 +219,6 @@ export const unsupportedParams: ReadonlyArray<UnsupportedParam> = [
   { param: "suffix", endpoints: ["completions"], used: (value) => typeof value === "string" && value !== "" , example: "end" },
   { param: "best_of", endpoints: ["completions"], used: other(1) , example: 2 },
   { param: "echo", endpoints: ["completions"], used: (value) => value === true , example: true },
-  { param: "tools", endpoints: ["responses"], used: notEmpty, hint: "tools are supported on /v1/chat/completions only" , example: [{ type: "function", name: "f", parameters: {} }] },
-  { param: "tool_choice", endpoints: ["responses"], used: other("none", "auto") , example: "required" },
   { param: "reasoning", endpoints: ["responses"], used: (value) => typeof value === "object" && value !== null && Object.values(value).some(present) , example: { effort: "low" } },
   { param: "background", endpoints: ["responses"], used: (value) => value === true , example: true },
   { param: "conversation", endpoints: ["responses"], used: present, hint: "use `previous_response_id` instead" , example: "conv_1" },

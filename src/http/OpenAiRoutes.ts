@@ -4,6 +4,7 @@ import type { Schema } from "effect"
 import { randomUUID } from "node:crypto"
 import type { BackendShape } from "../engine/Backend.js"
 import type { GenerationEvent } from "../scheduler/GenerationRequest.js"
+import { PromptShare } from "../scheduler/PromptShare.js"
 import { currentPrincipal } from "../identity/currentPrincipal.js"
 import { RateLimiter } from "../identity/RateLimiter.js"
 import { SessionStore } from "../sessions/SessionStore.js"
@@ -43,15 +44,19 @@ type RunOf<A> = (
   backend: BackendShape,
   body: A,
   n: number,
-  submit: (prompt: ReadonlyArray<number>, index: number, choice: number) => Stream.Stream<GenerationEvent, ApiFailure>
+  submit: (prompt: ReadonlyArray<number>, index: number, choice: number, share?: PromptShare) => Stream.Stream<GenerationEvent, ApiFailure>
 ) => Effect.Effect<{ readonly choices: ReadonlyArray<Stream.Stream<GenerationEvent, ApiFailure>>; readonly headers?: Record<string, string> }, ApiFailure, SessionStore | HttpServerRequest.HttpServerRequest>
 
-/** The `n` choices of each prompt, numbered prompt by prompt. */
+/** The `n` choices of each prompt, numbered prompt by prompt; with `n` > 1 they share their prompt's evaluation. */
 const fanOut = (
   prompts: ReadonlyArray<ReadonlyArray<number>>,
   n: number,
   submit: Parameters<RunOf<unknown>>[3]
-) => prompts.flatMap((prompt, at) => Array.from({ length: n }, (_, choice) => submit(prompt, at * n + choice, choice)))
+) =>
+  Effect.map(
+    Effect.forEach(prompts, () => (n > 1 ? Effect.map(PromptShare.make, (share) => share as PromptShare | undefined) : Effect.succeed(undefined))),
+    (shares) => prompts.flatMap((prompt, at) => Array.from({ length: n }, (_, choice) => submit(prompt, at * n + choice, choice, shares[at])))
+  )
 
 /** The choices' events merged as they come, each tagged with its choice's index. */
 const mergeChoices = (choices: ReadonlyArray<Stream.Stream<GenerationEvent, ApiFailure>>): Stream.Stream<ChoiceEvent, ApiFailure> =>
@@ -118,12 +123,13 @@ const generationRoute = <A extends SharedRequest, I>(
     }
     const meter = yield* metered(backend, request.maxTokens)
     const seed = request.sampling.seed
-    const { choices, headers } = yield* runOf(backend, body, plan.n, (prompt, index, choice) =>
+    const { choices, headers } = yield* runOf(backend, body, plan.n, (prompt, index, choice, promptShare) =>
       meter(prompt, validatedOutput(request.sampling.grammar, scheduler.submit({
         ...request,
         // Each choice is a request of its own: its own id, and its own seed derived from the request's.
         id: index === 0 ? id : `${id}-${index}`,
         prompt,
+        promptShare,
         sampling: { ...request.sampling, seed: seed === undefined ? undefined : (seed + choice) >>> 0 }
       }))))
     const run = {
@@ -141,7 +147,7 @@ const generationRoute = <A extends SharedRequest, I>(
 
 /** Completions: `n` choices for each of the request's prompts. */
 const completionRun: RunOf<CompletionRequest> = (backend, body, n, submit) =>
-  Effect.map(completionPrompts(backend, body.prompt, n), (prompts) => ({ choices: fanOut(prompts, n, submit) }))
+  Effect.flatMap(completionPrompts(backend, body.prompt, n), (prompts) => Effect.map(fanOut(prompts, n, submit), (choices) => ({ choices })))
 
 /**
  * A chat turn. With a session id (`session_id`, or the `X-Session-Id` header) the server keeps the conversation:
@@ -152,7 +158,7 @@ const chatRun: RunOf<ChatCompletionRequest> = (backend, body, n, submit) =>
   Effect.gen(function*() {
     const request = yield* HttpServerRequest.HttpServerRequest
     const sessionId = body.session_id ?? request.headers["x-session-id"]
-    if (sessionId === undefined) return { choices: fanOut([yield* chatPrompt(backend, body)], n, submit) }
+    if (sessionId === undefined) return { choices: yield* fanOut([yield* chatPrompt(backend, body)], n, submit) }
     if (body.tools !== undefined || body.messages.some((message) => message.role === "tool" || message.tool_calls !== undefined)) {
       return yield* new InvalidParam({
         param: "tools",

@@ -1,11 +1,10 @@
-// Just over 300 lines: the three /v1/responses routes share the response object and its streamed event sequence.
 import { HttpRouter, HttpServerResponse } from "@effect/platform"
 import { Clock, Effect, Option, Schema, Stream } from "effect"
-import { randomUUID } from "node:crypto"
 import type { ChatMessage } from "../engine/Backend.js"
 import type { GenerationEvent, Usage } from "../scheduler/GenerationRequest.js"
 import { SessionStore, StoredResponse } from "../sessions/SessionStore.js"
-import { generatedText, outcomeOf, sseHeaders, startedEvents } from "./GenerationResponse.js"
+import { ToolCallParser } from "../engine/ToolCallParser.js"
+import { generatedText, outcomeOf, splitToolCalls, sseHeaders, startedEvents } from "./GenerationResponse.js"
 import type { Finished } from "./GenerationResponse.js"
 import { InvalidParam, ResponseNotFound } from "./HttpErrors.js"
 import { errorReply } from "./OpenAiErrors.js"
@@ -14,27 +13,23 @@ import { readJsonBody } from "./JsonBody.js"
 import { validatedOutput } from "./StructuredOutput.js"
 import { resolveModel } from "./ModelRoute.js"
 import { decodeRequest, planOf } from "./OpenAiMapping.js"
-import { expectedExactly, JsonSchemaFormat, NumberBetween, optional, PositiveInt } from "./OpenAiRequests.js"
-import type { ResponseFormat } from "./OpenAiRequests.js"
+import { JsonSchemaFormat, NumberBetween, optional, PositiveInt } from "./OpenAiRequests.js"
+import type { ChatCompletionRequest, ResponseFormat } from "./OpenAiRequests.js"
+import type { ToolCallOutput } from "./OpenAiResponses.js"
+import {
+  chatToolFields,
+  conversationOf,
+  InputItem,
+  newItemId,
+  outputItemsOf,
+  ResponseFunctionTool,
+  responsesToolParam,
+  ResponseToolChoice,
+  StreamedOutput
+} from "./ResponseItems.js"
+import type { ResponseEvent } from "./ResponseItems.js"
+import { offeredTools } from "./ToolCalls.js"
 import type { OpenAiRoutesOptions } from "./OpenAiRoutes.js"
-
-/** A text content part of an input message; earlier assistant output comes back as `output_text`. */
-const InputTextPart = Schema.Struct({
-  type: Schema.Literal("input_text", "output_text").annotations(
-    expectedExactly("\"input_text\" or \"output_text\" (only text content parts are supported)")
-  ),
-  text: Schema.String
-})
-
-/** One input message item. */
-const InputMessage = Schema.Struct({
-  type: optional(Schema.Literal("message").annotations(expectedExactly("\"message\" (only message items are supported)"))),
-  role: Schema.Literal("system", "developer", "user", "assistant").annotations(
-    expectedExactly("one of \"system\", \"developer\", \"user\", \"assistant\"")
-  ),
-  content: Schema.Union(Schema.String, Schema.Array(InputTextPart))
-})
-type InputMessage = typeof InputMessage.Type
 
 /** `text.format`: the Responses API spells the JSON schema format flat. */
 const TextFormat = Schema.Union(
@@ -49,8 +44,11 @@ export const ResponseCreateRequest = Schema.Struct({
   model: Schema.String,
   input: Schema.Union(
     Schema.String,
-    Schema.Array(InputMessage).pipe(Schema.minItems(1, { message: () => "a non-empty array of message items" }))
+    Schema.Array(InputItem).pipe(Schema.minItems(1, { message: () => "a non-empty array of input items" }))
   ),
+  tools: optional(Schema.Array(ResponseFunctionTool).pipe(Schema.maxItems(128))),
+  tool_choice: optional(ResponseToolChoice),
+  parallel_tool_calls: optional(Schema.Boolean),
   instructions: optional(Schema.String),
   max_output_tokens: optional(PositiveInt),
   temperature: optional(NumberBetween(0, 2)),
@@ -81,17 +79,6 @@ const renamed = (error: InvalidParam) =>
     })
     : error
 
-/** A message of a Responses conversation: no tool turns, so it is stored as it is. */
-type ConversationMessage = ChatMessage & { readonly role: "system" | "user" | "assistant" }
-
-const messagesOf = (input: ResponseCreateRequest["input"]): ReadonlyArray<ConversationMessage> =>
-  typeof input === "string"
-    ? [{ role: "user", content: input }]
-    : input.map((item: InputMessage): ConversationMessage => ({
-      role: item.role === "developer" ? "system" : item.role,
-      content: typeof item.content === "string" ? item.content : item.content.map((part) => part.text).join("")
-    }))
-
 /** What a response object repeats from its request and identity. */
 interface ResponseIdentity {
   readonly id: string
@@ -104,16 +91,6 @@ interface ResponseIdentity {
 }
 
 type ResponseStatus = "in_progress" | "completed" | "incomplete" | "failed"
-
-const outputText = (text: string) => ({ type: "output_text", text, annotations: [], logprobs: [] })
-
-const messageItem = (identity: ResponseIdentity, status: "in_progress" | "completed" | "incomplete", content: ReadonlyArray<unknown>) => ({
-  type: "message",
-  id: identity.messageId,
-  status,
-  role: "assistant",
-  content
-})
 
 const usageBody = (usage: Usage) => ({
   input_tokens: usage.promptTokens,
@@ -145,26 +122,27 @@ const responseObject = (
   metadata: identity.body.metadata ?? {},
   model: identity.model,
   output: state.output ?? [],
-  parallel_tool_calls: false,
+  parallel_tool_calls: identity.body.parallel_tool_calls ?? true,
   previous_response_id: identity.body.previous_response_id ?? null,
   reasoning: { effort: null, summary: null },
   service_tier: "default",
   store: identity.body.store ?? true,
   temperature: identity.temperature,
   text: { format: identity.body.text?.format ?? { type: "text" } },
-  tool_choice: "none",
-  tools: [],
+  tool_choice: identity.body.tool_choice ?? "auto",
+  tools: identity.body.tools ?? [],
   top_p: identity.topP,
   truncation: "disabled",
   usage: state.usage === undefined ? null : usageBody(state.usage),
   user: identity.body.user ?? null
 })
 
-/** The finished response: completed, or incomplete when `max_output_tokens` cut it. */
-const finishedObject = (identity: ResponseIdentity, text: string, finished: Finished, reason: "stop" | "length") => {
-  const status = reason === "stop" ? "completed" : "incomplete"
-  return responseObject(identity, { status, output: [messageItem(identity, status, [outputText(text)])], usage: finished.usage })
-}
+/** How a finished generation leaves its response: completed, or incomplete when `max_output_tokens` cut it. */
+const statusOf = (reason: "stop" | "length") => (reason === "stop" ? "completed" : "incomplete")
+
+/** The finished response, with its output items. */
+const finishedObject = (identity: ResponseIdentity, output: ReadonlyArray<unknown>, finished: Finished, reason: "stop" | "length") =>
+  responseObject(identity, { status: statusOf(reason), output, usage: finished.usage })
 
 const failedObject = (identity: ResponseIdentity, failure: ApiFailure) => {
   const { error } = errorReply(failure)
@@ -172,8 +150,6 @@ const failedObject = (identity: ResponseIdentity, failure: ApiFailure) => {
 }
 
 const responseIdParam = Effect.map(HttpRouter.params, (params) => params["id"] ?? "")
-
-const newId = (prefix: string) => `${prefix}_${randomUUID().replaceAll("-", "")}`
 
 /** One SSE event of the Responses API: its type on the `event:` line and in the data, numbered in order. */
 const sseEvent = (type: string, sequence: number, data: Record<string, unknown>) =>
@@ -183,19 +159,20 @@ const createResponse = (options: OpenAiRoutesOptions) =>
   Effect.gen(function*() {
     const body = yield* decodeRequest("responses", ResponseCreateRequest, yield* readJsonBody(options.maxBodyBytes))
     const { backend, scheduler } = yield* resolveModel(body.model)
-    const plan = yield* planOf(
-      {
-        model: body.model,
-        messages: [],
-        max_tokens: body.max_output_tokens,
-        temperature: body.temperature,
-        top_p: body.top_p,
-        seed: body.seed,
-        response_format: responseFormatOf(body.text?.format)
-      },
-      { maxTokens: undefined },
-      backend
-    ).pipe(Effect.mapError(renamed))
+    // The request as chat would take it, so tools and formats are checked and planned as on /v1/chat/completions.
+    const chat: ChatCompletionRequest = {
+      model: body.model,
+      messages: [],
+      max_tokens: body.max_output_tokens,
+      temperature: body.temperature,
+      top_p: body.top_p,
+      seed: body.seed,
+      response_format: responseFormatOf(body.text?.format),
+      ...chatToolFields(body)
+    }
+    const plan = yield* planOf(chat, { maxTokens: undefined }, backend).pipe(
+      Effect.mapError((error) => responsesToolParam(renamed(error)))
+    )
     const store = yield* SessionStore
     // Responses carry no owner key yet: every client shares one prefix-cache namespace, as chat without cache_salt does.
     const cacheKey = ""
@@ -206,13 +183,13 @@ const createResponse = (options: OpenAiRoutesOptions) =>
         onSome: (previous) => Effect.succeed(previous.messages)
       }))
     )
-    const conversation = [...history, ...messagesOf(body.input)]
+    const conversation = [...history, ...conversationOf(body.input)]
     // `instructions` apply to this response only: they go first in its prompt, not into the stored conversation.
     const instructions: ReadonlyArray<ChatMessage> = body.instructions === undefined ? [] : [{ role: "system", content: body.instructions }]
-    const prompt = yield* backend.renderChat([...instructions, ...conversation])
+    const prompt = yield* backend.renderChat([...instructions, ...conversation], offeredTools(chat))
     const identity: ResponseIdentity = {
-      id: newId("resp"),
-      messageId: newId("msg"),
+      id: newItemId("resp"),
+      messageId: newItemId("msg"),
       createdAt: Math.floor((yield* Clock.currentTimeMillis) / 1000),
       model: backend.info.id,
       body,
@@ -222,60 +199,63 @@ const createResponse = (options: OpenAiRoutesOptions) =>
     const events = validatedOutput(plan.request.sampling.grammar, scheduler.submit({ id: identity.id, prompt, ...plan.request }))
 
     /** Keeps a finished response for `GET` and `previous_response_id`, unless `store: false`. */
-    const save = (text: string, object: unknown) =>
+    const save = (text: string, calls: ReadonlyArray<ToolCallOutput>, object: unknown) =>
       body.store === false ? Effect.void : store.saveResponse(
         new StoredResponse({
           id: identity.id,
           cacheKey,
-          messages: [...conversation, { role: "assistant", content: text }],
+          messages: [...conversation, { role: "assistant", content: text, ...(calls.length === 0 ? {} : { toolCalls: calls }) }],
           body: object,
           createdAt: identity.createdAt * 1000
         })
       ).pipe(Effect.catchAll((error) => Effect.logError("The response could not be stored", error)))
 
     if (body.stream !== true) {
-      const { finished, reason, text } = yield* generatedText(events)
-      const object = finishedObject(identity, text, finished, reason)
-      yield* save(text, object)
+      const { finished, reason, text: output } = yield* generatedText(events)
+      const { calls, text } = plan.toolSyntax === undefined ? { calls: [], text: output } : splitToolCalls(plan.toolSyntax, output)
+      const object = finishedObject(identity, outputItemsOf(identity.messageId, text, calls, statusOf(reason)), finished, reason)
+      yield* save(text, calls, object)
       return HttpServerResponse.unsafeJson(object)
     }
 
-    const item = { item_id: identity.messageId, output_index: 0, content_index: 0 }
-    const framesOf = (state: { readonly sequence: number; readonly text: string }, event: GenerationEvent) => {
-      let sequence = state.sequence
+    // With tools, the output goes through a tool-call parser: call markup becomes function_call items, never text.
+    const parser = plan.toolSyntax === undefined ? undefined : new ToolCallParser(plan.toolSyntax)
+    const output = new StreamedOutput(identity.messageId)
+    const framesOf = (sequence: number, event: GenerationEvent) => {
       const frames: Array<string> = []
       const emit = (type: string, data: Record<string, unknown>) => frames.push(sseEvent(type, sequence++, data))
-      const done = (text: string) => Effect.succeed([{ sequence, text }, frames] as const)
+      const emitAll = (events: ReadonlyArray<ResponseEvent>) => events.forEach(({ data, type }) => emit(type, data))
+      const done = () => Effect.succeed([sequence, frames] as const)
       switch (event._tag) {
         case "Started": {
           const response = responseObject(identity, { status: "in_progress" })
           emit("response.created", { response })
           emit("response.in_progress", { response })
-          emit("response.output_item.added", { output_index: 0, item: messageItem(identity, "in_progress", []) })
-          emit("response.content_part.added", { ...item, part: outputText("") })
-          return done(state.text)
+          // Without tools the output is one message: it opens at once, as OpenAI's does.
+          if (parser === undefined) emitAll(output.openMessage())
+          return done()
         }
         case "Delta":
-          if (event.text !== "") emit("response.output_text.delta", { ...item, delta: event.text, logprobs: [] })
-          return done(state.text + event.text)
+          if (parser === undefined) emitAll(output.push({ _tag: "Text", text: event.text }))
+          else if (event.text !== "") parser.push(event.text).forEach((parsed) => emitAll(output.push(parsed)))
+          return done()
         case "Finished":
           return Effect.flatMap(outcomeOf(event), (outcome) => {
             if (outcome._tag === "Failed") {
               emit("response.failed", { response: failedObject(identity, outcome.failure) })
-              return done(state.text)
+              return done()
             }
-            const object = finishedObject(identity, state.text, event, outcome.reason)
-            const part = outputText(state.text)
-            emit("response.output_text.done", { ...item, text: state.text, logprobs: [] })
-            emit("response.content_part.done", { ...item, part })
-            emit("response.output_item.done", { output_index: 0, item: object.output[0] })
+            parser?.finish().forEach((parsed) => emitAll(output.push(parsed)))
+            const finished = output.finish(statusOf(outcome.reason))
+            emitAll(finished.events)
+            const object = finishedObject(identity, finished.output, event, outcome.reason)
             emit(outcome.reason === "stop" ? "response.completed" : "response.incomplete", { response: object })
-            return Effect.zipRight(save(state.text, object), done(state.text))
+            return Effect.zipRight(save(output.text, output.calls, object), done())
           })
       }
     }
     const started = yield* startedEvents(events, (event) => event)
-    const frames = started.pipe(Stream.mapAccumEffect({ sequence: 0, text: "" }, framesOf), Stream.flattenIterables, Stream.encodeText)
+    const frames = started.pipe(Stream.mapAccumEffect(0, framesOf), Stream.flattenIterables, Stream.encodeText)
     return HttpServerResponse.stream(frames, sseHeaders)
   }).pipe(Effect.withSpan("http.responses"))
 

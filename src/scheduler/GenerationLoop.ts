@@ -1,7 +1,7 @@
-import { Clock, Deferred, Duration, Effect } from "effect"
+import { Clock, Deferred, Duration, Effect, Option } from "effect"
 import type { Mailbox, Scope } from "effect"
 import type { BackendShape, DecodeFailed, StepLogprobs, StepResult } from "../engine/Backend.js"
-import type { SeqPool } from "../engine/SeqPool.js"
+import type { SeqPool, SlotLease } from "../engine/SeqPool.js"
 import { TextAssembler } from "../engine/TextAssembler.js"
 import { GenerationEvent } from "./GenerationRequest.js"
 import type { FinishReason, GeneratedLogprob, GenerationRequest, StageTimeouts } from "./GenerationRequest.js"
@@ -79,7 +79,18 @@ export const runGeneration = (
       })
     )
 
-    const suffix = request.prompt.slice(lease.reusedTokens)
+    const waitedFrom = yield* Clock.currentTimeMillis
+    const { prefilled, reused } = yield* withStageLimit(sharedPrompt(backend, request, lease), "firstToken", limits.firstTokenMs)
+    if (reused !== lease.reusedTokens) {
+      progress.cachedTokens = reused
+      yield* lease.setCells(reused)
+      yield* registry.patch(request.id, () => ({ cachedTokens: reused }))
+    }
+    // Waiting for a shared prompt counts towards the first token.
+    const firstTokenMs = limits.firstTokenMs === undefined
+      ? undefined
+      : Math.max(1, limits.firstTokenMs - ((yield* Clock.currentTimeMillis) - waitedFrom))
+    const suffix = request.prompt.slice(reused)
     const generation = yield* backend.start(lease.slot, suffix, { ...request.sampling, seed })
     const assembler = new TextAssembler(backend.detokenize, request.stop ?? [], request.prompt.slice(-4))
     const contextSize = backend.info.contextSize
@@ -99,7 +110,8 @@ export const runGeneration = (
       return Effect.as(emit(rest.text, true), { finishReason: rest.stopped ? "stop" : finishReason } satisfies Outcome)
     }
 
-    const firstStep = withStageLimit(generation.next, "firstToken", limits.firstTokenMs).pipe(
+    const firstStep = withStageLimit(generation.next, "firstToken", firstTokenMs).pipe(
+      Effect.tap(() => prefilled),
       Effect.tap(() =>
         Effect.flatMap(Clock.currentTimeMillis, (now) =>
           Effect.zipRight(
@@ -148,6 +160,32 @@ export const runGeneration = (
         if (outcome !== undefined) return outcome
       }
     }).pipe(Effect.withSpan("RequestScheduler.decode"))
+  })
+
+/**
+ * How much of the prompt `lease`'s slot holds before the generation starts, and what to do once the prompt is in.
+ * Without a `promptShare` that is the prefix the pool reused. With one, the leader tells the other choices when its
+ * prompt is evaluated; a follower waits for that and copies all but the prompt's last token from the leader's slot (the
+ * last one is evaluated on its own slot, for its own first token), unless its own slot already holds that much.
+ */
+const sharedPrompt = (
+  backend: BackendShape,
+  request: GenerationRequest,
+  lease: SlotLease
+): Effect.Effect<{ readonly reused: number; readonly prefilled: Effect.Effect<void> }, DecodeFailed, Scope.Scope> =>
+  Effect.gen(function*() {
+    const unshared = { reused: lease.reusedTokens, prefilled: Effect.void }
+    if (request.promptShare === undefined) return unshared
+    const role = yield* request.promptShare.join(lease.slot)
+    if (role._tag === "Lead") return { ...unshared, prefilled: role.prefilled }
+    const length = request.prompt.length - 1
+    if (lease.reusedTokens >= length) return unshared
+    const copied = yield* request.promptShare.copyFromLeader((from) => backend.copyPrefix(from, lease.slot, length))
+    // No copy (the leader let its slot go first) leaves the slot as it was; a failed one leaves it empty.
+    return Option.match(copied, {
+      onNone: () => unshared,
+      onSome: (done) => ({ ...unshared, reused: done ? length : 0 })
+    })
   })
 
 /** Renders each generated token's logprobs as text, in the context of the tokens before it; held until emitted. */

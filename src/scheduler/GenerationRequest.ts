@@ -3,6 +3,7 @@ import type { SamplingOptions } from "../engine/SamplingOptions.js"
 import type { DecodeFailed, StructuredOutputInvalid } from "../engine/Backend.js"
 import type { StageTimedOut } from "./SchedulerErrors.js"
 import type { CancelReason } from "./RequestLifecycle.js"
+import type { PromptShare } from "./PromptShare.js"
 
 export type Priority = "high" | "normal" | "low"
 
@@ -30,6 +31,8 @@ export interface GenerationRequest {
   readonly timeouts?: StageTimeouts | undefined
   /** Isolates prefix-cache reuse: only requests with the same key (tenant, API key, cache salt) share cached KV. */
   readonly cacheKey?: string | undefined
+  /** Set on the choices of one prompt (`n` > 1): the prompt is evaluated once, and its KV copied to the others' slots. */
+  readonly promptShare?: PromptShare | undefined
 }
 
 /** A token as text with its log probability. */

@@ -29,8 +29,12 @@ export const SessionOwner = Schema.String.pipe(Schema.brand("SessionOwner"))
 export type SessionOwner = typeof SessionOwner.Type
 
 const ChatMessageSchema = Schema.Struct({
-  role: Schema.Literal("system", "user", "assistant"),
-  content: Schema.String
+  role: Schema.Literal("system", "user", "assistant", "tool"),
+  content: Schema.String,
+  /** The tool calls an assistant turn made (Responses API conversations). */
+  toolCalls: Schema.optional(Schema.Array(Schema.Struct({ id: Schema.String, name: Schema.String, arguments: Schema.String }))),
+  /** The call a tool turn answers. */
+  toolCallId: Schema.optional(Schema.String)
 })
 
 /** A stored conversation: its history, who it belongs to, and its totals. */

@@ -163,6 +163,32 @@ describe("logprobs, n and prompt arrays against the tiny model", () => {
     expect(completion.usage!.completion_tokens).toBe(16)
   })
 
+  it("streams a prompt array with n: 2 and legacy logprobs: each chunk names its choice, offsets continue, as blocking", async () => {
+    const request = { model: tinyModelId, prompt: ["Once upon a time", "The weather today"], n: 2, max_tokens: 5, ignore_eos: true, seed: 9, logprobs: 2 }
+    const stream = await client.completions.create({ ...request, stream: true } as OpenAI.CompletionCreateParamsStreaming)
+    const texts = ["", "", "", ""]
+    const tokens: Array<Array<string>> = [[], [], [], []]
+    const finishes: Array<string | null> = [null, null, null, null]
+    for await (const chunk of stream) {
+      for (const choice of chunk.choices) {
+        const before = [...texts[choice.index]!].length
+        if (choice.logprobs?.tokens !== undefined && choice.logprobs.tokens.length > 0) {
+          // Offsets count characters from the start of the choice's own text.
+          expect(choice.logprobs.text_offset![0]).toBe([...tokens[choice.index]!.join("")].length)
+          tokens[choice.index]!.push(...choice.logprobs.tokens)
+        }
+        texts[choice.index] += choice.text
+        expect([...texts[choice.index]!].length).toBeGreaterThanOrEqual(before)
+        if (choice.finish_reason !== null) finishes[choice.index] = choice.finish_reason
+      }
+    }
+    expect(finishes).toEqual(["length", "length", "length", "length"])
+    for (const [index, text] of texts.entries()) expect(tokens[index]!.join("")).toBe(text)
+    const blocking = await client.completions.create(request as OpenAI.CompletionCreateParamsNonStreaming)
+    expect(blocking.choices.map((choice) => choice.text)).toEqual(texts)
+    expect(blocking.choices.map((choice) => choice.logprobs!.tokens)).toEqual(tokens)
+  })
+
   it("takes token prompts: a list of ints and a list of lists", async () => {
     const one = await client.completions.create({ model: tinyModelId, prompt: [5, 6, 7], max_tokens: 2, ignore_eos: true } as OpenAI.CompletionCreateParamsNonStreaming)
     expect(one.choices).toHaveLength(1)

@@ -15,9 +15,9 @@ import { errorMessage } from "./errorMessage.js"
 import { evaluateOptions } from "./EvaluateOptions.js"
 import { GrammarCache } from "./GrammarCache.js"
 import type { GrammarCacheLimits } from "./GrammarCache.js"
-import { endOfGenerationBan, interceptDecodes, queuedDecodesOf } from "./LlamaInternals.js"
 import { loadLlamaBinary } from "./LlamaBinary.js"
 import type { BinaryPreference } from "./LlamaBinary.js"
+import { copySequencePrefix, endOfGenerationBan, interceptDecodes, queuedDecodesOf } from "./LlamaInternals.js"
 import { llamaModelInfo } from "./LlamaModelInfo.js"
 import { makeSlotArrivals } from "./SlotArrivals.js"
 
@@ -257,6 +257,17 @@ export const LlamaBackend = {
                 }),
               (participant) => arrivals.expire(slot, participant)
             ),
+          copyPrefix: (from, to, length) =>
+            Effect.tryPromise({
+              try: async () => {
+                const target = sequences[to]!
+                const copied = sequences[from]!.nextTokenIndex >= length && await copySequencePrefix(target, sequences[from]!, length)
+                // A copy that came out short (the source changed meanwhile) leaves nothing half-made behind.
+                if (!copied) await target.clearHistory()
+                return copied
+              },
+              catch: (error) => new DecodeFailed({ slot: to, stage: "prefill", message: `KV copy: ${errorMessage(error)}`, cause: error })
+            }),
           cells: (slot) => sequences[slot]!.nextTokenIndex,
           tokensOf: (slot) => sequences[slot]!.contextTokens,
           embed: embedder.embed

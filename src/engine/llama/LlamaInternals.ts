@@ -3,7 +3,7 @@
  * node-llama-cpp source that shows its shape. Nothing else in Weft casts a node-llama-cpp object.
  */
 import { TokenBias } from "node-llama-cpp"
-import type { LlamaContext, LlamaModel, Token } from "node-llama-cpp"
+import type { LlamaContext, LlamaContextSequence, LlamaModel, Token } from "node-llama-cpp"
 
 /**
  * The native AddonContext behind a LlamaContext, as far as Weft drives it: node-llama-cpp's dispatch loop
@@ -98,3 +98,15 @@ export const endOfGenerationBan = (model: LlamaModel, vocabSize: number): TokenB
   }
   return ban
 }
+
+/**
+ * Makes `target` hold the first `length` cells of `source` (llama.cpp's `llama_memory_seq_cp`, which shares the cells
+ * rather than recomputing them), and tells whether it does. node-llama-cpp internal:
+ * LlamaContextSequence#_copyStateFromOtherSequence(otherSequence, upToTokenIndex) (LlamaContext.js), which takes the
+ * context lock, replaces `target`'s cells and token list with `source`'s, then erases them from `length` on.
+ */
+export const copySequencePrefix = (target: LlamaContextSequence, source: LlamaContextSequence, length: number): Promise<boolean> =>
+  // node-llama-cpp internal: LlamaContextSequence#_copyStateFromOtherSequence.
+  (target as unknown as {
+    _copyStateFromOtherSequence(other: LlamaContextSequence, upToTokenIndex: number): Promise<boolean>
+  })._copyStateFromOtherSequence(source, length)
