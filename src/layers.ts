@@ -4,7 +4,7 @@ import type { HttpServer } from "@effect/platform"
 import type { HttpServerError } from "@effect/platform"
 import { Effect, Layer } from "effect"
 import { isLocalDeployment, localEngineId } from "./config/ModelsConfig.js"
-import { WeftConfig } from "./config/WeftConfig.js"
+import { defaultSettings, WeftConfig } from "./config/WeftConfig.js"
 import type { WeftSettings } from "./config/WeftConfig.js"
 import { llamaEngineLayer, observedEngineLayer } from "./host/LocalEngine.js"
 import type { EngineStartFailed } from "./host/LocalEngine.js"
@@ -83,6 +83,13 @@ export const servedModels = (settings: WeftSettings): ReadonlyArray<ServedModel>
     : []
   return [...cliModel, ...configured]
 }
+
+/**
+ * One local model in process, without the HTTP server: `weft serve`'s engine for the same settings (the demo model,
+ * generated into `dataDir`, unless `model` names a GGUF file). What `WeftLanguageModel` and `WeftEmbeddingModel` run on.
+ */
+export const localModelLayer = (settings: Partial<WeftSettings> = {}): Layer.Layer<ModelRegistry> =>
+  ModelRegistry.layer([{ id: settings.modelId, engine: observedEngineLayer(llamaEngineLayer({ ...defaultSettings, ...settings })) }])
 
 /** The composition root of `weft serve`: config → ModelRegistry (LlamaBackend → SeqPool → RequestScheduler) → HTTP server. */
 export const WeftLive: Layer.Layer<HttpServer.HttpServer | ModelRegistry, HttpServerError.ServeError | OpenServerRefused, WeftConfig> = Layer.unwrapEffect(

@@ -40,14 +40,14 @@ export const outcomeOf = (finished: Finished): Effect.Effect<Outcome> => {
 }
 
 /** OpenAI's id of a tool call. */
-const newCallId = () => `call_${randomUUID().replaceAll("-", "").slice(0, 24)}`
+export const newCallId = () => `call_${randomUUID().replaceAll("-", "").slice(0, 24)}`
 
 /** A generation that ended normally with tool calls ends for them, unless it was cut at the length limit. */
 const withToolCalls = (reason: OpenAiFinishReason, calls: number): OpenAiFinishReason =>
   calls > 0 && reason === "stop" ? "tool_calls" : reason
 
 /** The text and tool calls of a complete output. */
-const splitToolCalls = (syntax: ToolCallSyntax, output: string) => {
+export const splitToolCalls = (syntax: ToolCallSyntax, output: string) => {
   const parser = new ToolCallParser(syntax)
   let text = ""
   const calls: Array<{ id: string; name: string; arguments: string }> = []
