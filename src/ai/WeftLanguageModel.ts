@@ -98,7 +98,11 @@ const toolsOf = (tools: ReadonlyArray<Tool.Any>): Effect.Effect<ReadonlyArray<To
     Tool.isUserDefined(tool)
       ? Effect.succeed<ToolInput>({
         type: "function",
-        function: { name: tool.name, description: Tool.getDescription(tool as never), parameters: Tool.getJsonSchema(tool as never) }
+        function: {
+          name: tool.name,
+          description: tool.description ?? Tool.getDescriptionFromSchemaAst(tool.parametersSchema.ast),
+          parameters: Tool.getJsonSchemaFromSchemaAst(tool.parametersSchema.ast)
+        }
       })
       : Effect.fail(malformedInput("prepareTools", `The provider-defined tool '${tool.name}' cannot run on Weft; use a user-defined tool`)))
 

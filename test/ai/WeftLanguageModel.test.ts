@@ -1,7 +1,7 @@
 import { AiError, LanguageModel, Prompt, Tool, Toolkit } from "@effect/ai"
 import type { Response } from "@effect/ai"
 import { describe, expect, layer } from "@effect/vitest"
-import { Chunk, Deferred, Effect, Fiber, Layer, Logger, LogLevel, Schema, Stream } from "effect"
+import { Chunk, Config, ConfigProvider, Deferred, Effect, Fiber, Layer, Logger, LogLevel, Schema, Stream } from "effect"
 import * as WeftLanguageModel from "../../src/ai/WeftLanguageModel.js"
 import { InvalidParam } from "../../src/http/HttpErrors.js"
 import { ModelNotFound } from "../../src/host/HostErrors.js"
@@ -133,6 +133,19 @@ describe("WeftLanguageModel on the tiny model", () => {
         yield* Fiber.interrupt(fiber)
         const after = yield* engineLoad
         expect(after).toEqual({ free: after.total, total: after.total, running: 0 })
+      }))
+
+    it.effect("layerConfig reads the model and its settings from Effect's Config", () =>
+      Effect.gen(function*() {
+        const configured = WeftLanguageModel.layerConfig({
+          model: Config.string("WEFT_MODEL"),
+          config: { max_tokens: Config.integer("WEFT_MAX_TOKENS") }
+        })
+        const response = yield* LanguageModel.generateText({ prompt: "Hi" }).pipe(
+          Effect.provide(configured),
+          Effect.withConfigProvider(ConfigProvider.fromMap(new Map([["WEFT_MODEL", tinyModelId], ["WEFT_MAX_TOKENS", "3"]])))
+        )
+        expect(response.usage.outputTokens).toBe(3)
       }))
 
     it.effect("errors are AiErrors that keep their cause: a bad setting is MalformedInput, an unknown model UnknownError", () =>

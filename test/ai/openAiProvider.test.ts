@@ -54,8 +54,8 @@ describe("@effect/ai-openai against a Weft server", () => {
     expect(Schema.is(Forecast)(response.value)).toBe(true)
   })
 
-  // OpenAiLanguageModel sends tools to /v1/responses, which refuses `tools` until Responses tools land (issue 15's
-  // branch): then this passes and `it.fails` becomes `it`.
+  // OpenAiLanguageModel sends tools to /v1/responses, which refuses `tools` (400 naming it) until tools land on the
+  // Responses API: then this passes, and `it.fails` becomes `it`.
   it.fails("calls a tool and returns its result", async () => {
     const response = await run(
       LanguageModel.generateText({ prompt: "Weather in Lima?", toolkit: WeatherTools, toolChoice: "required" }).pipe(
