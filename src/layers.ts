@@ -4,13 +4,13 @@ import type { HttpServer } from "@effect/platform"
 import type { HttpServerError } from "@effect/platform"
 import { Effect, Layer } from "effect"
 import { isLocalDeployment, localEngineId } from "./config/ModelsConfig.js"
-import { WeftConfig } from "./config/WeftConfig.js"
+import { defaultSettings, WeftConfig } from "./config/WeftConfig.js"
 import type { WeftSettings } from "./config/WeftConfig.js"
 import { llamaEngineLayer, observedEngineLayer } from "./host/LocalEngine.js"
 import type { EngineStartFailed } from "./host/LocalEngine.js"
 import { ModelRegistry } from "./host/ModelRegistry.js"
 import { WeftHttpServer } from "./http/WeftHttpServer.js"
-import type { HttpServerOptions } from "./http/WeftHttpServer.js"
+import type { HttpApiServices, HttpServerOptions } from "./http/WeftHttpServer.js"
 import type { Backend } from "./engine/Backend.js"
 import { JsonLogger } from "./observability/JsonLogger.js"
 import { OtlpTracing } from "./observability/OtlpTracing.js"
@@ -43,15 +43,22 @@ export const serverLayer = (
     Layer.provideMerge(
       ModelRegistry.layer(models.map((model) => ({ id: model.id, engine: observedEngineLayer(model.engine, requestLog) })))
     ),
-    Layer.provide(ProcessMetrics.Default),
-    Layer.provide(RateLimiter.Default),
-    Layer.provide(AuditLog.Default(audit)),
-    // A session database that cannot be opened is a start-up failure, reported like any other.
-    Layer.provide(Layer.orDie(SessionStore.layerSqlite(sessions))),
-    Layer.provide(Layer.orDie(KeyStore.layerSqlite(keys.databasePath)))
+    Layer.provide(httpApiServicesLayer(sessions, keys, audit))
   )
 
 type SessionSettingsInput = Parameters<typeof SessionStore.layerSqlite>[0]
+
+/** What Weft's HTTP API needs besides the models (see `WeftHttpServer.app`): sessions, API keys, rate limits, audit, process metrics. */
+export const httpApiServicesLayer = (
+  sessions: SessionSettingsInput = { databasePath: ":memory:" },
+  keys: { readonly databasePath: string } = { databasePath: ":memory:" },
+  audit: AuditSettings = { path: undefined }
+): Layer.Layer<Exclude<HttpApiServices, ModelRegistry>> =>
+  Layer.mergeAll(ProcessMetrics.Default, RateLimiter.Default, AuditLog.Default(audit)).pipe(
+    // A session database that cannot be opened is a start-up failure, reported like any other.
+    Layer.provideMerge(Layer.orDie(SessionStore.layerSqlite(sessions))),
+    Layer.provideMerge(Layer.orDie(KeyStore.layerSqlite(keys.databasePath)))
+  )
 
 /**
  * The local engines of `weft serve`: `--model` (or the demo model when the config file names no models), and each
@@ -83,6 +90,13 @@ export const servedModels = (settings: WeftSettings): ReadonlyArray<ServedModel>
     : []
   return [...cliModel, ...configured]
 }
+
+/**
+ * One local model in process, without the HTTP server: `weft serve`'s engine for the same settings (the demo model,
+ * generated into `dataDir`, unless `model` names a GGUF file). What `WeftLanguageModel` and `WeftEmbeddingModel` run on.
+ */
+export const localModelLayer = (settings: Partial<WeftSettings> = {}): Layer.Layer<ModelRegistry> =>
+  ModelRegistry.layer([{ id: settings.modelId, engine: observedEngineLayer(llamaEngineLayer({ ...defaultSettings, ...settings })) }])
 
 /** The composition root of `weft serve`: config → ModelRegistry (LlamaBackend → SeqPool → RequestScheduler) → HTTP server. */
 export const WeftLive: Layer.Layer<HttpServer.HttpServer | ModelRegistry, HttpServerError.ServeError | OpenServerRefused, WeftConfig> = Layer.unwrapEffect(

@@ -1,21 +1,9 @@
-import { Command, ValidationError } from "@effect/cli"
+import { ValidationError } from "@effect/cli"
 import type { FileSystem } from "@effect/platform"
 import { NodeContext, NodeRuntime } from "@effect/platform-node"
 import { Cause, Console, Effect, Option } from "effect"
-import packageJson from "../package.json" with { type: "json" }
-import { benchCommand } from "./cli/BenchCommand.js"
-import { buildNativeCommand } from "./cli/BuildNativeCommand.js"
-import { keysCommand } from "./cli/KeysCommand.js"
-import { tenantsCommand } from "./cli/TenantsCommand.js"
-import { modelCommand } from "./cli/ModelCommand.js"
-import { rejectedServeFlags, serveCommand } from "./cli/ServeCommand.js"
-
-const weft = Command.make("weft").pipe(
-  Command.withDescription("Effect-native LLM server: GGUF models behind an OpenAI-compatible API"),
-  Command.withSubcommands([serveCommand, modelCommand, benchCommand, keysCommand, tenantsCommand, buildNativeCommand])
-)
-
-const cli = Command.run(weft, { name: "weft", version: packageJson.version })
+import { rejectedServeFlags } from "./cli/ServeCommand.js"
+import { cli } from "./cli/WeftCli.js"
 
 /**
  * Expected failures print as one line naming what is wrong. @effect/cli has already printed its own; for a mistyped

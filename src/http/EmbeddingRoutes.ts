@@ -35,13 +35,13 @@ export const EmbeddingRequest = Schema.Struct({
 export type EmbeddingRequest = typeof EmbeddingRequest.Type
 
 /** One input with the parameter path an error about it names. */
-type Input = { readonly param: string; readonly value: string | ReadonlyArray<number> }
+export type EmbeddingInput = { readonly param: string; readonly value: string | ReadonlyArray<number> }
 
 const isTokenArray = (input: EmbeddingRequest["input"]): input is ReadonlyArray<number> =>
   Array.isArray(input) && input.length > 0 && typeof input[0] === "number"
 
 /** The request's inputs, each with its parameter path: one string or token array, or an array of them. */
-const inputsOf = (input: EmbeddingRequest["input"]): ReadonlyArray<Input> =>
+const inputsOf = (input: EmbeddingRequest["input"]): ReadonlyArray<EmbeddingInput> =>
   typeof input === "string" || isTokenArray(input)
     ? [{ param: "input", value: input }]
     : (input as ReadonlyArray<string | ReadonlyArray<number>>).map((value, index) => ({ param: `input[${index}]`, value }))
@@ -50,7 +50,7 @@ const emptyInput = (param: string) =>
   new InvalidParam({ param, message: `Invalid value for '${param}': the input must not be empty`, code: "invalid_value" })
 
 /** The input's tokens, checked: non-empty, ids in the vocabulary, short enough for the model's embedding context. */
-const tokensOf = (backend: BackendShape, input: Input) =>
+export const embeddingTokens = (backend: BackendShape, input: EmbeddingInput) =>
   Effect.gen(function*() {
     if (input.value.length === 0) return yield* emptyInput(input.param)
     const tokens = typeof input.value === "string" ? yield* backend.tokenize(input.value) : input.value
@@ -100,7 +100,7 @@ const embeddings = (maxBodyBytes: number) =>
         code: "invalid_value"
       })
     }
-    const tokens = yield* Effect.forEach(inputs, (input) => tokensOf(backend, input))
+    const tokens = yield* Effect.forEach(inputs, (input) => embeddingTokens(backend, input))
     const vectors = yield* scheduler.embed(tokens, { queueMs: body.timeout_queue_ms, totalMs: body.timeout_total_ms })
     const promptTokens = tokens.reduce((sum, one) => sum + one.length, 0)
     return HttpServerResponse.unsafeJson({

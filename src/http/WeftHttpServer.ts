@@ -217,27 +217,42 @@ const gracefulShutdown = (server: Http.Server, registry: ModelRegistryShape, gra
 const addressText = (address: HttpServer.Address): string =>
   address._tag === "UnixAddress" ? `unix:${address.path}` : `${address.hostname}:${address.port}`
 
+/** What the HTTP API needs besides its options: the models, and the stores and limits every request goes through. */
+export type HttpApiServices = ModelRegistry | SessionStore | ProcessMetrics | KeyStore | RateLimiter | AuditLog
+
+/**
+ * Weft's whole HTTP API (the OpenAI routes, sessions, admin, `/metrics`, `/health`) as one `@effect/platform` app,
+ * with its error envelope, API keys, host check and CORS: what the server serves, and what another
+ * `@effect/platform` server can mount next to its own routes (`HttpRouter.mountApp`). Refuses, as `weft serve` does,
+ * to run open on a non-loopback host.
+ */
+const httpApp = (options: Omit<HttpServerOptions, "port" | "shutdownGraceMs">) =>
+  Effect.gen(function*() {
+    const auth = options.auth ?? defaultAuth
+    const hasKeys = yield* Effect.flatMap(KeyStore, (store) => store.hasLiveKeys()).pipe(Effect.orDie)
+    const refusal = openServerRefusal(options.host, auth.mode, hasKeys)
+    if (refusal !== undefined) return yield* new OpenServerRefused({ host: options.host, reason: refusal })
+    const router = openAiRoutes(options).pipe(HttpRouter.concat(responsesRoutes(options)), HttpRouter.concat(embeddingRoutes(options)), HttpRouter.concat(tokenizeRoutes(options)), HttpRouter.concat(sessionRoutes), HttpRouter.concat(observabilityRoutes), HttpRouter.concat(adminKeyRoutes(options)), HttpRouter.concat(adminAuditRoutes), HttpRouter.get("/health", health))
+    const methodsOf = routeMethods(router)
+    return withRequestContext(router, methodsOf, browserPolicy(options, methodsOf), auth)
+  })
+
 /** The OpenAI-compatible HTTP server on Node's `http`, in front of the models of the `ModelRegistry`. */
 export const WeftHttpServer = {
+  app: httpApp,
   layer: (
     options: HttpServerOptions
-  ): Layer.Layer<HttpServer.HttpServer, HttpServerError.ServeError | OpenServerRefused, ModelRegistry | SessionStore | ProcessMetrics | KeyStore | RateLimiter | AuditLog> =>
+  ): Layer.Layer<HttpServer.HttpServer, HttpServerError.ServeError | OpenServerRefused, HttpApiServices> =>
     Layer.unwrapEffect(
       Effect.gen(function*() {
-        const auth = options.auth ?? defaultAuth
-        const hasKeys = yield* Effect.flatMap(KeyStore, (store) => store.hasLiveKeys()).pipe(Effect.orDie)
-        const refusal = openServerRefusal(options.host, auth.mode, hasKeys)
-        if (refusal !== undefined) return yield* new OpenServerRefused({ host: options.host, reason: refusal })
+        const app = yield* httpApp(options)
         const server = Http.createServer()
-        const router = openAiRoutes(options).pipe(HttpRouter.concat(responsesRoutes(options)), HttpRouter.concat(embeddingRoutes(options)), HttpRouter.concat(tokenizeRoutes(options)), HttpRouter.concat(sessionRoutes), HttpRouter.concat(observabilityRoutes), HttpRouter.concat(adminKeyRoutes(options)), HttpRouter.concat(adminAuditRoutes), HttpRouter.get("/health", health))
         // One scope, so the shutdown finalizer (added last) runs before the request handler is removed.
         const serve = Layer.scopedDiscard(
           Effect.gen(function*() {
             const httpServer = yield* HttpServer.HttpServer
             const registry = yield* ModelRegistry
-            const methodsOf = routeMethods(router)
-            const policy = browserPolicy(options, methodsOf)
-            yield* httpServer.serve(withRequestContext(router, methodsOf, policy, auth))
+            yield* httpServer.serve(app)
             yield* Effect.logInfo("listening").pipe(Effect.annotateLogs({ address: addressText(httpServer.address) }))
             yield* Effect.addFinalizer(() =>
               Effect.flatMap(Effect.forkDaemon(gracefulShutdown(server, registry, options.shutdownGraceMs)), Fiber.join)

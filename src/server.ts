@@ -1,0 +1,11 @@
+/** Weft's server as layers: the whole `weft serve`, or its HTTP API to serve or mount, over local models. */
+export { httpApiServicesLayer, localModelLayer, observabilityLayer, serverLayer, WeftLive } from "./layers.js"
+export type { ServedModel } from "./layers.js"
+export { WeftHttpServer } from "./http/WeftHttpServer.js"
+export type { HttpApiServices, HttpServerOptions } from "./http/WeftHttpServer.js"
+export { ModelRegistry } from "./host/ModelRegistry.js"
+export type { ModelDefinition, ModelRegistryShape, ModelState, ModelStatus } from "./host/ModelRegistry.js"
+export { llamaEngineLayer, observedEngineLayer, schedulerLayer } from "./host/LocalEngine.js"
+export type { Engine, EngineLayer, EngineStartFailed } from "./host/LocalEngine.js"
+export { defaultSettings, WeftConfig } from "./config/WeftConfig.js"
+export type { WeftSettings } from "./config/WeftConfig.js"
