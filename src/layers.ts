@@ -22,6 +22,24 @@ import { KeyStore, keysDatabasePath } from "./identity/KeyStore.js"
 import { AuditLog } from "./identity/AuditLog.js"
 import type { AuditSettings } from "./identity/AuditLog.js"
 import { RateLimiter } from "./identity/RateLimiter.js"
+import { Alerts, AlertsConfig } from "./observability/Alerts.js"
+import type { AlertSettings } from "./observability/AlertRules.js"
+import { LiveEvents, LiveEventsConfig } from "./observability/LiveEvents.js"
+import type { LiveEventsSettings } from "./observability/LiveEvents.js"
+
+/** The dashboard's event stream and the alert rules; defaults when not given. */
+export interface OperationsSettings {
+  readonly alerts?: AlertSettings | undefined
+  readonly liveEvents?: Partial<LiveEventsSettings> | undefined
+}
+
+/** The live event stream and the alert evaluator, over the models and the process. */
+const operationsLayer = (operations: OperationsSettings) =>
+  LiveEvents.Default.pipe(
+    Layer.provideMerge(Alerts.Default),
+    Layer.provide(LiveEventsConfig.layer(operations.liveEvents)),
+    Layer.provide(AlertsConfig.layer(operations.alerts))
+  )
 
 /** A model for `serverLayer`: its engine (a backend behind the scheduler) and, when known before loading, its id. */
 export interface ServedModel {
@@ -36,9 +54,11 @@ export const serverLayer = (
   sessions: SessionSettingsInput,
   requestLog: Partial<RequestLogSettings> = {},
   keys: { readonly databasePath: string } = { databasePath: ":memory:" },
-  audit: AuditSettings = { path: undefined }
+  audit: AuditSettings = { path: undefined },
+  operations: OperationsSettings = {}
 ): Layer.Layer<HttpServer.HttpServer | ModelRegistry, HttpServerError.ServeError | OpenServerRefused> =>
   WeftHttpServer.layer(http).pipe(
+    Layer.provide(operationsLayer(operations)),
     Layer.provideMerge(
       ModelRegistry.layer(models.map((model) => ({ id: model.id, engine: observedEngineLayer(model.engine, requestLog) })))
     ),

@@ -37,6 +37,10 @@ import { KeyStore } from "../identity/KeyStore.js"
 import { OpenServerRefused } from "../identity/AuthErrors.js"
 import { CurrentPrincipal } from "../identity/Principal.js"
 import { adminKeyRoutes } from "./AdminKeyRoutes.js"
+import { adminAlertRoutes } from "./AdminAlertRoutes.js"
+import { dashboardRoutes } from "./ui/DashboardRoutes.js"
+import type { Alerts } from "../observability/Alerts.js"
+import type { LiveEvents } from "../observability/LiveEvents.js"
 
 /** Where to listen and the limits the HTTP layer enforces itself. */
 export interface HttpServerOptions {
@@ -219,7 +223,7 @@ const addressText = (address: HttpServer.Address): string =>
 export const WeftHttpServer = {
   layer: (
     options: HttpServerOptions
-  ): Layer.Layer<HttpServer.HttpServer, HttpServerError.ServeError | OpenServerRefused, ModelRegistry | SessionStore | ProcessMetrics | KeyStore | RateLimiter | AuditLog> =>
+  ): Layer.Layer<HttpServer.HttpServer, HttpServerError.ServeError | OpenServerRefused, ModelRegistry | SessionStore | ProcessMetrics | KeyStore | RateLimiter | AuditLog | Alerts | LiveEvents> =>
     Layer.unwrapEffect(
       Effect.gen(function*() {
         const auth = options.auth ?? defaultAuth
@@ -228,6 +232,7 @@ export const WeftHttpServer = {
         if (refusal !== undefined) return yield* new OpenServerRefused({ host: options.host, reason: refusal })
         const server = Http.createServer()
         const router = openAiRoutes(options).pipe(HttpRouter.concat(responsesRoutes(options)), HttpRouter.concat(embeddingRoutes(options)), HttpRouter.concat(tokenizeRoutes(options)), HttpRouter.concat(sessionRoutes), HttpRouter.concat(observabilityRoutes), HttpRouter.concat(adminKeyRoutes(options)), HttpRouter.concat(adminAuditRoutes), HttpRouter.get("/health", health))
+          .pipe(HttpRouter.concat(dashboardRoutes), HttpRouter.concat(adminAlertRoutes))
         // One scope, so the shutdown finalizer (added last) runs before the request handler is removed.
         const serve = Layer.scopedDiscard(
           Effect.gen(function*() {
