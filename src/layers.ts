@@ -92,7 +92,8 @@ export const WeftLive: Layer.Layer<HttpServer.HttpServer | ModelRegistry, HttpSe
         { databasePath: path.join(settings.dataDir, "sessions.sqlite"), ttlMs: settings.sessionTtlMs },
         { logText: settings.logText },
         { databasePath: keysDatabasePath(settings.dataDir) },
-        { path: settings.auditLog ?? path.join(settings.dataDir, "audit.jsonl") }
+        { path: settings.auditLog ?? path.join(settings.dataDir, "audit.jsonl") },
+        { alerts: settings.alerts }
       ).pipe(Layer.provide(observabilityLayer(settings)))
     }))
 )

@@ -6,6 +6,7 @@ import type { FlagType } from "./SettingGrammar.js"
 import { envName, settingSpecs } from "./SettingSpecs.js"
 import type { AnySettingSpec } from "./SettingSpecs.js"
 import { defaultSettings, WeftSettings } from "./WeftSettings.js"
+import { AlertSettings } from "../observability/AlertRules.js"
 
 export { defaultSettings, WeftSettings }
 
@@ -91,6 +92,17 @@ export const rejectedFlags = (flags: FlagValues) =>
       return Either.match(decodeSetting(setting, raw), { onLeft: (error) => [error], onRight: () => [] })
     })).pipe(Effect.map(Arr.flatten))
 
+/** Config-file keys that hold an object rather than one flag's value; they have no flag or `WEFT_*` variable. */
+const structuredKeys = ["alerts"]
+
+/** The config file's `alerts` object, decoded; a bad one names the part that is wrong. */
+const alertsOf = (file: Readonly<Record<string, unknown>>, configPath: string | undefined) =>
+  file["alerts"] === undefined
+    ? Effect.succeed(undefined)
+    : Schema.decodeUnknown(AlertSettings, { onExcessProperty: "error" })(file["alerts"]).pipe(
+      Effect.mapError((error) => new ConfigFileInvalid({ path: configPath ?? "", reason: `"alerts": ${error.message}` }))
+    )
+
 const readConfigFile = (file: string) =>
   Effect.gen(function*() {
     const fs = yield* FileSystem.FileSystem
@@ -104,7 +116,7 @@ const readConfigFile = (file: string) =>
     if (typeof parsed !== "object" || parsed === null || Array.isArray(parsed)) {
       return yield* new ConfigFileInvalid({ path: file, reason: "expected a JSON object of settings" })
     }
-    const known = new Set<string>(settingSpecs.map((setting) => setting.name))
+    const known = new Set<string>([...settingSpecs.map((setting) => setting.name), ...structuredKeys])
     for (const key of Object.keys(parsed)) {
       if (!known.has(key)) {
         return yield* new ConfigFileInvalid({ path: file, reason: `unknown key "${key}" (keys are the flag names, e.g. "ctx-size")` })
@@ -167,5 +179,6 @@ export const loadWeftSettings = Effect.fn("WeftConfig.load")(function*(sources: 
   const model = resolved.model === undefined ? undefined : resolvePath("model", resolved.model)
   if (model !== undefined) yield* checkModelFile(model, origin.model ?? "model")
   const auditLog = resolved.auditLog === undefined ? undefined : resolvePath("auditLog", resolved.auditLog)
-  return { ...resolved, model, dataDir: resolvePath("dataDir", resolved.dataDir), auditLog } satisfies WeftSettings
+  const alerts = yield* alertsOf(file, configPath)
+  return { ...resolved, model, dataDir: resolvePath("dataDir", resolved.dataDir), auditLog, alerts } satisfies WeftSettings
 })

@@ -1,6 +1,7 @@
 import { Schema } from "effect"
 import { logLevelNames } from "../observability/JsonLogger.js"
 import { logFormats } from "./SettingGrammar.js"
+import { AlertSettings } from "../observability/AlertRules.js"
 
 /** Everything `weft serve` needs, validated and defaulted. Durations are milliseconds; `undefined` means no limit. */
 export const WeftSettings = Schema.Struct({
@@ -47,7 +48,9 @@ export const WeftSettings = Schema.Struct({
   /** API-key authentication; `auto` is on once a key exists. */
   auth: Schema.Literal("on", "off", "auto"),
   /** `/metrics` answers without an admin key. */
-  metricsPublic: Schema.Boolean
+  metricsPublic: Schema.Boolean,
+  /** The config file's `alerts` object (rules, webhooks); the built-in rules when absent. */
+  alerts: Schema.optional(Schema.typeSchema(AlertSettings))
 })
 
 /** Everything `weft serve` needs, validated and defaulted. */
