@@ -25,18 +25,23 @@ import { RateLimiter } from "./identity/RateLimiter.js"
 import { Alerts, AlertsConfig } from "./observability/Alerts.js"
 import type { AlertSettings } from "./observability/AlertRules.js"
 import { LiveEvents, LiveEventsConfig } from "./observability/LiveEvents.js"
+import { Plugins, PluginsConfig } from "./plugins/Plugins.js"
+import type { PluginSource } from "./plugins/Plugins.js"
+import type { PluginLoadFailed } from "./plugins/PluginErrors.js"
 import type { LiveEventsSettings } from "./observability/LiveEvents.js"
 
-/** The dashboard's event stream and the alert rules; defaults when not given. */
+/** The dashboard's event stream, the alert rules and the plugins; defaults (and no plugins) when not given. */
 export interface OperationsSettings {
   readonly alerts?: AlertSettings | undefined
   readonly liveEvents?: Partial<LiveEventsSettings> | undefined
+  readonly plugins?: ReadonlyArray<PluginSource> | undefined
 }
 
-/** The live event stream and the alert evaluator, over the models and the process. */
+/** The live event stream, the alert evaluator (over the models and the process) and the plugins. */
 const operationsLayer = (operations: OperationsSettings) =>
   LiveEvents.Default.pipe(
     Layer.provideMerge(Alerts.Default),
+    Layer.merge(Plugins.Default.pipe(Layer.provide(PluginsConfig.layer(operations.plugins)))),
     Layer.provide(LiveEventsConfig.layer(operations.liveEvents)),
     Layer.provide(AlertsConfig.layer(operations.alerts))
   )
@@ -56,7 +61,7 @@ export const serverLayer = (
   keys: { readonly databasePath: string } = { databasePath: ":memory:" },
   audit: AuditSettings = { path: undefined },
   operations: OperationsSettings = {}
-): Layer.Layer<HttpServer.HttpServer | ModelRegistry, HttpServerError.ServeError | OpenServerRefused> =>
+): Layer.Layer<HttpServer.HttpServer | ModelRegistry, HttpServerError.ServeError | OpenServerRefused | PluginLoadFailed> =>
   WeftHttpServer.layer(http).pipe(
     Layer.provide(operationsLayer(operations)),
     Layer.provideMerge(
@@ -73,7 +78,7 @@ export const serverLayer = (
 type SessionSettingsInput = Parameters<typeof SessionStore.layerSqlite>[0]
 
 /** The composition root of `weft serve`: config → ModelRegistry (LlamaBackend → SeqPool → RequestScheduler) → HTTP server. */
-export const WeftLive: Layer.Layer<HttpServer.HttpServer | ModelRegistry, HttpServerError.ServeError | OpenServerRefused, WeftConfig> = Layer.unwrapEffect(
+export const WeftLive: Layer.Layer<HttpServer.HttpServer | ModelRegistry, HttpServerError.ServeError | OpenServerRefused | PluginLoadFailed, WeftConfig> = Layer.unwrapEffect(
   Effect.flatMap(WeftConfig, (settings) =>
     // The sessions database lives in the data dir, which a `--model` run may not have created yet.
     Effect.sync(() => {
@@ -93,7 +98,7 @@ export const WeftLive: Layer.Layer<HttpServer.HttpServer | ModelRegistry, HttpSe
         { logText: settings.logText },
         { databasePath: keysDatabasePath(settings.dataDir) },
         { path: settings.auditLog ?? path.join(settings.dataDir, "audit.jsonl") },
-        { alerts: settings.alerts }
+        { alerts: settings.alerts, plugins: settings.plugins.map((plugin) => ({ _tag: "Path", path: plugin }) as const) }
       ).pipe(Layer.provide(observabilityLayer(settings)))
     }))
 )

@@ -172,7 +172,7 @@ export const loadWeftSettings = Effect.fn("WeftConfig.load")(function*(sources: 
   // Every value was decoded by its own grammar; a record that is not a WeftSettings is a bug in the table.
   const resolved = yield* Schema.decodeUnknown(WeftSettings)(settings).pipe(Effect.orDie)
   // Paths in a config file are relative to the file, as a reader of that file would expect.
-  const resolvePath = (field: "model" | "dataDir" | "auditLog", value: string) =>
+  const resolvePath = (field: "model" | "dataDir" | "auditLog" | "plugins", value: string) =>
     configPath !== undefined && origin[field]?.startsWith(`${configPath}:`) === true
       ? path.resolve(path.dirname(configPath), value)
       : path.resolve(value)
@@ -180,5 +180,6 @@ export const loadWeftSettings = Effect.fn("WeftConfig.load")(function*(sources: 
   if (model !== undefined) yield* checkModelFile(model, origin.model ?? "model")
   const auditLog = resolved.auditLog === undefined ? undefined : resolvePath("auditLog", resolved.auditLog)
   const alerts = yield* alertsOf(file, configPath)
-  return { ...resolved, model, dataDir: resolvePath("dataDir", resolved.dataDir), auditLog, alerts } satisfies WeftSettings
+  const plugins = resolved.plugins.map((plugin) => resolvePath("plugins", plugin))
+  return { ...resolved, model, dataDir: resolvePath("dataDir", resolved.dataDir), auditLog, alerts, plugins } satisfies WeftSettings
 })

@@ -49,6 +49,8 @@ export const WeftSettings = Schema.Struct({
   auth: Schema.Literal("on", "off", "auto"),
   /** `/metrics` answers without an admin key. */
   metricsPublic: Schema.Boolean,
+  /** Plugin module paths (`--plugin`). */
+  plugins: Schema.Array(Schema.String),
   /** The config file's `alerts` object (rules, webhooks); the built-in rules when absent. */
   alerts: Schema.optional(Schema.typeSchema(AlertSettings))
 })
@@ -88,5 +90,6 @@ export const defaultSettings: WeftSettings = {
   logFormat: "json",
   logText: false,
   auth: "auto",
-  metricsPublic: false
+  metricsPublic: false,
+  plugins: []
 }

@@ -41,6 +41,8 @@ import { adminAlertRoutes } from "./AdminAlertRoutes.js"
 import { dashboardRoutes } from "./ui/DashboardRoutes.js"
 import type { Alerts } from "../observability/Alerts.js"
 import type { LiveEvents } from "../observability/LiveEvents.js"
+import type { Plugins } from "../plugins/Plugins.js"
+import { pluginRoutes } from "./PluginRoutes.js"
 
 /** Where to listen and the limits the HTTP layer enforces itself. */
 export interface HttpServerOptions {
@@ -223,7 +225,7 @@ const addressText = (address: HttpServer.Address): string =>
 export const WeftHttpServer = {
   layer: (
     options: HttpServerOptions
-  ): Layer.Layer<HttpServer.HttpServer, HttpServerError.ServeError | OpenServerRefused, ModelRegistry | SessionStore | ProcessMetrics | KeyStore | RateLimiter | AuditLog | Alerts | LiveEvents> =>
+  ): Layer.Layer<HttpServer.HttpServer, HttpServerError.ServeError | OpenServerRefused, ModelRegistry | SessionStore | ProcessMetrics | KeyStore | RateLimiter | AuditLog | Alerts | LiveEvents | Plugins> =>
     Layer.unwrapEffect(
       Effect.gen(function*() {
         const auth = options.auth ?? defaultAuth
@@ -232,7 +234,7 @@ export const WeftHttpServer = {
         if (refusal !== undefined) return yield* new OpenServerRefused({ host: options.host, reason: refusal })
         const server = Http.createServer()
         const router = openAiRoutes(options).pipe(HttpRouter.concat(responsesRoutes(options)), HttpRouter.concat(embeddingRoutes(options)), HttpRouter.concat(tokenizeRoutes(options)), HttpRouter.concat(sessionRoutes), HttpRouter.concat(observabilityRoutes), HttpRouter.concat(adminKeyRoutes(options)), HttpRouter.concat(adminAuditRoutes), HttpRouter.get("/health", health))
-          .pipe(HttpRouter.concat(dashboardRoutes), HttpRouter.concat(adminAlertRoutes))
+          .pipe(HttpRouter.concat(dashboardRoutes), HttpRouter.concat(adminAlertRoutes), HttpRouter.concat(pluginRoutes(options)))
         // One scope, so the shutdown finalizer (added last) runs before the request handler is removed.
         const serve = Layer.scopedDiscard(
           Effect.gen(function*() {

@@ -12,6 +12,7 @@ import type { Principal } from "../../src/identity/Principal.js"
 import { serverLayer } from "../../src/layers.js"
 import type { OperationsSettings } from "../../src/layers.js"
 import type { OpenServerRefused } from "../../src/identity/AuthErrors.js"
+import type { PluginLoadFailed } from "../../src/plugins/PluginErrors.js"
 import type { AuthSettings } from "../../src/identity/Authentication.js"
 import type { SchedulerSettings } from "../../src/scheduler/SchedulerConfig.js"
 
@@ -48,7 +49,7 @@ export interface TestServerOptions {
 export const testServerLayer = <E extends EngineStartFailed>(
   backend: Layer.Layer<Backend, E>,
   options: TestServerOptions = {}
-): Layer.Layer<HttpServer.HttpServer | ModelRegistry, HttpServerError.ServeError | OpenServerRefused> =>
+): Layer.Layer<HttpServer.HttpServer | ModelRegistry, HttpServerError.ServeError | OpenServerRefused | PluginLoadFailed> =>
   serverLayer(
     [{ engine: schedulerLayer(backend, options.scheduler, options.cache) }],
     {
