@@ -210,6 +210,29 @@ const onEvent = (name, data) => {
 
 // ---- the event stream ----
 
+/** Reads a server-sent event stream to its end, calling `onFrame(eventName, dataText)` for each frame with data. */
+const readEvents = async (response, onFrame) => {
+  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader()
+  let buffer = ""
+  while (true) {
+    const { done, value } = await reader.read()
+    if (done) return
+    buffer += value
+    let end
+    while ((end = buffer.indexOf("\n\n")) !== -1) {
+      const frame = buffer.slice(0, end)
+      buffer = buffer.slice(end + 2)
+      let name = "message"
+      let data = ""
+      for (const line of frame.split("\n")) {
+        if (line.startsWith("event: ")) name = line.slice(7)
+        else if (line.startsWith("data: ")) data += line.slice(6)
+      }
+      if (data !== "") onFrame(name, data)
+    }
+  }
+}
+
 let stream = undefined
 
 /** Reads `/admin/events` with fetch() streaming, so the key travels in a header; reconnects when it ends. */
@@ -225,25 +248,7 @@ const connect = async () => {
     if (!response.ok || response.body === null) throw new Error(`HTTP ${response.status}`)
     $("connection").textContent = "live"
     $("connection").className = "badge live"
-    const reader = response.body.pipeThrough(new TextDecoderStream()).getReader()
-    let buffer = ""
-    while (true) {
-      const { done, value } = await reader.read()
-      if (done) break
-      buffer += value
-      let end
-      while ((end = buffer.indexOf("\n\n")) !== -1) {
-        const frame = buffer.slice(0, end)
-        buffer = buffer.slice(end + 2)
-        let name = "message"
-        let data = ""
-        for (const line of frame.split("\n")) {
-          if (line.startsWith("event: ")) name = line.slice(7)
-          else if (line.startsWith("data: ")) data += line.slice(6)
-        }
-        if (data !== "") onEvent(name, JSON.parse(data))
-      }
-    }
+    await readEvents(response, (name, data) => onEvent(name, JSON.parse(data)))
   } catch (error) {
     if (controller.signal.aborted) return
   }
@@ -340,31 +345,19 @@ $("pg-form").addEventListener("submit", async (event) => {
       fail(`${response.status}: ${error.error?.message ?? response.statusText}`)
       return
     }
-    const reader = response.body.pipeThrough(new TextDecoderStream()).getReader()
-    let buffer = ""
-    while (true) {
-      const { done, value } = await reader.read()
-      if (done) break
-      buffer += value
-      let end
-      while ((end = buffer.indexOf("\n\n")) !== -1) {
-        const frame = buffer.slice(0, end)
-        buffer = buffer.slice(end + 2)
-        if (!frame.startsWith("data: ")) continue
-        const data = frame.slice(6)
-        if (data === "[DONE]") continue
-        const chunk = JSON.parse(data)
-        if (chunk.error) fail(chunk.error.message)
-        if (chunk.usage) usage = chunk.usage
-        const choice = chunk.choices?.[0]
-        if (choice?.finish_reason) finishReason = choice.finish_reason
-        const content = choice?.delta?.content
-        if (content) {
-          firstToken ??= performance.now()
-          output.textContent += content
-        }
+    await readEvents(response, (_name, data) => {
+      if (data === "[DONE]") return
+      const chunk = JSON.parse(data)
+      if (chunk.error) fail(chunk.error.message)
+      if (chunk.usage) usage = chunk.usage
+      const choice = chunk.choices?.[0]
+      if (choice?.finish_reason) finishReason = choice.finish_reason
+      const content = choice?.delta?.content
+      if (content) {
+        firstToken ??= performance.now()
+        output.textContent += content
       }
-    }
+    })
   } catch (error) {
     if (!controller.signal.aborted) fail(String(error))
   } finally {
