@@ -23,6 +23,29 @@ import { KeyStore, keysDatabasePath } from "./identity/KeyStore.js"
 import { AuditLog } from "./identity/AuditLog.js"
 import type { AuditSettings } from "./identity/AuditLog.js"
 import { RateLimiter } from "./identity/RateLimiter.js"
+import { Alerts, AlertsConfig } from "./observability/Alerts.js"
+import type { AlertSettings } from "./observability/AlertRules.js"
+import { LiveEvents, LiveEventsConfig } from "./observability/LiveEvents.js"
+import { Plugins, PluginsConfig } from "./plugins/Plugins.js"
+import type { PluginSource } from "./plugins/Plugins.js"
+import type { PluginLoadFailed } from "./plugins/PluginErrors.js"
+import type { LiveEventsSettings } from "./observability/LiveEvents.js"
+
+/** The dashboard's event stream, the alert rules and the plugins; defaults (and no plugins) when not given. */
+export interface OperationsSettings {
+  readonly alerts?: AlertSettings | undefined
+  readonly liveEvents?: Partial<LiveEventsSettings> | undefined
+  readonly plugins?: ReadonlyArray<PluginSource> | undefined
+}
+
+/** The live event stream, the alert evaluator (over the models and the process) and the plugins. */
+const operationsLayer = (operations: OperationsSettings) =>
+  LiveEvents.Default.pipe(
+    Layer.provideMerge(Alerts.Default),
+    Layer.merge(Plugins.Default.pipe(Layer.provide(PluginsConfig.layer(operations.plugins)))),
+    Layer.provide(LiveEventsConfig.layer(operations.liveEvents)),
+    Layer.provide(AlertsConfig.layer(operations.alerts))
+  )
 
 /** A model for `serverLayer`: its engine (a backend behind the scheduler) and, when known before loading, its id. */
 export interface ServedModel {
@@ -37,24 +60,30 @@ export const serverLayer = (
   sessions: SessionSettingsInput,
   requestLog: Partial<RequestLogSettings> = {},
   keys: { readonly databasePath: string } = { databasePath: ":memory:" },
-  audit: AuditSettings = { path: undefined }
-): Layer.Layer<HttpServer.HttpServer | ModelRegistry, HttpServerError.ServeError | OpenServerRefused> =>
+  audit: AuditSettings = { path: undefined },
+  operations: OperationsSettings = {}
+): Layer.Layer<HttpServer.HttpServer | ModelRegistry, HttpServerError.ServeError | OpenServerRefused | PluginLoadFailed> =>
   WeftHttpServer.layer(http).pipe(
+    Layer.provide(httpApiServicesLayer(sessions, keys, audit, operations)),
     Layer.provideMerge(
       ModelRegistry.layer(models.map((model) => ({ id: model.id, engine: observedEngineLayer(model.engine, requestLog) })))
-    ),
-    Layer.provide(httpApiServicesLayer(sessions, keys, audit))
+    )
   )
 
 type SessionSettingsInput = Parameters<typeof SessionStore.layerSqlite>[0]
 
-/** What Weft's HTTP API needs besides the models (see `WeftHttpServer.app`): sessions, API keys, rate limits, audit, process metrics. */
+/**
+ * What Weft's HTTP API needs besides the models (see `WeftHttpServer.app`): sessions, API keys, rate limits, audit,
+ * process metrics, the dashboard's event stream, alerts and plugins.
+ */
 export const httpApiServicesLayer = (
   sessions: SessionSettingsInput = { databasePath: ":memory:" },
   keys: { readonly databasePath: string } = { databasePath: ":memory:" },
-  audit: AuditSettings = { path: undefined }
-): Layer.Layer<Exclude<HttpApiServices, ModelRegistry>> =>
-  Layer.mergeAll(ProcessMetrics.Default, RateLimiter.Default, AuditLog.Default(audit)).pipe(
+  audit: AuditSettings = { path: undefined },
+  operations: OperationsSettings = {}
+): Layer.Layer<Exclude<HttpApiServices, ModelRegistry>, PluginLoadFailed, ModelRegistry> =>
+  operationsLayer(operations).pipe(
+    Layer.provideMerge(Layer.mergeAll(ProcessMetrics.Default, RateLimiter.Default, AuditLog.Default(audit))),
     // A session database that cannot be opened is a start-up failure, reported like any other.
     Layer.provideMerge(Layer.orDie(SessionStore.layerSqlite(sessions))),
     Layer.provideMerge(Layer.orDie(KeyStore.layerSqlite(keys.databasePath)))
@@ -99,7 +128,7 @@ export const localModelLayer = (settings: Partial<WeftSettings> = {}): Layer.Lay
   ModelRegistry.layer([{ id: settings.modelId, engine: observedEngineLayer(llamaEngineLayer({ ...defaultSettings, ...settings })) }])
 
 /** The composition root of `weft serve`: config → ModelRegistry (LlamaBackend → SeqPool → RequestScheduler) → HTTP server. */
-export const WeftLive: Layer.Layer<HttpServer.HttpServer | ModelRegistry, HttpServerError.ServeError | OpenServerRefused, WeftConfig> = Layer.unwrapEffect(
+export const WeftLive: Layer.Layer<HttpServer.HttpServer | ModelRegistry, HttpServerError.ServeError | OpenServerRefused | PluginLoadFailed, WeftConfig> = Layer.unwrapEffect(
   Effect.flatMap(WeftConfig, (settings) =>
     // The sessions database lives in the data dir, which a `--model` run may not have created yet.
     Effect.sync(() => {
@@ -118,7 +147,8 @@ export const WeftLive: Layer.Layer<HttpServer.HttpServer | ModelRegistry, HttpSe
         { databasePath: path.join(settings.dataDir, "sessions.sqlite"), ttlMs: settings.sessionTtlMs },
         { logText: settings.logText },
         { databasePath: keysDatabasePath(settings.dataDir) },
-        { path: settings.auditLog ?? path.join(settings.dataDir, "audit.jsonl") }
+        { path: settings.auditLog ?? path.join(settings.dataDir, "audit.jsonl") },
+        { alerts: settings.alerts, plugins: settings.plugins.map((plugin) => ({ _tag: "Path", path: plugin }) as const) }
       ).pipe(Layer.provide(observabilityLayer(settings)))
     }))
 )

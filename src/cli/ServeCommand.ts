@@ -23,6 +23,7 @@ const typedOption = (name: string, flag: FlagType): Options.Options<string> => {
     case "directory":
       return Options.directory(name)
     case "text":
+    case "repeated":
       return Options.text(name).pipe(Options.withPseudoName(flag.pseudoName))
   }
 }
@@ -36,7 +37,14 @@ const helpText = (setting: AnySettingSpec): string => {
 const settingOptions = Record.fromEntries(
   settingSpecs.map((setting) => [
     setting.name,
-    typedOption(setting.name, setting.flag).pipe(Options.withDescription(helpText(setting)), Options.optional)
+    setting.flag._tag === "repeated"
+      ? Options.text(setting.name).pipe(
+        Options.withPseudoName(setting.flag.pseudoName),
+        Options.withDescription(helpText(setting)),
+        Options.repeated,
+        Options.map((values) => (values.length === 0 ? Option.none() : Option.some(values.join(","))))
+      )
+      : typedOption(setting.name, setting.flag).pipe(Options.withDescription(helpText(setting)), Options.optional)
   ] as const)
 )
 

@@ -37,7 +37,7 @@ const banner = (settings: WeftSettings, models: ReadonlyArray<ModelInfo>, url: s
     `    curl ${url}/v1/chat/completions -H 'Content-Type: application/json' \\`,
     `      -d '{"model": "${info.id}", "messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 32}'`,
     "",
-    `  Health: ${url}/health    Models: ${url}/v1/models    Stop: Ctrl-C`,
+    `  Dashboard: ${url}/    Health: ${url}/health    Models: ${url}/v1/models    Stop: Ctrl-C`,
     ""
   )
   return lines.join("\n")

@@ -8,6 +8,8 @@ export type FlagType =
   | { readonly _tag: "file" }
   | { readonly _tag: "directory" }
   | { readonly _tag: "text"; readonly pseudoName: string }
+  /** A flag given once per value (`--plugin a.mjs --plugin b.mjs`); its values reach the grammar comma-joined. */
+  | { readonly _tag: "repeated"; readonly pseudoName: string }
 
 /**
  * A setting's value grammar: it decodes from text (flags, env) or from the text of a JSON scalar (config file);
@@ -223,3 +225,14 @@ export const originList = nameList(
 export const binarySetting = choice(Schema.Literal("auto", "native", "prebuilt"), sameWords(["auto", "native", "prebuilt"] as const), "auto, native or prebuilt")
 
 export const authSetting = choice(Schema.Literal("on", "off", "auto"), sameWords(["on", "off", "auto"] as const), "on, off or auto")
+
+/** `--plugin`: module paths, from repeated flags or a comma-separated env value or config-file array. */
+export const pathList: SettingGrammar<ReadonlyArray<string>> = {
+  schema: Schema.transform(Schema.String, Schema.Array(Schema.String), {
+    strict: true,
+    decode: (text) => text.split(",").map((one) => one.trim()).filter((one) => one !== ""),
+    encode: (paths) => paths.join(",")
+  }),
+  expected: "module paths (repeat the flag, or separate them with commas)",
+  flag: { _tag: "repeated", pseudoName: "PATH" }
+}

@@ -14,6 +14,7 @@ import {
   optionalCount,
   optionalDuration,
   originList,
+  pathList,
   requiredDuration
 } from "./SettingGrammar.js"
 import type { SettingGrammar } from "./SettingGrammar.js"
@@ -101,6 +102,7 @@ export const settingSpecs = [
     "API-key authentication: on, off, or auto = on once a key exists (default auto; with no keys, a non-loopback --host needs --auth off)"
   ),
   spec("metricsPublic", "metrics-public", onOff, "Serve /metrics without an admin key (default off)"),
+  spec("plugins", "plugin", pathList, "A plugin module to load (repeatable; see examples/plugins/); in the config file a list of paths"),
   spec("logText", "log-text", onOff, "Put prompt and completion text in the per-request log lines (default off: they may hold anything)")
 ] as const
 

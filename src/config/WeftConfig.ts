@@ -7,6 +7,7 @@ import { decodeModelsConfig, isLocalDeployment } from "./ModelsConfig.js"
 import { envName, settingSpecs } from "./SettingSpecs.js"
 import type { AnySettingSpec } from "./SettingSpecs.js"
 import { defaultSettings, WeftSettings } from "./WeftSettings.js"
+import { AlertSettings } from "../observability/AlertRules.js"
 
 export { defaultSettings, WeftSettings }
 
@@ -93,7 +94,15 @@ export const rejectedFlags = (flags: FlagValues) =>
     })).pipe(Effect.map(Arr.flatten))
 
 /** Config-file keys that hold JSON structures rather than one setting's value; they have no flag or `WEFT_*` form. */
-const structuredKeys = ["models"] as const
+const structuredKeys = ["models", "alerts"]
+
+/** The config file's `alerts` object, decoded; a bad one names the part that is wrong. */
+const alertsOf = (file: Readonly<Record<string, unknown>>, configPath: string | undefined) =>
+  file["alerts"] === undefined
+    ? Effect.succeed(undefined)
+    : Schema.decodeUnknown(AlertSettings, { onExcessProperty: "error" })(file["alerts"]).pipe(
+      Effect.mapError((error) => new ConfigFileInvalid({ path: configPath ?? "", reason: `"alerts": ${error.message}` }))
+    )
 
 const readConfigFile = (file: string) =>
   Effect.gen(function*() {
@@ -164,7 +173,7 @@ export const loadWeftSettings = Effect.fn("WeftConfig.load")(function*(sources: 
   // Every value was decoded by its own grammar; a record that is not a WeftSettings is a bug in the table.
   const resolved = yield* Schema.decodeUnknown(WeftSettings)(settings).pipe(Effect.orDie)
   // Paths in a config file are relative to the file, as a reader of that file would expect.
-  const resolvePath = (field: "model" | "dataDir" | "auditLog", value: string) =>
+  const resolvePath = (field: "model" | "dataDir" | "auditLog" | "plugins", value: string) =>
     configPath !== undefined && origin[field]?.startsWith(`${configPath}:`) === true
       ? path.resolve(path.dirname(configPath), value)
       : path.resolve(value)
@@ -186,5 +195,7 @@ export const loadWeftSettings = Effect.fn("WeftConfig.load")(function*(sources: 
       if (isLocalDeployment(deployment)) yield* checkModelFile(deployment.gguf, `${configPath}: models.${modelId}.deployments[${index}].gguf`)
     }
   }
-  return { ...resolved, model, dataDir: resolvePath("dataDir", resolved.dataDir), auditLog, models } satisfies WeftSettings
+  const alerts = yield* alertsOf(file, configPath)
+  const plugins = resolved.plugins.map((plugin) => resolvePath("plugins", plugin))
+  return { ...resolved, model, dataDir: resolvePath("dataDir", resolved.dataDir), auditLog, models, alerts, plugins } satisfies WeftSettings
 })

@@ -2,6 +2,7 @@ import { Schema } from "effect"
 import { logLevelNames } from "../observability/JsonLogger.js"
 import { ModelsConfig } from "./ModelsConfig.js"
 import { logFormats } from "./SettingGrammar.js"
+import { AlertSettings } from "../observability/AlertRules.js"
 
 /** Everything `weft serve` needs, validated and defaulted. Durations are milliseconds; `undefined` means no limit. */
 export const WeftSettings = Schema.Struct({
@@ -52,7 +53,11 @@ export const WeftSettings = Schema.Struct({
   /** `/metrics` answers without an admin key. */
   metricsPublic: Schema.Boolean,
   /** The config file's `models`: ids served by local GGUFs or upstream servers, with routing; see `ModelsConfig`. */
-  models: ModelsConfig
+  models: ModelsConfig,
+  /** Plugin module paths (`--plugin`). */
+  plugins: Schema.Array(Schema.String),
+  /** The config file's `alerts` object (rules, webhooks); the built-in rules when absent. */
+  alerts: Schema.optional(Schema.typeSchema(AlertSettings))
 })
 
 /** Everything `weft serve` needs, validated and defaulted. */
@@ -92,5 +97,6 @@ export const defaultSettings: WeftSettings = {
   logText: false,
   auth: "auto",
   metricsPublic: false,
-  models: {}
+  models: {},
+  plugins: []
 }

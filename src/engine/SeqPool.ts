@@ -50,6 +50,8 @@ export interface SeqPoolStats {
   /** Slots whose KV erase kept failing: taken out of service rather than handed out dirty. */
   readonly quarantined: ReadonlyArray<number>
   readonly holders: ReadonlyArray<{ readonly slot: number; readonly requestId: string; readonly cells: number }>
+  /** Slots keeping a cached prefix between requests, with its length in tokens. */
+  readonly cached: ReadonlyArray<{ readonly slot: number; readonly tokens: number }>
   /** Tokens in KV: running + cached. */
   readonly kvTokens: number
   readonly runningTokens: number
@@ -276,6 +278,7 @@ export class SeqPool extends Effect.Service<SeqPool>()("weft/SeqPool", {
         free: slots.filter((state) => state._tag === "Empty" || state._tag === "Cached").length,
         quarantined: slots.flatMap((state, slot) => (state._tag === "Quarantined" ? [slot] : [])),
         holders,
+        cached: slots.flatMap((state, slot) => (state._tag === "Cached" ? [{ slot, tokens: state.tokens.length }] : [])),
         kvTokens: runningTokens + cached,
         runningTokens,
         cachedTokens: cached,

@@ -21,6 +21,7 @@ import type {
   OriginNotAllowed
 } from "./HttpErrors.js"
 import { shorten } from "./QuotedValue.js"
+import type { PluginFailed, PluginRejected, PluginRouteNotFound } from "../plugins/PluginErrors.js"
 
 /** Every expected failure an OpenAI endpoint can answer with. */
 export type ApiFailure =
@@ -51,6 +52,9 @@ export type ApiFailure =
   | KeyStoreFailed
   | RateLimited
   | TokensOverLimit
+  | PluginRejected
+  | PluginFailed
+  | PluginRouteNotFound
 
 /** OpenAI's error object, as it appears under `error` in a response body or an SSE frame. */
 export interface OpenAiErrorBody {
@@ -181,6 +185,12 @@ export const errorReply = (failure: ApiFailure): ErrorReply => {
     case "DecodeFailed":
     case "EmbeddingFailed":
       return internalError()
+    case "PluginRejected":
+      return reply(failure.status, { message: failure.reason, type: "invalid_request_error", param: null, code: failure.code ?? "rejected_by_plugin" })
+    case "PluginFailed":
+      return reply(500, { message: failure.message, type: "server_error", param: null, code: "plugin_failed" })
+    case "PluginRouteNotFound":
+      return reply(404, { message: `No plugin route at ${shorten(failure.path)}`, type: "invalid_request_error", param: null, code: "unknown_url" })
     case "StructuredOutputInvalid":
       return reply(500, {
         message: `The generated output does not match the requested schema (${failure.violation}); this is a server bug`,

@@ -25,6 +25,7 @@ import { ChatCompletionRequest, CompletionRequest } from "./OpenAiRequests.js"
 import type { SharedRequest } from "./OpenAiRequests.js"
 import type { CompletionKind } from "./OpenAiResponses.js"
 import { RequestUsage } from "./RequestUsage.js"
+import { Plugins } from "../plugins/Plugins.js"
 import type { TokenUsage } from "./RequestUsage.js"
 
 export interface OpenAiRoutesOptions {
@@ -110,7 +111,9 @@ const generationRoute = <A extends SharedRequest, I>(
   runOf: RunOf<A>
 ) =>
   Effect.gen(function*() {
-    const body = yield* decodeRequest(kind === "chat" ? "chat" : "completions", schema, yield* readJsonBody(options.maxBodyBytes))
+    const plugins = yield* Plugins
+    const sent = yield* plugins.beforeRequest(kind === "chat" ? "chat" : "completions", yield* readJsonBody(options.maxBodyBytes))
+    const body = yield* decodeRequest(kind === "chat" ? "chat" : "completions", schema, sent)
     const { backend, scheduler } = yield* resolveModel(body.model)
     const plan = yield* planOf(body, { maxTokens: kind === "text" ? legacyCompletionMaxTokens : undefined }, backend)
     const id = newId(kind)
@@ -124,17 +127,17 @@ const generationRoute = <A extends SharedRequest, I>(
     const meter = yield* metered(backend, request.maxTokens)
     const seed = request.sampling.seed
     const { choices, headers } = yield* runOf(backend, body, plan.n, (prompt, index, choice, promptShare) =>
-      meter(prompt, validatedOutput(request.sampling.grammar, scheduler.submit({
+      plugins.transformText(meter(prompt, validatedOutput(request.sampling.grammar, scheduler.submit({
         ...request,
         // Each choice is a request of its own: its own id, and its own seed derived from the request's.
         id: index === 0 ? id : `${id}-${index}`,
         prompt,
         promptShare,
         sampling: { ...request.sampling, seed: seed === undefined ? undefined : (seed + choice) >>> 0 }
-      }))))
+      }))), { requestId: id, model: meta.model, choice: index }))
     const run = {
       meta,
-      events: mergeChoices(choices),
+      events: plugins.afterRequest(mergeChoices(choices), { requestId: id, endpoint: kind === "chat" ? "chat" : "completions", model: meta.model, choices: choices.length }),
       choices: choices.length,
       choicesPerPrompt: plan.n,
       logprobs: request.sampling.logprobs !== undefined,

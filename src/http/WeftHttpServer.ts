@@ -37,6 +37,12 @@ import { KeyStore } from "../identity/KeyStore.js"
 import { OpenServerRefused } from "../identity/AuthErrors.js"
 import { CurrentPrincipal } from "../identity/Principal.js"
 import { adminKeyRoutes } from "./AdminKeyRoutes.js"
+import { adminAlertRoutes } from "./AdminAlertRoutes.js"
+import { dashboardRoutes } from "./ui/DashboardRoutes.js"
+import type { Alerts } from "../observability/Alerts.js"
+import type { LiveEvents } from "../observability/LiveEvents.js"
+import type { Plugins } from "../plugins/Plugins.js"
+import { pluginRoutes } from "./PluginRoutes.js"
 
 /** Where to listen and the limits the HTTP layer enforces itself. */
 export interface HttpServerOptions {
@@ -218,7 +224,7 @@ const addressText = (address: HttpServer.Address): string =>
   address._tag === "UnixAddress" ? `unix:${address.path}` : `${address.hostname}:${address.port}`
 
 /** What the HTTP API needs besides its options: the models, and the stores and limits every request goes through. */
-export type HttpApiServices = ModelRegistry | SessionStore | ProcessMetrics | KeyStore | RateLimiter | AuditLog
+export type HttpApiServices = ModelRegistry | SessionStore | ProcessMetrics | KeyStore | RateLimiter | AuditLog | Alerts | LiveEvents | Plugins
 
 /**
  * Weft's whole HTTP API (the OpenAI routes, sessions, admin, `/metrics`, `/health`) as one `@effect/platform` app,
@@ -233,6 +239,7 @@ const httpApp = (options: Omit<HttpServerOptions, "port" | "shutdownGraceMs">) =
     const refusal = openServerRefusal(options.host, auth.mode, hasKeys)
     if (refusal !== undefined) return yield* new OpenServerRefused({ host: options.host, reason: refusal })
     const router = openAiRoutes(options).pipe(HttpRouter.concat(responsesRoutes(options)), HttpRouter.concat(embeddingRoutes(options)), HttpRouter.concat(tokenizeRoutes(options)), HttpRouter.concat(sessionRoutes), HttpRouter.concat(observabilityRoutes), HttpRouter.concat(adminKeyRoutes(options)), HttpRouter.concat(adminAuditRoutes), HttpRouter.get("/health", health))
+      .pipe(HttpRouter.concat(dashboardRoutes), HttpRouter.concat(adminAlertRoutes), HttpRouter.concat(pluginRoutes(options)))
     const methodsOf = routeMethods(router)
     return withRequestContext(router, methodsOf, browserPolicy(options, methodsOf), auth)
   })

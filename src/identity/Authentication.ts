@@ -17,13 +17,15 @@ export interface AuthSettings {
 }
 
 /**
- * The scope a path needs, or `undefined` when it is open: `/health` always (load balancers probe it), `/metrics` when
- * public. `/admin/*` and `/metrics` need `admin`; everything else (`/v1/*`, and unknown paths, so a 404 tells a caller
+ * The scope a path needs, or `undefined` when it is open: `/health` always (load balancers probe it), the dashboard's
+ * page and assets (`/`, `/ui`, `/ui/*`), `/metrics` when public. `/admin/*` and `/metrics` need `admin`; everything else (`/v1/*`, and unknown paths, so a 404 tells a caller
  * without a key nothing) needs `inference`. `admin` does not imply `inference`: a key that manages the server need not
  * be one that spends its tokens.
  */
 export const scopeFor = (path: string, settings: AuthSettings): KeyScope | undefined => {
   if (path === "/health") return undefined
+  // The dashboard's page and assets hold no data; everything it shows comes from `/admin/*` with the admin key.
+  if (path === "/" || path === "/ui" || path.startsWith("/ui/")) return undefined
   if (path === "/metrics") return settings.metricsPublic ? undefined : "admin"
   return path === "/admin" || path.startsWith("/admin/") ? "admin" : "inference"
 }

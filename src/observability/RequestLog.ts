@@ -20,7 +20,7 @@ const since = (from: number | undefined, to: number | undefined) =>
   from === undefined || to === undefined ? null : to - from
 
 /** The fields of a request's one log line: identity, outcome, tokens and timings; never its text unless asked. */
-const fieldsOf = (model: string, record: RequestRecord): Record<string, unknown> => ({
+export const requestLogFields = (model: string, record: RequestRecord): Record<string, unknown> => ({
   ...record.annotations,
   requestId: record.annotations?.requestId ?? record.id,
   generationId: record.id,
@@ -73,7 +73,7 @@ export class RequestLog extends Effect.Service<RequestLog>()("weft/RequestLog", 
       }
       if (event.to === "Queued" || event.to === "Running") return Effect.void
       const fields = {
-        ...fieldsOf(model, record),
+        ...requestLogFields(model, record),
         ...(settings.logText ? (event.to === "Rejected" ? { promptText: backend.detokenize(event.prompt ?? []) } : textFields(record.id)) : {})
       }
       const log = event.to === "Failed"

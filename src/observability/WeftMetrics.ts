@@ -80,6 +80,7 @@ export const WeftMetrics = {
   grammarCacheHits: counter("weft_grammar_cache_hits_total", "JSON-schema grammar lookups answered from the grammar cache"),
   grammarCacheMisses: counter("weft_grammar_cache_misses_total", "JSON-schema grammar lookups that had to build the grammar"),
   grammarCacheEvictions: counter("weft_grammar_cache_evictions_total", "Grammar cache entries evicted to stay within its entry and byte bounds"),
+  alertsFiring: gauge("weft_alerts_firing", "1 while the alert rule named by the alert label is firing, else 0"),
   auditDropped: counter("weft_audit_dropped_total", "Audit records dropped because the audit log's write queue was full"),
   residentMemory: gauge("weft_process_resident_memory_bytes", "Resident set size of the process"),
   heapUsed: gauge("weft_process_heap_used_bytes", "V8 heap in use"),

@@ -1,4 +1,7 @@
 import { execFile } from "node:child_process"
+import * as fs from "node:fs"
+import * as os from "node:os"
+import * as path from "node:path"
 import { promisify } from "node:util"
 import { describe, expect, it } from "vitest"
 
@@ -44,6 +47,16 @@ describe("weft serve", () => {
     const dataDir = await run(["src/main.ts", "serve", "--data-dir", "package.json"])
     expect(dataDir.code).toBe(1)
     expect(dataDir.stderr).toContain("weft: --data-dir: expected a directory path, got \"package.json\"")
+  })
+
+  it("takes --plugin more than once, and does not start when a plugin cannot be loaded", async () => {
+    const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), "weft-plugin-flag-"))
+    const { code, stderr } = await run([
+      "src/main.ts", "serve", "--port", "0", "--data-dir", dataDir,
+      "--plugin", "examples/plugins/input-guard.mjs", "--plugin", "examples/plugins/missing.mjs"
+    ])
+    expect(code).toBe(1)
+    expect(stderr).toContain(`weft: plugin ${path.resolve("examples/plugins/missing.mjs")}:`)
   })
 
   it("shows its help without loading node-llama-cpp", async () => {

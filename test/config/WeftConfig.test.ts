@@ -112,6 +112,31 @@ describe("WeftConfig", () => {
     expect(await errorOf({ flags: { model: path.join(dir, "nope.gguf") } })).toContain("--model: expected a path to an existing .gguf file")
   })
 
+  it("reads alert rules and webhooks from the config file's alerts object, and names what is wrong in one", async () => {
+    const settings = await settingsOf({
+      configPath: writeJson("alerts.json", {
+        port: 9000,
+        alerts: {
+          rules: [{ name: "SlowFirstToken", metric: "ttft_p95_ms", op: ">", threshold: 2000, for: "2m", severity: "critical" }],
+          webhooks: ["http://127.0.0.1:9999/hook"],
+          repeatInterval: "1h"
+        }
+      })
+    })
+    expect(settings.port).toBe(9000)
+    expect(settings.alerts).toMatchObject({
+      defaults: true,
+      rules: [{ name: "SlowFirstToken", metric: "ttft_p95_ms", op: ">", threshold: 2000, for: 120_000, severity: "critical" }],
+      webhooks: ["http://127.0.0.1:9999/hook"],
+      repeatInterval: 3_600_000
+    })
+    expect((await settingsOf({})).alerts).toBeUndefined()
+    const badMetric = await errorOf({ configPath: writeJson("bad-alerts.json", { alerts: { rules: [{ name: "X", metric: "cpu", op: ">", threshold: 1 }] } }) })
+    expect(badMetric).toContain("\"alerts\"")
+    expect(badMetric).toContain("metric")
+    expect(await errorOf({ configPath: writeJson("typo-alerts.json", { alerts: { webhook: [] } }) })).toContain("webhook")
+  })
+
   it("resolves a config file's model path relative to the file", async () => {
     fs.writeFileSync(path.join(dir, "m.gguf"), "")
     const settings = await settingsOf({ configPath: writeJson("model.json", { model: "./m.gguf" }) })

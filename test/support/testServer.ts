@@ -10,7 +10,9 @@ import { ModelRegistry } from "../../src/host/ModelRegistry.js"
 import { CurrentPrincipal } from "../../src/identity/Principal.js"
 import type { Principal } from "../../src/identity/Principal.js"
 import { serverLayer } from "../../src/layers.js"
+import type { OperationsSettings } from "../../src/layers.js"
 import type { OpenServerRefused } from "../../src/identity/AuthErrors.js"
+import type { PluginLoadFailed } from "../../src/plugins/PluginErrors.js"
 import type { AuthSettings } from "../../src/identity/Authentication.js"
 import type { SchedulerSettings } from "../../src/scheduler/SchedulerConfig.js"
 
@@ -37,6 +39,8 @@ export interface TestServerOptions {
   readonly auditLogPath?: string
   /** Every request is made as this caller (rate limits, audit), as if it had authenticated; none by default. */
   readonly principal?: Principal
+  /** The dashboard's event stream and the alert rules; defaults otherwise. */
+  readonly operations?: OperationsSettings
   /** What the server is built under, such as a test logger or tracer; by default only errors are logged. */
   readonly observability?: Layer.Layer<never>
 }
@@ -45,7 +49,7 @@ export interface TestServerOptions {
 export const testServerLayer = <E extends EngineStartFailed>(
   backend: Layer.Layer<Backend, E>,
   options: TestServerOptions = {}
-): Layer.Layer<HttpServer.HttpServer | ModelRegistry, HttpServerError.ServeError | OpenServerRefused> =>
+): Layer.Layer<HttpServer.HttpServer | ModelRegistry, HttpServerError.ServeError | OpenServerRefused | PluginLoadFailed> =>
   serverLayer(
     [{ engine: schedulerLayer(backend, options.scheduler, options.cache) }],
     {
@@ -60,7 +64,8 @@ export const testServerLayer = <E extends EngineStartFailed>(
     { databasePath: options.sessionsDatabasePath ?? ":memory:" },
     { logText: options.logText ?? false },
     { databasePath: options.keysDatabasePath ?? ":memory:" },
-    { path: options.auditLogPath }
+    { path: options.auditLogPath },
+    options.operations
   ).pipe(
     // The server's requests run in the context it was built in, so a principal provided here is every request's caller.
     Layer.provide(options.principal === undefined ? Layer.empty : Layer.succeed(CurrentPrincipal, Option.some(options.principal))),
