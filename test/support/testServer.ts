@@ -13,6 +13,7 @@ import { serverLayer } from "../../src/layers.js"
 import type { OpenServerRefused } from "../../src/identity/AuthErrors.js"
 import type { AuthSettings } from "../../src/identity/Authentication.js"
 import type { SchedulerSettings } from "../../src/scheduler/SchedulerConfig.js"
+import type { MemoryManager, MemorySettings } from "../../src/memory/MemoryManager.js"
 
 /** Options of `testServerLayer`; everything has a test-friendly default. */
 export interface TestServerOptions {
@@ -37,6 +38,8 @@ export interface TestServerOptions {
   readonly auditLogPath?: string
   /** Every request is made as this caller (rate limits, audit), as if it had authenticated; none by default. */
   readonly principal?: Principal
+  /** The memory budget and how RSS is measured; by default 80% of system memory and the process's own RSS. */
+  readonly memory?: MemorySettings
   /** What the server is built under, such as a test logger or tracer; by default only errors are logged. */
   readonly observability?: Layer.Layer<never>
 }
@@ -45,7 +48,7 @@ export interface TestServerOptions {
 export const testServerLayer = <E extends EngineStartFailed>(
   backend: Layer.Layer<Backend, E>,
   options: TestServerOptions = {}
-): Layer.Layer<HttpServer.HttpServer | ModelRegistry, HttpServerError.ServeError | OpenServerRefused> =>
+): Layer.Layer<HttpServer.HttpServer | ModelRegistry | MemoryManager, HttpServerError.ServeError | OpenServerRefused> =>
   serverLayer(
     [{ engine: schedulerLayer(backend, options.scheduler, options.cache) }],
     {
@@ -60,7 +63,8 @@ export const testServerLayer = <E extends EngineStartFailed>(
     { databasePath: options.sessionsDatabasePath ?? ":memory:" },
     { logText: options.logText ?? false },
     { databasePath: options.keysDatabasePath ?? ":memory:" },
-    { path: options.auditLogPath }
+    { path: options.auditLogPath },
+    options.memory
   ).pipe(
     // The server's requests run in the context it was built in, so a principal provided here is every request's caller.
     Layer.provide(options.principal === undefined ? Layer.empty : Layer.succeed(CurrentPrincipal, Option.some(options.principal))),
