@@ -3,14 +3,19 @@ import type { Scope } from "effect"
 import * as os from "node:os"
 import { WeftMetrics } from "../observability/WeftMetrics.js"
 
-/** The budget and how pressure is measured. */
+/**
+ * The budget and how pressure is measured. The budget is for what serving adds to the bare process: what models and
+ * contexts commit, and RSS beyond the process's own footprint at start (the baseline).
+ */
 export interface MemorySettings {
-  /** Bytes of RAM the process may commit (model weights, contexts) and use (RSS) before it refuses more. */
+  /** Bytes models and contexts may commit, and RSS may grow beyond the baseline, before loads and requests are refused. */
   readonly limitBytes: number
-  /** Under pressure, new requests are refused until RSS falls below this share of the limit (default 0.9). */
+  /** Under pressure, new requests are refused until use falls below this share of the limit (default 0.9). */
   readonly lowWatermark?: number | undefined
   /** The resident set size now; default the process's own (tests drive pressure through it). */
   readonly measureRss?: (() => number) | undefined
+  /** RSS not counted against the budget; default RSS when the manager starts, before any model loads. */
+  readonly baselineBytes?: number | undefined
 }
 
 /** The default budget: 80% of the memory this process may use (its cgroup limit when it has one, else the machine's). */
@@ -44,6 +49,10 @@ export interface MemoryAccount {
   readonly availableBytes: number
   /** As the OS reports it now. */
   readonly rssBytes: number
+  /** RSS when the server started, before any model: not counted against the limit. */
+  readonly baselineRssBytes: number
+  /** RSS beyond the baseline: what pressure is measured on. */
+  readonly usedBytes: number
   /** New requests are refused until RSS falls below the low watermark. */
   readonly underPressure: boolean
   readonly reservations: ReadonlyArray<MemoryReservation>
@@ -66,13 +75,14 @@ export class MemoryBudgetExceeded extends Schema.TaggedError<MemoryBudgetExceede
 
 /** The process uses more memory than its budget allows; new requests are refused until use falls below the low watermark. */
 export class MemoryPressure extends Schema.TaggedError<MemoryPressure>()("MemoryPressure", {
-  rssBytes: Schema.Number,
+  usedBytes: Schema.Number,
   limitBytes: Schema.Number,
   lowWatermarkBytes: Schema.Number,
   retryAfterSeconds: Schema.Number
 }) {
   override get message(): string {
-    return `The server is short of memory (${formatBytes(this.rssBytes)} resident, limit ${formatBytes(this.limitBytes)}); ` +
+    return `The server is short of memory (${formatBytes(this.usedBytes)} in use beyond its footprint at start, limit ` +
+      `${formatBytes(this.limitBytes)}); ` +
       `retry after ${this.retryAfterSeconds} s`
   }
 }
@@ -98,8 +108,8 @@ export interface MemoryManagerShape {
   /** The account now, with RSS measured now. */
   readonly account: Effect.Effect<MemoryAccount>
   /**
-   * Lets a new request in, or refuses it with `MemoryPressure`. When RSS reaches the limit, every registered relief
-   * (cached prefixes) runs once; requests are refused until RSS falls below the low watermark.
+   * Lets a new request in, or refuses it with `MemoryPressure`. When use (RSS beyond the baseline) reaches the limit,
+   * every registered relief (cached prefixes) runs once; requests are refused until use falls below the low watermark.
    */
   readonly admit: Effect.Effect<void, MemoryPressure>
   /** Registers what to free under pressure (e.g. a model's cached prefixes) while the caller's scope is open. */
@@ -123,6 +133,8 @@ export class MemoryManager extends Context.Tag("weft/MemoryManager")<MemoryManag
         const limitBytes = settings.limitBytes
         const lowWatermarkBytes = Math.floor(limitBytes * (settings.lowWatermark ?? 0.9))
         const measureRss = settings.measureRss ?? (() => process.memoryUsage.rss())
+        const baselineRssBytes = settings.baselineBytes ?? measureRss()
+        const measureUse = () => Math.max(0, measureRss() - baselineRssBytes)
         const reservations = yield* Ref.make<ReadonlyArray<MemoryReservation>>([])
         const reliefs = yield* Ref.make<ReadonlyArray<{ readonly label: string; readonly relieve: Effect.Effect<void> }>>([])
         const pressure = yield* Ref.make(false)
@@ -158,12 +170,15 @@ export class MemoryManager extends Context.Tag("weft/MemoryManager")<MemoryManag
 
         const account = Effect.map(Effect.zip(Ref.get(reservations), Ref.get(pressure)), ([list, underPressure]): MemoryAccount => {
           const committedBytes = committedOf(list)
+          const rssBytes = measureRss()
           return {
             limitBytes,
             lowWatermarkBytes,
             committedBytes,
             availableBytes: Math.max(0, limitBytes - committedBytes),
-            rssBytes: measureRss(),
+            rssBytes,
+            baselineRssBytes,
+            usedBytes: Math.max(0, rssBytes - baselineRssBytes),
             underPressure,
             reservations: list
           }
@@ -176,20 +191,20 @@ export class MemoryManager extends Context.Tag("weft/MemoryManager")<MemoryManag
             ))
           ))
 
-        const refusal = (rssBytes: number) => new MemoryPressure({ rssBytes, limitBytes, lowWatermarkBytes, retryAfterSeconds })
+        const refusal = (usedBytes: number) => new MemoryPressure({ usedBytes, limitBytes, lowWatermarkBytes, retryAfterSeconds })
 
         const admit = Effect.gen(function*() {
-          const rss = measureRss()
+          const used = measureUse()
           if (yield* Ref.get(pressure)) {
-            if (rss >= lowWatermarkBytes) return yield* refusal(rss)
+            if (used >= lowWatermarkBytes) return yield* refusal(used)
             yield* Ref.set(pressure, false)
-            yield* Effect.logInfo("memory pressure over").pipe(Effect.annotateLogs({ rssBytes: rss, lowWatermarkBytes }))
+            yield* Effect.logInfo("memory pressure over").pipe(Effect.annotateLogs({ usedBytes: used, lowWatermarkBytes }))
             return
           }
-          if (rss < limitBytes) return
+          if (used < limitBytes) return
           // Cached prefixes go first; requests are refused only when that was not enough.
           yield* relieveAll
-          const after = measureRss()
+          const after = measureUse()
           if (after < limitBytes) return
           yield* Ref.set(pressure, true)
           return yield* refusal(after)

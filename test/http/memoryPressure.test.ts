@@ -16,7 +16,7 @@ const cachedTokens = () => Effect.runPromise(Effect.map(server.engine.scheduler.
 describe("memory pressure over HTTP", () => {
   beforeAll(async () => {
     server = await startServer(SimBackend.layer({ id: "sim", parallel: 2, contextSize: 4096, tokenLatency: 1 }), {
-      memory: { limitBytes: 1000, lowWatermark: 0.9, measureRss: () => rss }
+      memory: { limitBytes: 1000, lowWatermark: 0.9, measureRss: () => rss, baselineBytes: 0 }
     })
   })
   afterAll(() => server.close())
@@ -38,13 +38,13 @@ describe("memory pressure over HTTP", () => {
     rss = 950
     expect((await chat()).status).toBe(503)
     const account = await (await fetch(`${server.url}/admin/memory`)).json()
-    expect(account).toMatchObject({ limitBytes: 1000, lowWatermarkBytes: 900, rssBytes: 950, underPressure: true })
+    expect(account).toMatchObject({ limitBytes: 1000, lowWatermarkBytes: 900, usedBytes: 950, underPressure: true })
     const metrics = await (await fetch(`${server.url}/metrics`)).text()
     expect(metrics).toContain("weft_memory_under_pressure 1")
     expect(metrics).toContain("weft_memory_limit_bytes 1000")
 
     rss = 850
     expect((await chat()).status).toBe(200)
-    expect((await (await fetch(`${server.url}/admin/memory`)).json()).underPressure).toBe(false)
+    expect(((await (await fetch(`${server.url}/admin/memory`)).json()) as { underPressure: boolean }).underPressure).toBe(false)
   })
 })

@@ -6,7 +6,7 @@ const MiB = 1024 * 1024
 
 const managerWith = (limitBytes: number, rss: Ref.Ref<number>) =>
   Effect.map(
-    Layer.build(MemoryManager.layer({ limitBytes, lowWatermark: 0.9, measureRss: () => Effect.runSync(Ref.get(rss)) })),
+    Layer.build(MemoryManager.layer({ limitBytes, lowWatermark: 0.9, measureRss: () => Effect.runSync(Ref.get(rss)), baselineBytes: 0 })),
     (context) => Context.get(context, MemoryManager)
   )
 
@@ -54,7 +54,7 @@ describe("MemoryManager", () => {
       expect(yield* Ref.get(relieved)).toBe(2)
       yield* Ref.set(rss, 950)
       const refusal = yield* Effect.flip(memory.admit)
-      expect(refusal).toMatchObject({ rssBytes: 950, limitBytes: 1000, lowWatermarkBytes: 900 })
+      expect(refusal).toMatchObject({ usedBytes: 950, limitBytes: 1000, lowWatermarkBytes: 900 })
       expect(refusal.retryAfterSeconds).toBeGreaterThan(0)
       expect((yield* memory.account).underPressure).toBe(true)
 
