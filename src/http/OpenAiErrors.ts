@@ -7,7 +7,7 @@ import { ModelNotFound } from "../host/HostErrors.js"
 import type { ModelAlreadyServed, ModelLoading, ModelUnloading } from "../host/HostErrors.js"
 import type { ModelLoadFailed } from "../engine/llama/LlamaBackend.js"
 import type { ModelWriteFailed } from "../model/generateModel.js"
-import type { MemoryPressure } from "../memory/MemoryManager.js"
+import type { MemoryBudgetExceeded, MemoryPressure } from "../memory/MemoryManager.js"
 import type { ModelDoesNotFit } from "../memory/ModelDoesNotFit.js"
 import type { KeyRejected, ScopeMissing } from "../identity/AuthErrors.js"
 import { KeyNotFound } from "../identity/KeyStore.js"
@@ -43,6 +43,7 @@ export type ApiFailure =
   | ModelLoadFailed
   | ModelWriteFailed
   | ModelDoesNotFit
+  | MemoryBudgetExceeded
   | MemoryPressure
   | GenerationCancelled
   | AdmissionRejected
@@ -191,6 +192,7 @@ export const errorReply = (failure: ApiFailure): ErrorReply => {
         code: "model_load_failed"
       })
     case "ModelDoesNotFit":
+    case "MemoryBudgetExceeded":
       return reply(507, { message: failure.message, type: "server_error", param: null, code: "insufficient_memory" })
     case "MemoryPressure":
       return reply(503, { message: failure.message, type: "server_error", param: null, code: "memory_pressure" }, {

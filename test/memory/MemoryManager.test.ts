@@ -1,5 +1,6 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Context, Effect, Exit, Layer, Ref, Scope } from "effect"
+import { errorReply } from "../../src/http/OpenAiErrors.js"
 import { MemoryBudgetExceeded, MemoryManager, MemoryPressure } from "../../src/memory/MemoryManager.js"
 
 const MiB = 1024 * 1024
@@ -23,6 +24,9 @@ describe("MemoryManager", () => {
       expect(refused).toMatchObject({ requestedBytes: 4 * MiB, committedBytes: 7 * MiB, limitBytes: 10 * MiB })
       expect(refused.committed.map((held) => [held.model, held.bytes])).toEqual([["a", 6 * MiB], ["b", 1 * MiB]])
       expect((yield* memory.account).committedBytes).toBe(7 * MiB)
+      // An adapter context or any other holder refused this way answers 507 in OpenAI's shape.
+      expect(errorReply(refused)).toMatchObject({ status: 507, error: { type: "server_error", code: "insufficient_memory", param: null } })
+      expect(refused.message).toBe("model c needs 4.0 MiB, but 7.0 MiB of the 10.0 MiB memory limit is committed; 3.0 MiB is free")
 
       yield* Scope.close(first, Exit.void)
       yield* memory.reserve({ label: "model c", model: "c", parts: { weights: 4 * MiB } })
