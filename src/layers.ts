@@ -4,11 +4,15 @@ import type { HttpServer } from "@effect/platform"
 import type { HttpServerError } from "@effect/platform"
 import { Effect, Layer } from "effect"
 import { isLocalDeployment, localEngineId } from "./config/ModelsConfig.js"
+import type { LocalDeploymentConfig } from "./config/ModelsConfig.js"
 import { defaultSettings, WeftConfig } from "./config/WeftConfig.js"
 import type { WeftSettings } from "./config/WeftConfig.js"
-import { llamaEngineLayer, observedEngineLayer } from "./host/LocalEngine.js"
+import { accountedEngineLayer, llamaEngineLayer, observedEngineLayer } from "./host/LocalEngine.js"
 import type { EngineStartFailed } from "./host/LocalEngine.js"
 import { ModelRegistry } from "./host/ModelRegistry.js"
+import type { ModelDefinition } from "./host/ModelRegistry.js"
+import { defaultMemoryLimit, MemoryManager } from "./memory/MemoryManager.js"
+import type { MemorySettings } from "./memory/MemoryManager.js"
 import { WeftHttpServer } from "./http/WeftHttpServer.js"
 import type { HttpApiServices, HttpServerOptions } from "./http/WeftHttpServer.js"
 import type { Backend } from "./engine/Backend.js"
@@ -51,24 +55,38 @@ const operationsLayer = (operations: OperationsSettings) =>
 export interface ServedModel {
   readonly id?: string | undefined
   readonly engine: Layer.Layer<RequestScheduler | Backend, EngineStartFailed>
+  /** How long its requests wait while it loads (its queue timeout); without it they get 503 at once. */
+  readonly loadWaitMs?: number | undefined
 }
+
+/** What `POST /admin/models` loads for an id and a local deployment; by default a GGUF with the default settings. */
+export type LocalModelFactory = (id: string, deployment: LocalDeploymentConfig) => ServedModel & { readonly id: string }
 
 /** The HTTP server in front of models that load in the background (`/health` says 503 until they are ready). */
 export const serverLayer = (
   models: ReadonlyArray<ServedModel>,
-  http: HttpServerOptions,
+  http: HttpServerOptions & { readonly localModel?: LocalModelFactory | undefined },
   sessions: SessionSettingsInput,
   requestLog: Partial<RequestLogSettings> = {},
   keys: { readonly databasePath: string } = { databasePath: ":memory:" },
   audit: AuditSettings = { path: undefined },
-  operations: OperationsSettings = {}
-): Layer.Layer<HttpServer.HttpServer | ModelRegistry, HttpServerError.ServeError | OpenServerRefused | PluginLoadFailed> =>
-  WeftHttpServer.layer(http).pipe(
-    Layer.provide(httpApiServicesLayer(sessions, keys, audit, operations)),
-    Layer.provideMerge(
-      ModelRegistry.layer(models.map((model) => ({ id: model.id, engine: observedEngineLayer(model.engine, requestLog) })))
-    )
-  )
+  operations: OperationsSettings = {},
+  memory: MemorySettings = { limitBytes: defaultMemoryLimit() }
+): Layer.Layer<HttpServer.HttpServer | ModelRegistry | MemoryManager, HttpServerError.ServeError | OpenServerRefused | PluginLoadFailed> =>
+  Layer.unwrapEffect(
+    Effect.map(MemoryManager, (memoryManager) => {
+      const define = <M extends ServedModel>(model: M): ModelDefinition & { readonly id: M["id"] } => ({
+        id: model.id,
+        loadWaitMs: model.loadWaitMs,
+        engine: accountedEngineLayer(observedEngineLayer(model.engine, requestLog), memoryManager)
+      })
+      const localModel = http.localModel ?? ((id, deployment) => localServedModel(defaultSettings, id, deployment))
+      return WeftHttpServer.layer({ ...http, defineModel: (id, deployment) => define(localModel(id, deployment)) }).pipe(
+        Layer.provide(httpApiServicesLayer(sessions, keys, audit, operations)),
+        Layer.provideMerge(ModelRegistry.layer(models.map(define)))
+      )
+    })
+  ).pipe(Layer.provideMerge(MemoryManager.layer(memory)))
 
 type SessionSettingsInput = Parameters<typeof SessionStore.layerSqlite>[0]
 
@@ -81,7 +99,7 @@ export const httpApiServicesLayer = (
   keys: { readonly databasePath: string } = { databasePath: ":memory:" },
   audit: AuditSettings = { path: undefined },
   operations: OperationsSettings = {}
-): Layer.Layer<Exclude<HttpApiServices, ModelRegistry>, PluginLoadFailed, ModelRegistry> =>
+): Layer.Layer<Exclude<HttpApiServices, ModelRegistry | MemoryManager>, PluginLoadFailed, ModelRegistry> =>
   operationsLayer(operations).pipe(
     Layer.provideMerge(Layer.mergeAll(ProcessMetrics.Default, RateLimiter.Default, AuditLog.Default(audit))),
     // A session database that cannot be opened is a start-up failure, reported like any other.
@@ -95,37 +113,44 @@ export const httpApiServicesLayer = (
  */
 export const servedModels = (settings: WeftSettings): ReadonlyArray<ServedModel> => {
   const configured = Object.entries(settings.models).flatMap(([modelId, model]) =>
-    model.deployments.flatMap((deployment, index) => {
-      if (!isLocalDeployment(deployment)) return []
-      const id = localEngineId(modelId, model, index)
-      return [{
-        id,
-        engine: llamaEngineLayer({
-          ...settings,
-          model: deployment.gguf,
-          modelId: id,
-          parallel: deployment.parallel ?? settings.parallel,
-          ctxSize: deployment.ctxSize ?? settings.ctxSize,
-          maxQueue: deployment.maxQueue ?? settings.maxQueue,
-          timeoutQueueMs: deployment.timeoutQueueMs ?? settings.timeoutQueueMs,
-          timeoutFirstTokenMs: deployment.timeoutFirstTokenMs ?? settings.timeoutFirstTokenMs,
-          timeoutTotalMs: deployment.timeoutTotalMs ?? settings.timeoutTotalMs
-        })
-      }]
-    })
+    model.deployments.flatMap((deployment, index) =>
+      isLocalDeployment(deployment) ? [localServedModel(settings, localEngineId(modelId, model, index), deployment)] : []
+    )
   )
   const cliModel = settings.model !== undefined || Object.keys(settings.models).length === 0
-    ? [{ id: settings.modelId, engine: llamaEngineLayer(settings) }]
+    ? [{ id: settings.modelId, engine: llamaEngineLayer(settings), loadWaitMs: settings.timeoutQueueMs }]
     : []
   return [...cliModel, ...configured]
+}
+
+/** A local GGUF deployment served under `id`: its own pool size, context, queue and timeouts over `settings`. */
+export const localServedModel = (settings: WeftSettings, id: string, deployment: LocalDeploymentConfig): ServedModel & { readonly id: string } => {
+  const timeoutQueueMs = deployment.timeoutQueueMs ?? settings.timeoutQueueMs
+  return {
+    id,
+    loadWaitMs: timeoutQueueMs,
+    engine: llamaEngineLayer({
+      ...settings,
+      model: deployment.gguf,
+      modelId: id,
+      parallel: deployment.parallel ?? settings.parallel,
+      ctxSize: deployment.ctxSize ?? settings.ctxSize,
+      maxQueue: deployment.maxQueue ?? settings.maxQueue,
+      timeoutQueueMs,
+      timeoutFirstTokenMs: deployment.timeoutFirstTokenMs ?? settings.timeoutFirstTokenMs,
+      timeoutTotalMs: deployment.timeoutTotalMs ?? settings.timeoutTotalMs
+    })
+  }
 }
 
 /**
  * One local model in process, without the HTTP server: `weft serve`'s engine for the same settings (the demo model,
  * generated into `dataDir`, unless `model` names a GGUF file). What `WeftLanguageModel` and `WeftEmbeddingModel` run on.
  */
-export const localModelLayer = (settings: Partial<WeftSettings> = {}): Layer.Layer<ModelRegistry> =>
-  ModelRegistry.layer([{ id: settings.modelId, engine: observedEngineLayer(llamaEngineLayer({ ...defaultSettings, ...settings })) }])
+export const localModelLayer = (settings: Partial<WeftSettings> = {}): Layer.Layer<ModelRegistry | MemoryManager> =>
+  ModelRegistry.layer([{ id: settings.modelId, engine: observedEngineLayer(llamaEngineLayer({ ...defaultSettings, ...settings })) }]).pipe(
+    Layer.provideMerge(MemoryManager.layer({ limitBytes: settings.memoryLimit ?? defaultMemoryLimit() }))
+  )
 
 /** The composition root of `weft serve`: config → ModelRegistry (LlamaBackend → SeqPool → RequestScheduler) → HTTP server. */
 export const WeftLive: Layer.Layer<HttpServer.HttpServer | ModelRegistry, HttpServerError.ServeError | OpenServerRefused | PluginLoadFailed, WeftConfig> = Layer.unwrapEffect(
@@ -142,13 +167,15 @@ export const WeftLive: Layer.Layer<HttpServer.HttpServer | ModelRegistry, HttpSe
           shutdownGraceMs: settings.shutdownGraceMs,
           allowedHosts: settings.allowedHosts,
           corsOrigins: settings.corsOrigins,
-          auth: { mode: settings.auth, metricsPublic: settings.metricsPublic }
+          auth: { mode: settings.auth, metricsPublic: settings.metricsPublic },
+          localModel: (id, deployment) => localServedModel(settings, id, deployment)
         },
         { databasePath: path.join(settings.dataDir, "sessions.sqlite"), ttlMs: settings.sessionTtlMs },
         { logText: settings.logText },
         { databasePath: keysDatabasePath(settings.dataDir) },
         { path: settings.auditLog ?? path.join(settings.dataDir, "audit.jsonl") },
-        { alerts: settings.alerts, plugins: settings.plugins.map((plugin) => ({ _tag: "Path", path: plugin }) as const) }
+        { alerts: settings.alerts, plugins: settings.plugins.map((plugin) => ({ _tag: "Path", path: plugin }) as const) },
+        { limitBytes: settings.memoryLimit ?? defaultMemoryLimit() }
       ).pipe(Layer.provide(observabilityLayer(settings)))
     }))
 )

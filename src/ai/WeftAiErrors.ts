@@ -1,7 +1,7 @@
 import { AiError } from "@effect/ai"
 import { Effect } from "effect"
 import { StructuredOutputInvalid } from "../engine/Backend.js"
-import type { ModelNotFound } from "../host/HostErrors.js"
+import type { ModelNotFound, ModelUnloading } from "../host/HostErrors.js"
 import { ModelLoadFailed } from "../engine/llama/LlamaBackend.js"
 import { ModelWriteFailed } from "../model/generateModel.js"
 import type { Engine, EngineStartFailed } from "../host/LocalEngine.js"
@@ -36,7 +36,7 @@ export const aiErrorOf = (module: string, method: string, error: WeftFailure): A
 }
 
 /** The engine serving `model`, waiting for the registry's models to load if one is still loading. */
-export const engineFor = (registry: ModelRegistryShape, model: string): Effect.Effect<Engine, ModelNotFound | EngineStartFailed> =>
+export const engineFor = (registry: ModelRegistryShape, model: string): Effect.Effect<Engine, ModelNotFound | ModelUnloading | EngineStartFailed> =>
   registry.resolve(model).pipe(
     Effect.catchTag("ModelLoading", () =>
       Effect.zipRight(

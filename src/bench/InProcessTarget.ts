@@ -2,6 +2,7 @@ import { Effect, Layer, Stream } from "effect"
 import type { Scope } from "effect"
 import { Backend } from "../engine/Backend.js"
 import type { ModelLoadFailed } from "../engine/llama/LlamaBackend.js"
+import type { ModelDoesNotFit } from "../memory/ModelDoesNotFit.js"
 import { defaultSampling } from "../engine/SamplingOptions.js"
 import { llamaBackendLayer, schedulerLayer } from "../host/LocalEngine.js"
 import { RequestScheduler } from "../scheduler/RequestScheduler.js"
@@ -23,7 +24,7 @@ export interface EngineBenchConfig {
  * The scheduler stack of `weft serve` (LlamaBackend → SeqPool → RequestScheduler) without HTTP, in this process:
  * the same requests as over HTTP, submitted directly, so the difference to the HTTP mode is the HTTP layer's cost.
  */
-export const inProcessTarget = (config: EngineBenchConfig): Effect.Effect<BenchTarget, ModelLoadFailed, Scope.Scope> =>
+export const inProcessTarget = (config: EngineBenchConfig): Effect.Effect<BenchTarget, ModelLoadFailed | ModelDoesNotFit, Scope.Scope> =>
   Effect.gen(function*() {
     const context = yield* Layer.build(
       schedulerLayer(

@@ -6,7 +6,7 @@ const Millis = Schema.Number.pipe(Schema.finite(), Schema.nonNegative())
 const Count = (min: number, max: number) => Schema.Int.pipe(Schema.between(min, max))
 
 /** A model id as clients send it; `:` is kept for `model:adapter` ids. */
-const ModelId = Schema.String.pipe(Schema.pattern(/^[A-Za-z0-9][A-Za-z0-9._\-/]{0,127}$/))
+export const ModelId = Schema.String.pipe(Schema.pattern(/^[A-Za-z0-9][A-Za-z0-9._\-/]{0,127}$/))
 
 /** A GGUF served in this process, with the settings of its own engine (its pool's size, context, queue, timeouts). */
 export const LocalDeploymentConfig = Schema.Struct({

@@ -93,6 +93,12 @@ export const settingSpecs = [
     "Prefix-cache tokens kept across slots; LRU eviction starts at 80% (default: what the slots hold)"
   ),
   spec("cacheMaxBytes", "cache-max-bytes", optionalByteSize, "Estimated KV bytes of cached prefixes; LRU eviction starts at 80% (default none)"),
+  spec(
+    "memoryLimit",
+    "memory-limit",
+    optionalByteSize,
+    "RAM that models and their contexts may commit (node-llama-cpp's estimates) and the process may use (RSS): a model that would not fit is refused, and under pressure cached prefixes are evicted, then requests get 503 (default: 80% of system memory)"
+  ),
   spec("logLevel", "log-level", logLevelSetting, `Least severe log level written: ${logLevelNames.join(", ")} (default info)`),
   spec("logFormat", "log-format", logFormatSetting, "Log lines as JSON objects, or pretty for a terminal (default json)"),
   spec(

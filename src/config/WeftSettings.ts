@@ -52,6 +52,8 @@ export const WeftSettings = Schema.Struct({
   auth: Schema.Literal("on", "off", "auto"),
   /** `/metrics` answers without an admin key. */
   metricsPublic: Schema.Boolean,
+  /** RAM models and contexts may commit, and RSS may reach, before loads and requests are refused; `undefined` is 80% of system memory. */
+  memoryLimit: Schema.UndefinedOr(Schema.Number),
   /** The config file's `models`: ids served by local GGUFs or upstream servers, with routing; see `ModelsConfig`. */
   models: ModelsConfig,
   /** Plugin module paths (`--plugin`). */
@@ -97,6 +99,7 @@ export const defaultSettings: WeftSettings = {
   logText: false,
   auth: "auto",
   metricsPublic: false,
+  memoryLimit: undefined,
   models: {},
   plugins: []
 }

@@ -267,6 +267,30 @@ export class SeqPool extends Effect.Service<SeqPool>()("weft/SeqPool", {
       )
     })
 
+    /**
+     * Erases every cached prefix (memory pressure). Each victim is reserved with a permit before its erase, as in
+     * `evictOverLimit`, so no acquirer picks it meanwhile; held slots are never touched.
+     */
+    const evictCached: Effect.Effect<void> = Effect.uninterruptible(
+      Effect.gen(function*() {
+        while (slots.some((state) => state._tag === "Cached")) {
+          yield* permits.take(1)
+          const victim = slots.findIndex((state) => state._tag === "Cached")
+          if (victim === -1) {
+            yield* permits.release(1)
+            return
+          }
+          counters.evictions += 1
+          counters.evictedTokens += (slots[victim] as Extract<SlotState, { _tag: "Cached" }>).tokens.length
+          slots[victim] = { _tag: "Evicting" }
+          if (yield* eraseOrQuarantine(victim)) {
+            slots[victim] = { _tag: "Empty" }
+            yield* permits.release(1)
+          }
+        }
+      })
+    ).pipe(Effect.withSpan("SeqPool.evictCached"))
+
     const stats = Effect.sync((): SeqPoolStats => {
       const holders = slots.flatMap((state, slot) =>
         state._tag === "Held" ? [{ slot, requestId: state.requestId, cells: state.cells }] : []
@@ -290,6 +314,7 @@ export class SeqPool extends Effect.Service<SeqPool>()("weft/SeqPool", {
     return {
       acquire,
       stats,
+      evictCached,
       /** Free slots right now, read synchronously so admission can check and enqueue in one step. */
       freeNow: () => slots.filter((state) => state._tag === "Empty" || state._tag === "Cached").length,
       info: backend.info

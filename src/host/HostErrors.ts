@@ -15,3 +15,21 @@ export class ModelNotFound extends Schema.TaggedError<ModelNotFound>()("ModelNot
     return `The model \`${this.model}\` does not exist or you do not have access to it.`
   }
 }
+
+/** The model is being unloaded: it takes no new requests. */
+export class ModelUnloading extends Schema.TaggedError<ModelUnloading>()("ModelUnloading", {
+  model: Schema.String
+}) {
+  override get message(): string {
+    return `The model \`${this.model}\` is being unloaded and takes no new requests`
+  }
+}
+
+/** A model with this id is already served (or loading). */
+export class ModelAlreadyServed extends Schema.TaggedError<ModelAlreadyServed>()("ModelAlreadyServed", {
+  model: Schema.String
+}) {
+  override get message(): string {
+    return `A model with id \`${this.model}\` is already served; unload it first`
+  }
+}

@@ -7,6 +7,9 @@ import { PrefixCacheConfig, SeqPool } from "../engine/SeqPool.js"
 import type { PrefixCacheSettings } from "../engine/SeqPool.js"
 import { ensureModel } from "../model/generateModel.js"
 import type { ModelWriteFailed } from "../model/generateModel.js"
+import type { ModelDoesNotFit } from "../memory/ModelDoesNotFit.js"
+import { MemoryManager } from "../memory/MemoryManager.js"
+import type { MemoryManagerShape } from "../memory/MemoryManager.js"
 import { RequestLog, RequestLogConfig } from "../observability/RequestLog.js"
 import type { RequestLogSettings } from "../observability/RequestLog.js"
 import { SchedulerMetrics } from "../observability/SchedulerMetrics.js"
@@ -15,7 +18,7 @@ import { SchedulerConfig } from "../scheduler/SchedulerConfig.js"
 import type { SchedulerSettings } from "../scheduler/SchedulerConfig.js"
 
 /** Why a local engine could not start. */
-export type EngineStartFailed = ModelLoadFailed | ModelWriteFailed
+export type EngineStartFailed = ModelLoadFailed | ModelWriteFailed | ModelDoesNotFit
 
 /** One loaded model: the backend for tokenizing, the scheduler for generating, the metrics observing them. */
 export interface Engine {
@@ -50,8 +53,20 @@ export const observedEngineLayer = <E>(
     Layer.provideMerge(engine)
   )
 
+/**
+ * An engine whose memory is accounted in `memory`: its backend reserves what it commits there before loading, and its
+ * cached prefixes are the first thing freed under memory pressure.
+ */
+export const accountedEngineLayer = <E>(
+  engine: Layer.Layer<RequestScheduler | Backend | SchedulerMetrics, E>,
+  memory: MemoryManagerShape
+): Layer.Layer<RequestScheduler | Backend | SchedulerMetrics, E> =>
+  Layer.scopedDiscard(
+    Effect.flatMap(RequestScheduler, (scheduler) => memory.onPressure(`model ${scheduler.modelInfo.id}`, scheduler.evictCachedPrefixes))
+  ).pipe(Layer.provideMerge(engine), Layer.provide(Layer.succeed(MemoryManager, memory)))
+
 /** node-llama-cpp as the engine. */
-export const llamaBackendLayer = (config: LlamaBackendConfig): Layer.Layer<Backend, ModelLoadFailed> => LlamaBackend.layer(config)
+export const llamaBackendLayer = (config: LlamaBackendConfig): Layer.Layer<Backend, ModelLoadFailed | ModelDoesNotFit> => LlamaBackend.layer(config)
 
 /** The model `weft serve` loads: the configured GGUF, or the demo model, generated into the data dir once. */
 export const modelPathOf = (settings: WeftSettings) =>

@@ -4,12 +4,14 @@ import { ProcessMetrics } from "../observability/ProcessMetrics.js"
 import { encodePrometheusText, prometheusContentType } from "../observability/PrometheusText.js"
 import { weftMetricFamilies, WeftMetrics } from "../observability/WeftMetrics.js"
 import { ModelRegistry } from "../host/ModelRegistry.js"
+import { MemoryManager, sampleMemoryMetrics } from "../memory/MemoryManager.js"
 
 const noStore = { "cache-control": "no-store" }
 
 /** `GET /metrics`: every Weft metric in the Prometheus text format; a model's engine gauges appear once it is loaded. */
 const metrics = Effect.gen(function*() {
   yield* Effect.flatMap(ProcessMetrics, (process) => process.sample())
+  yield* Effect.flatMap(MemoryManager, sampleMemoryMetrics)
   const engines = yield* Effect.flatMap(ModelRegistry, (registry) => registry.engines)
   yield* Effect.forEach(engines, (engine) => engine.metrics.sample(), { discard: true })
   yield* Effect.forEach(engines, ({ backend: { info } }) =>

@@ -4,7 +4,11 @@ import type { AdmissionRejected, StageTimedOut } from "../scheduler/SchedulerErr
 import type { SessionStoreFailed } from "../sessions/SessionStore.js"
 import type { RateLimited, TokensOverLimit } from "../identity/RateLimiter.js"
 import { ModelNotFound } from "../host/HostErrors.js"
-import type { ModelLoading } from "../host/HostErrors.js"
+import type { ModelAlreadyServed, ModelLoading, ModelUnloading } from "../host/HostErrors.js"
+import type { ModelLoadFailed } from "../engine/llama/LlamaBackend.js"
+import type { ModelWriteFailed } from "../model/generateModel.js"
+import type { MemoryBudgetExceeded, MemoryPressure } from "../memory/MemoryManager.js"
+import type { ModelDoesNotFit } from "../memory/ModelDoesNotFit.js"
 import type { KeyRejected, ScopeMissing } from "../identity/AuthErrors.js"
 import { KeyNotFound } from "../identity/KeyStore.js"
 import type { KeyStoreFailed } from "../identity/KeyStore.js"
@@ -35,6 +39,13 @@ export type ApiFailure =
   | InvalidParam
   | ModelNotFound
   | ModelLoading
+  | ModelUnloading
+  | ModelAlreadyServed
+  | ModelLoadFailed
+  | ModelWriteFailed
+  | ModelDoesNotFit
+  | MemoryBudgetExceeded
+  | MemoryPressure
   | GenerationCancelled
   | AdmissionRejected
   | StageTimedOut
@@ -173,6 +184,24 @@ export const errorReply = (failure: ApiFailure): ErrorReply => {
       })
     case "ModelLoading":
       return reply(503, { message: failure.message, type: "server_error", param: null, code: "model_loading" }, { "retry-after": "1" })
+    case "ModelUnloading":
+      return reply(503, { message: failure.message, type: "server_error", param: "model", code: "model_unloading" }, { "retry-after": "1" })
+    case "ModelAlreadyServed":
+      return reply(409, { message: failure.message, type: "invalid_request_error", param: "id", code: "model_exists" })
+    case "ModelLoadFailed":
+      return reply(400, {
+        message: `The model file could not be loaded: ${failure.message}`,
+        type: "invalid_request_error",
+        param: "gguf",
+        code: "model_load_failed"
+      })
+    case "ModelDoesNotFit":
+    case "MemoryBudgetExceeded":
+      return reply(507, { message: failure.message, type: "server_error", param: null, code: "insufficient_memory" })
+    case "MemoryPressure":
+      return reply(503, { message: failure.message, type: "server_error", param: null, code: "memory_pressure" }, {
+        "retry-after": String(failure.retryAfterSeconds)
+      })
     case "GenerationCancelled":
       return reply(503, { message: failure.message, type: "server_error", param: null, code: failure.shuttingDown ? "shutting_down" : "cancelled" })
     case "KeyRejected":
@@ -182,6 +211,7 @@ export const errorReply = (failure: ApiFailure): ErrorReply => {
     case "KeyNotFound":
       return notFound(new KeyNotFound({ keyId: shorten(failure.keyId) }), "id", "key_not_found")
     case "KeyStoreFailed":
+    case "ModelWriteFailed":
     case "DecodeFailed":
     case "EmbeddingFailed":
       return internalError()

@@ -1,13 +1,13 @@
 import { HttpRouter, HttpServerResponse } from "@effect/platform"
 import { Effect, Schema } from "effect"
 import { ModelLoading } from "../host/HostErrors.js"
-import type { ModelNotFound } from "../host/HostErrors.js"
 import type { Engine } from "../host/LocalEngine.js"
 import { ModelRegistry } from "../host/ModelRegistry.js"
 import { InvalidParam } from "./HttpErrors.js"
 import { readJsonBody } from "./JsonBody.js"
 import { resolveModel } from "./ModelRoute.js"
-import type { RequestModel } from "./ModelRoute.js"
+import type { RequestModel, ResolveFailure } from "./ModelRoute.js"
+import type { MemoryManager } from "../memory/MemoryManager.js"
 import { decodeBody } from "./OpenAiMapping.js"
 import { checkTokenIds } from "./TokenIds.js"
 
@@ -32,11 +32,11 @@ export const DetokenizeRequest = Schema.Struct({
 })
 
 /** The engine of the named model, or of the only registered model when none is named. */
-const engineFor = (model: string | undefined): Effect.Effect<Engine, InvalidParam | ModelLoading | ModelNotFound, ModelRegistry | RequestModel> =>
+const engineFor = (model: string | undefined): Effect.Effect<Engine, InvalidParam | ResolveFailure, ModelRegistry | MemoryManager | RequestModel> =>
   model !== undefined
     ? resolveModel(model)
     : Effect.flatMap(ModelRegistry, (registry) =>
-      Effect.flatMap(registry.models, (models): Effect.Effect<Engine, InvalidParam | ModelLoading | ModelNotFound, ModelRegistry | RequestModel> => {
+      Effect.flatMap(registry.models, (models): Effect.Effect<Engine, InvalidParam | ResolveFailure, ModelRegistry | MemoryManager | RequestModel> => {
         const only = models.length === 1 ? models[0]! : undefined
         if (only === undefined) {
           return new InvalidParam({

@@ -43,6 +43,9 @@ import type { Alerts } from "../observability/Alerts.js"
 import type { LiveEvents } from "../observability/LiveEvents.js"
 import type { Plugins } from "../plugins/Plugins.js"
 import { pluginRoutes } from "./PluginRoutes.js"
+import { adminModelRoutes } from "./AdminModelRoutes.js"
+import type { DefineModel } from "./AdminModelRoutes.js"
+import type { MemoryManager } from "../memory/MemoryManager.js"
 
 /** Where to listen and the limits the HTTP layer enforces itself. */
 export interface HttpServerOptions {
@@ -224,7 +227,7 @@ const addressText = (address: HttpServer.Address): string =>
   address._tag === "UnixAddress" ? `unix:${address.path}` : `${address.hostname}:${address.port}`
 
 /** What the HTTP API needs besides its options: the models, and the stores and limits every request goes through. */
-export type HttpApiServices = ModelRegistry | SessionStore | ProcessMetrics | KeyStore | RateLimiter | AuditLog | Alerts | LiveEvents | Plugins
+export type HttpApiServices = ModelRegistry | MemoryManager | SessionStore | ProcessMetrics | KeyStore | RateLimiter | AuditLog | Alerts | LiveEvents | Plugins
 
 /**
  * Weft's whole HTTP API (the OpenAI routes, sessions, admin, `/metrics`, `/health`) as one `@effect/platform` app,
@@ -232,7 +235,7 @@ export type HttpApiServices = ModelRegistry | SessionStore | ProcessMetrics | Ke
  * `@effect/platform` server can mount next to its own routes (`HttpRouter.mountApp`). Refuses, as `weft serve` does,
  * to run open on a non-loopback host.
  */
-const httpApp = (options: Omit<HttpServerOptions, "port" | "shutdownGraceMs">) =>
+const httpApp = (options: Omit<HttpServerOptions, "port" | "shutdownGraceMs"> & { readonly defineModel?: DefineModel | undefined }) =>
   Effect.gen(function*() {
     const auth = options.auth ?? defaultAuth
     const hasKeys = yield* Effect.flatMap(KeyStore, (store) => store.hasLiveKeys()).pipe(Effect.orDie)
@@ -240,6 +243,8 @@ const httpApp = (options: Omit<HttpServerOptions, "port" | "shutdownGraceMs">) =
     if (refusal !== undefined) return yield* new OpenServerRefused({ host: options.host, reason: refusal })
     const router = openAiRoutes(options).pipe(HttpRouter.concat(responsesRoutes(options)), HttpRouter.concat(embeddingRoutes(options)), HttpRouter.concat(tokenizeRoutes(options)), HttpRouter.concat(sessionRoutes), HttpRouter.concat(observabilityRoutes), HttpRouter.concat(adminKeyRoutes(options)), HttpRouter.concat(adminAuditRoutes), HttpRouter.get("/health", health))
       .pipe(HttpRouter.concat(dashboardRoutes), HttpRouter.concat(adminAlertRoutes), HttpRouter.concat(pluginRoutes(options)))
+      // Loading models at run time needs to know how to build one; an app that mounts Weft without it lists and unloads only.
+      .pipe(HttpRouter.concat(adminModelRoutes({ maxBodyBytes: options.maxBodyBytes, defineModel: options.defineModel })))
     const methodsOf = routeMethods(router)
     return withRequestContext(router, methodsOf, browserPolicy(options, methodsOf), auth)
   })
@@ -248,7 +253,7 @@ const httpApp = (options: Omit<HttpServerOptions, "port" | "shutdownGraceMs">) =
 export const WeftHttpServer = {
   app: httpApp,
   layer: (
-    options: HttpServerOptions
+    options: HttpServerOptions & { readonly defineModel?: DefineModel | undefined }
   ): Layer.Layer<HttpServer.HttpServer, HttpServerError.ServeError | OpenServerRefused, HttpApiServices> =>
     Layer.unwrapEffect(
       Effect.gen(function*() {

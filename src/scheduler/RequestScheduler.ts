@@ -171,6 +171,8 @@ export class RequestScheduler extends Effect.Service<RequestScheduler>()("weft/R
       /** Lifecycle events; subscribe before submitting to see every one. */
       events: registry.events,
       isDraining: Effect.map(registry.state, (state) => state.draining),
+      /** Erases the cached prefixes kept in free slots (memory pressure); running requests keep theirs. */
+      evictCachedPrefixes: pool.evictCached,
       modelInfo: backend.info,
       /** Embeddings of `inputs` (see `Backend.embed`), admitted beside generation with the same limits (see `makeEmbeddingGate`). */
       embed: (inputs: ReadonlyArray<ReadonlyArray<number>>, timeouts?: StageTimeouts) => embeddings.run(backend.embed(inputs), timeouts)

@@ -4,6 +4,7 @@ import * as os from "node:os"
 import * as path from "node:path"
 import { promisify } from "node:util"
 import { describe, expect, it } from "vitest"
+import { tinyModelPath } from "../support/tinyModel.js"
 
 const run = async (args: ReadonlyArray<string>) => {
   const child = await promisify(execFile)(process.execPath, ["--import", "tsx", ...args], { env: { ...process.env, NO_COLOR: "1" } }).then(
@@ -65,4 +66,19 @@ describe("weft serve", () => {
     expect(code).toBe(0)
     expect(stdout).toContain("--port integer")
   })
+
+  it("stops at start-up when the model does not fit --memory-limit, giving the numbers and the ways out", async () => {
+    const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), "weft-memory-"))
+    const { code, stderr } = await run([
+      "src/main.ts", "serve", "--model", await tinyModelPath(), "--memory-limit", "1MiB", "--port", "0", "--data-dir", dataDir, "--log-level", "fatal"
+    ])
+    expect(code).toBe(1)
+    expect(stderr).toMatch(/weft: model weft-tiny-s42 \(.*\) does not fit in memory: it needs \d+\.\d MiB \(weights \d+\.\d KiB \+ KV cache and compute buffers/)
+    expect(stderr).toContain("but only 1.0 MiB of the 1.0 MiB --memory-limit is free (0 B committed)")
+    expect(stderr).toContain("a smaller --ctx-size or --parallel (the KV cache and compute buffers")
+    expect(stderr).toContain("for 4 × 2048 tokens")
+    expect(stderr).toContain("a quantized GGUF of this model")
+    expect(stderr).toContain("a larger --memory-limit (now 1.0 MiB)")
+    expect(stderr).not.toMatch(/Segmentation|Abort|core dumped/i)
+  }, 240_000)
 })

@@ -1,16 +1,16 @@
 import { HttpServer } from "@effect/platform"
 import { describe, expect, it } from "@effect/vitest"
-import { Context, Deferred, Effect, Exit, Layer, Logger, LogLevel, ManagedRuntime, Stream } from "effect"
+import { Context, Deferred, Effect, Exit, Fiber, Layer, Logger, LogLevel, ManagedRuntime, Stream } from "effect"
 import OpenAI from "openai"
 import { defaultSampling } from "../../src/engine/SamplingOptions.js"
 import { SimBackend } from "../../src/engine/SimBackend.js"
-import { ModelLoading, ModelNotFound } from "../../src/host/HostErrors.js"
+import { ModelAlreadyServed, ModelLoading, ModelNotFound, ModelUnloading } from "../../src/host/HostErrors.js"
 import { observedEngineLayer, schedulerLayer } from "../../src/host/LocalEngine.js"
 import { ModelRegistry } from "../../src/host/ModelRegistry.js"
 import { serverLayer } from "../../src/layers.js"
 
-const simEngine = (id: string, parallel: number) =>
-  observedEngineLayer(schedulerLayer(SimBackend.layer({ id, parallel, contextSize: 4096, tokenLatency: "1 millis" })))
+const simEngine = (id: string, parallel: number, tokenLatency: "1 millis" | "10 millis" = "1 millis") =>
+  observedEngineLayer(schedulerLayer(SimBackend.layer({ id, parallel, contextSize: 4096, tokenLatency })))
 
 describe("ModelRegistry", () => {
   it.live("serves each model by its id while another is still loading, and reports each model's state", () =>
@@ -45,6 +45,55 @@ describe("ModelRegistry", () => {
       yield* registry.shutdown(0)
       expect((yield* registry.models).every((model) => model.draining)).toBe(true)
     }).pipe(Effect.scoped))
+
+  it.live("a request for a model that is loading waits for it, up to the model's load wait, then gets ModelLoading", () =>
+    Effect.gen(function*() {
+      const release = yield* Deferred.make<void>()
+      const gated = (id: string) => Layer.unwrapEffect(Effect.as(Deferred.await(release), simEngine(id, 1)))
+      const context = yield* Layer.build(ModelRegistry.layer([
+        { id: "patient", loadWaitMs: 60_000, engine: gated("patient") },
+        { id: "hasty", loadWaitMs: 20, engine: gated("hasty") }
+      ]))
+      const registry = Context.get(context, ModelRegistry)
+      const waiting = yield* Effect.fork(registry.resolve("patient"))
+      expect(yield* Effect.flip(registry.resolve("hasty"))).toBeInstanceOf(ModelLoading)
+      yield* Deferred.succeed(release, undefined)
+      expect((yield* Fiber.join(waiting)).backend.info.id).toBe("patient")
+    }).pipe(Effect.scoped))
+
+  it.live("loads a model at run time, refuses a second load of its id, and unloads it after its running request", () =>
+    Effect.gen(function*() {
+      const context = yield* Layer.build(ModelRegistry.layer([{ engine: simEngine("resident", 1) }]))
+      const registry = Context.get(context, ModelRegistry)
+      yield* registry.ready
+      const engine = yield* registry.load({ id: "guest", engine: simEngine("guest", 1, "10 millis") })
+      expect((yield* registry.models).map((model) => model.id)).toEqual(["resident", "guest"])
+      expect(yield* Effect.flip(registry.load({ id: "guest", engine: simEngine("guest", 1) }))).toBeInstanceOf(ModelAlreadyServed)
+
+      // A running generation on the model being unloaded finishes; new requests for it are refused meanwhile.
+      const running = yield* engine.scheduler.submit({
+        id: "g1",
+        prompt: [256, 104, 105],
+        sampling: { ...defaultSampling, seed: 1, ignoreEos: true },
+        maxTokens: 100
+      }).pipe(Stream.runCollect, Effect.fork)
+      yield* Effect.repeat(engine.scheduler.stats, { until: (stats) => stats.running === 1 })
+      const unloading = yield* Effect.fork(registry.unload("guest", 60_000))
+      yield* Effect.repeat(registry.models, { until: (models) => models.some((model) => model.id === "guest" && model.draining) })
+      expect(yield* Effect.flip(registry.resolve("guest"))).toBeInstanceOf(ModelUnloading)
+      yield* Fiber.join(unloading)
+      expect([...(yield* Fiber.join(running))].at(-1)).toMatchObject({ _tag: "Finished", finishReason: "length" })
+      expect(yield* Effect.flip(registry.resolve("guest"))).toBeInstanceOf(ModelNotFound)
+      expect((yield* registry.models).map((model) => model.id)).toEqual(["resident"])
+      expect(yield* Effect.flip(registry.unload("guest", 0))).toBeInstanceOf(ModelNotFound)
+
+      // A load that fails leaves nothing behind; the id can be loaded again.
+      const broken = Layer.fail(new Error("no such file")) as unknown as ReturnType<typeof simEngine>
+      yield* Effect.flip(registry.load({ id: "guest", engine: broken }))
+      expect((yield* registry.models).map((model) => model.id)).toEqual(["resident"])
+      yield* registry.load({ id: "guest", engine: simEngine("guest", 1) })
+      expect((yield* registry.resolve("resident")).backend.info.id).toBe("resident")
+    }).pipe(Effect.scoped, Effect.provide(Logger.minimumLogLevel(LogLevel.None))))
 
   it("a model that fails to start is reported failed and the others keep serving", async () => {
     const broken = Layer.fail(new Error("no such file")) as unknown as ReturnType<typeof simEngine>

@@ -15,6 +15,7 @@ import type { OpenServerRefused } from "../../src/identity/AuthErrors.js"
 import type { PluginLoadFailed } from "../../src/plugins/PluginErrors.js"
 import type { AuthSettings } from "../../src/identity/Authentication.js"
 import type { SchedulerSettings } from "../../src/scheduler/SchedulerConfig.js"
+import type { MemoryManager, MemorySettings } from "../../src/memory/MemoryManager.js"
 
 /** Options of `testServerLayer`; everything has a test-friendly default. */
 export interface TestServerOptions {
@@ -41,6 +42,8 @@ export interface TestServerOptions {
   readonly principal?: Principal
   /** The dashboard's event stream and the alert rules; defaults otherwise. */
   readonly operations?: OperationsSettings
+  /** The memory budget and how RSS is measured; by default 80% of system memory and the process's own RSS. */
+  readonly memory?: MemorySettings
   /** What the server is built under, such as a test logger or tracer; by default only errors are logged. */
   readonly observability?: Layer.Layer<never>
 }
@@ -49,7 +52,7 @@ export interface TestServerOptions {
 export const testServerLayer = <E extends EngineStartFailed>(
   backend: Layer.Layer<Backend, E>,
   options: TestServerOptions = {}
-): Layer.Layer<HttpServer.HttpServer | ModelRegistry, HttpServerError.ServeError | OpenServerRefused | PluginLoadFailed> =>
+): Layer.Layer<HttpServer.HttpServer | ModelRegistry | MemoryManager, HttpServerError.ServeError | OpenServerRefused | PluginLoadFailed> =>
   serverLayer(
     [{ engine: schedulerLayer(backend, options.scheduler, options.cache) }],
     {
@@ -65,7 +68,8 @@ export const testServerLayer = <E extends EngineStartFailed>(
     { logText: options.logText ?? false },
     { databasePath: options.keysDatabasePath ?? ":memory:" },
     { path: options.auditLogPath },
-    options.operations
+    options.operations,
+    options.memory
   ).pipe(
     // The server's requests run in the context it was built in, so a principal provided here is every request's caller.
     Layer.provide(options.principal === undefined ? Layer.empty : Layer.succeed(CurrentPrincipal, Option.some(options.principal))),

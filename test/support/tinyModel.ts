@@ -6,6 +6,7 @@ import * as path from "node:path"
 import type { Backend } from "../../src/engine/Backend.js"
 import type { LlamaBackendConfig, ModelLoadFailed } from "../../src/engine/llama/LlamaBackend.js"
 import { llamaBackendLayer } from "../../src/host/LocalEngine.js"
+import type { ModelDoesNotFit } from "../../src/memory/ModelDoesNotFit.js"
 import { ensureModel } from "../../src/model/generateModel.js"
 
 /** The generator's sources: any change to them gives a fresh cache directory, so a stale model is never reused. */
@@ -29,7 +30,7 @@ export const tinyModelPath = (): Promise<string> => Effect.runPromise(ensureMode
 export const tinyModelId = "weft-tiny-s42"
 
 /** LlamaBackend (as `weft serve` wraps it) on the tiny model, CPU only, two threads: the test machine's cores. */
-export const tinyBackend = (overrides: Partial<Omit<LlamaBackendConfig, "modelPath">> = {}): Layer.Layer<Backend, ModelLoadFailed> =>
+export const tinyBackend = (overrides: Partial<Omit<LlamaBackendConfig, "modelPath">> = {}): Layer.Layer<Backend, ModelLoadFailed | ModelDoesNotFit> =>
   Layer.unwrapEffect(
     Effect.map(Effect.promise(tinyModelPath), (modelPath) =>
       llamaBackendLayer({ modelPath, parallel: 4, contextSize: 512, threads: 2, gpu: false, ...overrides }))

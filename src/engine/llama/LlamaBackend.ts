@@ -1,6 +1,6 @@
 import { availableParallelism } from "node:os"
 import { basename } from "node:path"
-import { Effect, Layer, Schema } from "effect"
+import { Effect, Layer, Option, Schema } from "effect"
 import type { CustomBatchingPrioritizationStrategy, LlamaContext, LlamaContextSequence, Token } from "node-llama-cpp"
 import { Backend, DecodeFailed, KvEraseFailed } from "../Backend.js"
 import type { BackendShape, Generation, StepResult } from "../Backend.js"
@@ -19,6 +19,9 @@ import { loadLlamaBinary } from "./LlamaBinary.js"
 import type { BinaryPreference } from "./LlamaBinary.js"
 import { copySequencePrefix, endOfGenerationBan, interceptDecodes, queuedDecodesOf } from "./LlamaInternals.js"
 import { llamaModelInfo } from "./LlamaModelInfo.js"
+import { estimateLlamaMemory } from "./MemoryEstimate.js"
+import { MemoryManager } from "../../memory/MemoryManager.js"
+import { ModelDoesNotFit } from "../../memory/ModelDoesNotFit.js"
 import { makeSlotArrivals } from "./SlotArrivals.js"
 
 export interface LlamaBackendConfig {
@@ -101,7 +104,7 @@ const chunksOf = (prompt: ReadonlyArray<Token>, chunk: number): Array<Array<Toke
 
 /** `Backend` on node-llama-cpp: one model, one context with `parallel` sequences, driven token by token. */
 export const LlamaBackend = {
-  layer: (config: LlamaBackendConfig): Layer.Layer<Backend, ModelLoadFailed> =>
+  layer: (config: LlamaBackendConfig): Layer.Layer<Backend, ModelLoadFailed | ModelDoesNotFit> =>
     Layer.scoped(
       Backend,
       Effect.gen(function*() {
@@ -112,6 +115,40 @@ export const LlamaBackend = {
           loadLlamaBinary(config.binary ?? "auto", { gpu: config.gpu ?? "auto", maxThreads: threads }).pipe(Effect.mapError(loadFailed)),
           ({ llama }) => Effect.promise(() => llama.dispose())
         )
+        const modelId = config.modelId ?? basename(config.modelPath).replace(/\.gguf$/i, "")
+        const batchSize = config.batchSize ?? Math.min(512, config.contextSize * config.parallel)
+        const flashAttention = config.flashAttention ?? true
+        // Without a memory manager (a backend built alone, as some tests do) nothing is accounted.
+        const memory = yield* Effect.serviceOption(MemoryManager)
+        if (Option.isSome(memory)) {
+          const estimate = yield* Effect.tryPromise({
+            try: () =>
+              estimateLlamaMemory(llama, config.modelPath, { contextSize: config.contextSize, sequences: config.parallel, batchSize, flashAttention }),
+            catch: loadFailed
+          })
+          // Held while the model is: released with the engine's scope, after the model and context are disposed.
+          yield* memory.value.reserve({
+            label: `model ${modelId}`,
+            model: modelId,
+            parts: { weights: estimate.weightsBytes, context: estimate.contextBytes }
+          }).pipe(
+            Effect.mapError((refused) =>
+              new ModelDoesNotFit({
+                model: modelId,
+                path: config.modelPath,
+                weightsBytes: estimate.weightsBytes,
+                contextBytes: estimate.contextBytes,
+                contextSize: config.contextSize,
+                parallel: config.parallel,
+                committedBytes: refused.committedBytes,
+                limitBytes: refused.limitBytes,
+                others: refused.committed.flatMap((held) => (held.model === undefined ? [] : [{ model: held.model, bytes: held.bytes }])),
+                unquantized: estimate.unquantized,
+                onGpu: estimate.onGpu
+              })
+            )
+          )
+        }
         const model = yield* Effect.acquireRelease(
           Effect.tryPromise({ try: () => llama.loadModel({ modelPath: config.modelPath }), catch: loadFailed }),
           (model) => Effect.promise(() => model.dispose())
@@ -125,8 +162,8 @@ export const LlamaBackend = {
                 sequences: config.parallel,
                 contextSize: config.contextSize,
                 threads,
-                flashAttention: config.flashAttention ?? true,
-                batchSize: config.batchSize ?? Math.min(512, config.contextSize * config.parallel),
+                flashAttention,
+                batchSize,
                 batching: { itemPrioritizationStrategy: sequenceOrderStrategy(() => created) }
               }),
             catch: loadFailed
@@ -149,7 +186,7 @@ export const LlamaBackend = {
 
         const embedder = yield* makeLlamaEmbedder(model, { contextSize: config.contextSize, threads })
         const info = {
-          ...llamaModelInfo(config.modelId ?? basename(config.modelPath).replace(/\.gguf$/i, ""), config.parallel, model, context),
+          ...llamaModelInfo(modelId, config.parallel, model, context),
           embeddingSize: embedder.size,
           maxEmbeddingTokens: embedder.maxInputTokens,
           binary
