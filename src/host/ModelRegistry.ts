@@ -111,7 +111,12 @@ export class ModelRegistry extends Context.Tag("weft/ModelRegistry")<ModelRegist
                 }
                 const info = exit.value.backend.info
                 return Effect.logInfo("engine ready").pipe(
-                  Effect.annotateLogs({ model: info.id, parallel: info.parallel, contextSize: info.contextSize, binary: info.binary?.kind })
+                  Effect.annotateLogs({
+                    model: info.id,
+                    parallel: info.parallel,
+                    contextSize: info.contextSize,
+                    ...(info.binary === undefined ? {} : { binary: info.binary.kind })
+                  })
                 )
               }),
               Effect.flatMap((exit) => Deferred.done(entry.loaded, exit)),
