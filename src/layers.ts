@@ -4,6 +4,8 @@ import type { HttpServer } from "@effect/platform"
 import type { HttpServerError } from "@effect/platform"
 import { Effect, Layer } from "effect"
 import { isLocalDeployment, localEngineId } from "./config/ModelsConfig.js"
+import type { ModelsConfig } from "./config/ModelsConfig.js"
+import { ModelRouter } from "./upstream/ModelRouter.js"
 import { WeftConfig } from "./config/WeftConfig.js"
 import type { WeftSettings } from "./config/WeftConfig.js"
 import { llamaEngineLayer, observedEngineLayer } from "./host/LocalEngine.js"
@@ -37,9 +39,12 @@ export const serverLayer = (
   sessions: SessionSettingsInput,
   requestLog: Partial<RequestLogSettings> = {},
   keys: { readonly databasePath: string } = { databasePath: ":memory:" },
-  audit: AuditSettings = { path: undefined }
+  audit: AuditSettings = { path: undefined },
+  routed: ModelsConfig = {}
 ): Layer.Layer<HttpServer.HttpServer | ModelRegistry, HttpServerError.ServeError | OpenServerRefused> =>
   WeftHttpServer.layer(http).pipe(
+    // The config file's routed models (upstream deployments, several deployments, fallbacks): see src/upstream/.
+    Layer.provide(ModelRouter.layer(routed)),
     Layer.provideMerge(
       ModelRegistry.layer(models.map((model) => ({ id: model.id, engine: observedEngineLayer(model.engine, requestLog) })))
     ),
@@ -104,7 +109,8 @@ export const WeftLive: Layer.Layer<HttpServer.HttpServer | ModelRegistry, HttpSe
         { databasePath: path.join(settings.dataDir, "sessions.sqlite"), ttlMs: settings.sessionTtlMs },
         { logText: settings.logText },
         { databasePath: keysDatabasePath(settings.dataDir) },
-        { path: settings.auditLog ?? path.join(settings.dataDir, "audit.jsonl") }
+        { path: settings.auditLog ?? path.join(settings.dataDir, "audit.jsonl") },
+        settings.models
       ).pipe(Layer.provide(observabilityLayer(settings)))
     }))
 )

@@ -1,5 +1,6 @@
 import { HttpRouter, HttpServerResponse } from "@effect/platform"
-import { Effect, Metric } from "effect"
+import { Effect, Metric, Option } from "effect"
+import { ModelRouter } from "../upstream/ModelRouter.js"
 import { ProcessMetrics } from "../observability/ProcessMetrics.js"
 import { encodePrometheusText, prometheusContentType } from "../observability/PrometheusText.js"
 import { weftMetricFamilies } from "../observability/WeftMetrics.js"
@@ -12,6 +13,7 @@ const metrics = Effect.gen(function*() {
   yield* Effect.flatMap(ProcessMetrics, (process) => process.sample())
   const engines = yield* Effect.flatMap(ModelRegistry, (registry) => registry.engines)
   yield* Effect.forEach(engines, (engine) => engine.metrics.sample(), { discard: true })
+  yield* Effect.flatMap(Effect.serviceOption(ModelRouter), Option.match({ onNone: () => Effect.void, onSome: (router) => router.sample }))
   const text = encodePrometheusText(weftMetricFamilies, yield* Metric.snapshot)
   return HttpServerResponse.text(text, { contentType: prometheusContentType, headers: noStore })
 })

@@ -37,6 +37,8 @@ import { KeyStore } from "../identity/KeyStore.js"
 import { OpenServerRefused } from "../identity/AuthErrors.js"
 import { CurrentPrincipal } from "../identity/Principal.js"
 import { adminKeyRoutes } from "./AdminKeyRoutes.js"
+import { ModelRouter } from "../upstream/ModelRouter.js"
+import { upstreamRoutes } from "./UpstreamRoutes.js"
 
 /** Where to listen and the limits the HTTP layer enforces itself. */
 export interface HttpServerOptions {
@@ -64,7 +66,9 @@ const loadingHealth = { slots: { total: 0, free: 0 }, queue: { length: 0, limit:
 const health = Effect.gen(function*() {
   const models = yield* Effect.flatMap(ModelRegistry, (registry) => registry.models)
   const notReady = models.find((model) => model.state._tag !== "Ready")
-  if (notReady !== undefined || models.length === 0) {
+  // A server fronting upstream models only has no local model to wait for.
+  const routedOnly = models.length === 0 && Option.exists(yield* Effect.serviceOption(ModelRouter), (router) => router.modelIds.length > 0)
+  if (notReady !== undefined || (models.length === 0 && !routedOnly)) {
     const status = notReady === undefined || notReady.state._tag === "Loading" ? "loading" : "error"
     return HttpServerResponse.unsafeJson({ status, ...loadingHealth }, { status: 503, headers: { "cache-control": "no-store" } })
   }
@@ -227,7 +231,7 @@ export const WeftHttpServer = {
         const refusal = openServerRefusal(options.host, auth.mode, hasKeys)
         if (refusal !== undefined) return yield* new OpenServerRefused({ host: options.host, reason: refusal })
         const server = Http.createServer()
-        const router = openAiRoutes(options).pipe(HttpRouter.concat(responsesRoutes(options)), HttpRouter.concat(embeddingRoutes(options)), HttpRouter.concat(tokenizeRoutes(options)), HttpRouter.concat(sessionRoutes), HttpRouter.concat(observabilityRoutes), HttpRouter.concat(adminKeyRoutes(options)), HttpRouter.concat(adminAuditRoutes), HttpRouter.get("/health", health))
+        const router = openAiRoutes(options).pipe(HttpRouter.concat(responsesRoutes(options)), HttpRouter.concat(embeddingRoutes(options)), HttpRouter.concat(tokenizeRoutes(options)), HttpRouter.concat(sessionRoutes), HttpRouter.concat(observabilityRoutes), HttpRouter.concat(adminKeyRoutes(options)), HttpRouter.concat(adminAuditRoutes), HttpRouter.concat(upstreamRoutes), HttpRouter.get("/health", health))
         // One scope, so the shutdown finalizer (added last) runs before the request handler is removed.
         const serve = Layer.scopedDiscard(
           Effect.gen(function*() {

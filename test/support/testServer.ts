@@ -3,6 +3,7 @@ import type { HttpServerError } from "@effect/platform"
 import { Effect, Layer, Logger, LogLevel, ManagedRuntime, Option } from "effect"
 import * as net from "node:net"
 import type { Backend } from "../../src/engine/Backend.js"
+import type { ModelsConfig } from "../../src/config/ModelsConfig.js"
 import type { PrefixCacheSettings } from "../../src/engine/SeqPool.js"
 import { schedulerLayer } from "../../src/host/LocalEngine.js"
 import type { Engine, EngineStartFailed } from "../../src/host/LocalEngine.js"
@@ -37,6 +38,8 @@ export interface TestServerOptions {
   readonly auditLogPath?: string
   /** Every request is made as this caller (rate limits, audit), as if it had authenticated; none by default. */
   readonly principal?: Principal
+  /** The config file's `models` (routed models: upstream deployments, fallbacks); none by default. */
+  readonly models?: ModelsConfig
   /** What the server is built under, such as a test logger or tracer; by default only errors are logged. */
   readonly observability?: Layer.Layer<never>
 }
@@ -60,7 +63,8 @@ export const testServerLayer = <E extends EngineStartFailed>(
     { databasePath: options.sessionsDatabasePath ?? ":memory:" },
     { logText: options.logText ?? false },
     { databasePath: options.keysDatabasePath ?? ":memory:" },
-    { path: options.auditLogPath }
+    { path: options.auditLogPath },
+    options.models
   ).pipe(
     // The server's requests run in the context it was built in, so a principal provided here is every request's caller.
     Layer.provide(options.principal === undefined ? Layer.empty : Layer.succeed(CurrentPrincipal, Option.some(options.principal))),
