@@ -83,6 +83,7 @@ export const WeftMetrics = {
   upstreamRequests: counter("weft_upstream_requests_total", "Attempts sent to a routed model's deployments, by model, deployment and outcome (success, retried, failed, rejected)"),
   upstreamRetries: counter("weft_upstream_retries_total", "Attempts retried after a failure, by model, deployment and reason (connect, reset, timeout, rate_limited, server_error, unavailable)"),
   upstreamFallbacks: counter("weft_upstream_fallbacks_total", "Requests answered by a fallback model, by model and fallback"),
+  upstreamBreakerTransitions: counter("weft_upstream_breaker_transitions_total", "Circuit breaker state changes, by deployment and the state entered (open, half_open, closed)"),
   upstreamBreakerState: gauge("weft_upstream_breaker_state", "A deployment's circuit breaker: 0 closed, 1 half-open, 2 open"),
   upstreamRequestDuration: histogram(
     "weft_upstream_request_duration_seconds",

@@ -93,6 +93,9 @@ export const settle = (
   return consecutiveFailures >= settings.failures || rateExceeded ? opened(settings, now) : { _tag: "Closed", consecutiveFailures, window }
 }
 
+/** A state as metric labels and logs name it. */
+export const stateLabel = (state: BreakerStateName): string => (state === "Closed" ? "closed" : state === "HalfOpen" ? "half_open" : "open")
+
 /** The `weft_upstream_breaker_state` value of a state: 0 closed, 1 half-open, 2 open. */
 export const breakerGaugeValue = (state: BreakerStateName): number => (state === "Closed" ? 0 : state === "HalfOpen" ? 1 : 2)
 
@@ -108,7 +111,10 @@ export const makeCircuitBreaker = (deployment: string, settings: BreakerSettings
     yield* Metric.set(gauge, 0)
     const transition = (before: BreakerStateName, after: BreakerStateName) =>
       before === after ? Effect.void : Effect.zipRight(
-        Metric.set(gauge, breakerGaugeValue(after)),
+        Effect.zipRight(
+          Metric.set(gauge, breakerGaugeValue(after)),
+          Metric.increment(Metric.tagged(Metric.tagged(WeftMetrics.upstreamBreakerTransitions, "deployment", deployment), "to", stateLabel(after)))
+        ),
         Effect.logWarning("upstream breaker changed state").pipe(Effect.annotateLogs({ deployment, from: before, to: after }))
       )
     const step = <A>(f: (current: BreakerState, now: number) => readonly [A, BreakerState]) =>

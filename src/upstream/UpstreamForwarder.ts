@@ -189,9 +189,11 @@ export const forward = (target: UpstreamTarget, request: ForwardRequest, hooks: 
     }).pipe(Effect.timeoutFail({ duration: target.firstByteMs, onTimeout: timedOut("first frame", target.firstByteMs) }))
     yield* hooks.firstByte
     const sawDone = yield* Ref.make(done)
-    const rest: Stream.Stream<string, UpstreamFailed> = done ? Stream.empty : Stream.repeatEffectChunkOption(pull).pipe(
-      Stream.takeUntil((item) => item._tag === "Done"),
-      Stream.mapEffect((item) => item._tag === "Done" ? Effect.as(Ref.set(sawDone, true), Option.none<string>()) : relay(item.text)),
+    // Read to the body's end even after `[DONE]`: a body left unread costs the connection its keep-alive.
+    const rest: Stream.Stream<string, UpstreamFailed> = Stream.repeatEffectChunkOption(pull).pipe(
+      Stream.mapEffect((item) =>
+        Effect.flatMap(Ref.get(sawDone), (ended) =>
+          ended ? Effect.succeed(Option.none<string>()) : item._tag === "Done" ? Effect.as(Ref.set(sawDone, true), Option.none<string>()) : relay(item.text))),
       Stream.filterMap((text) => text)
     )
     const remainingMs = Math.max(0, target.totalMs - ((yield* Clock.currentTimeMillis) - startedAt))

@@ -25,6 +25,8 @@ export interface FaultLogEntry {
   readonly authorization: string | undefined
   readonly traceparent: string | undefined
   readonly model: unknown
+  /** When it arrived (`performance.now()`), to order the attempts of one request across upstreams. */
+  readonly at: number
   /** Whether any byte of a response body went out. */
   bodyStarted: boolean
   /** Whether the answer went out whole. */
@@ -65,6 +67,7 @@ export const startFaultUpstream = async (target: string, plan: (request: { reado
       authorization: req.headers["authorization"],
       traceparent: req.headers["traceparent"] as string | undefined,
       model: body.model,
+      at: performance.now(),
       bodyStarted: false,
       completed: false
     }
@@ -135,6 +138,8 @@ export const startFaultUpstream = async (target: string, plan: (request: { reado
     entry.completed = true
     res.end()
   })
+  // Idle connections stay open as long as the client's pool keeps them (Node's default would close them after 5 s).
+  server.keepAliveTimeout = 60_000
   server.on("connection", (socket) => {
     connections++
     sockets.add(socket)
