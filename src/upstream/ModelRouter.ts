@@ -345,10 +345,11 @@ export class ModelRouter extends Context.Tag("weft/ModelRouter")<ModelRouter, Mo
         const route = <E, R>(model: string, affinityKey: string | undefined, run: AttemptRun<E, R>) => {
           const first = routes.get(model)!
           const chain = [model, ...first.fallbacks]
-          const tryFrom = (at: number, saturated: boolean): Effect.Effect<HttpServerResponse.HttpServerResponse, E | ModelUnavailable | DeploymentsSaturated, R> => {
+          /** `busyForMs`: set while every model tried so far was busy rather than down, to how long until one frees up. */
+          const tryFrom = (at: number, busyForMs: number | undefined): Effect.Effect<HttpServerResponse.HttpServerResponse, E | ModelUnavailable | DeploymentsSaturated, R> => {
             if (at >= chain.length) {
-              return saturated
-                ? Effect.fail(new DeploymentsSaturated({ model, retryAfterSeconds: 1 }))
+              return busyForMs !== undefined
+                ? Effect.fail(new DeploymentsSaturated({ model, retryAfterSeconds: Math.max(1, Math.ceil(busyForMs / 1000)) }))
                 : Effect.fail(new ModelUnavailable({ model, tried: chain }))
             }
             const current = routes.get(chain[at]!)!
@@ -357,11 +358,16 @@ export class ModelRouter extends Context.Tag("weft/ModelRouter")<ModelRouter, Mo
               Effect.catchIf(exhausted, (error) =>
                 Effect.zipRight(
                   Effect.logWarning("model unavailable; trying its next fallback").pipe(Effect.annotateLogs({ model: current.model, next: chain[at + 1] ?? null })),
-                  tryFrom(at + 1, saturated || (error instanceof NoDeploymentAvailable && error.saturated))
+                  tryFrom(
+                    at + 1,
+                    error instanceof NoDeploymentAvailable && error.saturated && (at === 0 || busyForMs !== undefined)
+                      ? Math.min(busyForMs ?? Infinity, error.waitMs ?? defaultBackoffMs)
+                      : undefined
+                  )
                 ))
             ) as Effect.Effect<HttpServerResponse.HttpServerResponse, E | ModelUnavailable | DeploymentsSaturated, R>
           }
-          return tryFrom(0, false)
+          return tryFrom(0, undefined)
         }
 
         const view = Effect.gen(function*() {

@@ -1,6 +1,7 @@
 import OpenAI from "openai"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { SimBackend } from "../../src/engine/SimBackend.js"
+import { JsonLogger } from "../../src/observability/JsonLogger.js"
 import { startFaultUpstream } from "../support/faultUpstream.js"
 import type { FaultUpstream } from "../support/faultUpstream.js"
 import { postJson, sseData, startServer } from "../support/testServer.js"
@@ -13,6 +14,7 @@ describe("forwarding to an upstream Weft", () => {
   let proxy: FaultUpstream
   let front: TestServer
   const key = "sk-upstream-secret-0123456789"
+  const lines: Array<string> = []
 
   beforeAll(async () => {
     process.env["WEFT_TEST_UPSTREAM_KEY"] = key
@@ -22,7 +24,8 @@ describe("forwarding to an upstream Weft", () => {
         ? { _tag: "Status", status: 401, message: `Incorrect API key provided: ${key}` }
         : { _tag: "Pass" })
     front = await startServer(sim(), {
-      models: { chat: { deployments: [{ url: proxy.baseURL, model: "sim", apiKeyEnv: "WEFT_TEST_UPSTREAM_KEY" }] } }
+      models: { chat: { deployments: [{ url: proxy.baseURL, model: "sim", apiKeyEnv: "WEFT_TEST_UPSTREAM_KEY" }] } },
+      observability: JsonLogger.layer({ level: "debug", format: "json", write: (line) => lines.push(line) })
     })
   })
   afterAll(async () => {
@@ -92,5 +95,8 @@ describe("forwarding to an upstream Weft", () => {
       const body = await (await fetch(`${front.url}${path}`)).text()
       expect(body).not.toContain(key)
     }
+    // Logged at every level, the key appears in no line.
+    expect(lines.length).toBeGreaterThan(0)
+    expect(lines.filter((line) => line.includes(key))).toEqual([])
   })
 })

@@ -177,6 +177,7 @@ describe("fallbacks, exhaustion and streams cut after their first byte", () => {
   let broken: FaultUpstream
   let halfway: FaultUpstream
   let watcher: FaultUpstream
+  let busy: FaultUpstream
   let front: TestServer
 
   beforeAll(async () => {
@@ -184,6 +185,7 @@ describe("fallbacks, exhaustion and streams cut after their first byte", () => {
     broken = await startFaultUpstream(b.url, () => ({ _tag: "Status", status: 503 }))
     halfway = await startFaultUpstream(b.url, ({ stream }) => (stream ? { _tag: "CloseStreamAfter", frames: 3 } : { _tag: "Pass" }))
     watcher = await startFaultUpstream(b.url, () => ({ _tag: "Pass" }))
+    busy = await startFaultUpstream(b.url, () => ({ _tag: "Status", status: 429, retryAfter: "30" }))
     const quick = { retries: 2, baseDelayMs: 1, maxDelayMs: 10 }
     front = await startServer(sim(), {
       models: {
@@ -191,6 +193,9 @@ describe("fallbacks, exhaustion and streams cut after their first byte", () => {
         backup: { deployments: [{ url: watcher.baseURL, model: "sim", name: "backup-b" }] },
         // Nothing listens on port 9 of this machine: connection refused.
         lonely: { deployments: [{ url: "http://127.0.0.1:9/v1", model: "sim", name: "lonely-nowhere" }], retry: quick },
+        busy: { deployments: [{ url: busy.baseURL, model: "sim", name: "busy-429" }], retry: quick },
+        // A local deployment (the test server's own engine, registered as `sim`) and an upstream one.
+        mixed: { deployments: [{ gguf: "unused.gguf", name: "sim" }, { url: watcher.baseURL, model: "sim", name: "mixed-up" }], retry: quick },
         cut: {
           deployments: [{ url: halfway.baseURL, model: "sim", name: "cut-halfway" }, { url: watcher.baseURL, model: "sim", name: "cut-whole" }],
           routing: "round-robin",
@@ -201,7 +206,7 @@ describe("fallbacks, exhaustion and streams cut after their first byte", () => {
   })
   afterAll(async () => {
     await front?.close()
-    await Promise.all([broken?.close(), halfway?.close(), watcher?.close()])
+    await Promise.all([broken?.close(), halfway?.close(), watcher?.close(), busy?.close()])
     await b?.close()
   })
 
@@ -247,5 +252,31 @@ describe("fallbacks, exhaustion and streams cut after their first byte", () => {
     // The upstream sent frames, the client got them, the stream broke: no second attempt anywhere.
     expect(cut[1]).toHaveLength(1)
     expect(cut[1][0]!.bodyStarted).toBe(true)
+  })
+
+  it("answers 429 with Retry-After when every deployment is backing off, sending nothing more to it meanwhile", async () => {
+    for (let i = 0; i < 2; i++) {
+      const response = await postJson(front, "/v1/chat/completions", { model: "busy", messages: [{ role: "user", content: "hi" }] })
+      expect(response.status).toBe(429)
+      expect(Number(response.headers.get("retry-after"))).toBeGreaterThan(1)
+      expect(((await response.json()) as { error: { code: string } }).error.code).toBe("upstreams_saturated")
+    }
+    // Its Retry-After is honoured: the second request never reached it.
+    expect(busy.log).toHaveLength(1)
+  })
+
+  it("balances a model across a local and an upstream deployment, answering as the model either way", async () => {
+    const before = watcher.log.length
+    const client = new OpenAI({ baseURL: front.baseURL, apiKey: "unused", maxRetries: 0 })
+    for (let i = 0; i < 4; i++) {
+      const completion = await client.chat.completions.create({ model: "mixed", messages: [{ role: "user", content: "hi" }], max_tokens: 3 })
+      expect(completion.model).toBe("mixed")
+      expect(completion.usage?.completion_tokens).toBe(3)
+    }
+    expect(watcher.log.length - before).toBe(2)
+    const rows = (await (await fetch(`${front.url}/admin/upstreams`)).json() as { deployments: Array<DeploymentView> }).deployments
+    expect(rows.filter((row) => row.model === "mixed").map((row) => [row.deployment, row.kind, row.successes])).toEqual([["sim", "local", 2], ["mixed-up", "upstream", 2]])
+    const models = (await (await fetch(`${front.url}/v1/models`)).json() as { data: Array<{ id: string }> }).data.map((model) => model.id)
+    expect(models).toEqual(expect.arrayContaining(["sim", "primary", "lonely", "cut", "busy", "mixed"]))
   })
 })
