@@ -255,7 +255,9 @@ export const openAiRoutes = (options: OpenAiRoutesOptions) => {
       "/v1/models/*",
       Effect.gen(function*() {
         const params = yield* HttpRouter.params
-        const { backend } = yield* resolveModel(safeDecode(params["*"] ?? ""))
+        const id = safeDecode(params["*"] ?? "")
+        if (Option.exists(yield* Effect.serviceOption(ModelRouter), (router) => router.routes(id))) return HttpServerResponse.unsafeJson(modelObject(id, startedAt))
+        const { backend } = yield* resolveModel(id)
         return HttpServerResponse.unsafeJson(modelObject(backend.info.id, startedAt))
       })
     )

@@ -278,5 +278,6 @@ describe("fallbacks, exhaustion and streams cut after their first byte", () => {
     expect(rows.filter((row) => row.model === "mixed").map((row) => [row.deployment, row.kind, row.successes])).toEqual([["sim", "local", 2], ["mixed-up", "upstream", 2]])
     const models = (await (await fetch(`${front.url}/v1/models`)).json() as { data: Array<{ id: string }> }).data.map((model) => model.id)
     expect(models).toEqual(expect.arrayContaining(["sim", "primary", "lonely", "cut", "busy", "mixed"]))
+    expect(await (await fetch(`${front.url}/v1/models/mixed`)).json()).toMatchObject({ id: "mixed", object: "model" })
   })
 })
