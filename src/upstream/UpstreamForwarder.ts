@@ -122,6 +122,7 @@ export const forward = (target: UpstreamTarget, request: ForwardRequest, hooks: 
     )
     const timedOut = (stage: string, ms: number) => () => failed(target, "timeout", `no ${stage} within ${ms} ms`)
     yield* target.pool.sent
+    const sentAt = yield* Clock.currentTimeMillis
     const response = yield* target.pool.client.execute(outgoing).pipe(
       Effect.mapError((error) => transportFailure(target, error)),
       Effect.timeoutFail({ duration: target.firstByteMs, onTimeout: timedOut("response", target.firstByteMs) })
@@ -140,7 +141,6 @@ export const forward = (target: UpstreamTarget, request: ForwardRequest, hooks: 
       return HttpServerResponse.unsafeJson({ ...json, model: request.answeredAs })
     }
 
-    const startedAt = yield* Clock.currentTimeMillis
     const frames: Stream.Stream<Frame, UpstreamFailed> = response.stream.pipe(
       Stream.decodeText(),
       Stream.splitLines,
@@ -186,8 +186,14 @@ export const forward = (target: UpstreamTarget, request: ForwardRequest, hooks: 
           else if (!done) Option.match(yield* relay(item.text), { onNone: () => undefined, onSome: (text) => head.push(text) })
         }
       }
-    }).pipe(Effect.timeoutFail({ duration: target.firstByteMs, onTimeout: timedOut("first frame", target.firstByteMs) }))
+    }).pipe(Effect.timeoutFail({
+      // One budget from sending to the first frame, headers included.
+      duration: Math.max(0, target.firstByteMs - ((yield* Clock.currentTimeMillis) - sentAt)),
+      onTimeout: timedOut("first frame", target.firstByteMs)
+    }))
     yield* hooks.firstByte
+    // A response whose body is never run (the client left before it started) still ends its attempt.
+    yield* Effect.addFinalizer(() => hooks.streamEnded(undefined))
     const sawDone = yield* Ref.make(done)
     // Read to the body's end even after `[DONE]`: a body left unread costs the connection its keep-alive.
     const rest: Stream.Stream<string, UpstreamFailed> = Stream.repeatEffectChunkOption(pull).pipe(
@@ -196,7 +202,7 @@ export const forward = (target: UpstreamTarget, request: ForwardRequest, hooks: 
           ended ? Effect.succeed(Option.none<string>()) : item._tag === "Done" ? Effect.as(Ref.set(sawDone, true), Option.none<string>()) : relay(item.text))),
       Stream.filterMap((text) => text)
     )
-    const remainingMs = Math.max(0, target.totalMs - ((yield* Clock.currentTimeMillis) - startedAt))
+    const remainingMs = Math.max(0, target.totalMs - ((yield* Clock.currentTimeMillis) - sentAt))
     const body$ = Stream.concat(Stream.fromIterable(head), rest).pipe(
       Stream.interruptWhen(Effect.zipRight(Effect.sleep(remainingMs), Effect.fail(failed(target, "timeout", `the stream did not end within ${target.totalMs} ms`)))),
       Stream.concat(Stream.fromEffect(Effect.map(Ref.get(sawDone), (whole) => whole ? "data: [DONE]\n\n" : inBandError(`The upstream ${target.name} ended the stream early`)))),

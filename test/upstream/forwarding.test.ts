@@ -1,4 +1,7 @@
+import { HttpServer } from "@effect/platform"
+import { Effect, Layer, Logger, LogLevel, ManagedRuntime } from "effect"
 import OpenAI from "openai"
+import { serverLayer } from "../../src/layers.js"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { SimBackend } from "../../src/engine/SimBackend.js"
 import { JsonLogger } from "../../src/observability/JsonLogger.js"
@@ -98,5 +101,24 @@ describe("forwarding to an upstream Weft", () => {
     // Logged at every level, the key appears in no line.
     expect(lines.length).toBeGreaterThan(0)
     expect(lines.filter((line) => line.includes(key))).toEqual([])
+  })
+
+  it("serves a config of upstream models only: no local model to load, healthy, listed", async () => {
+    const runtime = ManagedRuntime.make(
+      serverLayer([], { host: "127.0.0.1", port: 0, maxBodyBytes: 1 << 20, shutdownGraceMs: 0 }, { databasePath: ":memory:" }, {}, { databasePath: ":memory:" }, { path: undefined }, {
+        remote: { deployments: [{ url: upstream.baseURL, model: "sim" }] }
+      }).pipe(Layer.provide(Logger.minimumLogLevel(LogLevel.Error)))
+    )
+    try {
+      const port = await runtime.runPromise(Effect.flatMap(HttpServer.HttpServer, (server) =>
+        server.address._tag === "TcpAddress" ? Effect.succeed(server.address.port) : Effect.dieMessage("expected a TCP address")))
+      const url = `http://127.0.0.1:${port}`
+      expect((await fetch(`${url}/health`)).status).toBe(200)
+      expect(((await (await fetch(`${url}/v1/models`)).json()) as { data: Array<{ id: string }> }).data.map((model) => model.id)).toEqual(["remote"])
+      const response = await postJson({ url }, "/v1/completions", { model: "remote", prompt: "abc", max_tokens: 2 })
+      expect(((await response.json()) as { model: string }).model).toBe("remote")
+    } finally {
+      await runtime.dispose()
+    }
   })
 })
