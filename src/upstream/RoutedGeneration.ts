@@ -41,31 +41,35 @@ const upstreamMeter = (request: RoutedRequest) =>
     const limiter = yield* RateLimiter
     const usageRef = yield* RequestUsage
     const seen = yield* Ref.make<TokenUsage | undefined>(undefined)
-    const ticket = yield* Effect.cached(
+    const held = yield* Ref.make(Option.none<RateLimitTicket>())
+    const admit = yield* Effect.cached(
       Option.isNone(principal)
-        ? Effect.succeed(Option.none<RateLimitTicket>())
-        : Effect.map(
+        ? Effect.void
+        : Effect.flatMap(
           limiter.acquire(principal.value, {
             promptTokens: Math.ceil(JSON.stringify(request.raw).length / 4),
             reservedCompletionTokens: request.body.max_tokens ?? 0,
             estimated: request.body.max_tokens === undefined || request.body.max_tokens === null
           }),
-          Option.some
+          (ticket) => Ref.set(held, Option.some(ticket))
         )
     )
     const tenant = Option.match(principal, { onNone: () => "", onSome: (known) => known.tenant })
+    // Only the first settle counts: with the usage when it arrives, else (a failed answer) with what was seen.
     const settle = Effect.flatMap(Ref.get(seen), (used) =>
-      Effect.flatMap(ticket, Option.match({ onNone: () => Effect.void, onSome: (held) => held.settle(used === undefined ? 0 : used.promptTokens + used.completionTokens) })))
+      Effect.flatMap(Ref.get(held), Option.match({ onNone: () => Effect.void, onSome: (ticket) => ticket.settle(used === undefined ? 0 : used.promptTokens + used.completionTokens) })))
     // Runs when the request's scope closes, once the whole answer is out.
-    yield* Effect.addFinalizer(() => Effect.orDie(Effect.catchAll(settle, () => Effect.void)))
+    yield* Effect.addFinalizer(() => settle)
     const record = (model: string) => (usage: TokenUsage) =>
       Effect.all([
         Ref.set(seen, usage),
+        // Settled as soon as the count is known, so a JSON answer's rate-limit headers already show it.
+        settle,
         Ref.set(usageRef, usage),
         Metric.incrementBy(Metric.tagged(Metric.tagged(WeftMetrics.promptTokens, "model", model), "tenant", tenant), usage.promptTokens),
         Metric.incrementBy(Metric.tagged(Metric.tagged(WeftMetrics.generationTokens, "model", model), "tenant", tenant), usage.completionTokens)
       ], { discard: true })
-    return { admit: ticket, record } as const
+    return { admit, record } as const
   })
 
 /**
