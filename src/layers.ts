@@ -4,7 +4,8 @@ import type { HttpServer } from "@effect/platform"
 import type { HttpServerError } from "@effect/platform"
 import { Effect, Layer } from "effect"
 import { isLocalDeployment, localEngineId } from "./config/ModelsConfig.js"
-import type { LocalDeploymentConfig } from "./config/ModelsConfig.js"
+import type { LocalDeploymentConfig, ModelsConfig } from "./config/ModelsConfig.js"
+import { ModelRouter } from "./upstream/ModelRouter.js"
 import { defaultSettings, WeftConfig } from "./config/WeftConfig.js"
 import type { WeftSettings } from "./config/WeftConfig.js"
 import { accountedEngineLayer, llamaEngineLayer, observedEngineLayer } from "./host/LocalEngine.js"
@@ -71,7 +72,8 @@ export const serverLayer = (
   keys: { readonly databasePath: string } = { databasePath: ":memory:" },
   audit: AuditSettings = { path: undefined },
   operations: OperationsSettings = {},
-  memory: MemorySettings = { limitBytes: defaultMemoryLimit() }
+  memory: MemorySettings = { limitBytes: defaultMemoryLimit() },
+  routed: ModelsConfig = {}
 ): Layer.Layer<HttpServer.HttpServer | ModelRegistry | MemoryManager, HttpServerError.ServeError | OpenServerRefused | PluginLoadFailed> =>
   Layer.unwrapEffect(
     Effect.map(MemoryManager, (memoryManager) => {
@@ -82,6 +84,8 @@ export const serverLayer = (
       })
       const localModel = http.localModel ?? ((id, deployment) => localServedModel(defaultSettings, id, deployment))
       return WeftHttpServer.layer({ ...http, defineModel: (id, deployment) => define(localModel(id, deployment)) }).pipe(
+        // The config file's routed models (upstream deployments, several deployments, fallbacks): see src/upstream/.
+        Layer.provide(ModelRouter.layer(routed)),
         Layer.provide(httpApiServicesLayer(sessions, keys, audit, operations)),
         Layer.provideMerge(ModelRegistry.layer(models.map(define)))
       )
@@ -175,7 +179,8 @@ export const WeftLive: Layer.Layer<HttpServer.HttpServer | ModelRegistry, HttpSe
         { databasePath: keysDatabasePath(settings.dataDir) },
         { path: settings.auditLog ?? path.join(settings.dataDir, "audit.jsonl") },
         { alerts: settings.alerts, plugins: settings.plugins.map((plugin) => ({ _tag: "Path", path: plugin }) as const) },
-        { limitBytes: settings.memoryLimit ?? defaultMemoryLimit() }
+        { limitBytes: settings.memoryLimit ?? defaultMemoryLimit() },
+        settings.models
       ).pipe(Layer.provide(observabilityLayer(settings)))
     }))
 )

@@ -36,7 +36,9 @@ export const UpstreamDeploymentConfig = Schema.Struct({
   weight: Schema.optional(Schema.Number.pipe(Schema.positive(), Schema.finite())),
   pool: Schema.optional(Schema.Struct({
     connections: Schema.optional(Count(1, 1024)),
-    keepAliveMs: Schema.optional(Millis)
+    keepAliveMs: Schema.optional(Millis),
+    /** Requests in flight at most before the deployment counts as saturated; default twice `connections`. */
+    maxInFlight: Schema.optional(Count(1, 1_000_000))
   })),
   timeouts: Schema.optional(Schema.Struct({
     connectMs: Schema.optional(Millis),
@@ -94,7 +96,10 @@ const ModelsOutline = Schema.Record({
   })
 })
 
-/** The id a local deployment's engine is registered under in the `ModelRegistry`. */
+/**
+ * The id a local deployment's engine is registered under in the `ModelRegistry`, and the name logs, metrics and
+ * `/admin/upstreams` give any deployment.
+ */
 export const localEngineId = (modelId: string, model: ModelConfig, index: number): string => {
   const deployment = model.deployments[index]!
   if (deployment.name !== undefined) return deployment.name
@@ -152,5 +157,23 @@ export const decodeModelsConfig = (raw: unknown, baseDir: string): Either.Either
       if (!(fallback in models)) return Either.left(`${at}: "${fallback}" is not a model of this file`)
     }
   }
-  return Either.right(models)
+  const duplicate = duplicateDeploymentName(models)
+  return duplicate === undefined ? Either.right(models) : Either.left(duplicate)
 }
+
+/** The deployment names of every model, each once: a name that two deployments share is refused with its path. */
+export const duplicateDeploymentName = (models: ModelsConfig): string | undefined => {
+  const seen = new Set<string>()
+  for (const [modelId, model] of Object.entries(models)) {
+    for (const index of model.deployments.keys()) {
+      const name = localEngineId(modelId, model, index)
+      if (seen.has(name)) return `${renderPath([modelId, "deployments", index, "name"])}: "${name}" names another deployment already`
+      seen.add(name)
+    }
+  }
+  return undefined
+}
+
+/** Whether a model goes through the router: it has an upstream deployment, several deployments, or fallbacks. */
+export const isRoutedModel = (model: ModelConfig): boolean =>
+  model.deployments.length > 1 || model.deployments.some((deployment) => !isLocalDeployment(deployment)) || (model.fallbacks ?? []).length > 0

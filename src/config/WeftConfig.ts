@@ -185,14 +185,15 @@ export const loadWeftSettings = Effect.fn("WeftConfig.load")(function*(sources: 
     (reason) => new ConfigFileInvalid({ path: configPath, reason })
   )
   for (const [modelId, entry] of Object.entries(models)) {
-    if (entry.deployments.length > 1 || entry.deployments.some((deployment) => !isLocalDeployment(deployment))) {
-      return yield* new ConfigFileInvalid({
-        path: configPath!,
-        reason: `models.${modelId}: upstream deployments and several deployments per model are not served yet; give one "gguf" deployment`
-      })
-    }
     for (const [index, deployment] of entry.deployments.entries()) {
       if (isLocalDeployment(deployment)) yield* checkModelFile(deployment.gguf, `${configPath}: models.${modelId}.deployments[${index}].gguf`)
+      // The key itself is read when the router starts; a variable that is not set is a mistake to report now.
+      else if (deployment.apiKeyEnv !== undefined && Option.isNone(yield* Config.option(Config.redacted(deployment.apiKeyEnv)))) {
+        return yield* new ConfigFileInvalid({
+          path: configPath!,
+          reason: `models.${modelId}.deployments[${index}].apiKeyEnv: the environment variable ${deployment.apiKeyEnv} is not set`
+        })
+      }
     }
   }
   const alerts = yield* alertsOf(file, configPath)

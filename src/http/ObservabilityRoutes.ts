@@ -1,5 +1,6 @@
 import { HttpRouter, HttpServerResponse } from "@effect/platform"
-import { Effect, Metric } from "effect"
+import { Effect, Metric, Option } from "effect"
+import { ModelRouter } from "../upstream/ModelRouter.js"
 import { ProcessMetrics } from "../observability/ProcessMetrics.js"
 import { encodePrometheusText, prometheusContentType } from "../observability/PrometheusText.js"
 import { weftMetricFamilies, WeftMetrics } from "../observability/WeftMetrics.js"
@@ -19,6 +20,7 @@ const metrics = Effect.gen(function*() {
       WeftMetrics.buildInfo.pipe(Metric.tagged("model", info.id), Metric.tagged("binary", info.binary.kind), Metric.tagged("release", info.binary.release)),
       1
     ), { discard: true })
+  yield* Effect.flatMap(Effect.serviceOption(ModelRouter), Option.match({ onNone: () => Effect.void, onSome: (router) => router.sample }))
   const text = encodePrometheusText(weftMetricFamilies, yield* Metric.snapshot)
   return HttpServerResponse.text(text, { contentType: prometheusContentType, headers: noStore })
 })

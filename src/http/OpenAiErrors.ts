@@ -26,6 +26,7 @@ import type {
 } from "./HttpErrors.js"
 import { shorten } from "./QuotedValue.js"
 import type { PluginFailed, PluginRejected, PluginRouteNotFound } from "../plugins/PluginErrors.js"
+import type { DeploymentsSaturated, ModelUnavailable, UpstreamFailed, UpstreamRejected } from "../upstream/UpstreamErrors.js"
 
 /** Every expected failure an OpenAI endpoint can answer with. */
 export type ApiFailure =
@@ -66,6 +67,10 @@ export type ApiFailure =
   | PluginRejected
   | PluginFailed
   | PluginRouteNotFound
+  | UpstreamFailed
+  | UpstreamRejected
+  | ModelUnavailable
+  | DeploymentsSaturated
 
 /** OpenAI's error object, as it appears under `error` in a response body or an SSE frame. */
 export interface OpenAiErrorBody {
@@ -172,6 +177,17 @@ export const errorReply = (failure: ApiFailure): ErrorReply => {
         { message: failure.message, type: failure.kind === "tokens" ? "tokens" : "requests", param: null, code: "rate_limit_exceeded" },
         { "retry-after": String(failure.retryAfterSeconds) }
       )
+    case "UpstreamFailed":
+      return reply(502, { message: failure.message, type: "server_error", param: null, code: "upstream_failed" })
+    case "UpstreamRejected":
+      // The upstream's own answer to a request it will not serve, relayed (its key scrubbed from the message).
+      return reply(failure.status, failure.error)
+    case "ModelUnavailable":
+      return reply(503, { message: failure.message, type: "server_error", param: "model", code: "model_unavailable" }, { "retry-after": "1" })
+    case "DeploymentsSaturated":
+      return reply(429, { message: failure.message, type: "rate_limit_error", param: null, code: "upstreams_saturated" }, {
+        "retry-after": String(failure.retryAfterSeconds)
+      })
     case "TokensOverLimit":
       return invalid(failure.message, "max_tokens", "tokens_over_rate_limit")
     case "StageTimedOut":

@@ -17,6 +17,9 @@ import { jsonResponse, sseResponse } from "./GenerationResponse.js"
 import type { ChoiceEvent } from "./GenerationResponse.js"
 import { readJsonBody } from "./JsonBody.js"
 import { resolveModel } from "./ModelRoute.js"
+import type { Engine } from "../host/LocalEngine.js"
+import { routedGeneration } from "../upstream/RoutedGeneration.js"
+import { ModelRouter } from "../upstream/ModelRouter.js"
 import { safeIdDescription, safeIdPattern } from "./SafeId.js"
 import { sessionOwnerOf } from "./SessionRoutes.js"
 import { validatedOutput } from "./StructuredOutput.js"
@@ -112,12 +115,28 @@ const generationRoute = <A extends SharedRequest, I>(
 ) =>
   Effect.gen(function*() {
     const plugins = yield* Plugins
-    const sent = yield* plugins.beforeRequest(kind === "chat" ? "chat" : "completions", yield* readJsonBody(options.maxBodyBytes))
-    const body = yield* decodeRequest(kind === "chat" ? "chat" : "completions", schema, sent)
-    const { backend, scheduler } = yield* resolveModel(body.model)
+    const raw = yield* plugins.beforeRequest(kind === "chat" ? "chat" : "completions", yield* readJsonBody(options.maxBodyBytes))
+    const body = yield* decodeRequest(kind === "chat" ? "chat" : "completions", schema, raw)
+    // Upstream routing (src/upstream): a routed model's request goes to the deployment its router picks.
+    const local = (engine: Engine, answeredAs: string | undefined) => localGeneration(kind, body, runOf, engine, answeredAs)
+    const routed = yield* routedGeneration({ kind, body, raw }, local)
+    if (Option.isSome(routed)) return routed.value
+    return yield* local(yield* resolveModel(body.model), undefined)
+  }).pipe(Effect.withSpan(kind === "chat" ? "http.chatCompletions" : "http.completions"))
+
+/** A chat or completions request served by one local engine, answering as `answeredAs` (default its own id). */
+const localGeneration = <A extends SharedRequest>(
+  kind: CompletionKind,
+  body: A,
+  runOf: RunOf<A>,
+  { backend, scheduler }: Engine,
+  answeredAs: string | undefined
+) =>
+  Effect.gen(function*() {
+    const plugins = yield* Plugins
     const plan = yield* planOf(body, { maxTokens: kind === "text" ? legacyCompletionMaxTokens : undefined }, backend)
     const id = newId(kind)
-    const meta = { kind, id, created: Math.floor((yield* Clock.currentTimeMillis) / 1000), model: backend.info.id }
+    const meta = { kind, id, created: Math.floor((yield* Clock.currentTimeMillis) / 1000), model: answeredAs ?? backend.info.id }
     const principal = yield* currentPrincipal
     const request = {
       ...plan.request,
@@ -146,7 +165,7 @@ const generationRoute = <A extends SharedRequest, I>(
     }
     const response = plan.stream ? yield* sseResponse(run, plan.includeUsage) : yield* jsonResponse(run)
     return headers === undefined ? response : HttpServerResponse.setHeaders(response, headers)
-  }).pipe(Effect.withSpan(kind === "chat" ? "http.chatCompletions" : "http.completions"))
+  })
 
 /** Completions: `n` choices for each of the request's prompts. */
 const completionRun: RunOf<CompletionRequest> = (backend, body, n, submit) =>
@@ -232,7 +251,11 @@ export const openAiRoutes = (options: OpenAiRoutesOptions) => {
         if (models.some((model) => model.state._tag === "Loading") && !models.some((model) => model.state._tag === "Ready")) {
           return yield* new ModelLoading()
         }
-        const data = models.flatMap((model) => (model.state._tag === "Ready" ? [modelObject(model.state.engine.backend.info.id, startedAt)] : []))
+        const routed = Option.match(yield* Effect.serviceOption(ModelRouter), { onNone: () => [], onSome: (router) => router.modelIds })
+        const data = [
+          ...models.flatMap((model) => (model.state._tag === "Ready" ? [modelObject(model.state.engine.backend.info.id, startedAt)] : [])),
+          ...routed.map((id) => modelObject(id, startedAt))
+        ]
         return HttpServerResponse.unsafeJson({ object: "list", data })
       })
     ),
@@ -241,7 +264,9 @@ export const openAiRoutes = (options: OpenAiRoutesOptions) => {
       "/v1/models/*",
       Effect.gen(function*() {
         const params = yield* HttpRouter.params
-        const { backend } = yield* resolveModel(safeDecode(params["*"] ?? ""))
+        const id = safeDecode(params["*"] ?? "")
+        if (Option.exists(yield* Effect.serviceOption(ModelRouter), (router) => router.routes(id))) return HttpServerResponse.unsafeJson(modelObject(id, startedAt))
+        const { backend } = yield* resolveModel(id)
         return HttpServerResponse.unsafeJson(modelObject(backend.info.id, startedAt))
       })
     )

@@ -46,6 +46,8 @@ import { pluginRoutes } from "./PluginRoutes.js"
 import { adminModelRoutes } from "./AdminModelRoutes.js"
 import type { DefineModel } from "./AdminModelRoutes.js"
 import type { MemoryManager } from "../memory/MemoryManager.js"
+import { ModelRouter } from "../upstream/ModelRouter.js"
+import { upstreamRoutes } from "./UpstreamRoutes.js"
 
 /** Where to listen and the limits the HTTP layer enforces itself. */
 export interface HttpServerOptions {
@@ -73,7 +75,9 @@ const loadingHealth = { slots: { total: 0, free: 0 }, queue: { length: 0, limit:
 const health = Effect.gen(function*() {
   const models = yield* Effect.flatMap(ModelRegistry, (registry) => registry.models)
   const notReady = models.find((model) => model.state._tag !== "Ready")
-  if (notReady !== undefined || models.length === 0) {
+  // A server fronting upstream models only has no local model to wait for.
+  const routedOnly = models.length === 0 && Option.exists(yield* Effect.serviceOption(ModelRouter), (router) => router.modelIds.length > 0)
+  if (notReady !== undefined || (models.length === 0 && !routedOnly)) {
     const status = notReady === undefined || notReady.state._tag === "Loading" ? "loading" : "error"
     return HttpServerResponse.unsafeJson({ status, ...loadingHealth }, { status: 503, headers: { "cache-control": "no-store" } })
   }
@@ -241,7 +245,7 @@ const httpApp = (options: Omit<HttpServerOptions, "port" | "shutdownGraceMs"> & 
     const hasKeys = yield* Effect.flatMap(KeyStore, (store) => store.hasLiveKeys()).pipe(Effect.orDie)
     const refusal = openServerRefusal(options.host, auth.mode, hasKeys)
     if (refusal !== undefined) return yield* new OpenServerRefused({ host: options.host, reason: refusal })
-    const router = openAiRoutes(options).pipe(HttpRouter.concat(responsesRoutes(options)), HttpRouter.concat(embeddingRoutes(options)), HttpRouter.concat(tokenizeRoutes(options)), HttpRouter.concat(sessionRoutes), HttpRouter.concat(observabilityRoutes), HttpRouter.concat(adminKeyRoutes(options)), HttpRouter.concat(adminAuditRoutes), HttpRouter.get("/health", health))
+    const router = openAiRoutes(options).pipe(HttpRouter.concat(responsesRoutes(options)), HttpRouter.concat(embeddingRoutes(options)), HttpRouter.concat(tokenizeRoutes(options)), HttpRouter.concat(sessionRoutes), HttpRouter.concat(observabilityRoutes), HttpRouter.concat(adminKeyRoutes(options)), HttpRouter.concat(adminAuditRoutes), HttpRouter.concat(upstreamRoutes), HttpRouter.get("/health", health))
       .pipe(HttpRouter.concat(dashboardRoutes), HttpRouter.concat(adminAlertRoutes), HttpRouter.concat(pluginRoutes(options)))
       // Loading models at run time needs to know how to build one; an app that mounts Weft without it lists and unloads only.
       .pipe(HttpRouter.concat(adminModelRoutes({ maxBodyBytes: options.maxBodyBytes, defineModel: options.defineModel })))

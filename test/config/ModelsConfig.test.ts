@@ -30,6 +30,9 @@ describe("ModelsConfig", () => {
     expect(errorOf({ chat: { deployments: [] } })).toBe("models.chat.deployments: expected at least one deployment")
     expect(errorOf({ chat: { deployments: [{ ...upstream, poolSize: 3 }] } })).toMatch(/^models\.chat\.deployments\[0\]\.poolSize: /)
     expect(errorOf({ "a:b": { deployments: [upstream] } })).toMatch(/^models\.a:b: not a model id/)
+    expect(errorOf({ chat: { deployments: [{ ...upstream, pool: { maxInFlight: 0 } }] } })).toMatch(/^models\.chat\.deployments\[0\]\.pool\.maxInFlight: /)
+    expect(errorOf({ chat: { deployments: [{ ...upstream, name: "x" }] }, other: { deployments: [{ ...upstream, name: "x" }] } }))
+      .toBe('models.other.deployments[0].name: "x" names another deployment already')
   })
 
   it("refuses an API key written in the file, and deployments that are neither or both kinds", () => {

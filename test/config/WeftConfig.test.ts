@@ -155,4 +155,13 @@ describe("WeftConfig", () => {
     expect(await errorOf({ configPath: writeJson("models-bad.json", { models: { chat: { deployments: [{ gguf: "./m.gguf", ctxSize: 1 }] } } }) }))
       .toMatch(/models-bad\.json: models\.chat\.deployments\[0\]\.ctxSize: /)
   })
+
+  it("serves upstream models without a GGUF or the demo model, and names an API key variable that is not set", async () => {
+    const config = { models: { chat: { deployments: [{ url: "http://127.0.0.1:9/v1", model: "llama", apiKeyEnv: "CHAT_UPSTREAM_KEY" }], fallbacks: ["small"] }, small: { deployments: [{ url: "http://127.0.0.1:9/v1", model: "small" }] } } }
+    const settings = await settingsOf({ configPath: writeJson("upstream.json", config) }, { CHAT_UPSTREAM_KEY: "sk-x" })
+    expect(Object.keys(settings.models)).toEqual(["chat", "small"])
+    expect(servedModels(settings)).toEqual([])
+    expect(await errorOf({ configPath: writeJson("upstream-nokey.json", config) }))
+      .toMatch(/upstream-nokey\.json: models\.chat\.deployments\[0\]\.apiKeyEnv: the environment variable CHAT_UPSTREAM_KEY is not set/)
+  })
 })

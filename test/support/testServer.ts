@@ -3,6 +3,7 @@ import type { HttpServerError } from "@effect/platform"
 import { Effect, Layer, Logger, LogLevel, ManagedRuntime, Option } from "effect"
 import * as net from "node:net"
 import type { Backend } from "../../src/engine/Backend.js"
+import type { ModelsConfig } from "../../src/config/ModelsConfig.js"
 import type { PrefixCacheSettings } from "../../src/engine/SeqPool.js"
 import { schedulerLayer } from "../../src/host/LocalEngine.js"
 import type { Engine, EngineStartFailed } from "../../src/host/LocalEngine.js"
@@ -44,6 +45,8 @@ export interface TestServerOptions {
   readonly operations?: OperationsSettings
   /** The memory budget and how RSS is measured; by default 80% of system memory and the process's own RSS. */
   readonly memory?: MemorySettings
+  /** The config file's `models` (routed models: upstream deployments, fallbacks); none by default. */
+  readonly models?: ModelsConfig
   /** What the server is built under, such as a test logger or tracer; by default only errors are logged. */
   readonly observability?: Layer.Layer<never>
 }
@@ -69,7 +72,8 @@ export const testServerLayer = <E extends EngineStartFailed>(
     { databasePath: options.keysDatabasePath ?? ":memory:" },
     { path: options.auditLogPath },
     options.operations,
-    options.memory
+    options.memory,
+    options.models
   ).pipe(
     // The server's requests run in the context it was built in, so a principal provided here is every request's caller.
     Layer.provide(options.principal === undefined ? Layer.empty : Layer.succeed(CurrentPrincipal, Option.some(options.principal))),
