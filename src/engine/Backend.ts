@@ -119,7 +119,7 @@ export interface BackendShape {
   /**
    * Makes slot `to` hold copies of the first `length` KV cells of slot `from` (its own cells are replaced), so a prompt
    * evaluated on one slot need not be evaluated again on another. False, with `to` erased, when the engine could not.
-   * Both slots must be held by the caller's requests; `from` may be generating meanwhile.
+   * Both slots must be held by the caller's requests; `from` may be generating meanwhile. Uninterruptible, like a decode.
    */
   readonly copyPrefix: (from: number, to: number, length: number) => Effect.Effect<boolean, DecodeFailed>
   /** KV cells the engine itself reports for `slot` (the ground truth accounting is checked against). */

@@ -228,9 +228,30 @@ export const chatMessagesOf = (messages: ReadonlyArray<ChatMessageInput>): Reado
     ...(message.role === "tool" && message.tool_call_id !== undefined ? { toolCallId: message.tool_call_id } : {})
   }))
 
-/** A chat request's prompt, rendered with the model's own chat template and the tools offered to it. */
-export const chatPrompt = (backend: BackendShape, body: ChatCompletionRequest) =>
-  backend.renderChat(chatMessagesOf(body.messages), offeredTools(body))
+/** A 400 for the first `tool` message whose `tool_call_id` answers no call of an assistant message before it. */
+const unansweredToolMessage = (messages: ReadonlyArray<ChatMessageInput>): InvalidParam | undefined => {
+  const calls = new Set<string>()
+  for (const [index, message] of messages.entries()) {
+    message.tool_calls?.forEach((call) => calls.add(call.id))
+    if (message.role === "tool" && message.tool_call_id !== undefined && !calls.has(message.tool_call_id)) {
+      return new InvalidParam({
+        param: `messages[${index}].tool_call_id`,
+        message: `Invalid value for 'messages[${index}].tool_call_id': no tool call with id '${message.tool_call_id}' comes before this tool message`,
+        code: "invalid_value"
+      })
+    }
+  }
+  return undefined
+}
+
+/**
+ * A chat request's prompt, rendered with the model's own chat template and the tools offered to it. A tool message
+ * answering no earlier call is refused: the template would leave it out.
+ */
+export const chatPrompt = (backend: BackendShape, body: ChatCompletionRequest) => {
+  const unanswered = unansweredToolMessage(body.messages)
+  return unanswered === undefined ? backend.renderChat(chatMessagesOf(body.messages), offeredTools(body)) : Effect.fail(unanswered)
+}
 
 /**
  * A completion's prompts as tokens, one list per prompt. Text gets BOS first when the model has one, and its

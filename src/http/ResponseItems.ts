@@ -108,6 +108,26 @@ export const conversationOf = (input: string | ReadonlyArray<InputItem>): Readon
   return messages
 }
 
+/**
+ * Fails for the first `function_call_output` item whose `call_id` answers no call of the conversation before it (the
+ * stored `history` or an earlier `function_call` item): the template would leave such a result out of the prompt.
+ */
+export const checkCallOutputs = (history: ReadonlyArray<ChatMessage>, input: string | ReadonlyArray<InputItem>): InvalidParam | undefined => {
+  if (typeof input === "string") return undefined
+  const calls = new Set(history.flatMap((message) => (message.toolCalls ?? []).map((call) => call.id)))
+  for (const [index, item] of input.entries()) {
+    if (item.type === "function_call") calls.add(item.call_id)
+    else if (item.type === "function_call_output" && !calls.has(item.call_id)) {
+      return new InvalidParam({
+        param: `input[${index}].call_id`,
+        message: `No function call found for the function_call_output with call_id '${item.call_id}'`,
+        code: "invalid_value"
+      })
+    }
+  }
+  return undefined
+}
+
 export const newItemId = (prefix: string) => `${prefix}_${randomUUID().replaceAll("-", "")}`
 
 type ItemStatus = "in_progress" | "completed" | "incomplete"

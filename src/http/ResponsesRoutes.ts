@@ -18,6 +18,7 @@ import type { ChatCompletionRequest, ResponseFormat } from "./OpenAiRequests.js"
 import type { ToolCallOutput } from "./OpenAiResponses.js"
 import {
   chatToolFields,
+  checkCallOutputs,
   conversationOf,
   InputItem,
   newItemId,
@@ -183,6 +184,8 @@ const createResponse = (options: OpenAiRoutesOptions) =>
         onSome: (previous) => Effect.succeed(previous.messages)
       }))
     )
+    const orphan = checkCallOutputs(history, body.input)
+    if (orphan !== undefined) return yield* orphan
     const conversation = [...history, ...conversationOf(body.input)]
     // `instructions` apply to this response only: they go first in its prompt, not into the stored conversation.
     const instructions: ReadonlyArray<ChatMessage> = body.instructions === undefined ? [] : [{ role: "system", content: body.instructions }]

@@ -151,7 +151,9 @@ describe("tools on the Responses API (tiny model)", () => {
       [{ tools: [{ ...weatherTool, parameters: { type: "string" } }] }, "tools[0].parameters.type"],
       [{ tools: [weatherTool], tool_choice: { type: "function", name: "nope" } }, "tool_choice"],
       [{ tool_choice: "required" }, "tool_choice"],
-      [{ tools: [weatherTool], input: [{ type: "function_call", call_id: "c", name: "bad name!", arguments: "{}" }] }, "input[0].name"]
+      [{ tools: [weatherTool], input: [{ type: "function_call", call_id: "c", name: "bad name!", arguments: "{}" }] }, "input[0].name"],
+      // A result must answer a call of the conversation: one that answers none would be left out of the prompt.
+      [{ input: [{ role: "user", content: "Hi" }, { type: "function_call_output", call_id: "call_nope", output: "x" }] }, "input[1].call_id"]
     ]
     for (const [fields, param] of cases) {
       const response = await postJson(server, "/v1/responses", { model: tinyModelId, input: "Hi", ...fields })

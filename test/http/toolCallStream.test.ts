@@ -149,6 +149,28 @@ describe("streamed tool calls (SimBackend scripted output)", () => {
     }
   })
 
+  it("answers 400 naming the tool message whose tool_call_id answers no earlier call (it would be left out of the prompt)", async () => {
+    const call = { id: "call_1", type: "function", function: { name: "get_time", arguments: "{}" } }
+    const cases = [
+      [[{ role: "user", content: "Hi" }, { role: "tool", tool_call_id: "call_1", content: "42" }], "messages[1].tool_call_id"],
+      [[{ role: "assistant", content: null, tool_calls: [call] }, { role: "tool", tool_call_id: "call_2", content: "42" }], "messages[1].tool_call_id"],
+      [[{ role: "tool", tool_call_id: "call_1", content: "42" }, { role: "assistant", content: null, tool_calls: [call] }], "messages[0].tool_call_id"]
+    ] as const
+    for (const [messages, param] of cases) {
+      const response = await postJson(server, "/v1/chat/completions", { model: "sim", messages, tools })
+      expect(response.status).toBe(400)
+      expect(((await response.json()) as { error: { param: string } }).error.param).toBe(param)
+    }
+    const answered = await postJson(server, "/v1/chat/completions", {
+      model: "sim",
+      messages: [{ role: "assistant", content: null, tool_calls: [call] }, { role: "tool", tool_call_id: "call_1", content: "42" }],
+      tools,
+      tool_choice: "none",
+      max_tokens: 2
+    })
+    expect(answered.status).toBe(200)
+  })
+
   it("refuses tools in a server-kept session with a 400, and keeps serving", async () => {
     const response = await postJson(server, "/v1/chat/completions", {
       model: "sim",

@@ -304,7 +304,7 @@ export const LlamaBackend = {
                 return copied
               },
               catch: (error) => new DecodeFailed({ slot: to, stage: "prefill", message: `KV copy: ${errorMessage(error)}`, cause: error })
-            }),
+            }).pipe(Effect.uninterruptible),
           cells: (slot) => sequences[slot]!.nextTokenIndex,
           tokensOf: (slot) => sequences[slot]!.contextTokens,
           embed: embedder.embed
