@@ -163,6 +163,14 @@ describe("WeftLanguageModel on the tiny model", () => {
         expect(missing).toBeInstanceOf(AiError.UnknownError)
         expect(missing.cause).toBeInstanceOf(ModelNotFound)
 
+        // A bound a grammar cannot enforce is refused before admission, naming the keyword, rather than ignored.
+        const bounded = yield* Effect.flip(LanguageModel.generateObject({
+          prompt: "An age",
+          schema: Schema.Struct({ age: Schema.Int.pipe(Schema.between(0, 120)) })
+        }))
+        expect(bounded).toBeInstanceOf(AiError.MalformedInput)
+        expect((bounded.cause as InvalidParam).param).toBe("response_format.json_schema.schema.properties.age.minimum")
+
         const streamed = yield* Effect.flip(Stream.runDrain(LanguageModel.streamText({ prompt: "Hi" })).pipe(
           WeftLanguageModel.withConfigOverride({ top_k: -1 })
         ))

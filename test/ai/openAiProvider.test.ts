@@ -1,4 +1,4 @@
-import { EmbeddingModel, LanguageModel, Tool, Toolkit } from "@effect/ai"
+import { EmbeddingModel, LanguageModel, Prompt, Tool, Toolkit } from "@effect/ai"
 import { OpenAiClient, OpenAiEmbeddingModel, OpenAiLanguageModel } from "@effect/ai-openai"
 import { NodeHttpClient } from "@effect/platform-node"
 import { Chunk, Effect, Layer, Schema, Stream } from "effect"
@@ -54,9 +54,8 @@ describe("@effect/ai-openai against a Weft server", () => {
     expect(Schema.is(Forecast)(response.value)).toBe(true)
   })
 
-  // OpenAiLanguageModel sends tools to /v1/responses, which refuses `tools` (400 naming it) until tools land on the
-  // Responses API: then this passes, and `it.fails` becomes `it`.
-  it.fails("calls a tool and returns its result", async () => {
+  // OpenAiLanguageModel speaks the Responses API: its tools are function tools there, its calls `function_call` items.
+  it("calls a tool and returns its result", async () => {
     const response = await run(
       LanguageModel.generateText({ prompt: "Weather in Lima?", toolkit: WeatherTools, toolChoice: "required" }).pipe(
         OpenAiLanguageModel.withConfigOverride({ max_output_tokens: 200 }),
@@ -66,6 +65,28 @@ describe("@effect/ai-openai against a Weft server", () => {
     expect(response.toolCalls.length).toBeGreaterThan(0)
     const call = response.toolCalls[0]!
     expect(response.toolResults[0]?.result).toEqual({ forecast: `${call.params.city}: sunny` })
+
+    // The call and its result go back as `function_call` and `function_call_output` items, and the model answers.
+    const prompt = Prompt.merge(Prompt.make("Weather in Lima?"), Prompt.fromResponseParts(response.content))
+    const answer = await run(LanguageModel.generateText({ prompt, toolkit: WeatherTools, toolChoice: "none" }).pipe(Effect.provide(weatherHandlers)))
+    expect(answer.toolCalls).toEqual([])
+    expect(answer.text.length).toBeGreaterThan(0)
+  })
+
+  it("streams a tool call and its result", async () => {
+    const parts = Chunk.toReadonlyArray(
+      await run(
+        Stream.runCollect(LanguageModel.streamText({ prompt: "Weather in Oslo?", toolkit: WeatherTools, toolChoice: "required" })).pipe(
+          OpenAiLanguageModel.withConfigOverride({ max_output_tokens: 200 }),
+          Effect.provide(weatherHandlers)
+        )
+      )
+    )
+    const call = parts.find((part) => part.type === "tool-call")
+    const result = parts.find((part) => part.type === "tool-result")
+    expect(call?.type === "tool-call" && call.name).toBe("GetWeather")
+    expect(call?.type === "tool-call" && result?.type === "tool-result" && result.id === call.id).toBe(true)
+    expect(result?.type === "tool-result" && result.result).toEqual({ forecast: `${call?.type === "tool-call" ? call.params.city : ""}: sunny` })
   })
 
   it("embeds through OpenAiEmbeddingModel", async () => {
