@@ -62,6 +62,12 @@ export interface ChatMessage {
   readonly toolCallId?: string | undefined
 }
 
+/** A LoRA adapter to apply: its GGUF file and the scale it is applied with (1 is as trained). */
+export interface AdapterSpec {
+  readonly path: string
+  readonly scale: number
+}
+
 /** The seam between the scheduler and an inference engine. Slots are identified by their index `0 … parallel-1`. */
 export interface BackendShape {
   readonly info: ModelInfo
@@ -119,6 +125,11 @@ export interface BackendShape {
    * Runs beside generation without taking a slot; the caller bounds how many run at once.
    */
   readonly embed: (inputs: ReadonlyArray<ReadonlyArray<number>>) => Effect.Effect<ReadonlyArray<Float32Array>, EmbeddingFailed>
+  /**
+   * A backend on the same loaded weights with `adapter` applied: a context of its own (its own slots and KV cells),
+   * released with the scope. Absent on an engine without adapters, and on an adapter's own backend.
+   */
+  readonly withAdapter?: ((adapter: AdapterSpec) => Effect.Effect<BackendShape, AdapterLoadFailed, Scope.Scope>) | undefined
 }
 
 /** The inference engine behind the scheduler: `LlamaBackend` (node-llama-cpp) or `SimBackend` (deterministic, for tests). */
@@ -130,6 +141,14 @@ export class DecodeFailed extends Schema.TaggedError<DecodeFailed>()("DecodeFail
   stage: Schema.Literal("prefill", "decode"),
   message: Schema.String,
   /** What the engine threw, where it threw. */
+  cause: Schema.optional(Schema.Defect)
+}) {}
+
+/** A LoRA adapter could not be loaded onto its model, or its context could not be created. */
+export class AdapterLoadFailed extends Schema.TaggedError<AdapterLoadFailed>()("AdapterLoadFailed", {
+  path: Schema.String,
+  message: Schema.String,
+  /** What the engine threw. */
   cause: Schema.optional(Schema.Defect)
 }) {}
 
