@@ -9,6 +9,8 @@ import type { WeftSettings } from "./config/WeftConfig.js"
 import { llamaEngineLayer, observedEngineLayer } from "./host/LocalEngine.js"
 import type { EngineStartFailed } from "./host/LocalEngine.js"
 import { ModelRegistry } from "./host/ModelRegistry.js"
+import { AdapterContexts } from "./host/AdapterContexts.js"
+import type { AdapterSettings } from "./host/AdapterContexts.js"
 import { WeftHttpServer } from "./http/WeftHttpServer.js"
 import type { HttpServerOptions } from "./http/WeftHttpServer.js"
 import type { Backend } from "./engine/Backend.js"
@@ -37,9 +39,11 @@ export const serverLayer = (
   sessions: SessionSettingsInput,
   requestLog: Partial<RequestLogSettings> = {},
   keys: { readonly databasePath: string } = { databasePath: ":memory:" },
-  audit: AuditSettings = { path: undefined }
+  audit: AuditSettings = { path: undefined },
+  adapters: AdapterSettings = { maxAdapters: defaultMaxAdapters, adapters: [] }
 ): Layer.Layer<HttpServer.HttpServer | ModelRegistry, HttpServerError.ServeError | OpenServerRefused> =>
   WeftHttpServer.layer(http).pipe(
+    Layer.provide(AdapterContexts.layer(adapters)),
     Layer.provideMerge(
       ModelRegistry.layer(models.map((model) => ({ id: model.id, engine: observedEngineLayer(model.engine, requestLog) })))
     ),
@@ -50,6 +54,9 @@ export const serverLayer = (
     Layer.provide(Layer.orDie(SessionStore.layerSqlite(sessions))),
     Layer.provide(Layer.orDie(KeyStore.layerSqlite(keys.databasePath)))
   )
+
+/** Adapter contexts allowed at once when `--max-adapters` is not given. */
+export const defaultMaxAdapters = 4
 
 type SessionSettingsInput = Parameters<typeof SessionStore.layerSqlite>[0]
 

@@ -68,6 +68,17 @@ export interface AdapterSpec {
   readonly scale: number
 }
 
+/** How an engine applies LoRA adapters to its loaded model. */
+export interface AdapterSupport {
+  /** Loads `adapter`'s weights onto the model (once per file), failing when they do not fit it. */
+  readonly check: (adapter: AdapterSpec) => Effect.Effect<void, AdapterLoadFailed>
+  /**
+   * A backend on the same loaded weights with `adapter` applied: a context of its own (its own slots and KV cells),
+   * released with the scope.
+   */
+  readonly open: (adapter: AdapterSpec) => Effect.Effect<BackendShape, AdapterLoadFailed, Scope.Scope>
+}
+
 /** The seam between the scheduler and an inference engine. Slots are identified by their index `0 … parallel-1`. */
 export interface BackendShape {
   readonly info: ModelInfo
@@ -125,11 +136,8 @@ export interface BackendShape {
    * Runs beside generation without taking a slot; the caller bounds how many run at once.
    */
   readonly embed: (inputs: ReadonlyArray<ReadonlyArray<number>>) => Effect.Effect<ReadonlyArray<Float32Array>, EmbeddingFailed>
-  /**
-   * A backend on the same loaded weights with `adapter` applied: a context of its own (its own slots and KV cells),
-   * released with the scope. Absent on an engine without adapters, and on an adapter's own backend.
-   */
-  readonly withAdapter?: ((adapter: AdapterSpec) => Effect.Effect<BackendShape, AdapterLoadFailed, Scope.Scope>) | undefined
+  /** LoRA adapters on this model; absent on an engine without them, and on an adapter's own backend. */
+  readonly adapters?: AdapterSupport | undefined
 }
 
 /** The inference engine behind the scheduler: `LlamaBackend` (node-llama-cpp) or `SimBackend` (deterministic, for tests). */

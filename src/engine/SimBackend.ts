@@ -77,7 +77,7 @@ const simProbabilities = (token: number): ReadonlyMap<number, number> =>
 
 /**
  * A deterministic in-memory engine: byte-level tokens, latency from `Clock`, scripted end and failures. An adapter
- * (`withAdapter`) is a fresh set of slots whose output starts elsewhere in the text, by a hash of the adapter.
+ * (`adapters.open`) is a fresh set of slots whose output starts elsewhere in the text, by a hash of the adapter.
  */
 export const makeSimBackend = (config: SimBackendConfig, adapterSalt = 0): BackendShape => {
   const held: Array<Array<number>> = Array.from({ length: config.parallel }, () => [])
@@ -175,8 +175,12 @@ export const makeSimBackend = (config: SimBackendConfig, adapterSalt = 0): Backe
         Effect.sleep(Duration.times(prefillPerToken, inputs.reduce((sum, tokens) => sum + tokens.length, 0))),
         inputs.map(simEmbedding)
       ),
-    withAdapter: adapterSalt === 0
-      ? (adapter) => Effect.sync(() => makeSimBackend(config, 1 + (promptHash(Array.from(new TextEncoder().encode(`${adapter.path}:${adapter.scale}`))) % (outputText.length - 1))))
+    adapters: adapterSalt === 0
+      ? {
+        check: () => Effect.void,
+        open: (adapter) =>
+          Effect.sync(() => makeSimBackend(config, 1 + (promptHash(Array.from(new TextEncoder().encode(`${adapter.path}:${adapter.scale}`))) % (outputText.length - 1))))
+      }
       : undefined
   }
 }

@@ -1,4 +1,5 @@
 import { Context, Effect, Ref } from "effect"
+import { AdapterContexts } from "../host/AdapterContexts.js"
 import type { ModelLoading, ModelNotFound } from "../host/HostErrors.js"
 import type { Engine } from "../host/LocalEngine.js"
 import { ModelRegistry } from "../host/ModelRegistry.js"
@@ -6,11 +7,22 @@ import { ModelRegistry } from "../host/ModelRegistry.js"
 /** The model a request resolved to, kept for its `model` metric label; set by `resolveModel`. */
 export class RequestModel extends Context.Tag("weft/http/RequestModel")<RequestModel, Ref.Ref<string | undefined>>() {}
 
-/** The engine serving `model`, remembered as the request's model. */
-export const resolveModel = (model: string): Effect.Effect<Engine, ModelLoading | ModelNotFound, ModelRegistry | RequestModel> =>
-  Effect.flatMap(ModelRegistry, (registry) => registry.resolve(model)).pipe(
-    Effect.tap((engine) => Effect.flatMap(RequestModel, (current) => Ref.set(current, engine.backend.info.id)))
-  )
+/** `model:adapter` split at its last `:`; undefined for a plain model id. */
+export const adapterOf = (model: string): { readonly model: string; readonly adapter: string } | undefined => {
+  const at = model.lastIndexOf(":")
+  return at <= 0 || at === model.length - 1 ? undefined : { model: model.slice(0, at), adapter: model.slice(at + 1) }
+}
+
+/** The engine serving `model` (`model:adapter` for a LoRA adapter on it), remembered as the request's model. */
+export const resolveModel = (
+  model: string
+): Effect.Effect<Engine, ModelLoading | ModelNotFound, ModelRegistry | AdapterContexts | RequestModel> => {
+  const adapter = adapterOf(model)
+  const engine: Effect.Effect<Engine, ModelLoading | ModelNotFound, ModelRegistry | AdapterContexts> = adapter === undefined
+    ? Effect.flatMap(ModelRegistry, (registry) => registry.resolve(model))
+    : Effect.flatMap(AdapterContexts, (adapters) => adapters.resolve(adapter.model, adapter.adapter))
+  return Effect.tap(engine, (resolved) => Effect.flatMap(RequestModel, (current) => Ref.set(current, resolved.backend.info.id)))
+}
 
 /** The label of requests that name no model: the model's id when exactly one is registered and serving. */
 export const soleModelId: Effect.Effect<string, never, ModelRegistry> = Effect.flatMap(ModelRegistry, (registry) =>

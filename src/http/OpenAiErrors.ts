@@ -3,6 +3,7 @@ import type { ChatTemplateFailed, DecodeFailed, EmbeddingFailed, PromptTooLarge,
 import type { AdmissionRejected, StageTimedOut } from "../scheduler/SchedulerErrors.js"
 import type { SessionStoreFailed } from "../sessions/SessionStore.js"
 import type { RateLimited, TokensOverLimit } from "../identity/RateLimiter.js"
+import type { AdapterExists, AdaptersUnsupported } from "../host/AdapterContexts.js"
 import { ModelNotFound } from "../host/HostErrors.js"
 import type { ModelLoading } from "../host/HostErrors.js"
 import type { KeyRejected, ScopeMissing } from "../identity/AuthErrors.js"
@@ -51,6 +52,8 @@ export type ApiFailure =
   | KeyStoreFailed
   | RateLimited
   | TokensOverLimit
+  | AdapterExists
+  | AdaptersUnsupported
 
 /** OpenAI's error object, as it appears under `error` in a response body or an SSE frame. */
 export interface OpenAiErrorBody {
@@ -181,6 +184,10 @@ export const errorReply = (failure: ApiFailure): ErrorReply => {
     case "DecodeFailed":
     case "EmbeddingFailed":
       return internalError()
+    case "AdapterExists":
+      return reply(409, { message: failure.message, type: "invalid_request_error", param: "name", code: "adapter_exists" })
+    case "AdaptersUnsupported":
+      return invalid(failure.message, "model", "adapters_unsupported")
     case "StructuredOutputInvalid":
       return reply(500, {
         message: `The generated output does not match the requested schema (${failure.violation}); this is a server bug`,

@@ -10,6 +10,7 @@ import { SessionStore } from "../sessions/SessionStore.js"
 import { prefixCacheKey } from "../identity/Tenancy.js"
 import { ModelLoading } from "../host/HostErrors.js"
 import { ModelRegistry } from "../host/ModelRegistry.js"
+import { AdapterContexts } from "../host/AdapterContexts.js"
 import { InvalidParam, SessionNotFound } from "./HttpErrors.js"
 import type { ApiFailure } from "./OpenAiErrors.js"
 import { jsonResponse, sseResponse } from "./GenerationResponse.js"
@@ -223,7 +224,11 @@ export const openAiRoutes = (options: OpenAiRoutesOptions) => {
         if (models.some((model) => model.state._tag === "Loading") && !models.some((model) => model.state._tag === "Ready")) {
           return yield* new ModelLoading()
         }
-        const data = models.flatMap((model) => (model.state._tag === "Ready" ? [modelObject(model.state.engine.backend.info.id, startedAt)] : []))
+        const adapters = yield* AdapterContexts
+        const served = models.flatMap((model) => (model.state._tag === "Ready" ? [model.state.engine.backend.info.id] : []))
+        // Each model, then its adapters as `model:adapter`.
+        const ids = yield* Effect.forEach(served, (id) => Effect.map(adapters.idsOf(id), (adapterIds) => [id, ...adapterIds]))
+        const data = ids.flat().map((id) => modelObject(id, startedAt))
         return HttpServerResponse.unsafeJson({ object: "list", data })
       })
     ),

@@ -37,6 +37,8 @@ import { KeyStore } from "../identity/KeyStore.js"
 import { OpenServerRefused } from "../identity/AuthErrors.js"
 import { CurrentPrincipal } from "../identity/Principal.js"
 import { adminKeyRoutes } from "./AdminKeyRoutes.js"
+import { adminAdapterRoutes } from "./AdminAdapterRoutes.js"
+import type { AdapterContexts } from "../host/AdapterContexts.js"
 
 /** Where to listen and the limits the HTTP layer enforces itself. */
 export interface HttpServerOptions {
@@ -219,7 +221,7 @@ const addressText = (address: HttpServer.Address): string =>
 export const WeftHttpServer = {
   layer: (
     options: HttpServerOptions
-  ): Layer.Layer<HttpServer.HttpServer, HttpServerError.ServeError | OpenServerRefused, ModelRegistry | SessionStore | ProcessMetrics | KeyStore | RateLimiter | AuditLog> =>
+  ): Layer.Layer<HttpServer.HttpServer, HttpServerError.ServeError | OpenServerRefused, ModelRegistry | AdapterContexts | SessionStore | ProcessMetrics | KeyStore | RateLimiter | AuditLog> =>
     Layer.unwrapEffect(
       Effect.gen(function*() {
         const auth = options.auth ?? defaultAuth
@@ -227,7 +229,7 @@ export const WeftHttpServer = {
         const refusal = openServerRefusal(options.host, auth.mode, hasKeys)
         if (refusal !== undefined) return yield* new OpenServerRefused({ host: options.host, reason: refusal })
         const server = Http.createServer()
-        const router = openAiRoutes(options).pipe(HttpRouter.concat(responsesRoutes(options)), HttpRouter.concat(embeddingRoutes(options)), HttpRouter.concat(tokenizeRoutes(options)), HttpRouter.concat(sessionRoutes), HttpRouter.concat(observabilityRoutes), HttpRouter.concat(adminKeyRoutes(options)), HttpRouter.concat(adminAuditRoutes), HttpRouter.get("/health", health))
+        const router = openAiRoutes(options).pipe(HttpRouter.concat(responsesRoutes(options)), HttpRouter.concat(embeddingRoutes(options)), HttpRouter.concat(tokenizeRoutes(options)), HttpRouter.concat(sessionRoutes), HttpRouter.concat(observabilityRoutes), HttpRouter.concat(adminKeyRoutes(options)), HttpRouter.concat(adminAuditRoutes), HttpRouter.concat(adminAdapterRoutes(options)), HttpRouter.get("/health", health))
         // One scope, so the shutdown finalizer (added last) runs before the request handler is removed.
         const serve = Layer.scopedDiscard(
           Effect.gen(function*() {

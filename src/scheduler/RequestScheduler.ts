@@ -172,6 +172,8 @@ export class RequestScheduler extends Effect.Service<RequestScheduler>()("weft/R
       events: registry.events,
       isDraining: Effect.map(registry.state, (state) => state.draining),
       modelInfo: backend.info,
+      /** The limits it runs with (an adapter's scheduler runs with its base model's). */
+      settings,
       /** Embeddings of `inputs` (see `Backend.embed`), admitted beside generation with the same limits (see `makeEmbeddingGate`). */
       embed: (inputs: ReadonlyArray<ReadonlyArray<number>>, timeouts?: StageTimeouts) => embeddings.run(backend.embed(inputs), timeouts)
     } as const

@@ -9,7 +9,8 @@ import type { Engine, EngineStartFailed } from "../../src/host/LocalEngine.js"
 import { ModelRegistry } from "../../src/host/ModelRegistry.js"
 import { CurrentPrincipal } from "../../src/identity/Principal.js"
 import type { Principal } from "../../src/identity/Principal.js"
-import { serverLayer } from "../../src/layers.js"
+import { defaultMaxAdapters, serverLayer } from "../../src/layers.js"
+import type { AdapterSettings } from "../../src/host/AdapterContexts.js"
 import type { OpenServerRefused } from "../../src/identity/AuthErrors.js"
 import type { AuthSettings } from "../../src/identity/Authentication.js"
 import type { SchedulerSettings } from "../../src/scheduler/SchedulerConfig.js"
@@ -37,6 +38,8 @@ export interface TestServerOptions {
   readonly auditLogPath?: string
   /** Every request is made as this caller (rate limits, audit), as if it had authenticated; none by default. */
   readonly principal?: Principal
+  /** LoRA adapters declared at start-up and `--max-adapters`; none and the default by default. */
+  readonly adapters?: Partial<AdapterSettings>
   /** What the server is built under, such as a test logger or tracer; by default only errors are logged. */
   readonly observability?: Layer.Layer<never>
 }
@@ -60,7 +63,8 @@ export const testServerLayer = <E extends EngineStartFailed>(
     { databasePath: options.sessionsDatabasePath ?? ":memory:" },
     { logText: options.logText ?? false },
     { databasePath: options.keysDatabasePath ?? ":memory:" },
-    { path: options.auditLogPath }
+    { path: options.auditLogPath },
+    { maxAdapters: options.adapters?.maxAdapters ?? defaultMaxAdapters, adapters: options.adapters?.adapters ?? [] }
   ).pipe(
     // The server's requests run in the context it was built in, so a principal provided here is every request's caller.
     Layer.provide(options.principal === undefined ? Layer.empty : Layer.succeed(CurrentPrincipal, Option.some(options.principal))),

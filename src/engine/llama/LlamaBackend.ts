@@ -17,7 +17,7 @@ import { errorMessage } from "./errorMessage.js"
 import { evaluateOptions } from "./EvaluateOptions.js"
 import { GrammarCache } from "./GrammarCache.js"
 import type { GrammarCacheLimits } from "./GrammarCache.js"
-import { endOfGenerationBan, interceptDecodes, queuedDecodesOf } from "./LlamaInternals.js"
+import { endOfGenerationBan, interceptDecodes, loadLoraOnto, queuedDecodesOf } from "./LlamaInternals.js"
 import { llamaModelInfo, llamaVocabSize } from "./LlamaModelInfo.js"
 import { makeSlotArrivals } from "./SlotArrivals.js"
 
@@ -257,16 +257,23 @@ const contextBackend = (
       tokensOf: (slot) => sequences[slot]!.contextTokens,
       embed: embedder.embed,
       // Adapters go on the base model's backend only: one adapter per context.
-      withAdapter: adapter === undefined
-        ? (spec: AdapterSpec) =>
-          Effect.mapError(contextBackend(loaded, spec), (error) => new AdapterLoadFailed({ path: spec.path, message: error.message, cause: error.cause }))
+      adapters: adapter === undefined
+        ? {
+          check: (spec: AdapterSpec) =>
+            Effect.tryPromise({
+              try: () => loadLoraOnto(model, spec.path),
+              catch: (error) => new AdapterLoadFailed({ path: spec.path, message: errorMessage(error), cause: error })
+            }),
+          open: (spec: AdapterSpec) =>
+            Effect.mapError(contextBackend(loaded, spec), (error) => new AdapterLoadFailed({ path: spec.path, message: error.message, cause: error.cause }))
+        }
         : undefined
     } satisfies BackendShape
   })
 
 /**
  * `Backend` on node-llama-cpp: one model, one context with `parallel` sequences, driven token by token. Adapters
- * (`withAdapter`) get contexts of their own on the same loaded weights.
+ * (`adapters.open`) get contexts of their own on the same loaded weights.
  */
 export const LlamaBackend = {
   layer: (config: LlamaBackendConfig): Layer.Layer<Backend, ModelLoadFailed> =>
