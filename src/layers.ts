@@ -12,6 +12,7 @@ import { ModelRegistry } from "./host/ModelRegistry.js"
 import { AdapterContexts } from "./host/AdapterContexts.js"
 import type { AdapterSettings } from "./host/AdapterContexts.js"
 import { WeftHttpServer } from "./http/WeftHttpServer.js"
+import { modelFileName } from "./model/generateModel.js"
 import type { HttpServerOptions } from "./http/WeftHttpServer.js"
 import type { Backend } from "./engine/Backend.js"
 import { JsonLogger } from "./observability/JsonLogger.js"
@@ -91,6 +92,23 @@ export const servedModels = (settings: WeftSettings): ReadonlyArray<ServedModel>
   return [...cliModel, ...configured]
 }
 
+/** The id `weft serve` gives the `--model` model (or the demo model): `--model-id`, else the file name without `.gguf`. */
+export const cliModelId = (settings: WeftSettings): string =>
+  settings.modelId ?? path.basename(settings.model ?? modelFileName("demo")).replace(/\.gguf$/i, "")
+
+/** The LoRA adapters of `weft serve`: `--lora` on the `--model` model, and each local deployment's `adapters`. */
+export const servedAdapters = (settings: WeftSettings): AdapterSettings => {
+  const configured = Object.entries(settings.models).flatMap(([modelId, model]) =>
+    model.deployments.flatMap((deployment, index) =>
+      isLocalDeployment(deployment)
+        ? (deployment.adapters ?? []).map((adapter) => ({ model: localEngineId(modelId, model, index), name: adapter.name, path: adapter.path, scale: adapter.scale ?? 1 }))
+        : []
+    )
+  )
+  const cli = settings.lora.map((entry) => ({ model: cliModelId(settings), ...entry }))
+  return { maxAdapters: settings.maxAdapters, adapters: [...cli, ...configured] }
+}
+
 /** The composition root of `weft serve`: config → ModelRegistry (LlamaBackend → SeqPool → RequestScheduler) → HTTP server. */
 export const WeftLive: Layer.Layer<HttpServer.HttpServer | ModelRegistry, HttpServerError.ServeError | OpenServerRefused, WeftConfig> = Layer.unwrapEffect(
   Effect.flatMap(WeftConfig, (settings) =>
@@ -111,7 +129,8 @@ export const WeftLive: Layer.Layer<HttpServer.HttpServer | ModelRegistry, HttpSe
         { databasePath: path.join(settings.dataDir, "sessions.sqlite"), ttlMs: settings.sessionTtlMs },
         { logText: settings.logText },
         { databasePath: keysDatabasePath(settings.dataDir) },
-        { path: settings.auditLog ?? path.join(settings.dataDir, "audit.jsonl") }
+        { path: settings.auditLog ?? path.join(settings.dataDir, "audit.jsonl") },
+        servedAdapters(settings)
       ).pipe(Layer.provide(observabilityLayer(settings)))
     }))
 )

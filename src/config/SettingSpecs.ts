@@ -7,6 +7,7 @@ import {
   integerBetween,
   logFormatSetting,
   logLevelSetting,
+  loraList,
   nonEmptyText,
   onOff,
   optionalByteSize,
@@ -94,6 +95,13 @@ export const settingSpecs = [
     "API-key authentication: on, off, or auto = on once a key exists (default auto; with no keys, a non-loopback --host needs --auth off)"
   ),
   spec("metricsPublic", "metrics-public", onOff, "Serve /metrics without an admin key (default off)"),
+  spec("lora", "lora", loraList, "A LoRA adapter on the --model model, served as MODEL:NAME; repeat for more (default none)"),
+  spec(
+    "maxAdapters",
+    "max-adapters",
+    integerBetween(1, 1024),
+    "Adapter contexts at once, each with its own slots and KV cache; the least recently used idle one makes room (default 4)"
+  ),
   spec("logText", "log-text", onOff, "Put prompt and completion text in the per-request log lines (default off: they may hold anything)")
 ] as const
 

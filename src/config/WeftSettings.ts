@@ -49,6 +49,10 @@ export const WeftSettings = Schema.Struct({
   auth: Schema.Literal("on", "off", "auto"),
   /** `/metrics` answers without an admin key. */
   metricsPublic: Schema.Boolean,
+  /** `--lora`: adapters on the `--model` model. */
+  lora: Schema.Array(Schema.Struct({ name: Schema.String, path: Schema.String, scale: Schema.Number })),
+  /** Adapter contexts that may exist at once. */
+  maxAdapters: Schema.Int,
   /** The config file's `models`: ids served by local GGUFs or upstream servers, with routing; see `ModelsConfig`. */
   models: ModelsConfig
 })
@@ -89,5 +93,7 @@ export const defaultSettings: WeftSettings = {
   logText: false,
   auth: "auto",
   metricsPublic: false,
+  lora: [],
+  maxAdapters: 4,
   models: {}
 }

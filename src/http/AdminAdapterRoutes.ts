@@ -2,6 +2,7 @@ import { HttpRouter, HttpServerResponse } from "@effect/platform"
 import { Effect, Schema } from "effect"
 import * as fs from "node:fs/promises"
 import * as path from "node:path"
+import { AdapterName, AdapterScale } from "../config/ModelsConfig.js"
 import { AdapterContexts } from "../host/AdapterContexts.js"
 import type { AdapterDeclaration, AdapterStatus } from "../host/AdapterContexts.js"
 import { ModelNotFound } from "../host/HostErrors.js"
@@ -9,15 +10,6 @@ import { InvalidParam } from "./HttpErrors.js"
 import { readJsonBody } from "./JsonBody.js"
 import { adapterOf, soleModelId } from "./ModelRoute.js"
 import { decodeBody } from "./OpenAiMapping.js"
-
-/** An adapter's name: what follows `model:` in the ids requests send. */
-export const AdapterName = Schema.String.pipe(
-  Schema.pattern(/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/),
-  Schema.annotations({ message: () => "an adapter name: letters, digits, . _ -, at most 64 characters" })
-)
-
-/** A LoRA scale: 1 applies the adapter as trained, 0 not at all. */
-export const AdapterScale = Schema.Number.pipe(Schema.finite(), Schema.between(-100, 100))
 
 const CreateAdapterBody = Schema.Struct({
   /** The model it applies to; may be left out when the server serves one model. */
