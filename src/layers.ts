@@ -20,6 +20,8 @@ import { OtlpTracing } from "./observability/OtlpTracing.js"
 import { ProcessMetrics } from "./observability/ProcessMetrics.js"
 import type { RequestLogSettings } from "./observability/RequestLog.js"
 import type { RequestScheduler } from "./scheduler/RequestScheduler.js"
+import { SessionKvConfig } from "./sessions/SessionKvFiles.js"
+import type { SessionKvSettings } from "./sessions/SessionKvFiles.js"
 import { SessionStore } from "./sessions/SessionStore.js"
 import type { OpenServerRefused } from "./identity/AuthErrors.js"
 import { KeyStore, keysDatabasePath } from "./identity/KeyStore.js"
@@ -41,7 +43,8 @@ export const serverLayer = (
   requestLog: Partial<RequestLogSettings> = {},
   keys: { readonly databasePath: string } = { databasePath: ":memory:" },
   audit: AuditSettings = { path: undefined },
-  adapters: AdapterSettings = { maxAdapters: defaultMaxAdapters, adapters: [] }
+  adapters: AdapterSettings = { maxAdapters: defaultMaxAdapters, adapters: [] },
+  sessionKv: SessionKvSettings | undefined = undefined
 ): Layer.Layer<HttpServer.HttpServer | ModelRegistry, HttpServerError.ServeError | OpenServerRefused> =>
   WeftHttpServer.layer(http).pipe(
     Layer.provide(AdapterContexts.layer(adapters)),
@@ -53,7 +56,9 @@ export const serverLayer = (
     Layer.provide(AuditLog.Default(audit)),
     // A session database that cannot be opened is a start-up failure, reported like any other.
     Layer.provide(Layer.orDie(SessionStore.layerSqlite(sessions))),
-    Layer.provide(Layer.orDie(KeyStore.layerSqlite(keys.databasePath)))
+    Layer.provide(Layer.orDie(KeyStore.layerSqlite(keys.databasePath))),
+    // Read by each engine's SeqPool (adapter engines included) and the session routes.
+    Layer.provide(SessionKvConfig.layer(sessionKv))
   )
 
 /** Adapter contexts allowed at once when `--max-adapters` is not given. */
@@ -130,7 +135,8 @@ export const WeftLive: Layer.Layer<HttpServer.HttpServer | ModelRegistry, HttpSe
         { logText: settings.logText },
         { databasePath: keysDatabasePath(settings.dataDir) },
         { path: settings.auditLog ?? path.join(settings.dataDir, "audit.jsonl") },
-        servedAdapters(settings)
+        servedAdapters(settings),
+        settings.sessionKvMaxBytes === undefined ? undefined : { dir: path.join(settings.dataDir, "session-kv"), maxBytes: settings.sessionKvMaxBytes }
       ).pipe(Layer.provide(observabilityLayer(settings)))
     }))
 )

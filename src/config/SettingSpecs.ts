@@ -102,6 +102,12 @@ export const settingSpecs = [
     integerBetween(1, 1024),
     "Adapter contexts at once, each with its own slots and KV cache; the least recently used idle one makes room (default 4)"
   ),
+  spec(
+    "sessionKvMaxBytes",
+    "session-kv-max",
+    optionalByteSize,
+    "Disk for chat sessions' saved KV states in the data dir, least recently saved deleted first; none keeps them in memory only (default 1GiB)"
+  ),
   spec("logText", "log-text", onOff, "Put prompt and completion text in the per-request log lines (default off: they may hold anything)")
 ] as const
 

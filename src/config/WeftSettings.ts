@@ -53,6 +53,8 @@ export const WeftSettings = Schema.Struct({
   lora: Schema.Array(Schema.Struct({ name: Schema.String, path: Schema.String, scale: Schema.Number })),
   /** Adapter contexts that may exist at once. */
   maxAdapters: Schema.Int,
+  /** Bytes of saved session KV states in the data dir; `undefined` saves none. */
+  sessionKvMaxBytes: Schema.UndefinedOr(Schema.Number),
   /** The config file's `models`: ids served by local GGUFs or upstream servers, with routing; see `ModelsConfig`. */
   models: ModelsConfig
 })
@@ -93,6 +95,7 @@ export const defaultSettings: WeftSettings = {
   logText: false,
   auth: "auto",
   metricsPublic: false,
+  sessionKvMaxBytes: 1024 * MiB,
   lora: [],
   maxAdapters: 4,
   models: {}

@@ -136,6 +136,12 @@ export interface BackendShape {
    * Runs beside generation without taking a slot; the caller bounds how many run at once.
    */
   readonly embed: (inputs: ReadonlyArray<ReadonlyArray<number>>) => Effect.Effect<ReadonlyArray<Float32Array>, EmbeddingFailed>
+  /**
+   * Writes `slot`'s KV cells (and their tokens) to `file`; absent on engines that cannot. Restored by `loadSlot`.
+   */
+  readonly saveSlot?: ((slot: number, file: string) => Effect.Effect<void, KvFileFailed>) | undefined
+  /** Replaces `slot`'s cells with those `saveSlot` wrote to `file`, returning their tokens. */
+  readonly loadSlot?: ((slot: number, file: string) => Effect.Effect<ReadonlyArray<number>, KvFileFailed>) | undefined
   /** LoRA adapters on this model; absent on an engine without them, and on an adapter's own backend. */
   readonly adapters?: AdapterSupport | undefined
 }
@@ -149,6 +155,14 @@ export class DecodeFailed extends Schema.TaggedError<DecodeFailed>()("DecodeFail
   stage: Schema.Literal("prefill", "decode"),
   message: Schema.String,
   /** What the engine threw, where it threw. */
+  cause: Schema.optional(Schema.Defect)
+}) {}
+
+/** A slot's KV state could not be written to or read from its file. */
+export class KvFileFailed extends Schema.TaggedError<KvFileFailed>()("KvFileFailed", {
+  slot: Schema.Number,
+  file: Schema.String,
+  message: Schema.String,
   cause: Schema.optional(Schema.Defect)
 }) {}
 

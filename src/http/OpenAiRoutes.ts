@@ -44,7 +44,7 @@ type RunOf<A> = (
   backend: BackendShape,
   body: A,
   n: number,
-  submit: (prompt: ReadonlyArray<number>, index: number, choice: number) => Stream.Stream<GenerationEvent, ApiFailure>
+  submit: (prompt: ReadonlyArray<number>, index: number, choice: number, sessionId?: string) => Stream.Stream<GenerationEvent, ApiFailure>
 ) => Effect.Effect<{ readonly choices: ReadonlyArray<Stream.Stream<GenerationEvent, ApiFailure>>; readonly headers?: Record<string, string> }, ApiFailure, SessionStore | HttpServerRequest.HttpServerRequest>
 
 /** The `n` choices of each prompt, numbered prompt by prompt. */
@@ -119,9 +119,10 @@ const generationRoute = <A extends SharedRequest, I>(
     }
     const meter = yield* metered(backend, request.maxTokens)
     const seed = request.sampling.seed
-    const { choices, headers } = yield* runOf(backend, body, plan.n, (prompt, index, choice) =>
+    const { choices, headers } = yield* runOf(backend, body, plan.n, (prompt, index, choice, sessionId) =>
       meter(prompt, validatedOutput(request.sampling.grammar, scheduler.submit({
         ...request,
+        sessionId,
         // Each choice is a request of its own: its own id, and its own seed derived from the request's.
         id: index === 0 ? id : `${id}-${index}`,
         prompt,
@@ -179,7 +180,7 @@ const chatRun: RunOf<ChatCompletionRequest> = (backend, body, n, submit) =>
         const history = Option.match(existing, { onNone: () => [], onSome: (session) => session.messages })
         const prompt = yield* backend.renderChat([...history, ...newMessages])
         let reply = ""
-        return submit(prompt, 0, 0).pipe(
+        return submit(prompt, 0, 0, sessionId).pipe(
           Stream.tap((event) => {
             if (event._tag === "Delta") reply += event.text
             if (event._tag !== "Finished" || (event.finishReason !== "stop" && event.finishReason !== "length")) return Effect.void

@@ -30,6 +30,8 @@ export interface GenerationRequest {
   readonly timeouts?: StageTimeouts | undefined
   /** Isolates prefix-cache reuse: only requests with the same key (tenant, API key, cache salt) share cached KV. */
   readonly cacheKey?: string | undefined
+  /** The chat session this is a turn of: its KV is restored from and saved to disk (see `SessionKvConfig`). */
+  readonly sessionId?: string | undefined
 }
 
 /** A token as text with its log probability. */

@@ -11,6 +11,7 @@ import { CurrentPrincipal } from "../../src/identity/Principal.js"
 import type { Principal } from "../../src/identity/Principal.js"
 import { defaultMaxAdapters, serverLayer } from "../../src/layers.js"
 import type { AdapterSettings } from "../../src/host/AdapterContexts.js"
+import type { SessionKvSettings } from "../../src/sessions/SessionKvFiles.js"
 import type { OpenServerRefused } from "../../src/identity/AuthErrors.js"
 import type { AuthSettings } from "../../src/identity/Authentication.js"
 import type { SchedulerSettings } from "../../src/scheduler/SchedulerConfig.js"
@@ -40,6 +41,8 @@ export interface TestServerOptions {
   readonly principal?: Principal
   /** LoRA adapters declared at start-up and `--max-adapters`; none and the default by default. */
   readonly adapters?: Partial<AdapterSettings>
+  /** Session KV on disk; none by default. */
+  readonly sessionKv?: SessionKvSettings
   /** What the server is built under, such as a test logger or tracer; by default only errors are logged. */
   readonly observability?: Layer.Layer<never>
 }
@@ -64,7 +67,8 @@ export const testServerLayer = <E extends EngineStartFailed>(
     { logText: options.logText ?? false },
     { databasePath: options.keysDatabasePath ?? ":memory:" },
     { path: options.auditLogPath },
-    { maxAdapters: options.adapters?.maxAdapters ?? defaultMaxAdapters, adapters: options.adapters?.adapters ?? [] }
+    { maxAdapters: options.adapters?.maxAdapters ?? defaultMaxAdapters, adapters: options.adapters?.adapters ?? [] },
+    options.sessionKv
   ).pipe(
     // The server's requests run in the context it was built in, so a principal provided here is every request's caller.
     Layer.provide(options.principal === undefined ? Layer.empty : Layer.succeed(CurrentPrincipal, Option.some(options.principal))),

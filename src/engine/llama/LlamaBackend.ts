@@ -4,7 +4,7 @@ import { Effect, Layer, Schema } from "effect"
 import type { Scope } from "effect"
 import { getLlama, LlamaLogLevel } from "node-llama-cpp"
 import type { CustomBatchingPrioritizationStrategy, LlamaContext, LlamaContextSequence, LlamaModel, Token, TokenBias } from "node-llama-cpp"
-import { AdapterLoadFailed, Backend, DecodeFailed, KvEraseFailed } from "../Backend.js"
+import { AdapterLoadFailed, Backend, DecodeFailed, KvEraseFailed, KvFileFailed } from "../Backend.js"
 import type { AdapterSpec, BackendShape, Generation, StepResult } from "../Backend.js"
 import { prioritizeBySequence } from "../BatchPlan.js"
 import { StepBatcher } from "../StepBatcher.js"
@@ -256,6 +256,20 @@ const contextBackend = (
       cells: (slot) => sequences[slot]!.nextTokenIndex,
       tokensOf: (slot) => sequences[slot]!.contextTokens,
       embed: embedder.embed,
+      saveSlot: (slot, file) =>
+        Effect.tryPromise({
+          try: () => sequences[slot]!.saveStateToFile(file),
+          catch: (error) => new KvFileFailed({ slot, file, message: errorMessage(error), cause: error })
+        }).pipe(Effect.asVoid),
+      loadSlot: (slot, file) =>
+        Effect.tryPromise({
+          try: async () => {
+            // Checked against the model and context by `SessionKvFiles` before it gets here.
+            await sequences[slot]!.loadStateFromFile(file, { acceptRisk: true })
+            return sequences[slot]!.contextTokens
+          },
+          catch: (error) => new KvFileFailed({ slot, file, message: errorMessage(error), cause: error })
+        }),
       // Adapters go on the base model's backend only: one adapter per context.
       adapters: adapter === undefined
         ? {
