@@ -16,12 +16,17 @@ import { defaultMemoryLimit, MemoryManager } from "./memory/MemoryManager.js"
 import type { MemorySettings } from "./memory/MemoryManager.js"
 import { WeftHttpServer } from "./http/WeftHttpServer.js"
 import type { HttpApiServices, HttpServerOptions } from "./http/WeftHttpServer.js"
+import { AdapterContexts } from "./host/AdapterContexts.js"
+import type { AdapterSettings } from "./host/AdapterContexts.js"
+import { modelFileName } from "./model/generateModel.js"
 import type { Backend } from "./engine/Backend.js"
 import { JsonLogger } from "./observability/JsonLogger.js"
 import { OtlpTracing } from "./observability/OtlpTracing.js"
 import { ProcessMetrics } from "./observability/ProcessMetrics.js"
 import type { RequestLogSettings } from "./observability/RequestLog.js"
 import type { RequestScheduler } from "./scheduler/RequestScheduler.js"
+import { SessionKvConfig } from "./sessions/SessionKvFiles.js"
+import type { SessionKvSettings } from "./sessions/SessionKvFiles.js"
 import { SessionStore } from "./sessions/SessionStore.js"
 import type { OpenServerRefused } from "./identity/AuthErrors.js"
 import { KeyStore, keysDatabasePath } from "./identity/KeyStore.js"
@@ -73,7 +78,9 @@ export const serverLayer = (
   audit: AuditSettings = { path: undefined },
   operations: OperationsSettings = {},
   memory: MemorySettings = { limitBytes: defaultMemoryLimit() },
-  routed: ModelsConfig = {}
+  routed: ModelsConfig = {},
+  adapters: AdapterSettings = { maxAdapters: defaultMaxAdapters, adapters: [] },
+  sessionKv: SessionKvSettings | undefined = undefined
 ): Layer.Layer<HttpServer.HttpServer | ModelRegistry | MemoryManager, HttpServerError.ServeError | OpenServerRefused | PluginLoadFailed> =>
   Layer.unwrapEffect(
     Effect.map(MemoryManager, (memoryManager) => {
@@ -86,11 +93,19 @@ export const serverLayer = (
       return WeftHttpServer.layer({ ...http, defineModel: (id, deployment) => define(localModel(id, deployment)) }).pipe(
         // The config file's routed models (upstream deployments, several deployments, fallbacks): see src/upstream/.
         Layer.provide(ModelRouter.layer(routed)),
+        Layer.provide(AdapterContexts.layer(adapters)),
         Layer.provide(httpApiServicesLayer(sessions, keys, audit, operations)),
         Layer.provideMerge(ModelRegistry.layer(models.map(define)))
       )
     })
-  ).pipe(Layer.provideMerge(MemoryManager.layer(memory)))
+  ).pipe(
+    Layer.provideMerge(MemoryManager.layer(memory)),
+    // Read by each engine's SeqPool (adapter engines included) and the session routes.
+    Layer.provide(SessionKvConfig.layer(sessionKv))
+  )
+
+/** Adapter contexts allowed at once when `--max-adapters` is not given. */
+export const defaultMaxAdapters = 4
 
 type SessionSettingsInput = Parameters<typeof SessionStore.layerSqlite>[0]
 
@@ -103,7 +118,7 @@ export const httpApiServicesLayer = (
   keys: { readonly databasePath: string } = { databasePath: ":memory:" },
   audit: AuditSettings = { path: undefined },
   operations: OperationsSettings = {}
-): Layer.Layer<Exclude<HttpApiServices, ModelRegistry | MemoryManager>, PluginLoadFailed, ModelRegistry> =>
+): Layer.Layer<Exclude<HttpApiServices, ModelRegistry | MemoryManager | AdapterContexts>, PluginLoadFailed, ModelRegistry> =>
   operationsLayer(operations).pipe(
     Layer.provideMerge(Layer.mergeAll(ProcessMetrics.Default, RateLimiter.Default, AuditLog.Default(audit))),
     // A session database that cannot be opened is a start-up failure, reported like any other.
@@ -151,10 +166,28 @@ export const localServedModel = (settings: WeftSettings, id: string, deployment:
  * One local model in process, without the HTTP server: `weft serve`'s engine for the same settings (the demo model,
  * generated into `dataDir`, unless `model` names a GGUF file). What `WeftLanguageModel` and `WeftEmbeddingModel` run on.
  */
-export const localModelLayer = (settings: Partial<WeftSettings> = {}): Layer.Layer<ModelRegistry | MemoryManager> =>
-  ModelRegistry.layer([{ id: settings.modelId, engine: observedEngineLayer(llamaEngineLayer({ ...defaultSettings, ...settings })) }]).pipe(
+export const localModelLayer = (settings: Partial<WeftSettings> = {}): Layer.Layer<ModelRegistry | MemoryManager | AdapterContexts> =>
+  AdapterContexts.layer({ maxAdapters: settings.maxAdapters ?? defaultMaxAdapters, adapters: [] }).pipe(
+    Layer.provideMerge(ModelRegistry.layer([{ id: settings.modelId, engine: observedEngineLayer(llamaEngineLayer({ ...defaultSettings, ...settings })) }])),
     Layer.provideMerge(MemoryManager.layer({ limitBytes: settings.memoryLimit ?? defaultMemoryLimit() }))
   )
+
+/** The id `weft serve` gives the `--model` model (or the demo model): `--model-id`, else the file name without `.gguf`. */
+export const cliModelId = (settings: WeftSettings): string =>
+  settings.modelId ?? path.basename(settings.model ?? modelFileName("demo")).replace(/\.gguf$/i, "")
+
+/** The LoRA adapters of `weft serve`: `--lora` on the `--model` model, and each local deployment's `adapters`. */
+export const servedAdapters = (settings: WeftSettings): AdapterSettings => {
+  const configured = Object.entries(settings.models).flatMap(([modelId, model]) =>
+    model.deployments.flatMap((deployment, index) =>
+      isLocalDeployment(deployment)
+        ? (deployment.adapters ?? []).map((adapter) => ({ model: localEngineId(modelId, model, index), name: adapter.name, path: adapter.path, scale: adapter.scale ?? 1 }))
+        : []
+    )
+  )
+  const cli = settings.lora.map((entry) => ({ model: cliModelId(settings), ...entry }))
+  return { maxAdapters: settings.maxAdapters, adapters: [...cli, ...configured] }
+}
 
 /** The composition root of `weft serve`: config → ModelRegistry (LlamaBackend → SeqPool → RequestScheduler) → HTTP server. */
 export const WeftLive: Layer.Layer<HttpServer.HttpServer | ModelRegistry, HttpServerError.ServeError | OpenServerRefused | PluginLoadFailed, WeftConfig> = Layer.unwrapEffect(
@@ -180,7 +213,9 @@ export const WeftLive: Layer.Layer<HttpServer.HttpServer | ModelRegistry, HttpSe
         { path: settings.auditLog ?? path.join(settings.dataDir, "audit.jsonl") },
         { alerts: settings.alerts, plugins: settings.plugins.map((plugin) => ({ _tag: "Path", path: plugin }) as const) },
         { limitBytes: settings.memoryLimit ?? defaultMemoryLimit() },
-        settings.models
+        settings.models,
+        servedAdapters(settings),
+        settings.sessionKvMaxBytes === undefined ? undefined : { dir: path.join(settings.dataDir, "session-kv"), maxBytes: settings.sessionKvMaxBytes }
       ).pipe(Layer.provide(observabilityLayer(settings)))
     }))
 )

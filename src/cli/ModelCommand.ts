@@ -1,5 +1,6 @@
 import { Command, Options } from "@effect/cli"
 import { Console, Effect, Schema } from "effect"
+import { DEFAULT_LORA_RANK, DEFAULT_LORA_SEED, generateLora, MAX_LORA_RANK } from "../model/generateLora.js"
 import { DEFAULT_MODEL_SEED, generateModel } from "../model/generateModel.js"
 import { ModelPreset } from "../model/ModelPresets.js"
 
@@ -30,8 +31,33 @@ const generateCommand = Command.make("generate", { preset, out, seed }, (options
     yield* Console.log(`  generated   in ${seconds}s (preset ${options.preset}, seed ${options.seed})`)
   })).pipe(Command.withDescription("Write a deterministic llama-architecture GGUF with random weights and a real tokenizer"))
 
+const base = Options.choice("base", ModelPreset.literals).pipe(
+  Options.withDescription("The generated model (preset) the adapter is for")
+)
+
+const rank = Options.integer("rank").pipe(
+  Options.withSchema(Schema.Int.pipe(Schema.between(1, MAX_LORA_RANK))),
+  Options.withDefault(DEFAULT_LORA_RANK),
+  Options.withDescription("Rank of each low-rank update")
+)
+
+const loraSeed = Options.integer("seed").pipe(
+  Options.withSchema(Schema.Int.pipe(Schema.between(0, 0xffffffff))),
+  Options.withDefault(DEFAULT_LORA_SEED),
+  Options.withDescription("Seed of the adapter's weights; the same base, rank and seed give a byte-identical file")
+)
+
+const generateLoraCommand = Command.make("generate-lora", { base, out, rank, seed: loraSeed }, (options) =>
+  Effect.gen(function*() {
+    const adapter = yield* generateLora(options)
+    yield* Console.log(adapter.path)
+    yield* Console.log(`  size        ${formatMebibytes(adapter.bytes)} (${adapter.bytes} bytes)`)
+    yield* Console.log(`  parameters  ${formatMillions(adapter.parameters)} (${adapter.parameters})`)
+    yield* Console.log(`  for         the ${options.base} model (rank ${options.rank}, seed ${options.seed}); serve with --lora NAME=${adapter.path}`)
+  })).pipe(Command.withDescription("Write a deterministic LoRA adapter GGUF (random weights) for a generated model"))
+
 /** `weft model …`: synthetic model files for tests, demos and benchmarks. */
 export const modelCommand = Command.make("model").pipe(
   Command.withDescription("Synthetic GGUF models"),
-  Command.withSubcommands([generateCommand])
+  Command.withSubcommands([generateCommand, generateLoraCommand])
 )

@@ -34,19 +34,15 @@ const helpText = (setting: AnySettingSpec): string => {
   return `${setting.description}.${expects} Env ${envName(setting.name)}.`
 }
 
-const settingOptions = Record.fromEntries(
-  settingSpecs.map((setting) => [
-    setting.name,
-    setting.flag._tag === "repeated"
-      ? Options.text(setting.name).pipe(
-        Options.withPseudoName(setting.flag.pseudoName),
-        Options.withDescription(helpText(setting)),
-        Options.repeated,
-        Options.map((values) => (values.length === 0 ? Option.none() : Option.some(values.join(","))))
-      )
-      : typedOption(setting.name, setting.flag).pipe(Options.withDescription(helpText(setting)), Options.optional)
-  ] as const)
-)
+/** A flag that may be absent; a repeated one's values go on one per line (absent when never given). */
+const optionalOption = (setting: AnySettingSpec): Options.Options<Option.Option<string>> => {
+  const option = typedOption(setting.name, setting.flag).pipe(Options.withDescription(helpText(setting)))
+  return setting.flag._tag === "repeated"
+    ? option.pipe(Options.repeated, Options.map((values) => (values.length === 0 ? Option.none() : Option.some(values.join("\n")))))
+    : Options.optional(option)
+}
+
+const settingOptions = Record.fromEntries(settingSpecs.map((setting) => [setting.name, optionalOption(setting)] as const))
 
 /** `weft serve`: every setting from flags, `WEFT_*` env, an optional JSON config file, or defaults. */
 export const serveCommand = Command.make("serve", { config: configOption, settings: Options.all(settingOptions) }, (options) =>

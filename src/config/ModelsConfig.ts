@@ -8,6 +8,23 @@ const Count = (min: number, max: number) => Schema.Int.pipe(Schema.between(min, 
 /** A model id as clients send it; `:` is kept for `model:adapter` ids. */
 export const ModelId = Schema.String.pipe(Schema.pattern(/^[A-Za-z0-9][A-Za-z0-9._\-/]{0,127}$/))
 
+/** An adapter's name: what follows `model:` in the ids requests send. */
+export const AdapterName = Schema.String.pipe(
+  Schema.pattern(/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/),
+  Schema.annotations({ message: () => "an adapter name: letters, digits, . _ -, at most 64 characters" })
+)
+
+/** A LoRA scale: 1 applies the adapter as trained, 0 not at all. */
+export const AdapterScale = Schema.Number.pipe(Schema.finite(), Schema.between(-100, 100))
+
+/** A LoRA adapter of a local deployment, served as `model:name`. */
+export const AdapterConfig = Schema.Struct({
+  name: AdapterName,
+  /** The adapter's GGUF, relative to the config file. */
+  path: NonEmpty,
+  scale: Schema.optional(AdapterScale)
+})
+
 /** A GGUF served in this process, with the settings of its own engine (its pool's size, context, queue, timeouts). */
 export const LocalDeploymentConfig = Schema.Struct({
   /** Relative to the config file. */
@@ -19,7 +36,9 @@ export const LocalDeploymentConfig = Schema.Struct({
   maxQueue: Schema.optional(Count(0, 1_000_000)),
   timeoutQueueMs: Schema.optional(Millis),
   timeoutFirstTokenMs: Schema.optional(Millis),
-  timeoutTotalMs: Schema.optional(Millis)
+  timeoutTotalMs: Schema.optional(Millis),
+  /** LoRA adapters on this model, each served as `model:name` in a context of its own. */
+  adapters: Schema.optional(Schema.Array(AdapterConfig))
 })
 export interface LocalDeploymentConfig extends Schema.Schema.Type<typeof LocalDeploymentConfig> {}
 
@@ -146,7 +165,22 @@ export const decodeModelsConfig = (raw: unknown, baseDir: string): Either.Either
         ? Schema.decodeUnknownEither(LocalDeploymentConfig, options)(deployment)
         : Schema.decodeUnknownEither(UpstreamDeploymentConfig, options)(deployment)
       if (Either.isLeft(decoded)) return Either.left(failure(decoded.left, [modelId, "deployments", index]))
-      deployments.push(isLocalDeployment(decoded.right) ? { ...decoded.right, gguf: path.resolve(baseDir, decoded.right.gguf) } : decoded.right)
+      if (isLocalDeployment(decoded.right)) {
+        const names = (decoded.right.adapters ?? []).map((adapter) => adapter.name)
+        const repeated = names.find((name, at) => names.indexOf(name) !== at)
+        if (repeated !== undefined) return Either.left(`${renderPath([modelId, "deployments", index, "adapters"])}: the name "${repeated}" is used twice`)
+      }
+      deployments.push(
+        isLocalDeployment(decoded.right)
+          ? {
+            ...decoded.right,
+            gguf: path.resolve(baseDir, decoded.right.gguf),
+            ...(decoded.right.adapters === undefined
+              ? {}
+              : { adapters: decoded.right.adapters.map((adapter) => ({ ...adapter, path: path.resolve(baseDir, adapter.path) })) })
+          }
+          : decoded.right
+      )
     }
     models[modelId] = { ...model, deployments: deployments as unknown as ModelConfig["deployments"] }
   }

@@ -8,7 +8,7 @@ export type FlagType =
   | { readonly _tag: "file" }
   | { readonly _tag: "directory" }
   | { readonly _tag: "text"; readonly pseudoName: string }
-  /** A flag given once per value (`--plugin a.mjs --plugin b.mjs`); its values reach the grammar comma-joined. */
+  /** A flag given once per value (`--lora a=… --lora b=…`); its values reach the grammar one per line. */
   | { readonly _tag: "repeated"; readonly pseudoName: string }
 
 /**
@@ -230,9 +230,44 @@ export const authSetting = choice(Schema.Literal("on", "off", "auto"), sameWords
 export const pathList: SettingGrammar<ReadonlyArray<string>> = {
   schema: Schema.transform(Schema.String, Schema.Array(Schema.String), {
     strict: true,
-    decode: (text) => text.split(",").map((one) => one.trim()).filter((one) => one !== ""),
+    decode: (text) => text.split(/[\n,]/).map((one) => one.trim()).filter((one) => one !== ""),
     encode: (paths) => paths.join(",")
   }),
   expected: "module paths (repeat the flag, or separate them with commas)",
   flag: { _tag: "repeated", pseudoName: "PATH" }
+}
+
+/** One `--lora` entry: an adapter's name, its GGUF, and the scale it is applied with. */
+export interface LoraEntry {
+  readonly name: string
+  readonly path: string
+  readonly scale: number
+}
+
+/** `NAME=PATH` or `NAME=PATH:SCALE`; the scale is what follows the last `:`, when that is a number. */
+const loraEntry = (text: string): LoraEntry | undefined => {
+  const match = /^([A-Za-z0-9][A-Za-z0-9._-]{0,63})=(.+)$/.exec(text.trim())
+  if (match === null) return undefined
+  const [, name, rest] = match as unknown as [string, string, string]
+  const scaled = /^(.+):(-?\d+(?:\.\d+)?)$/.exec(rest)
+  const scale = scaled === null ? 1 : Number(scaled[2])
+  const file = scaled === null ? rest : scaled[1]!
+  return Math.abs(scale) <= 100 ? { name, path: file, scale } : undefined
+}
+
+/** `--lora NAME=PATH[:SCALE]`, repeatable; in env and the config file, entries are separated by newlines or commas. */
+export const loraList: SettingGrammar<ReadonlyArray<LoraEntry>> = {
+  schema: Schema.transformOrFail(Schema.String, Schema.Array(Schema.Struct({ name: Schema.String, path: Schema.String, scale: Schema.Number })), {
+    strict: true,
+    decode: (text, _, ast) => {
+      const entries = text.split(/[\n,]/).filter((one) => one.trim() !== "").map(loraEntry)
+      const names = new Set(entries.map((entry) => entry?.name))
+      return entries.every((entry) => entry !== undefined) && names.size === entries.length
+        ? ParseResult.succeed(entries as ReadonlyArray<LoraEntry>)
+        : ParseResult.fail(new ParseResult.Type(ast, text))
+    },
+    encode: (entries) => ParseResult.succeed(entries.map((entry) => `${entry.name}=${entry.path}:${entry.scale}`).join("\n"))
+  }),
+  expected: "NAME=PATH or NAME=PATH:SCALE with distinct names (letters, digits, . _ -) and a scale within ±100",
+  flag: { _tag: "repeated", pseudoName: "NAME=PATH[:SCALE]" }
 }

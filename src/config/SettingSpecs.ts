@@ -8,6 +8,7 @@ import {
   integerBetween,
   logFormatSetting,
   logLevelSetting,
+  loraList,
   nonEmptyText,
   onOff,
   optionalByteSize,
@@ -109,6 +110,19 @@ export const settingSpecs = [
   ),
   spec("metricsPublic", "metrics-public", onOff, "Serve /metrics without an admin key (default off)"),
   spec("plugins", "plugin", pathList, "A plugin module to load (repeatable; see examples/plugins/); in the config file a list of paths"),
+  spec("lora", "lora", loraList, "A LoRA adapter on the --model model, served as MODEL:NAME; repeat for more (default none)"),
+  spec(
+    "maxAdapters",
+    "max-adapters",
+    integerBetween(1, 1024),
+    "Adapter contexts at once, each with its own slots and KV cache; the least recently used idle one makes room (default 4)"
+  ),
+  spec(
+    "sessionKvMaxBytes",
+    "session-kv-max",
+    optionalByteSize,
+    "Disk for chat sessions' saved KV states in the data dir, least recently saved deleted first; none keeps them in memory only (default 1GiB)"
+  ),
   spec("logText", "log-text", onOff, "Put prompt and completion text in the per-request log lines (default off: they may hold anything)")
 ] as const
 

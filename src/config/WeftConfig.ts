@@ -126,14 +126,16 @@ const readConfigFile = (file: string) =>
     return parsed as Record<string, unknown>
   })
 
-const checkModelFile = (model: string, key: string) =>
+const checkFile = (file: string, key: string, expected: string) =>
   Effect.gen(function*() {
     const fs = yield* FileSystem.FileSystem
-    const info = yield* fs.stat(model).pipe(Effect.option)
+    const info = yield* fs.stat(file).pipe(Effect.option)
     if (Option.isNone(info) || info.value.type !== "File") {
-      return yield* new InvalidConfigValue({ key, expected: "a path to an existing .gguf file", got: describeRaw(model) })
+      return yield* new InvalidConfigValue({ key, expected, got: describeRaw(file) })
     }
   })
+
+const checkModelFile = (model: string, key: string) => checkFile(model, key, "a path to an existing .gguf file")
 
 /** Where a setting's value comes from: a flag, else `WEFT_*`, else the config file; `undefined` keeps the default. */
 const highestPrecedence = (
@@ -173,7 +175,7 @@ export const loadWeftSettings = Effect.fn("WeftConfig.load")(function*(sources: 
   // Every value was decoded by its own grammar; a record that is not a WeftSettings is a bug in the table.
   const resolved = yield* Schema.decodeUnknown(WeftSettings)(settings).pipe(Effect.orDie)
   // Paths in a config file are relative to the file, as a reader of that file would expect.
-  const resolvePath = (field: "model" | "dataDir" | "auditLog" | "plugins", value: string) =>
+  const resolvePath = (field: "model" | "dataDir" | "auditLog" | "plugins" | "lora", value: string) =>
     configPath !== undefined && origin[field]?.startsWith(`${configPath}:`) === true
       ? path.resolve(path.dirname(configPath), value)
       : path.resolve(value)
@@ -196,7 +198,24 @@ export const loadWeftSettings = Effect.fn("WeftConfig.load")(function*(sources: 
       }
     }
   }
+  const lora = resolved.lora.map((entry) => ({ ...entry, path: resolvePath("lora", entry.path) }))
+  if (lora.length > 0 && model === undefined && Object.keys(models).length > 0) {
+    return yield* new InvalidConfigValue({
+      key: origin.lora ?? "lora",
+      expected: "a --model for the adapters to apply to (a config file's models take theirs in a deployment's \"adapters\")",
+      got: describeRaw(resolved.lora.map((entry) => entry.name).join(", "))
+    })
+  }
+  for (const entry of lora) yield* checkFile(entry.path, origin.lora ?? "lora", "a path to an existing LoRA adapter .gguf file")
+  for (const [modelId, entry] of Object.entries(models)) {
+    for (const [index, deployment] of entry.deployments.entries()) {
+      if (!isLocalDeployment(deployment)) continue
+      for (const [at, adapter] of (deployment.adapters ?? []).entries()) {
+        yield* checkFile(adapter.path, `${configPath}: models.${modelId}.deployments[${index}].adapters[${at}].path`, "a path to an existing LoRA adapter .gguf file")
+      }
+    }
+  }
   const alerts = yield* alertsOf(file, configPath)
   const plugins = resolved.plugins.map((plugin) => resolvePath("plugins", plugin))
-  return { ...resolved, model, dataDir: resolvePath("dataDir", resolved.dataDir), auditLog, models, alerts, plugins } satisfies WeftSettings
+  return { ...resolved, model, dataDir: resolvePath("dataDir", resolved.dataDir), auditLog, lora, models, alerts, plugins } satisfies WeftSettings
 })

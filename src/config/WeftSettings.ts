@@ -54,6 +54,12 @@ export const WeftSettings = Schema.Struct({
   metricsPublic: Schema.Boolean,
   /** RAM models and contexts may commit, and RSS may reach, before loads and requests are refused; `undefined` is 80% of system memory. */
   memoryLimit: Schema.UndefinedOr(Schema.Number),
+  /** `--lora`: adapters on the `--model` model. */
+  lora: Schema.Array(Schema.Struct({ name: Schema.String, path: Schema.String, scale: Schema.Number })),
+  /** Adapter contexts that may exist at once. */
+  maxAdapters: Schema.Int,
+  /** Bytes of saved session KV states in the data dir; `undefined` saves none. */
+  sessionKvMaxBytes: Schema.UndefinedOr(Schema.Number),
   /** The config file's `models`: ids served by local GGUFs or upstream servers, with routing; see `ModelsConfig`. */
   models: ModelsConfig,
   /** Plugin module paths (`--plugin`). */
@@ -100,6 +106,9 @@ export const defaultSettings: WeftSettings = {
   auth: "auto",
   metricsPublic: false,
   memoryLimit: undefined,
+  sessionKvMaxBytes: 1024 * MiB,
+  lora: [],
+  maxAdapters: 4,
   models: {},
   plugins: []
 }

@@ -69,6 +69,23 @@ export interface ChatMessage {
   readonly toolCallId?: string | undefined
 }
 
+/** A LoRA adapter to apply: its GGUF file and the scale it is applied with (1 is as trained). */
+export interface AdapterSpec {
+  readonly path: string
+  readonly scale: number
+}
+
+/** How an engine applies LoRA adapters to its loaded model. */
+export interface AdapterSupport {
+  /** Loads `adapter`'s weights onto the model (once per file), failing when they do not fit it. */
+  readonly check: (adapter: AdapterSpec) => Effect.Effect<void, AdapterLoadFailed>
+  /**
+   * A backend on the same loaded weights with `adapter` applied: a context of its own (its own slots and KV cells),
+   * released with the scope.
+   */
+  readonly open: (adapter: AdapterSpec) => Effect.Effect<BackendShape, AdapterLoadFailed, Scope.Scope>
+}
+
 /** The seam between the scheduler and an inference engine. Slots are identified by their index `0 … parallel-1`. */
 export interface BackendShape {
   readonly info: ModelInfo
@@ -132,6 +149,14 @@ export interface BackendShape {
    * Runs beside generation without taking a slot; the caller bounds how many run at once.
    */
   readonly embed: (inputs: ReadonlyArray<ReadonlyArray<number>>) => Effect.Effect<ReadonlyArray<Float32Array>, EmbeddingFailed>
+  /**
+   * Writes `slot`'s KV cells (and their tokens) to `file`; absent on engines that cannot. Restored by `loadSlot`.
+   */
+  readonly saveSlot?: ((slot: number, file: string) => Effect.Effect<void, KvFileFailed>) | undefined
+  /** Replaces `slot`'s cells with those `saveSlot` wrote to `file`, returning their tokens. */
+  readonly loadSlot?: ((slot: number, file: string) => Effect.Effect<ReadonlyArray<number>, KvFileFailed>) | undefined
+  /** LoRA adapters on this model; absent on an engine without them, and on an adapter's own backend. */
+  readonly adapters?: AdapterSupport | undefined
 }
 
 /** The inference engine behind the scheduler: `LlamaBackend` (node-llama-cpp) or `SimBackend` (deterministic, for tests). */
@@ -143,6 +168,22 @@ export class DecodeFailed extends Schema.TaggedError<DecodeFailed>()("DecodeFail
   stage: Schema.Literal("prefill", "decode"),
   message: Schema.String,
   /** What the engine threw, where it threw. */
+  cause: Schema.optional(Schema.Defect)
+}) {}
+
+/** A slot's KV state could not be written to or read from its file. */
+export class KvFileFailed extends Schema.TaggedError<KvFileFailed>()("KvFileFailed", {
+  slot: Schema.Number,
+  file: Schema.String,
+  message: Schema.String,
+  cause: Schema.optional(Schema.Defect)
+}) {}
+
+/** A LoRA adapter could not be loaded onto its model, or its context could not be created. */
+export class AdapterLoadFailed extends Schema.TaggedError<AdapterLoadFailed>()("AdapterLoadFailed", {
+  path: Schema.String,
+  message: Schema.String,
+  /** What the engine threw. */
   cause: Schema.optional(Schema.Defect)
 }) {}
 

@@ -1,4 +1,5 @@
 import { Cause, Context, Effect, Exit, Layer, Option, Schedule } from "effect"
+import { restoreSession, saveSession, savedTokens, SessionKvConfig } from "../sessions/SessionKvFiles.js"
 import { Backend, DecodeFailed } from "./Backend.js"
 
 /** How released sequences are kept as reusable prefixes, and when they are evicted. */
@@ -23,6 +24,8 @@ export class PrefixCacheConfig extends Context.Tag("weft/PrefixCacheConfig")<Pre
 export interface SlotRequest {
   readonly prompt: ReadonlyArray<number>
   readonly cacheKey?: string | undefined
+  /** A chat session's turn: its KV is restored from disk when the cache has less of it, and saved when it ends. */
+  readonly sessionId?: string | undefined
 }
 
 /** A slot held by one running request; released (its KV kept as a prefix, or erased) when the holder's scope closes. */
@@ -99,6 +102,7 @@ export class SeqPool extends Effect.Service<SeqPool>()("weft/SeqPool", {
   effect: Effect.gen(function*() {
     const backend = yield* Backend
     const cacheSettings = Option.getOrElse(yield* Effect.serviceOption(PrefixCacheConfig), () => PrefixCacheConfig.defaults)
+    const sessionKv = Option.getOrUndefined(yield* Effect.serviceOption(SessionKvConfig))
     const total = backend.info.parallel
     const permits = yield* Effect.makeSemaphore(total)
     const slots: Array<SlotState> = Array.from({ length: total }, () => ({ _tag: "Empty" }))
@@ -163,8 +167,10 @@ export class SeqPool extends Effect.Service<SeqPool>()("weft/SeqPool", {
         })
       })
 
-    const release = (slot: number, cacheKey: string, exit: Exit.Exit<unknown, unknown>) =>
+    const release = (slot: number, cacheKey: string, exit: Exit.Exit<unknown, unknown>, sessionId: string | undefined) =>
       Effect.gen(function*() {
+        // A turn that ended normally leaves its session's whole conversation in the slot.
+        if (sessionKv !== undefined && sessionId !== undefined && Exit.isSuccess(exit)) yield* saveSession(sessionKv, backend, slot, sessionId)
         let hasPermit: boolean
         if (cacheSettings.enabled && !leftCellsUnknown(exit)) {
           slots[slot] = { _tag: "Cached", tokens: backend.tokensOf(slot), cacheKey, lastUsed: useClock++ }
@@ -220,25 +226,67 @@ export class SeqPool extends Effect.Service<SeqPool>()("weft/SeqPool", {
           counters.hits += 1
           counters.hitTokens += reused
         }
+        const restored = restoreFromDisk(slot, held, request, reused)
+        if (restored !== undefined) return restored
         if (cachedLength === reused) return Effect.succeed({ slot, held })
         // Taking a cached slot it shares nothing with evicts that prefix to make room.
         if (reused === 0) counters.evictions += 1
         counters.evictedTokens += cachedLength - reused
-        return backend.trim(slot, reused).pipe(
-          Effect.retry(eraseRetries),
-          Effect.map(() => {
-            held.cells = reused
-            return { slot, held }
-          }),
-          Effect.catchAll(() =>
-            Effect.map(eraseOrQuarantine(slot), (erased) => {
-              if (!erased) return undefined
-              held.cells = 0
-              return { slot, held }
-            })
-          )
-        )
+        return trimOrErase(slot, held, reused)
       })
+
+    /**
+     * When the session's file on disk shares more of the prompt than the slot's cache does, loads it into the slot
+     * instead and keeps what the prompt reuses; a file that cannot be loaded leaves the slot erased (evaluated again).
+     * Undefined when there is nothing on disk to restore.
+     */
+    const restoreFromDisk = (
+      slot: number,
+      held: HeldState,
+      request: SlotRequest,
+      cachedReuse: number
+    ): Effect.Effect<{ readonly slot: number; readonly held: HeldState } | undefined> | undefined => {
+      const sessionId = request.sessionId
+      if (sessionKv === undefined || sessionId === undefined || backend.loadSlot === undefined) return undefined
+      return Effect.gen(function*() {
+        const saved = yield* savedTokens(sessionKv, backend, sessionId)
+        const onDisk = Option.match(saved, { onNone: () => 0, onSome: (tokens) => Math.min(sharedPrefixLength(tokens, request.prompt), request.prompt.length - 1) })
+        if (onDisk <= cachedReuse) {
+          if (held.cells === cachedReuse) return { slot, held }
+          return yield* trimOrErase(slot, held, cachedReuse)
+        }
+        const loaded = yield* restoreSession(sessionKv, backend, slot, sessionId)
+        if (Option.isNone(loaded)) {
+          // A failed load may have written some cells: erase them all.
+          const erased = yield* eraseOrQuarantine(slot)
+          if (!erased) return undefined
+          held.cells = 0
+          return { slot, held }
+        }
+        const reused = Math.min(sharedPrefixLength(loaded.value, request.prompt), request.prompt.length - 1)
+        counters.hits += cachedReuse > 0 ? 0 : 1
+        counters.hitTokens += reused - cachedReuse
+        held.cells = loaded.value.length
+        return yield* trimOrErase(slot, held, reused)
+      })
+    }
+
+    /** Trims the slot to `keep` cells, or erases it (quarantining it when that fails too); undefined when quarantined. */
+    const trimOrErase = (slot: number, held: HeldState, keep: number) =>
+      backend.trim(slot, keep).pipe(
+        Effect.retry(eraseRetries),
+        Effect.map(() => {
+          held.cells = keep
+          return { slot, held }
+        }),
+        Effect.catchAll(() =>
+          Effect.map(eraseOrQuarantine(slot), (erased) => {
+            if (!erased) return undefined
+            held.cells = 0
+            return { slot, held }
+          })
+        )
+      )
 
     /** Waits for a free slot (interruptibly) and holds it until the caller's scope closes. */
     const acquire = Effect.fn("SeqPool.acquire")(function*(requestId: string, request: SlotRequest) {
@@ -252,7 +300,7 @@ export class SeqPool extends Effect.Service<SeqPool>()("weft/SeqPool", {
             taken = yield* takeSlot(requestId, request, cacheKey)
           }
           const { held, slot } = taken
-          yield* Effect.addFinalizer((exit) => release(slot, cacheKey, exit))
+          yield* Effect.addFinalizer((exit) => release(slot, cacheKey, exit, request.sessionId))
           const lease: SlotLease = {
             slot,
             requestId,

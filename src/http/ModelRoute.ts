@@ -1,4 +1,5 @@
 import { Context, Effect, Ref } from "effect"
+import { AdapterContexts } from "../host/AdapterContexts.js"
 import type { ModelLoading, ModelNotFound, ModelUnloading } from "../host/HostErrors.js"
 import type { Engine } from "../host/LocalEngine.js"
 import { ModelRegistry } from "../host/ModelRegistry.js"
@@ -11,12 +12,28 @@ export class RequestModel extends Context.Tag("weft/http/RequestModel")<RequestM
 /** Why a request gets no engine. */
 export type ResolveFailure = ModelLoading | ModelNotFound | ModelUnloading | MemoryPressure
 
-/** The engine serving `model`, remembered as the request's model; refused while the process is short of memory. */
-export const resolveModel = (model: string): Effect.Effect<Engine, ResolveFailure, ModelRegistry | MemoryManager | RequestModel> =>
-  Effect.flatMap(MemoryManager, (memory) => memory.admit).pipe(
-    Effect.zipRight(Effect.flatMap(ModelRegistry, (registry) => registry.resolve(model))),
-    Effect.tap((engine) => Effect.flatMap(RequestModel, (current) => Ref.set(current, engine.backend.info.id)))
+/** `model:adapter` split at its last `:`; undefined for a plain model id. */
+export const adapterOf = (model: string): { readonly model: string; readonly adapter: string } | undefined => {
+  const at = model.lastIndexOf(":")
+  return at <= 0 || at === model.length - 1 ? undefined : { model: model.slice(0, at), adapter: model.slice(at + 1) }
+}
+
+/**
+ * The engine serving `model` (`model:adapter` for a LoRA adapter on it), remembered as the request's model; refused
+ * while the process is short of memory.
+ */
+export const resolveModel = (
+  model: string
+): Effect.Effect<Engine, ResolveFailure, ModelRegistry | MemoryManager | AdapterContexts | RequestModel> => {
+  const adapter = adapterOf(model)
+  const engine: Effect.Effect<Engine, ResolveFailure, ModelRegistry | AdapterContexts> = adapter === undefined
+    ? Effect.flatMap(ModelRegistry, (registry) => registry.resolve(model))
+    : Effect.flatMap(AdapterContexts, (adapters) => adapters.resolve(adapter.model, adapter.adapter))
+  return Effect.flatMap(MemoryManager, (memory) => memory.admit).pipe(
+    Effect.zipRight(engine),
+    Effect.tap((resolved) => Effect.flatMap(RequestModel, (current) => Ref.set(current, resolved.backend.info.id)))
   )
+}
 
 /** The label of requests that name no model: the model's id when exactly one is registered and serving. */
 export const soleModelId: Effect.Effect<string, never, ModelRegistry> = Effect.flatMap(ModelRegistry, (registry) =>

@@ -3,6 +3,7 @@ import type { ChatTemplateFailed, DecodeFailed, EmbeddingFailed, PromptTooLarge,
 import type { AdmissionRejected, StageTimedOut } from "../scheduler/SchedulerErrors.js"
 import type { SessionStoreFailed } from "../sessions/SessionStore.js"
 import type { RateLimited, TokensOverLimit } from "../identity/RateLimiter.js"
+import type { AdapterExists, AdaptersUnsupported } from "../host/AdapterContexts.js"
 import { ModelNotFound } from "../host/HostErrors.js"
 import type { ModelAlreadyServed, ModelLoading, ModelUnloading } from "../host/HostErrors.js"
 import type { ModelLoadFailed } from "../engine/llama/LlamaBackend.js"
@@ -71,6 +72,8 @@ export type ApiFailure =
   | UpstreamRejected
   | ModelUnavailable
   | DeploymentsSaturated
+  | AdapterExists
+  | AdaptersUnsupported
 
 /** OpenAI's error object, as it appears under `error` in a response body or an SSE frame. */
 export interface OpenAiErrorBody {
@@ -237,6 +240,10 @@ export const errorReply = (failure: ApiFailure): ErrorReply => {
       return reply(500, { message: failure.message, type: "server_error", param: null, code: "plugin_failed" })
     case "PluginRouteNotFound":
       return reply(404, { message: `No plugin route at ${shorten(failure.path)}`, type: "invalid_request_error", param: null, code: "unknown_url" })
+    case "AdapterExists":
+      return reply(409, { message: failure.message, type: "invalid_request_error", param: "name", code: "adapter_exists" })
+    case "AdaptersUnsupported":
+      return invalid(failure.message, "model", "adapters_unsupported")
     case "StructuredOutputInvalid":
       return reply(500, {
         message: `The generated output does not match the requested schema (${failure.violation}); this is a server bug`,

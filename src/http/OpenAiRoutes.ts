@@ -11,6 +11,7 @@ import { SessionStore } from "../sessions/SessionStore.js"
 import { prefixCacheKey } from "../identity/Tenancy.js"
 import { ModelLoading } from "../host/HostErrors.js"
 import { ModelRegistry } from "../host/ModelRegistry.js"
+import { AdapterContexts } from "../host/AdapterContexts.js"
 import { InvalidParam, SessionNotFound } from "./HttpErrors.js"
 import type { ApiFailure } from "./OpenAiErrors.js"
 import { jsonResponse, sseResponse } from "./GenerationResponse.js"
@@ -48,7 +49,7 @@ type RunOf<A> = (
   backend: BackendShape,
   body: A,
   n: number,
-  submit: (prompt: ReadonlyArray<number>, index: number, choice: number, share?: PromptShare) => Stream.Stream<GenerationEvent, ApiFailure>
+  submit: (prompt: ReadonlyArray<number>, index: number, choice: number, share?: PromptShare, sessionId?: string) => Stream.Stream<GenerationEvent, ApiFailure>
 ) => Effect.Effect<{ readonly choices: ReadonlyArray<Stream.Stream<GenerationEvent, ApiFailure>>; readonly headers?: Record<string, string> }, ApiFailure, SessionStore | HttpServerRequest.HttpServerRequest>
 
 /** The `n` choices of each prompt, numbered prompt by prompt; with `n` > 1 they share their prompt's evaluation. */
@@ -145,9 +146,10 @@ const localGeneration = <A extends SharedRequest>(
     }
     const meter = yield* metered(backend, request.maxTokens)
     const seed = request.sampling.seed
-    const { choices, headers } = yield* runOf(backend, body, plan.n, (prompt, index, choice, promptShare) =>
+    const { choices, headers } = yield* runOf(backend, body, plan.n, (prompt, index, choice, promptShare, sessionId) =>
       plugins.transformText(meter(prompt, validatedOutput(request.sampling.grammar, scheduler.submit({
         ...request,
+        sessionId,
         // Each choice is a request of its own: its own id, and its own seed derived from the request's.
         id: index === 0 ? id : `${id}-${index}`,
         prompt,
@@ -206,7 +208,7 @@ const chatRun: RunOf<ChatCompletionRequest> = (backend, body, n, submit) =>
         const history = Option.match(existing, { onNone: () => [], onSome: (session) => session.messages })
         const prompt = yield* backend.renderChat([...history, ...newMessages])
         let reply = ""
-        return submit(prompt, 0, 0).pipe(
+        return submit(prompt, 0, 0, undefined, sessionId).pipe(
           Stream.tap((event) => {
             if (event._tag === "Delta") reply += event.text
             if (event._tag !== "Finished" || (event.finishReason !== "stop" && event.finishReason !== "length")) return Effect.void
@@ -252,10 +254,11 @@ export const openAiRoutes = (options: OpenAiRoutesOptions) => {
           return yield* new ModelLoading()
         }
         const routed = Option.match(yield* Effect.serviceOption(ModelRouter), { onNone: () => [], onSome: (router) => router.modelIds })
-        const data = [
-          ...models.flatMap((model) => (model.state._tag === "Ready" ? [modelObject(model.state.engine.backend.info.id, startedAt)] : [])),
-          ...routed.map((id) => modelObject(id, startedAt))
-        ]
+        const adapters = yield* AdapterContexts
+        const served = models.flatMap((model) => (model.state._tag === "Ready" ? [model.state.engine.backend.info.id] : []))
+        // Each model, then its adapters as `model:adapter`, then the routed models.
+        const ids = yield* Effect.forEach(served, (id) => Effect.map(adapters.idsOf(id), (adapterIds) => [id, ...adapterIds]))
+        const data = [...ids.flat(), ...routed].map((id) => modelObject(id, startedAt))
         return HttpServerResponse.unsafeJson({ object: "list", data })
       })
     ),

@@ -1,5 +1,6 @@
 import { HttpRouter, HttpServerRequest, HttpServerResponse } from "@effect/platform"
 import { Effect, Option } from "effect"
+import { removeSession, SessionKvConfig } from "../sessions/SessionKvFiles.js"
 import { SessionOwner, SessionStore } from "../sessions/SessionStore.js"
 import { sessionOwner } from "../identity/Tenancy.js"
 import type { Session } from "../sessions/SessionStore.js"
@@ -52,6 +53,8 @@ export const sessionRoutes = HttpRouter.empty.pipe(
       const owner = yield* requestOwner
       const deleted = yield* Effect.flatMap(SessionStore, (store) => store.remove(sessionId, owner))
       if (!deleted) return yield* new SessionNotFound({ sessionId })
+      const kv = Option.getOrUndefined(yield* Effect.serviceOption(SessionKvConfig))
+      if (kv !== undefined) yield* removeSession(kv, sessionId)
       return HttpServerResponse.unsafeJson({ id: sessionId, object: "chat.session.deleted", deleted: true })
     })
   )

@@ -6,6 +6,7 @@ import { ModelRegistry } from "../host/ModelRegistry.js"
 import { InvalidParam } from "./HttpErrors.js"
 import { readJsonBody } from "./JsonBody.js"
 import { resolveModel } from "./ModelRoute.js"
+import type { AdapterContexts } from "../host/AdapterContexts.js"
 import type { RequestModel, ResolveFailure } from "./ModelRoute.js"
 import type { MemoryManager } from "../memory/MemoryManager.js"
 import { decodeBody } from "./OpenAiMapping.js"
@@ -32,11 +33,11 @@ export const DetokenizeRequest = Schema.Struct({
 })
 
 /** The engine of the named model, or of the only registered model when none is named. */
-const engineFor = (model: string | undefined): Effect.Effect<Engine, InvalidParam | ResolveFailure, ModelRegistry | MemoryManager | RequestModel> =>
+const engineFor = (model: string | undefined): Effect.Effect<Engine, InvalidParam | ResolveFailure, ModelRegistry | MemoryManager | AdapterContexts | RequestModel> =>
   model !== undefined
     ? resolveModel(model)
     : Effect.flatMap(ModelRegistry, (registry) =>
-      Effect.flatMap(registry.models, (models): Effect.Effect<Engine, InvalidParam | ResolveFailure, ModelRegistry | MemoryManager | RequestModel> => {
+      Effect.flatMap(registry.models, (models): Effect.Effect<Engine, InvalidParam | ResolveFailure, ModelRegistry | MemoryManager | AdapterContexts | RequestModel> => {
         const only = models.length === 1 ? models[0]! : undefined
         if (only === undefined) {
           return new InvalidParam({

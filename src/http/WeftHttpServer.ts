@@ -48,6 +48,8 @@ import type { DefineModel } from "./AdminModelRoutes.js"
 import type { MemoryManager } from "../memory/MemoryManager.js"
 import { ModelRouter } from "../upstream/ModelRouter.js"
 import { upstreamRoutes } from "./UpstreamRoutes.js"
+import { adminAdapterRoutes } from "./AdminAdapterRoutes.js"
+import type { AdapterContexts } from "../host/AdapterContexts.js"
 
 /** Where to listen and the limits the HTTP layer enforces itself. */
 export interface HttpServerOptions {
@@ -231,7 +233,7 @@ const addressText = (address: HttpServer.Address): string =>
   address._tag === "UnixAddress" ? `unix:${address.path}` : `${address.hostname}:${address.port}`
 
 /** What the HTTP API needs besides its options: the models, and the stores and limits every request goes through. */
-export type HttpApiServices = ModelRegistry | MemoryManager | SessionStore | ProcessMetrics | KeyStore | RateLimiter | AuditLog | Alerts | LiveEvents | Plugins
+export type HttpApiServices = ModelRegistry | MemoryManager | AdapterContexts | SessionStore | ProcessMetrics | KeyStore | RateLimiter | AuditLog | Alerts | LiveEvents | Plugins
 
 /**
  * Weft's whole HTTP API (the OpenAI routes, sessions, admin, `/metrics`, `/health`) as one `@effect/platform` app,
@@ -245,7 +247,7 @@ const httpApp = (options: Omit<HttpServerOptions, "port" | "shutdownGraceMs"> & 
     const hasKeys = yield* Effect.flatMap(KeyStore, (store) => store.hasLiveKeys()).pipe(Effect.orDie)
     const refusal = openServerRefusal(options.host, auth.mode, hasKeys)
     if (refusal !== undefined) return yield* new OpenServerRefused({ host: options.host, reason: refusal })
-    const router = openAiRoutes(options).pipe(HttpRouter.concat(responsesRoutes(options)), HttpRouter.concat(embeddingRoutes(options)), HttpRouter.concat(tokenizeRoutes(options)), HttpRouter.concat(sessionRoutes), HttpRouter.concat(observabilityRoutes), HttpRouter.concat(adminKeyRoutes(options)), HttpRouter.concat(adminAuditRoutes), HttpRouter.concat(upstreamRoutes), HttpRouter.get("/health", health))
+    const router = openAiRoutes(options).pipe(HttpRouter.concat(responsesRoutes(options)), HttpRouter.concat(embeddingRoutes(options)), HttpRouter.concat(tokenizeRoutes(options)), HttpRouter.concat(sessionRoutes), HttpRouter.concat(observabilityRoutes), HttpRouter.concat(adminKeyRoutes(options)), HttpRouter.concat(adminAuditRoutes), HttpRouter.concat(upstreamRoutes), HttpRouter.concat(adminAdapterRoutes(options)), HttpRouter.get("/health", health))
       .pipe(HttpRouter.concat(dashboardRoutes), HttpRouter.concat(adminAlertRoutes), HttpRouter.concat(pluginRoutes(options)))
       // Loading models at run time needs to know how to build one; an app that mounts Weft without it lists and unloads only.
       .pipe(HttpRouter.concat(adminModelRoutes({ maxBodyBytes: options.maxBodyBytes, defineModel: options.defineModel })))

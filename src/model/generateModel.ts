@@ -72,7 +72,8 @@ export const CHATML_TEMPLATE = [
   "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
 ].join("")
 
-const GGUF_ALIGNMENT = 32
+/** Tensor data alignment of the files Weft writes. */
+export const GGUF_ALIGNMENT = 32
 const LLAMA_FTYPE_MOSTLY_F16 = 1
 
 // Irwin–Hall: the sum of the four bytes of a uniform uint32 is close to normal, with mean 510 and this deviation.
@@ -80,7 +81,7 @@ const FOUR_BYTE_SUM_MEAN = 510
 const FOUR_BYTE_SUM_DEVIATION = Math.sqrt(4 * (256 * 256 - 1) / 12)
 
 /** splitmix32-style mixing, so neighbouring (seed, tensor) pairs start from unrelated PRNG states. */
-const mixSeed = (seed: number, stream: number): number => {
+export const mixSeed = (seed: number, stream: number): number => {
   let x = (seed ^ Math.imul(stream + 1, 0x9e3779b9)) >>> 0
   x = Math.imul(x ^ (x >>> 16), 0x21f0aaad)
   x = Math.imul(x ^ (x >>> 15), 0x735a2d97)
@@ -88,7 +89,7 @@ const mixSeed = (seed: number, stream: number): number => {
 }
 
 /** f16 bytes of `count` approximately normal values with standard deviation `deviation`. */
-const normalFloat16Bytes = (count: number, deviation: number, seed: number): Uint8Array => {
+export const normalFloat16Bytes = (count: number, deviation: number, seed: number): Uint8Array => {
   // Only 1021 sums are possible, so convert each to half once and look it up per element.
   const halfOfSum = new Uint16Array(4 * 255 + 1)
   for (let sum = 0; sum < halfOfSum.length; sum++) {
@@ -211,7 +212,8 @@ const writeChunks = (
     (handle) => Effect.promise(() => handle.close().catch(() => undefined))
   )
 
-const isValidSeed = (seed: number): boolean => Number.isInteger(seed) && seed >= 0 && seed <= 0xffffffff
+/** Seeds are 32-bit unsigned integers. */
+export const isValidSeed = (seed: number): boolean => Number.isInteger(seed) && seed >= 0 && seed <= 0xffffffff
 
 /**
  * Writes a llama-architecture GGUF with a SentencePiece-style tokenizer, ChatML template and seeded f16 weights.
@@ -227,19 +229,24 @@ export const generateModel = Effect.fn("generateModel")(function*(options: Gener
   if (endianness() !== "LE") {
     return yield* new ModelWriteFailed({ path: out, reason: "tensor data is laid out from typed arrays, which needs a little-endian host" })
   }
-  const file = syntheticLlamaGguf(options.preset, seed)
-  const parameters = file.tensors.reduce((total, tensor) => total + tensorElementCount(tensor), 0)
-  const partial = `${out}.${process.pid}-${randomUUID().slice(0, 8)}.partial`
-  const failed = (cause: unknown) => new ModelWriteFailed({ path: out, reason: describe(cause) })
-
-  yield* Effect.tryPromise({ try: () => fs.mkdir(path.dirname(out), { recursive: true }), catch: failed })
-  yield* writeChunks(partial, GgufWriter.chunks(file), failed).pipe(
-    Effect.zipRight(Effect.tryPromise({ try: () => fs.rename(partial, out), catch: failed })),
-    Effect.onExit((exit) => exit._tag === "Success" ? Effect.void : Effect.promise(() => fs.rm(partial, { force: true })))
-  )
-  const { size } = yield* Effect.tryPromise({ try: () => fs.stat(out), catch: failed })
-  return { path: out, bytes: size, parameters } satisfies GeneratedModel
+  return yield* writeGgufFile(out, syntheticLlamaGguf(options.preset, seed))
 })
+
+/** Writes `file` to `out` (its directory created), appearing there only once complete. */
+export const writeGgufFile = (out: string, file: GgufFile): Effect.Effect<GeneratedModel, ModelWriteFailed> =>
+  Effect.gen(function*() {
+    const parameters = file.tensors.reduce((total, tensor) => total + tensorElementCount(tensor), 0)
+    const partial = `${out}.${process.pid}-${randomUUID().slice(0, 8)}.partial`
+    const failed = (cause: unknown) => new ModelWriteFailed({ path: out, reason: describe(cause) })
+
+    yield* Effect.tryPromise({ try: () => fs.mkdir(path.dirname(out), { recursive: true }), catch: failed })
+    yield* writeChunks(partial, GgufWriter.chunks(file), failed).pipe(
+      Effect.zipRight(Effect.tryPromise({ try: () => fs.rename(partial, out), catch: failed })),
+      Effect.onExit((exit) => exit._tag === "Success" ? Effect.void : Effect.promise(() => fs.rm(partial, { force: true })))
+    )
+    const { size } = yield* Effect.tryPromise({ try: () => fs.stat(out), catch: failed })
+    return { path: out, bytes: size, parameters } satisfies GeneratedModel
+  })
 
 /** File name `ensureModel` uses for a preset and seed. */
 export const modelFileName = (preset: ModelPreset, seed: number = DEFAULT_MODEL_SEED): string =>

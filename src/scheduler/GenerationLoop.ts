@@ -60,7 +60,7 @@ export const runGeneration = (
     const lease = yield* withStageLimit(
       Effect.zipRight(
         Deferred.await(turn).pipe(Effect.withSpan("RequestScheduler.queueWait")),
-        pool.acquire(request.id, { prompt: request.prompt, cacheKey: request.cacheKey })
+        pool.acquire(request.id, { prompt: request.prompt, cacheKey: request.cacheKey, sessionId: request.sessionId })
       ).pipe(
         Effect.ensuring(leaveQueue(request.id))
       ),

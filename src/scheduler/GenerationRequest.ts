@@ -33,6 +33,8 @@ export interface GenerationRequest {
   readonly cacheKey?: string | undefined
   /** Set on the choices of one prompt (`n` > 1): the prompt is evaluated once, and its KV copied to the others' slots. */
   readonly promptShare?: PromptShare | undefined
+  /** The chat session this is a turn of: its KV is restored from and saved to disk (see `SessionKvConfig`). */
+  readonly sessionId?: string | undefined
 }
 
 /** A token as text with its log probability. */

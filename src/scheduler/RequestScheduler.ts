@@ -174,6 +174,8 @@ export class RequestScheduler extends Effect.Service<RequestScheduler>()("weft/R
       /** Erases the cached prefixes kept in free slots (memory pressure); running requests keep theirs. */
       evictCachedPrefixes: pool.evictCached,
       modelInfo: backend.info,
+      /** The limits it runs with (an adapter's scheduler runs with its base model's). */
+      settings,
       /** Embeddings of `inputs` (see `Backend.embed`), admitted beside generation with the same limits (see `makeEmbeddingGate`). */
       embed: (inputs: ReadonlyArray<ReadonlyArray<number>>, timeouts?: StageTimeouts) => embeddings.run(backend.embed(inputs), timeouts)
     } as const

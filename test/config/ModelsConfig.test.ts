@@ -57,3 +57,19 @@ describe("ModelsConfig", () => {
     expect(localEngineId("two", decoded.two!, 1)).toBe("b-copy")
   })
 })
+
+describe("ModelsConfig adapters", () => {
+  it("resolves a local deployment's adapter paths against the config file's folder", () => {
+    const decoded = decodeModelsConfig({ chat: { deployments: [{ gguf: "a.gguf", adapters: [{ name: "pirate", path: "loras/p.gguf", scale: 0.5 }, { name: "terse", path: "/abs/t.gguf" }] }] } }, "/etc/weft")
+    expect(Either.getOrThrow(decoded).chat!.deployments[0]).toEqual({
+      gguf: "/etc/weft/a.gguf",
+      adapters: [{ name: "pirate", path: "/etc/weft/loras/p.gguf", scale: 0.5 }, { name: "terse", path: "/abs/t.gguf" }]
+    })
+  })
+
+  it("names a bad adapter entry's key, and a name used twice", () => {
+    expect(errorOf({ chat: { deployments: [{ gguf: "a.gguf", adapters: [{ name: "a:b", path: "x.gguf" }] }] } })).toMatch(/^models\.chat\.deployments\[0\]\.adapters\[0\]\.name: an adapter name/)
+    expect(errorOf({ chat: { deployments: [{ gguf: "a.gguf", adapters: [{ name: "a", path: "x.gguf", scale: 1000 }] }] } })).toMatch(/^models\.chat\.deployments\[0\]\.adapters\[0\]\.scale: /)
+    expect(errorOf({ chat: { deployments: [{ gguf: "a.gguf", adapters: [{ name: "a", path: "x.gguf" }, { name: "a", path: "y.gguf" }] }] } })).toBe('models.chat.deployments[0].adapters: the name "a" is used twice')
+  })
+})

@@ -6,7 +6,7 @@ import * as path from "node:path"
 import { afterAll, describe, expect, it } from "vitest"
 import { defaultSettings, loadWeftSettings } from "../../src/config/WeftConfig.js"
 import type { ConfigSources } from "../../src/config/WeftConfig.js"
-import { servedModels } from "../../src/layers.js"
+import { servedAdapters, servedModels } from "../../src/layers.js"
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), "weft-config-"))
 afterAll(() => fs.rmSync(dir, { recursive: true, force: true }))
@@ -163,5 +163,32 @@ describe("WeftConfig", () => {
     expect(servedModels(settings)).toEqual([])
     expect(await errorOf({ configPath: writeJson("upstream-nokey.json", config) }))
       .toMatch(/upstream-nokey\.json: models\.chat\.deployments\[0\]\.apiKeyEnv: the environment variable CHAT_UPSTREAM_KEY is not set/)
+  })
+
+  it("reads --lora NAME=PATH[:SCALE] (repeated, or comma-separated in env) onto the --model model, and the config's adapters", async () => {
+    for (const name of ["a.gguf", "b.gguf", "m.gguf"]) fs.writeFileSync(path.join(dir, name), "")
+    const a = path.join(dir, "a.gguf")
+    const b = path.join(dir, "b.gguf")
+    // The CLI joins a repeated flag's values with newlines.
+    const settings = await settingsOf({ flags: { lora: `a=${a}\nb=${b}:0.25`, "max-adapters": "1" } })
+    expect(settings.lora).toEqual([{ name: "a", path: a, scale: 1 }, { name: "b", path: b, scale: 0.25 }])
+    expect(servedAdapters(settings)).toEqual({
+      maxAdapters: 1,
+      adapters: [{ model: "weft-demo-s42", name: "a", path: a, scale: 1 }, { model: "weft-demo-s42", name: "b", path: b, scale: 0.25 }]
+    })
+    expect((await settingsOf({}, { WEFT_LORA: `x=${a}:-1, y=${b}` })).lora).toEqual([{ name: "x", path: a, scale: -1 }, { name: "y", path: b, scale: 1 }])
+    expect(await errorOf({ flags: { lora: `a=${a}\na=${b}` } })).toContain("--lora: expected NAME=PATH")
+    expect(await errorOf({ flags: { lora: `no-equals-sign` } })).toContain("--lora: expected NAME=PATH")
+    expect(await errorOf({ flags: { lora: `a=${path.join(dir, "none.gguf")}` } })).toContain("--lora: expected a path to an existing LoRA adapter .gguf file")
+    expect(await errorOf({ flags: { "max-adapters": "0" } })).toContain("--max-adapters: expected an integer between 1 and 1024")
+
+    const configured = await settingsOf({
+      configPath: writeJson("adapters.json", { models: { chat: { deployments: [{ gguf: "./m.gguf", adapters: [{ name: "p", path: "./a.gguf", scale: 2 }] }] } } })
+    })
+    expect(servedAdapters(configured).adapters).toEqual([{ model: "chat", name: "p", path: a, scale: 2 }])
+    expect(await errorOf({ configPath: writeJson("adapters-missing.json", { models: { chat: { deployments: [{ gguf: "./m.gguf", adapters: [{ name: "p", path: "./none.gguf" }] }] } } }) }))
+      .toContain("models.chat.deployments[0].adapters[0].path: expected a path to an existing LoRA adapter .gguf file")
+    expect(await errorOf({ flags: { lora: `a=${a}` }, configPath: writeJson("adapters-cli.json", { models: { chat: { deployments: [{ gguf: "./m.gguf" }] } } }) }))
+      .toContain("--lora: expected a --model for the adapters to apply to")
   })
 })

@@ -10,8 +10,10 @@ import type { Engine, EngineStartFailed } from "../../src/host/LocalEngine.js"
 import { ModelRegistry } from "../../src/host/ModelRegistry.js"
 import { CurrentPrincipal } from "../../src/identity/Principal.js"
 import type { Principal } from "../../src/identity/Principal.js"
-import { serverLayer } from "../../src/layers.js"
+import { defaultMaxAdapters, serverLayer } from "../../src/layers.js"
 import type { OperationsSettings } from "../../src/layers.js"
+import type { AdapterSettings } from "../../src/host/AdapterContexts.js"
+import type { SessionKvSettings } from "../../src/sessions/SessionKvFiles.js"
 import type { OpenServerRefused } from "../../src/identity/AuthErrors.js"
 import type { PluginLoadFailed } from "../../src/plugins/PluginErrors.js"
 import type { AuthSettings } from "../../src/identity/Authentication.js"
@@ -47,6 +49,10 @@ export interface TestServerOptions {
   readonly memory?: MemorySettings
   /** The config file's `models` (routed models: upstream deployments, fallbacks); none by default. */
   readonly models?: ModelsConfig
+  /** LoRA adapters declared at start-up and `--max-adapters`; none and the default by default. */
+  readonly adapters?: Partial<AdapterSettings>
+  /** Session KV on disk; none by default. */
+  readonly sessionKv?: SessionKvSettings
   /** What the server is built under, such as a test logger or tracer; by default only errors are logged. */
   readonly observability?: Layer.Layer<never>
 }
@@ -73,7 +79,9 @@ export const testServerLayer = <E extends EngineStartFailed>(
     { path: options.auditLogPath },
     options.operations,
     options.memory,
-    options.models
+    options.models,
+    { maxAdapters: options.adapters?.maxAdapters ?? defaultMaxAdapters, adapters: options.adapters?.adapters ?? [] },
+    options.sessionKv
   ).pipe(
     // The server's requests run in the context it was built in, so a principal provided here is every request's caller.
     Layer.provide(options.principal === undefined ? Layer.empty : Layer.succeed(CurrentPrincipal, Option.some(options.principal))),

@@ -1,9 +1,10 @@
 import { availableParallelism } from "node:os"
 import { basename } from "node:path"
 import { Effect, Layer, Option, Schema } from "effect"
-import type { CustomBatchingPrioritizationStrategy, LlamaContext, LlamaContextSequence, Token } from "node-llama-cpp"
-import { Backend, DecodeFailed, KvEraseFailed } from "../Backend.js"
-import type { BackendShape, Generation, StepResult } from "../Backend.js"
+import type { Scope } from "effect"
+import type { CustomBatchingPrioritizationStrategy, LlamaContext, LlamaContextSequence, LlamaModel, Token, TokenBias } from "node-llama-cpp"
+import { AdapterLoadFailed, Backend, DecodeFailed, KvEraseFailed, KvFileFailed } from "../Backend.js"
+import type { AdapterSpec, BackendShape, Generation, StepResult } from "../Backend.js"
 import { prioritizeBySequence } from "../BatchPlan.js"
 import { StepBatcher } from "../StepBatcher.js"
 import { stepLogprobs } from "../StepLogprobs.js"
@@ -16,9 +17,9 @@ import { evaluateOptions } from "./EvaluateOptions.js"
 import { GrammarCache } from "./GrammarCache.js"
 import type { GrammarCacheLimits } from "./GrammarCache.js"
 import { loadLlamaBinary } from "./LlamaBinary.js"
-import type { BinaryPreference } from "./LlamaBinary.js"
-import { copySequencePrefix, endOfGenerationBan, interceptDecodes, queuedDecodesOf } from "./LlamaInternals.js"
-import { llamaModelInfo } from "./LlamaModelInfo.js"
+import type { BinaryPreference, LlamaBinaryInfo } from "./LlamaBinary.js"
+import { copySequencePrefix, endOfGenerationBan, interceptDecodes, loadLoraOnto, queuedDecodesOf } from "./LlamaInternals.js"
+import { llamaModelInfo, llamaVocabSize } from "./LlamaModelInfo.js"
 import { estimateLlamaMemory } from "./MemoryEstimate.js"
 import { MemoryManager } from "../../memory/MemoryManager.js"
 import { ModelDoesNotFit } from "../../memory/ModelDoesNotFit.js"
@@ -102,7 +103,211 @@ const chunksOf = (prompt: ReadonlyArray<Token>, chunk: number): Array<Array<Toke
   return chunks.length === 0 ? [[]] : chunks
 }
 
-/** `Backend` on node-llama-cpp: one model, one context with `parallel` sequences, driven token by token. */
+/** What every context on one loaded model shares: the model, its tokenizer, grammars and embedder. */
+interface LoadedModel {
+  readonly model: LlamaModel
+  readonly config: LlamaBackendConfig
+  readonly threads: number
+  readonly prefillChunk: number
+  readonly embedder: Effect.Effect.Success<ReturnType<typeof makeLlamaEmbedder>>
+  readonly tokenizer: Effect.Effect.Success<ReturnType<typeof makeBoundedTokenizer>>
+  readonly grammars: GrammarCache
+  readonly banEndOfGeneration: TokenBias
+  readonly id: string
+  readonly binary: LlamaBinaryInfo
+}
+
+/**
+ * A backend on its own context of `loaded`'s model (with `adapter` applied when given): `parallel` sequences driven
+ * token by token. The context is disposed with the scope; the model is not.
+ */
+const contextBackend = (
+  loaded: LoadedModel,
+  adapter: AdapterSpec | undefined
+): Effect.Effect<BackendShape, ModelLoadFailed, Scope.Scope> =>
+  Effect.gen(function*() {
+    const { config, model, prefillChunk, threads } = loaded
+    const loadFailed = (error: unknown) =>
+      new ModelLoadFailed({ path: adapter?.path ?? config.modelPath, message: errorMessage(error), cause: error })
+    let created: LlamaContext | undefined
+    const context = yield* Effect.acquireRelease(
+      Effect.tryPromise({
+        try: () =>
+          model.createContext({
+            sequences: config.parallel,
+            contextSize: config.contextSize,
+            threads,
+            flashAttention: config.flashAttention ?? true,
+            batchSize: config.batchSize ?? Math.min(512, config.contextSize * config.parallel),
+            batching: { itemPrioritizationStrategy: sequenceOrderStrategy(() => created) },
+            ...(adapter === undefined ? {} : { lora: { adapters: [{ filePath: adapter.path, scale: adapter.scale }] } })
+          }),
+        catch: loadFailed
+      }),
+      (context) => Effect.promise(() => context.dispose())
+    )
+    created = context
+    if (config.tuneThreads !== false) interceptDecodes(context, new ThreadTuner(defaultThreadTunerOptions(threads)))
+    const arrivals = yield* makeSlotArrivals(new StepBatcher({ maxWaitMs: stepWaitMs }), arrivalGraceMs)
+    const sequences: Array<LlamaContextSequence> = Array.from({ length: config.parallel }, () =>
+      context.getSequence({
+        // The scheduler ends a full sequence with `length`; a shift here would be a scheduler bug, never silent.
+        contextShift: {
+          strategy: () => {
+            throw new Error("context shift requested: the sequence is full")
+          }
+        }
+      })
+    )
+    const { embedder, grammars, tokenizer } = loaded
+    const info = {
+      ...llamaModelInfo(loaded.id, config.parallel, model, context),
+      embeddingSize: embedder.size,
+      maxEmbeddingTokens: embedder.maxInputTokens,
+      binary: loaded.binary
+    }
+
+    const start: BackendShape["start"] = (slot, prompt, sampling) =>
+      Effect.gen(function*() {
+        const sequence = sequences[slot]!
+        const grammar = sampling.grammar === undefined
+          ? undefined
+          : yield* Effect.mapError(
+            grammars.grammarFor(sampling.grammar),
+            (error) => new DecodeFailed({ slot, stage: "prefill", message: `grammar: ${error.message}`, cause: error })
+          )
+        const generated: Array<Token> = []
+        const options = evaluateOptions(model, loaded.banEndOfGeneration, sampling, generated, grammar)
+        const chunks = chunksOf(prompt as ReadonlyArray<Token>, prefillChunk)
+        const participant = arrivals.claim(slot)
+        // Probabilities cost a copy of the sampler's candidates per step: asked for only with `logprobs`.
+        const metadata = { probabilities: sampling.logprobs !== undefined }
+        let iterator:
+          | AsyncGenerator<{ readonly token: Token; readonly probabilities?: Map<Token, number> }, void, void | Token | Array<Token>>
+          | undefined
+        yield* Effect.addFinalizer(() =>
+          Effect.promise(async () => {
+            participant.leave()
+            await iterator?.return()
+          })
+        )
+        // Every chunk but the last is evaluated without sampling, one per step; the last one samples the first token.
+        // The first chunk goes out at once rather than waiting for the running generations' next step: it is
+        // decoded right after the step in flight, and they wait for it just as they would have in a shared step
+        // (llama.cpp splits a prompt from single-token decodes into a micro-batch of its own anyway), while the
+        // new request gets its first token a step sooner.
+        const step = async () => {
+          let eager = true
+          if (iterator === undefined) {
+            for (const chunk of chunks.slice(0, -1)) {
+              await participant.step(() => sequence.evaluateWithoutGeneratingNewTokens(chunk), { eager })
+              eager = false
+            }
+            iterator = sequence.evaluateWithMetadata(chunks[chunks.length - 1]!, metadata, options)
+          } else {
+            eager = false
+          }
+          const current = iterator
+          return participant.step(() => current.next(), { eager })
+        }
+        let prefilled = false
+        const next = Effect.tryPromise({
+          try: step,
+          catch: (error) =>
+            new DecodeFailed({ slot, stage: prefilled ? "decode" : "prefill", message: errorMessage(error), cause: error })
+        }).pipe(
+          Effect.flatMap((result): Effect.Effect<StepResult, DecodeFailed> => {
+            prefilled = true
+            if (result.done === true) {
+              return new DecodeFailed({ slot, stage: "decode", message: "the sampler produced no token" })
+            }
+            const { probabilities, token } = result.value
+            const cells = sequence.nextTokenIndex
+            if (model.isEogToken(token)) return Effect.succeed({ _tag: "EndOfGeneration", token, cells })
+            generated.push(token)
+            const logprobs = probabilities === undefined || sampling.logprobs === undefined
+              ? undefined
+              : stepLogprobs(probabilities, token, sampling.logprobs)
+            return Effect.succeed({ _tag: "Token", token, cells, logprobs })
+          }),
+          Effect.uninterruptible
+        )
+        return { next } satisfies Generation
+      })
+
+    return {
+      info,
+      ...tokenizer,
+      toolCallSyntax: chatRenderer(model).toolCallSyntax,
+      checkGrammar: (constraint) => Effect.asVoid(grammars.grammarFor(constraint)),
+      detokenize: (tokens, context, options) =>
+        model.detokenize(tokens as ReadonlyArray<Token>, options?.special ?? false, context as ReadonlyArray<Token> | undefined),
+      start,
+      erase: (slot) =>
+        Effect.tryPromise({
+          try: () => sequences[slot]!.clearHistory(),
+          catch: (error) => new KvEraseFailed({ slot, message: errorMessage(error) })
+        }),
+      trim: (slot, keep) =>
+        Effect.acquireUseRelease(
+          Effect.sync(() => arrivals.arrive(slot)),
+          () =>
+            Effect.tryPromise({
+              try: () => {
+                const sequence = sequences[slot]!
+                return sequence.eraseContextTokenRanges([{ start: keep, end: sequence.nextTokenIndex }])
+              },
+              catch: (error) => new KvEraseFailed({ slot, message: errorMessage(error) })
+            }),
+          (participant) => arrivals.expire(slot, participant)
+        ),
+      copyPrefix: (from, to, length) =>
+        Effect.tryPromise({
+          try: async () => {
+            const target = sequences[to]!
+            const copied = sequences[from]!.nextTokenIndex >= length && await copySequencePrefix(target, sequences[from]!, length)
+            // A copy that came out short (the source changed meanwhile) leaves nothing half-made behind.
+            if (!copied) await target.clearHistory()
+            return copied
+          },
+          catch: (error) => new DecodeFailed({ slot: to, stage: "prefill", message: `KV copy: ${errorMessage(error)}`, cause: error })
+        }).pipe(Effect.uninterruptible),
+      cells: (slot) => sequences[slot]!.nextTokenIndex,
+      tokensOf: (slot) => sequences[slot]!.contextTokens,
+      embed: embedder.embed,
+      saveSlot: (slot, file) =>
+        Effect.tryPromise({
+          try: () => sequences[slot]!.saveStateToFile(file),
+          catch: (error) => new KvFileFailed({ slot, file, message: errorMessage(error), cause: error })
+        }).pipe(Effect.asVoid),
+      loadSlot: (slot, file) =>
+        Effect.tryPromise({
+          try: async () => {
+            // Checked against the model and context by `SessionKvFiles` before it gets here.
+            await sequences[slot]!.loadStateFromFile(file, { acceptRisk: true })
+            return sequences[slot]!.contextTokens
+          },
+          catch: (error) => new KvFileFailed({ slot, file, message: errorMessage(error), cause: error })
+        }),
+      // Adapters go on the base model's backend only: one adapter per context.
+      adapters: adapter === undefined
+        ? {
+          check: (spec: AdapterSpec) =>
+            Effect.tryPromise({
+              try: () => loadLoraOnto(model, spec.path),
+              catch: (error) => new AdapterLoadFailed({ path: spec.path, message: errorMessage(error), cause: error })
+            }),
+          open: (spec: AdapterSpec) =>
+            Effect.mapError(contextBackend(loaded, spec), (error) => new AdapterLoadFailed({ path: spec.path, message: error.message, cause: error.cause }))
+        }
+        : undefined
+    } satisfies BackendShape
+  })
+
+/**
+ * `Backend` on node-llama-cpp: one model, one context with `parallel` sequences, driven token by token. Adapters
+ * (`adapters.open`) get contexts of their own on the same loaded weights.
+ */
 export const LlamaBackend = {
   layer: (config: LlamaBackendConfig): Layer.Layer<Backend, ModelLoadFailed | ModelDoesNotFit> =>
     Layer.scoped(
@@ -153,162 +358,27 @@ export const LlamaBackend = {
           Effect.tryPromise({ try: () => llama.loadModel({ modelPath: config.modelPath }), catch: loadFailed }),
           (model) => Effect.promise(() => model.dispose())
         )
-        const prefillChunk = Math.max(1, config.prefillChunk ?? defaultPrefillChunk)
-        let created: LlamaContext | undefined
-        const context = yield* Effect.acquireRelease(
-          Effect.tryPromise({
-            try: () =>
-              model.createContext({
-                sequences: config.parallel,
-                contextSize: config.contextSize,
-                threads,
-                flashAttention,
-                batchSize,
-                batching: { itemPrioritizationStrategy: sequenceOrderStrategy(() => created) }
-              }),
-            catch: loadFailed
-          }),
-          (context) => Effect.promise(() => context.dispose())
-        )
-        created = context
-        if (config.tuneThreads !== false) interceptDecodes(context, new ThreadTuner(defaultThreadTunerOptions(threads)))
-        const arrivals = yield* makeSlotArrivals(new StepBatcher({ maxWaitMs: stepWaitMs }), arrivalGraceMs)
-        const sequences: Array<LlamaContextSequence> = Array.from({ length: config.parallel }, () =>
-          context.getSequence({
-            // The scheduler ends a full sequence with `length`; a shift here would be a scheduler bug, never silent.
-            contextShift: {
-              strategy: () => {
-                throw new Error("context shift requested: the sequence is full")
-              }
-            }
-          })
-        )
-
+        const id = modelId
         const embedder = yield* makeLlamaEmbedder(model, { contextSize: config.contextSize, threads })
-        const info = {
-          ...llamaModelInfo(modelId, config.parallel, model, context),
-          embeddingSize: embedder.size,
-          maxEmbeddingTokens: embedder.maxInputTokens,
-          binary
-        }
-        const banEndOfGeneration = endOfGenerationBan(model, info.vocabSize)
-        const grammars = new GrammarCache(llama, info.id, config.grammarCache)
         const tokenizer = yield* makeBoundedTokenizer(model, {
           modelPath: config.modelPath,
-          contextSize: info.contextSize,
-          vocabSize: info.vocabSize,
+          // As `llamaModelInfo` reports it: one cell of each sequence stays free.
+          contextSize: config.contextSize - 1,
+          vocabSize: llamaVocabSize(model),
           binary: binary.kind
         }).pipe(Effect.mapError((error) => new ModelLoadFailed({ path: config.modelPath, message: error.message, cause: error })))
-
-        const start: BackendShape["start"] = (slot, prompt, sampling) =>
-          Effect.gen(function*() {
-            const sequence = sequences[slot]!
-            const grammar = sampling.grammar === undefined
-              ? undefined
-              : yield* Effect.mapError(
-                grammars.grammarFor(sampling.grammar),
-                (error) => new DecodeFailed({ slot, stage: "prefill", message: `grammar: ${error.message}`, cause: error })
-              )
-            const generated: Array<Token> = []
-            const options = evaluateOptions(model, banEndOfGeneration, sampling, generated, grammar)
-            const chunks = chunksOf(prompt as ReadonlyArray<Token>, prefillChunk)
-            const participant = arrivals.claim(slot)
-            // Probabilities cost a copy of the sampler's candidates per step: asked for only with `logprobs`.
-            const metadata = { probabilities: sampling.logprobs !== undefined }
-            let iterator:
-              | AsyncGenerator<{ readonly token: Token; readonly probabilities?: Map<Token, number> }, void, void | Token | Array<Token>>
-              | undefined
-            yield* Effect.addFinalizer(() =>
-              Effect.promise(async () => {
-                participant.leave()
-                await iterator?.return()
-              })
-            )
-            // Every chunk but the last is evaluated without sampling, one per step; the last one samples the first token.
-            // The first chunk goes out at once rather than waiting for the running generations' next step: it is
-            // decoded right after the step in flight, and they wait for it just as they would have in a shared step
-            // (llama.cpp splits a prompt from single-token decodes into a micro-batch of its own anyway), while the
-            // new request gets its first token a step sooner.
-            const step = async () => {
-              let eager = true
-              if (iterator === undefined) {
-                for (const chunk of chunks.slice(0, -1)) {
-                  await participant.step(() => sequence.evaluateWithoutGeneratingNewTokens(chunk), { eager })
-                  eager = false
-                }
-                iterator = sequence.evaluateWithMetadata(chunks[chunks.length - 1]!, metadata, options)
-              } else {
-                eager = false
-              }
-              const current = iterator
-              return participant.step(() => current.next(), { eager })
-            }
-            let prefilled = false
-            const next = Effect.tryPromise({
-              try: step,
-              catch: (error) =>
-                new DecodeFailed({ slot, stage: prefilled ? "decode" : "prefill", message: errorMessage(error), cause: error })
-            }).pipe(
-              Effect.flatMap((result): Effect.Effect<StepResult, DecodeFailed> => {
-                prefilled = true
-                if (result.done === true) {
-                  return new DecodeFailed({ slot, stage: "decode", message: "the sampler produced no token" })
-                }
-                const { probabilities, token } = result.value
-                const cells = sequence.nextTokenIndex
-                if (model.isEogToken(token)) return Effect.succeed({ _tag: "EndOfGeneration", token, cells })
-                generated.push(token)
-                const logprobs = probabilities === undefined || sampling.logprobs === undefined
-                  ? undefined
-                  : stepLogprobs(probabilities, token, sampling.logprobs)
-                return Effect.succeed({ _tag: "Token", token, cells, logprobs })
-              }),
-              Effect.uninterruptible
-            )
-            return { next } satisfies Generation
-          })
-
-        return {
-          info,
-          ...tokenizer,
-          toolCallSyntax: chatRenderer(model).toolCallSyntax,
-          checkGrammar: (constraint) => Effect.asVoid(grammars.grammarFor(constraint)),
-          detokenize: (tokens, context, options) =>
-            model.detokenize(tokens as ReadonlyArray<Token>, options?.special ?? false, context as ReadonlyArray<Token> | undefined),
-          start,
-          erase: (slot) =>
-            Effect.tryPromise({
-              try: () => sequences[slot]!.clearHistory(),
-              catch: (error) => new KvEraseFailed({ slot, message: errorMessage(error) })
-            }),
-          trim: (slot, keep) =>
-            Effect.acquireUseRelease(
-              Effect.sync(() => arrivals.arrive(slot)),
-              () =>
-                Effect.tryPromise({
-                  try: () => {
-                    const sequence = sequences[slot]!
-                    return sequence.eraseContextTokenRanges([{ start: keep, end: sequence.nextTokenIndex }])
-                  },
-                  catch: (error) => new KvEraseFailed({ slot, message: errorMessage(error) })
-                }),
-              (participant) => arrivals.expire(slot, participant)
-            ),
-          copyPrefix: (from, to, length) =>
-            Effect.tryPromise({
-              try: async () => {
-                const target = sequences[to]!
-                const copied = sequences[from]!.nextTokenIndex >= length && await copySequencePrefix(target, sequences[from]!, length)
-                // A copy that came out short (the source changed meanwhile) leaves nothing half-made behind.
-                if (!copied) await target.clearHistory()
-                return copied
-              },
-              catch: (error) => new DecodeFailed({ slot: to, stage: "prefill", message: `KV copy: ${errorMessage(error)}`, cause: error })
-            }).pipe(Effect.uninterruptible),
-          cells: (slot) => sequences[slot]!.nextTokenIndex,
-          tokensOf: (slot) => sequences[slot]!.contextTokens,
-          embed: embedder.embed
-        } satisfies BackendShape
+        return yield* contextBackend({
+          model,
+          config,
+          threads,
+          prefillChunk: Math.max(1, config.prefillChunk ?? defaultPrefillChunk),
+          embedder,
+          tokenizer,
+          grammars: new GrammarCache(llama, id, config.grammarCache),
+          banEndOfGeneration: endOfGenerationBan(model, llamaVocabSize(model)),
+          id,
+          binary
+        }, undefined)
       })
     )
 }

@@ -110,3 +110,13 @@ export const copySequencePrefix = (target: LlamaContextSequence, source: LlamaCo
   (target as unknown as {
     _copyStateFromOtherSequence(other: LlamaContextSequence, upToTokenIndex: number): Promise<boolean>
   })._copyStateFromOtherSequence(source, length)
+
+/**
+ * Loads the LoRA adapter at `filePath` onto `model`, as creating a context with it would, so a file that does not fit
+ * the model is refused before any context needs it. node-llama-cpp internal: LlamaModel#_getOrLoadLora (LlamaModel.js),
+ * which keeps each adapter file loaded once per model until the model is disposed.
+ */
+export const loadLoraOnto = async (model: LlamaModel, filePath: string): Promise<void> => {
+  // node-llama-cpp internal: LlamaModel#_getOrLoadLora.
+  await (model as unknown as { _getOrLoadLora(filePath: string): Promise<unknown> })._getOrLoadLora(filePath)
+}

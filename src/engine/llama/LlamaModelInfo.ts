@@ -17,6 +17,12 @@ const kvBytesPerToken = (model: LlamaModel): number => {
   return 2 * layers * (embedding / heads) * kvHeads * bytesPerValue
 }
 
+/** Tokens in `model`'s vocabulary, as its metadata gives them. */
+export const llamaVocabSize = (model: LlamaModel): number =>
+  (model.fileInfo.architectureMetadata as { vocab_size?: number }).vocab_size ??
+    (model.fileInfo.metadata as { tokenizer?: { ggml?: { tokens?: ReadonlyArray<string> } } }).tokenizer?.ggml?.tokens
+      ?.length ?? 0
+
 /** What the scheduler needs to know about `model` loaded into `context` with `parallel` sequences (the embedder adds its own). */
 export const llamaModelInfo = (
   id: string,
@@ -30,9 +36,7 @@ export const llamaModelInfo = (
   // (dist/evaluator/LlamaContext/LlamaContext.js:1977), so one cell fewer is usable.
   contextSize: context.contextSize - 1,
   trainContextSize: model.trainContextSize,
-  vocabSize: (model.fileInfo.architectureMetadata as { vocab_size?: number }).vocab_size ??
-    (model.fileInfo.metadata as { tokenizer?: { ggml?: { tokens?: ReadonlyArray<string> } } }).tokenizer?.ggml?.tokens
-      ?.length ?? 0,
+  vocabSize: llamaVocabSize(model),
   kvBytesPerToken: kvBytesPerToken(model),
   bosToken: model.tokens.bos ?? undefined,
   addBosToken: model.tokens.shouldPrependBosToken
