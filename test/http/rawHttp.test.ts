@@ -1,5 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { tinyBackend, tinyModelId } from "../support/tinyModel.js"
+import { findNativeBuild } from "../../src/engine/llama/LlamaBinary.js"
 import { firstSseFrame, health, postJson, sseData, startServer, waitForHealth } from "../support/testServer.js"
 import type { TestServer } from "../support/testServer.js"
 
@@ -36,7 +37,8 @@ describe("raw HTTP against the tiny model", () => {
   it("reports health with slots and queue", async () => {
     const { status, body } = await health(server)
     expect(status).toBe(200)
-    expect(body).toEqual({ status: "ok", slots: { total: 4, free: 4 }, queue: { length: 0, limit: 64 } })
+    // `binary`: which llama.cpp build serves (prebuilt on a clean checkout, native after `weft build-native`).
+    expect(body).toEqual({ status: "ok", binary: findNativeBuild() === undefined ? "prebuilt" : "native", slots: { total: 4, free: 4 }, queue: { length: 0, limit: 64 } })
   })
 
   it("answers malformed JSON with 400", async () => {
