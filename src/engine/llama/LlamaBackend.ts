@@ -362,8 +362,9 @@ export const LlamaBackend = {
         const embedder = yield* makeLlamaEmbedder(model, { contextSize: config.contextSize, threads })
         const tokenizer = yield* makeBoundedTokenizer(model, {
           modelPath: config.modelPath,
-          // As `llamaModelInfo` reports it: one cell of each sequence stays free.
-          contextSize: config.contextSize - 1,
+          // Built before any context, so the context size as node-llama-cpp pads it (to a multiple of 256), less the
+          // one cell of each sequence that stays free (see `llamaModelInfo`): a bound never stricter than the context.
+          contextSize: Math.ceil(config.contextSize / 256) * 256 - 1,
           vocabSize: llamaVocabSize(model),
           binary: binary.kind
         }).pipe(Effect.mapError((error) => new ModelLoadFailed({ path: config.modelPath, message: error.message, cause: error })))
