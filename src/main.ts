@@ -6,6 +6,7 @@ import packageJson from "../package.json" with { type: "json" }
 import { benchCommand } from "./cli/BenchCommand.js"
 import { buildNativeCommand } from "./cli/BuildNativeCommand.js"
 import { datasetCommand } from "./cli/DatasetCommand.js"
+import { trainCommand } from "./cli/TrainCommand.js"
 import { keysCommand } from "./cli/KeysCommand.js"
 import { tenantsCommand } from "./cli/TenantsCommand.js"
 import { modelCommand } from "./cli/ModelCommand.js"
@@ -13,7 +14,7 @@ import { rejectedServeFlags, serveCommand } from "./cli/ServeCommand.js"
 
 const weft = Command.make("weft").pipe(
   Command.withDescription("Effect-native LLM server: GGUF models behind an OpenAI-compatible API"),
-  Command.withSubcommands([serveCommand, modelCommand, benchCommand, keysCommand, tenantsCommand, buildNativeCommand, datasetCommand])
+  Command.withSubcommands([serveCommand, modelCommand, benchCommand, keysCommand, tenantsCommand, buildNativeCommand, datasetCommand, trainCommand])
 )
 
 const cli = Command.run(weft, { name: "weft", version: packageJson.version })
