@@ -2,6 +2,8 @@ import { Effect } from "effect"
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
+import { execFile } from "node:child_process"
+import { promisify } from "node:util"
 import { describe, expect, it } from "vitest"
 import { generateModel } from "../../src/model/generateModel.js"
 import type { TrainingExample } from "../../src/training/datasets/DatasetRecord.js"
@@ -93,4 +95,37 @@ describe("train", () => {
     expect(base).not.toContain("garden")
     expect(tuned).toContain("in the garden")
   }, 600_000)
+
+  it("weft train stops early when validation loss stops improving by --min-delta, keeps the best weights, and prints progress", async () => {
+    const modelPath = await f32Model()
+    const write = (name: string, records: ReadonlyArray<TrainingExample>) => {
+      const file = path.join(dir, name)
+      fs.writeFileSync(file, records.map((record) => JSON.stringify(record._tag === "Completion" ? { prompt: record.prompt, completion: record.completion } : record)).join("\n"))
+      return file
+    }
+    const data = write("train.jsonl", examples(16))
+    const validation = write("validation.jsonl", examples(16, 500))
+    const out = path.join(dir, "early.gguf")
+    const checkpoints = path.join(dir, "early-checkpoints")
+    const run = await promisify(execFile)(process.execPath, [
+      "--import", "tsx", "src/main.ts", "train", "--model", modelPath, "--data", data, "--validation", validation,
+      "--epochs", "6", "--learning-rate", "0.01", "--patience", "1", "--min-delta", "100", "--out", out, "--checkpoint-dir", checkpoints
+    ], { env: { ...process.env, NO_COLOR: "1" } })
+    // No later epoch can beat the first by 100 nats: patience 1 stops after epoch 2.
+    expect(run.stdout).toContain("2 epochs, stopped: early-stopping")
+    expect(run.stderr).toMatch(/epoch 1 step 1\/\d+ \[[#-]+\] loss \d+\.\d+ acc \d\.\d+ lr \S+ \d+ tok\/s ETA \d+:\d\d/)
+    expect(run.stderr).toContain("validation loss")
+    expect(run.stderr).not.toContain("epoch 3 ")
+    // The result is the best (first) epoch's weights, not the last.
+    expect(fs.readFileSync(out).equals(fs.readFileSync(path.join(checkpoints, "best.gguf")))).toBe(true)
+  }, 600_000)
+
+  it("weft train refuses an F16 model with exit code 1 and says how to get an F32 one", async () => {
+    const data = path.join(dir, "refuse.jsonl")
+    fs.writeFileSync(data, JSON.stringify({ prompt: "a", completion: "b" }) + "\n")
+    const failed = await promisify(execFile)(process.execPath, ["--import", "tsx", "src/main.ts", "train", "--model", await tinyModelPath(), "--data", data, "--out", path.join(dir, "x.gguf")])
+      .then(() => undefined, (error: { code: number; stderr: string }) => error)
+    expect(failed?.code).toBe(1)
+    expect(failed?.stderr).toContain("trains only F32 tensors")
+  }, 120_000)
 })
