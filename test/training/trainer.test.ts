@@ -1,4 +1,4 @@
-import { Effect } from "effect"
+import { Deferred, Effect, Exit, Fiber } from "effect"
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
@@ -128,4 +128,35 @@ describe("train", () => {
     expect(failed?.code).toBe(1)
     expect(failed?.stderr).toContain("trains only F32 tensors")
   }, 120_000)
+
+  it("a run interrupted after its first step stops between steps and writes no result", async () => {
+    const modelPath = await f32Model()
+    const out = path.join(dir, "cancelled.gguf")
+    const steps: Array<number> = []
+    const exit = await Effect.runPromise(Effect.gen(function*() {
+      const firstStep = yield* Deferred.make<void>()
+      const fiber = yield* Effect.fork(train({
+        modelPath,
+        examples: examples(40),
+        epochs: 2,
+        batchSize: 1,
+        learningRate: 1e-3,
+        schedule: "constant",
+        weightDecay: 0,
+        threads: 2,
+        out,
+        checkpointEvery: 0,
+        minDelta: 0,
+        onProgress: (event) => event._tag === "Step" ? Effect.zipRight(Effect.sync(() => steps.push(event.totalSteps)), Deferred.succeed(firstStep, undefined)) : Effect.void
+      }))
+      yield* Deferred.await(firstStep)
+      yield* Fiber.interrupt(fiber)
+      return yield* Fiber.await(fiber)
+    }))
+    expect(Exit.isInterrupted(exit)).toBe(true)
+    // The step in flight when the interrupt came may finish; none starts after it.
+    expect(steps.length).toBeLessThanOrEqual(2)
+    expect(steps[0]!).toBeGreaterThan(2)
+    expect(fs.existsSync(out)).toBe(false)
+  }, 300_000)
 })
