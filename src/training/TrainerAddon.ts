@@ -3,6 +3,7 @@ import { createHash } from "node:crypto"
 import * as fs from "node:fs"
 import { createRequire } from "node:module"
 import * as path from "node:path"
+import { fileURLToPath } from "node:url"
 import { promisify } from "node:util"
 import { Effect, Schema } from "effect"
 import { nodeLlamaCppRoot } from "../engine/llama/LlamaBinary.js"
@@ -40,7 +41,7 @@ export interface TrainerAddon {
   readonly save: (handle: TrainerHandle, path: string) => Promise<void>
 }
 
-const repoRoot = (): string => path.resolve(path.dirname(new URL(import.meta.url).pathname), "..", "..")
+const repoRoot = (): string => path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..")
 
 const sourceFile = (): string => path.join(repoRoot(), "native", "trainer", "trainer.cc")
 
