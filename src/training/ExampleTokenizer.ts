@@ -1,7 +1,6 @@
 import { Effect, Schema } from "effect"
 import { nodeLlamaCppLoader } from "../engine/llama/LlamaBinary.js"
 import { errorMessage } from "../engine/llama/errorMessage.js"
-import { makeVocabTokenizer, vocabTables } from "../engine/llama/VocabTokenizer.js"
 import type { TrainingExample } from "./datasets/DatasetRecord.js"
 
 /** The model's tokenizer could not be loaded. */
@@ -27,6 +26,8 @@ export interface ExampleTokenizer {
 /** Loads `modelPath` vocabulary-only (no weights) through node-llama-cpp's prebuilt binary. */
 export const loadExampleTokenizer = Effect.fn("loadExampleTokenizer")(function*(modelPath: string) {
   const failed = (cause: unknown) => new TokenizerUnavailable({ modelPath, reason: errorMessage(cause) })
+  // Imported here: it loads node-llama-cpp, which commands that never tokenize (`--help`) must not.
+  const { makeVocabTokenizer, vocabTables } = yield* Effect.promise(() => import("../engine/llama/VocabTokenizer.js"))
   const llama = yield* nodeLlamaCppLoader("prebuilt", { gpu: false, maxThreads: 1 }).pipe(Effect.mapError(failed))
   const model = yield* Effect.tryPromise({ try: () => llama.loadModel({ modelPath, vocabOnly: true }), catch: failed })
   const vocabSize = model.fileInfo.metadata.tokenizer.ggml.tokens.length
