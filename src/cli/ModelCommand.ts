@@ -1,7 +1,7 @@
 import { Command, Options } from "@effect/cli"
-import { Console, Effect, Schema } from "effect"
+import { Console, Effect, Option, Schema } from "effect"
 import { DEFAULT_LORA_RANK, DEFAULT_LORA_SEED, generateLora, MAX_LORA_RANK } from "../model/generateLora.js"
-import { DEFAULT_MODEL_SEED, generateModel } from "../model/generateModel.js"
+import { DEFAULT_MODEL_SEED, generateModel, WeightType } from "../model/generateModel.js"
 import { ModelPreset } from "../model/ModelPresets.js"
 
 const preset = Options.choice("preset", ModelPreset.literals).pipe(
@@ -16,14 +16,25 @@ const seed = Options.integer("seed").pipe(
   Options.withDescription("Seed of the weights; the same preset and seed give a byte-identical file")
 )
 
+const weights = Options.choice("weights", WeightType.literals).pipe(
+  Options.withDefault("f16" as const),
+  Options.withDescription("Weight type: f16, or f32 for a model `weft train` can fine-tune")
+)
+
+const contextLength = Options.integer("context-length").pipe(
+  Options.withSchema(Schema.Int.pipe(Schema.between(8, 1 << 20))),
+  Options.optional,
+  Options.withDescription("Training context instead of the preset's (fine-tuning works on windows of this many tokens)")
+)
+
 const formatMebibytes = (bytes: number): string => `${(bytes / (1024 * 1024)).toFixed(1)} MiB`
 
 const formatMillions = (count: number): string => `${(count / 1e6).toFixed(2)}M`
 
-const generateCommand = Command.make("generate", { preset, out, seed }, (options) =>
+const generateCommand = Command.make("generate", { preset, out, seed, weights, contextLength }, (options) =>
   Effect.gen(function*() {
     const started = performance.now()
-    const model = yield* generateModel(options)
+    const model = yield* generateModel({ ...options, contextLength: Option.getOrUndefined(options.contextLength) })
     const seconds = ((performance.now() - started) / 1000).toFixed(2)
     yield* Console.log(model.path)
     yield* Console.log(`  size        ${formatMebibytes(model.bytes)} (${model.bytes} bytes)`)

@@ -2,6 +2,8 @@ import { Command } from "@effect/cli"
 import { createRequire } from "node:module"
 import { benchCommand } from "./BenchCommand.js"
 import { buildNativeCommand } from "./BuildNativeCommand.js"
+import { datasetCommand } from "./DatasetCommand.js"
+import { trainCommand } from "./TrainCommand.js"
 import { keysCommand } from "./KeysCommand.js"
 import { tenantsCommand } from "./TenantsCommand.js"
 import { modelCommand } from "./ModelCommand.js"
@@ -13,7 +15,7 @@ const { version } = createRequire(import.meta.url)("../../package.json") as { re
 /** The `weft` command and its subcommands. */
 export const weftCommand = Command.make("weft").pipe(
   Command.withDescription("Effect-native LLM server: GGUF models behind an OpenAI-compatible API"),
-  Command.withSubcommands([serveCommand, modelCommand, benchCommand, keysCommand, tenantsCommand, buildNativeCommand])
+  Command.withSubcommands([serveCommand, modelCommand, benchCommand, keysCommand, tenantsCommand, buildNativeCommand, datasetCommand, trainCommand])
 )
 
 /** Runs `weft` on `argv` (`process.argv`: the node binary and script first); needs `NodeContext`. */

@@ -3,7 +3,7 @@ import * as fs from "node:fs/promises"
 import { endianness } from "node:os"
 import * as path from "node:path"
 import { Effect, Schema } from "effect"
-import { float32ToFloat16Bits } from "./Float16.js"
+import { float16BitsToNumber, float32ToFloat16Bits } from "./Float16.js"
 import { type GgufFile, type GgufTensor, GgufValue, GgufWriter, tensorElementCount } from "./GgufWriter.js"
 import { headDimension, type ModelDimensions, type ModelPreset, ModelPresets } from "./ModelPresets.js"
 import { SyntheticVocab } from "./SyntheticVocab.js"
@@ -27,7 +27,15 @@ export interface GenerateModelOptions {
   readonly out: string
   /** Seed of the weights (the tokenizer is the same for every seed); 42 when absent. */
   readonly seed?: number
+  /** Type of the weight matrices: f16 (the default) or f32, which llama.cpp's trainer needs. */
+  readonly weights?: WeightType | undefined
+  /** Overrides the preset's training context (training works on windows of exactly this many tokens). */
+  readonly contextLength?: number | undefined
 }
+
+/** Type of a generated model's weight matrices. */
+export const WeightType = Schema.Literal("f16", "f32")
+export type WeightType = typeof WeightType.Type
 
 /** Seed used when none is given. */
 export const DEFAULT_MODEL_SEED = 42
@@ -75,6 +83,7 @@ export const CHATML_TEMPLATE = [
 /** Tensor data alignment of the files Weft writes. */
 export const GGUF_ALIGNMENT = 32
 const LLAMA_FTYPE_MOSTLY_F16 = 1
+const LLAMA_FTYPE_ALL_F32 = 0
 
 // Irwin–Hall: the sum of the four bytes of a uniform uint32 is close to normal, with mean 510 and this deviation.
 const FOUR_BYTE_SUM_MEAN = 510
@@ -86,6 +95,16 @@ export const mixSeed = (seed: number, stream: number): number => {
   x = Math.imul(x ^ (x >>> 16), 0x21f0aaad)
   x = Math.imul(x ^ (x >>> 15), 0x735a2d97)
   return (x ^ (x >>> 15)) >>> 0
+}
+
+/** Bytes of `count` approximately normal values with standard deviation `deviation`, as f16 or f32. */
+const normalBytes = (count: number, deviation: number, seed: number, weights: WeightType): Uint8Array => {
+  if (weights === "f32") {
+    const halves = new Uint16Array(normalFloat16Bytes(count, deviation, seed).buffer)
+    // The f16 draws widened exactly, so an f32 model holds the same weights as its f16 twin.
+    return new Uint8Array(Float32Array.from(halves, float16BitsToNumber).buffer)
+  }
+  return normalFloat16Bytes(count, deviation, seed)
 }
 
 /** f16 bytes of `count` approximately normal values with standard deviation `deviation`. */
@@ -111,7 +130,7 @@ export const normalFloat16Bytes = (count: number, deviation: number, seed: numbe
 const onesFloat32Bytes = (count: number): Uint8Array => new Uint8Array(new Float32Array(count).fill(1).buffer)
 
 /** The tensors of a llama model with seeded weights; each tensor's data is generated only when the writer asks. */
-const llamaTensors = (dimensions: ModelDimensions, seed: number): Array<GgufTensor> => {
+const llamaTensors = (dimensions: ModelDimensions, seed: number, weights: WeightType): Array<GgufTensor> => {
   const embedding = dimensions.embeddingLength
   const kvWidth = dimensions.headCountKv * headDimension(dimensions)
   const tensors: Array<GgufTensor> = []
@@ -120,8 +139,8 @@ const llamaTensors = (dimensions: ModelDimensions, seed: number): Array<GgufTens
     tensors.push({
       name,
       shape: [inner, outer],
-      type: "F16",
-      data: () => normalFloat16Bytes(inner * outer, deviation, mixSeed(seed, stream))
+      type: weights === "f32" ? "F32" : "F16",
+      data: () => normalBytes(inner * outer, deviation, mixSeed(seed, stream), weights)
     })
   }
   const norm = (name: string): void => {
@@ -152,15 +171,15 @@ const llamaTensors = (dimensions: ModelDimensions, seed: number): Array<GgufTens
 }
 
 /** The complete GGUF contents of a synthetic llama model. */
-const syntheticLlamaGguf = (preset: ModelPreset, seed: number): GgufFile => {
-  const dimensions = ModelPresets[preset]
+const syntheticLlamaGguf = (preset: ModelPreset, seed: number, weights: WeightType, contextLength: number | undefined): GgufFile => {
+  const dimensions = { ...ModelPresets[preset], ...(contextLength === undefined ? {} : { contextLength }) }
   const vocab = SyntheticVocab.make(dimensions.vocabSize)
   return {
     metadata: [
       ["general.architecture", GgufValue.string("llama")],
       ["general.name", GgufValue.string(`weft-${preset}-s${seed}`)],
       ["general.alignment", GgufValue.uint32(GGUF_ALIGNMENT)],
-      ["general.file_type", GgufValue.uint32(LLAMA_FTYPE_MOSTLY_F16)],
+      ["general.file_type", GgufValue.uint32(weights === "f32" ? LLAMA_FTYPE_ALL_F32 : LLAMA_FTYPE_MOSTLY_F16)],
       ["llama.vocab_size", GgufValue.uint32(dimensions.vocabSize)],
       ["llama.context_length", GgufValue.uint32(dimensions.contextLength)],
       ["llama.embedding_length", GgufValue.uint32(dimensions.embeddingLength)],
@@ -182,7 +201,7 @@ const syntheticLlamaGguf = (preset: ModelPreset, seed: number): GgufFile => {
       ["tokenizer.ggml.add_eos_token", GgufValue.bool(false)],
       ["tokenizer.chat_template", GgufValue.string(CHATML_TEMPLATE)]
     ],
-    tensors: llamaTensors(dimensions, seed)
+    tensors: llamaTensors(dimensions, seed, weights)
   }
 }
 
@@ -229,7 +248,7 @@ export const generateModel = Effect.fn("generateModel")(function*(options: Gener
   if (endianness() !== "LE") {
     return yield* new ModelWriteFailed({ path: out, reason: "tensor data is laid out from typed arrays, which needs a little-endian host" })
   }
-  return yield* writeGgufFile(out, syntheticLlamaGguf(options.preset, seed))
+  return yield* writeGgufFile(out, syntheticLlamaGguf(options.preset, seed, options.weights ?? "f16", options.contextLength))
 })
 
 /** Writes `file` to `out` (its directory created), appearing there only once complete. */

@@ -1,0 +1,292 @@
+import * as fs from "node:fs/promises"
+import * as path from "node:path"
+import { Effect, Schema } from "effect"
+import type { GgufTensorInfo } from "node-llama-cpp"
+import type { TrainingExample } from "./datasets/DatasetRecord.js"
+import { loadExampleTokenizer } from "./ExampleTokenizer.js"
+import { loadTrainerAddon, type TrainerAddon, type TrainerHandle, TrainerUnavailable } from "./TrainerAddon.js"
+
+/** The model's weights are not F32: at this llama.cpp version only F32 tensors are trainable. */
+export class ModelNotTrainable extends Schema.TaggedError<ModelNotTrainable>()("ModelNotTrainable", {
+  modelPath: Schema.String,
+  tensorTypes: Schema.Array(Schema.String)
+}) {
+  override get message(): string {
+    return `${this.modelPath} has ${this.tensorTypes.join(", ")} weights, and llama.cpp trains only F32 tensors: ` +
+      "use an F32 GGUF (convert_hf_to_gguf.py --outtype f32, llama-quantize --allow-requantize IN OUT F32, " +
+      "or `weft model generate --weights f32` for a synthetic one)"
+  }
+}
+
+/** A training step or save failed inside llama.cpp, or a file could not be written. */
+export class TrainingFailed extends Schema.TaggedError<TrainingFailed>()("TrainingFailed", {
+  reason: Schema.String,
+  cause: Schema.optional(Schema.Defect)
+}) {
+  override get message(): string {
+    return `training failed: ${this.reason}`
+  }
+}
+
+/** The dataset gives nothing to train on. */
+export class DatasetTooSmall extends Schema.TaggedError<DatasetTooSmall>()("DatasetTooSmall", {
+  tokens: Schema.Number,
+  contextLength: Schema.Number
+}) {
+  override get message(): string {
+    return `the dataset has ${this.tokens} tokens; training needs at least one window of ${this.contextLength + 1}`
+  }
+}
+
+/** How the learning rate moves over the run. */
+export type LearningRateSchedule = "constant" | "linear" | "cosine"
+
+/** What to train, how, and where the results go. */
+export interface TrainOptions {
+  readonly modelPath: string
+  readonly examples: ReadonlyArray<TrainingExample>
+  readonly validation?: ReadonlyArray<TrainingExample> | undefined
+  readonly epochs: number
+  /** Windows of the model's context per step. */
+  readonly batchSize: number
+  readonly learningRate: number
+  readonly schedule: LearningRateSchedule
+  readonly weightDecay: number
+  readonly threads: number
+  readonly out: string
+  /** Where checkpoints go (`step-N.gguf`); none when absent. */
+  readonly checkpointDir?: string | undefined
+  /** Checkpoint every this many steps (and at every epoch end) when `checkpointDir` is set; 0 only at epoch ends. */
+  readonly checkpointEvery: number
+  /** Stop after this many epochs without a validation improvement of at least `minDelta`; needs validation data. */
+  readonly patience?: number | undefined
+  readonly minDelta: number
+  readonly onProgress: (progress: TrainingProgress) => Effect.Effect<void>
+}
+
+/** One event of a run: a step, an epoch's end, or a checkpoint. */
+export type TrainingProgress =
+  | {
+    readonly _tag: "Step"
+    readonly epoch: number
+    readonly step: number
+    readonly totalSteps: number
+    readonly loss: number
+    readonly accuracy: number
+    readonly learningRate: number
+    readonly tokensPerSecond: number
+    readonly etaSeconds: number
+  }
+  | {
+    readonly _tag: "Epoch"
+    readonly epoch: number
+    readonly trainLoss: number
+    readonly validationLoss: number | undefined
+    readonly validationAccuracy: number | undefined
+  }
+  | { readonly _tag: "Checkpoint"; readonly step: number; readonly path: string }
+
+/** How a run ended. */
+export interface TrainingResult {
+  readonly out: string
+  readonly steps: number
+  readonly epochs: number
+  readonly stoppedBecause: "completed" | "early-stopping"
+  /** Mean training loss of each epoch. */
+  readonly epochLosses: ReadonlyArray<number>
+  readonly validationLosses: ReadonlyArray<number>
+  readonly bestValidationLoss: number | undefined
+  readonly checkpoints: ReadonlyArray<string>
+}
+
+const GGML_TYPE_F32 = 0
+
+/** Fails with `ModelNotTrainable` unless every weight matrix of the model is F32. */
+export const requireF32 = Effect.fn("requireF32")(function*(modelPath: string) {
+  const { readGgufFileInfo, GgmlType } = yield* Effect.promise(() => import("node-llama-cpp"))
+  const info = yield* Effect.tryPromise({
+    try: () => readGgufFileInfo(modelPath, { logWarnings: false }),
+    catch: (cause) => new TrainingFailed({ reason: `cannot read ${modelPath}`, cause })
+  })
+  const matrices = (info.fullTensorInfo ?? []).filter((tensor: GgufTensorInfo) => tensor.dimensions.length >= 2)
+  const types = [...new Set(matrices.filter((tensor) => tensor.ggmlType !== GGML_TYPE_F32).map((tensor) => GgmlType[tensor.ggmlType] ?? String(tensor.ggmlType)))]
+  if (types.length > 0) return yield* new ModelNotTrainable({ modelPath, tensorTypes: types })
+})
+
+/**
+ * The examples' tokens as one stream cut into windows of `contextLength + 1` tokens (inputs and, shifted by one, the
+ * labels), advancing `contextLength` at a time; the last window wraps to the start of the stream.
+ */
+export const packWindows = (sequences: ReadonlyArray<ReadonlyArray<number>>, contextLength: number): Array<Int32Array> => {
+  const stream = sequences.flat()
+  if (stream.length < contextLength + 1) return []
+  const windows: Array<Int32Array> = []
+  for (let start = 0; start + 1 < stream.length; start += contextLength) {
+    const window = new Int32Array(contextLength + 1)
+    for (let i = 0; i <= contextLength; i++) window[i] = stream[(start + i) % stream.length]!
+    windows.push(window)
+  }
+  return windows
+}
+
+/** The learning rate at `step` of `totalSteps`. */
+export const learningRateAt = (schedule: LearningRateSchedule, base: number, step: number, totalSteps: number): number => {
+  const progress = totalSteps <= 1 ? 0 : step / (totalSteps - 1)
+  switch (schedule) {
+    case "constant":
+      return base
+    case "linear":
+      return base * (1 - 0.9 * progress)
+    case "cosine":
+      return base * (0.1 + 0.45 * (1 + Math.cos(Math.PI * progress)))
+  }
+}
+
+const concat = (windows: ReadonlyArray<Int32Array>): Int32Array => {
+  const joined = new Int32Array(windows.reduce((total, window) => total + window.length, 0))
+  let at = 0
+  for (const window of windows) {
+    joined.set(window, at)
+    at += window.length
+  }
+  return joined
+}
+
+const batches = <A>(items: ReadonlyArray<A>, size: number): Array<ReadonlyArray<A>> =>
+  Array.from({ length: Math.ceil(items.length / size) }, (_, at) => items.slice(at * size, (at + 1) * size))
+
+/** Saves the trainer's model to `target` atomically: written beside it, then renamed over it. */
+const saveAtomically = (addon: TrainerAddon, handle: TrainerHandle, target: string) =>
+  Effect.gen(function*() {
+    const partial = `${target}.${process.pid}.partial`
+    yield* Effect.tryPromise({
+      try: async () => {
+        await fs.mkdir(path.dirname(target), { recursive: true })
+        await addon.save(handle, partial)
+        await fs.rename(partial, target)
+      },
+      catch: (cause) => new TrainingFailed({ reason: `cannot save ${target}`, cause })
+    }).pipe(Effect.tapError(() => Effect.promise(() => fs.rm(partial, { force: true }))), Effect.uninterruptible)
+    return target
+  })
+
+const runStep = (addon: TrainerAddon, handle: TrainerHandle, windows: Int32Array, train: boolean) =>
+  // A native step cannot be pre-empted: cancellation is observed between steps.
+  Effect.tryPromise({
+    try: () => addon.step(handle, windows, train),
+    catch: (cause) => new TrainingFailed({ reason: "a training step failed", cause })
+  }).pipe(Effect.uninterruptible)
+
+/**
+ * Fine-tunes every weight of an F32 model with llama.cpp's AdamW over packed windows of its training context, one
+ * step per batch; validation loss after each epoch drives early stopping and picks the weights written to `out`.
+ */
+export const train = Effect.fn("train")(function*(options: TrainOptions) {
+  yield* requireF32(options.modelPath)
+  const tokenizer = yield* loadExampleTokenizer(options.modelPath)
+  const addon = yield* loadTrainerAddon
+  const handle = yield* Effect.try({
+    try: () => addon.open(options.modelPath, options.threads, 0),
+    catch: (cause) => new TrainerUnavailable({ reason: cause instanceof Error ? cause.message : String(cause) })
+  })
+  const { contextLength } = addon.info(handle)
+  const trainWindows = packWindows(options.examples.map(tokenizer.tokens), contextLength)
+  if (trainWindows.length === 0) {
+    return yield* new DatasetTooSmall({ tokens: options.examples.map(tokenizer.tokens).flat().length, contextLength })
+  }
+  const validationWindows = packWindows((options.validation ?? []).map(tokenizer.tokens), contextLength)
+  const stepsPerEpoch = Math.ceil(trainWindows.length / options.batchSize)
+  const totalSteps = stepsPerEpoch * options.epochs
+  const checkpoints: Array<string> = []
+  const epochLosses: Array<number> = []
+  const validationLosses: Array<number> = []
+  const bestPath = options.checkpointDir === undefined ? `${options.out}.best` : path.join(options.checkpointDir, "best.gguf")
+  let best: number | undefined
+  let epochsWithoutImprovement = 0
+  let step = 0
+  let tokensDone = 0
+  let stoppedBecause: TrainingResult["stoppedBecause"] = "completed"
+  const started = performance.now()
+
+  const checkpoint = Effect.gen(function*() {
+    if (options.checkpointDir === undefined) return
+    const saved = yield* saveAtomically(addon, handle, path.join(options.checkpointDir, `step-${step}.gguf`))
+    checkpoints.push(saved)
+    yield* options.onProgress({ _tag: "Checkpoint", step, path: saved })
+  })
+
+  for (let epoch = 1; epoch <= options.epochs; epoch++) {
+    let lossSum = 0
+    for (const batch of batches(trainWindows, options.batchSize)) {
+      const learningRate = learningRateAt(options.schedule, options.learningRate, step, totalSteps)
+      addon.setOptimizer(handle, learningRate, options.weightDecay)
+      const result = yield* runStep(addon, handle, concat(batch), true)
+      step++
+      tokensDone += result.tokens
+      lossSum += result.loss
+      const seconds = (performance.now() - started) / 1000
+      const tokensPerSecond = tokensDone / Math.max(seconds, 1e-9)
+      yield* options.onProgress({
+        _tag: "Step",
+        epoch,
+        step,
+        totalSteps,
+        loss: result.loss,
+        accuracy: result.accuracy,
+        learningRate,
+        tokensPerSecond,
+        etaSeconds: (totalSteps - step) * seconds / step
+      })
+      if (options.checkpointEvery > 0 && step % options.checkpointEvery === 0 && step % stepsPerEpoch !== 0) yield* checkpoint
+    }
+    epochLosses.push(lossSum / stepsPerEpoch)
+    let validationLoss: number | undefined
+    let validationAccuracy: number | undefined
+    if (validationWindows.length > 0) {
+      const result = yield* runStep(addon, handle, concat(validationWindows), false)
+      validationLoss = result.loss
+      validationAccuracy = result.accuracy
+      validationLosses.push(result.loss)
+    }
+    yield* options.onProgress({ _tag: "Epoch", epoch, trainLoss: lossSum / stepsPerEpoch, validationLoss, validationAccuracy })
+    yield* checkpoint
+    if (validationLoss !== undefined) {
+      if (best === undefined || validationLoss < best - options.minDelta) {
+        best = validationLoss
+        epochsWithoutImprovement = 0
+        yield* saveAtomically(addon, handle, bestPath)
+      } else {
+        epochsWithoutImprovement++
+        if (options.patience !== undefined && epochsWithoutImprovement >= options.patience) {
+          stoppedBecause = "early-stopping"
+          break
+        }
+      }
+    }
+  }
+
+  // With validation data the best weights by validation loss are the result; without, the last ones.
+  if (best !== undefined) {
+    yield* Effect.tryPromise({
+      try: async () => {
+        await fs.mkdir(path.dirname(path.resolve(options.out)), { recursive: true })
+        await fs.copyFile(bestPath, `${options.out}.partial`)
+        await fs.rename(`${options.out}.partial`, options.out)
+        if (options.checkpointDir === undefined) await fs.rm(bestPath, { force: true })
+      },
+      catch: (cause) => new TrainingFailed({ reason: `cannot write ${options.out}`, cause })
+    })
+  } else {
+    yield* saveAtomically(addon, handle, options.out)
+  }
+  return {
+    out: options.out,
+    steps: step,
+    epochs: epochLosses.length,
+    stoppedBecause,
+    epochLosses,
+    validationLosses,
+    bestValidationLoss: best,
+    checkpoints
+  } satisfies TrainingResult
+})

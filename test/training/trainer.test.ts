@@ -1,0 +1,162 @@
+import { Deferred, Effect, Exit, Fiber } from "effect"
+import * as fs from "node:fs"
+import * as os from "node:os"
+import * as path from "node:path"
+import { execFile } from "node:child_process"
+import { promisify } from "node:util"
+import { describe, expect, it } from "vitest"
+import { generateModel } from "../../src/model/generateModel.js"
+import type { TrainingExample } from "../../src/training/datasets/DatasetRecord.js"
+import { ModelNotTrainable, train, type TrainingProgress } from "../../src/training/Trainer.js"
+import { tinyModelPath } from "../support/tinyModel.js"
+
+const dir = fs.mkdtempSync(path.join(os.tmpdir(), "weft-train-"))
+
+/** The tiny model with F32 weights and a 256-token training context (llama.cpp pads contexts to 256). */
+const f32Model = () =>
+  Effect.runPromise(generateModel({ preset: "tiny", weights: "f32", contextLength: 256, out: path.join(dir, "tiny-f32.gguf") })).then((model) => model.path)
+
+const question = (subject: string) => `Q: where is the ${subject}?\nA:`
+
+/** A learnable pattern: whatever the subject, the answer is the same. */
+const examples = (count: number, offset = 0): Array<TrainingExample> =>
+  Array.from({ length: count }, (_, at) => ({ _tag: "Completion", prompt: question(`thing ${at + offset}`), completion: " in the garden\n" }))
+
+/** Greedy continuation of `prompt` by the model at `modelPath`, through node-llama-cpp as serving loads it. */
+const complete = async (modelPath: string, prompt: string): Promise<string> => {
+  const { getLlama, LlamaCompletion, LlamaLogLevel } = await import("node-llama-cpp")
+  const llama = await getLlama({ build: "never", gpu: false, logLevel: LlamaLogLevel.error })
+  const model = await llama.loadModel({ modelPath })
+  const context = await model.createContext({ contextSize: 256 })
+  try {
+    return await new LlamaCompletion({ contextSequence: context.getSequence() }).generateCompletion(prompt, { maxTokens: 6, temperature: 0 })
+  } finally {
+    await context.dispose()
+    await model.dispose()
+  }
+}
+
+describe("train", () => {
+  it("refuses an F16 model, saying how to get an F32 one", async () => {
+    const failure = await Effect.runPromise(Effect.flip(train({
+      modelPath: await tinyModelPath(),
+      examples: examples(4),
+      epochs: 1,
+      batchSize: 1,
+      learningRate: 1e-3,
+      schedule: "constant",
+      weightDecay: 0,
+      threads: 1,
+      out: path.join(dir, "never.gguf"),
+      checkpointEvery: 0,
+      minDelta: 0,
+      onProgress: () => Effect.void
+    })))
+    expect(failure).toBeInstanceOf(ModelNotTrainable)
+    expect(failure.message).toContain("F16")
+    expect(failure.message).toContain("--weights f32")
+  })
+
+  it("on a learnable pattern the loss falls by far and the tuned model answers with it where the base does not", async () => {
+    const modelPath = await f32Model()
+    const progress: Array<TrainingProgress> = []
+    const out = path.join(dir, "tuned.gguf")
+    const result = await Effect.runPromise(train({
+      modelPath,
+      examples: examples(40),
+      epochs: 4,
+      batchSize: 1,
+      learningRate: 1e-2,
+      schedule: "cosine",
+      weightDecay: 0,
+      threads: 2,
+      out,
+      checkpointDir: path.join(dir, "checkpoints"),
+      checkpointEvery: 2,
+      minDelta: 0,
+      onProgress: (event) => Effect.sync(() => progress.push(event))
+    }))
+    const steps = progress.filter((event) => event._tag === "Step")
+    expect(steps.length).toBe(result.steps)
+    expect(steps.at(-1)!.step).toBe(steps.at(-1)!.totalSteps)
+    expect(steps.every((event) => event.tokensPerSecond > 0 && event.etaSeconds >= 0)).toBe(true)
+    // A large margin: the last step's loss is under a third of the first's.
+    expect(steps.at(-1)!.loss).toBeLessThan(steps[0]!.loss / 3)
+    expect(result.epochLosses.at(-1)!).toBeLessThan(result.epochLosses[0]!)
+    // Checkpoints every 2 steps and at each epoch's end, each a complete file (no partial left behind).
+    expect(result.checkpoints.length).toBeGreaterThanOrEqual(result.epochs)
+    for (const checkpoint of result.checkpoints) expect(fs.statSync(checkpoint).size).toBeGreaterThan(1_000_000)
+    expect(fs.readdirSync(path.join(dir, "checkpoints")).filter((file) => file.endsWith(".partial"))).toEqual([])
+
+    const unseen = question("thing 999")
+    const base = await complete(modelPath, unseen)
+    const tuned = await complete(out, unseen)
+    console.log(JSON.stringify({ epochLosses: result.epochLosses, first: steps[0]!.loss, last: steps.at(-1)!.loss, base, tuned }))
+    expect(base).not.toContain("garden")
+    expect(tuned).toContain("in the garden")
+  }, 600_000)
+
+  it("weft train stops early when validation loss stops improving by --min-delta, keeps the best weights, and prints progress", async () => {
+    const modelPath = await f32Model()
+    const write = (name: string, records: ReadonlyArray<TrainingExample>) => {
+      const file = path.join(dir, name)
+      fs.writeFileSync(file, records.map((record) => JSON.stringify(record._tag === "Completion" ? { prompt: record.prompt, completion: record.completion } : record)).join("\n"))
+      return file
+    }
+    const data = write("train.jsonl", examples(16))
+    const validation = write("validation.jsonl", examples(16, 500))
+    const out = path.join(dir, "early.gguf")
+    const checkpoints = path.join(dir, "early-checkpoints")
+    const run = await promisify(execFile)(process.execPath, [
+      "--import", "tsx", "src/main.ts", "train", "--model", modelPath, "--data", data, "--validation", validation,
+      "--epochs", "6", "--learning-rate", "0.01", "--patience", "1", "--min-delta", "100", "--out", out, "--checkpoint-dir", checkpoints
+    ], { env: { ...process.env, NO_COLOR: "1" } })
+    // No later epoch can beat the first by 100 nats: patience 1 stops after epoch 2.
+    expect(run.stdout).toContain("2 epochs, stopped: early-stopping")
+    expect(run.stderr).toMatch(/epoch 1 step 1\/\d+ \[[#-]+\] loss \d+\.\d+ acc \d\.\d+ lr \S+ \d+ tok\/s ETA \d+:\d\d/)
+    expect(run.stderr).toContain("validation loss")
+    expect(run.stderr).not.toContain("epoch 3 ")
+    // The result is the best (first) epoch's weights, not the last.
+    expect(fs.readFileSync(out).equals(fs.readFileSync(path.join(checkpoints, "best.gguf")))).toBe(true)
+  }, 600_000)
+
+  it("weft train refuses an F16 model with exit code 1 and says how to get an F32 one", async () => {
+    const data = path.join(dir, "refuse.jsonl")
+    fs.writeFileSync(data, JSON.stringify({ prompt: "a", completion: "b" }) + "\n")
+    const failed = await promisify(execFile)(process.execPath, ["--import", "tsx", "src/main.ts", "train", "--model", await tinyModelPath(), "--data", data, "--out", path.join(dir, "x.gguf")])
+      .then(() => undefined, (error: { code: number; stderr: string }) => error)
+    expect(failed?.code).toBe(1)
+    expect(failed?.stderr).toContain("trains only F32 tensors")
+  }, 120_000)
+
+  it("a run interrupted after its first step stops between steps and writes no result", async () => {
+    const modelPath = await f32Model()
+    const out = path.join(dir, "cancelled.gguf")
+    const steps: Array<number> = []
+    const exit = await Effect.runPromise(Effect.gen(function*() {
+      const firstStep = yield* Deferred.make<void>()
+      const fiber = yield* Effect.fork(train({
+        modelPath,
+        examples: examples(40),
+        epochs: 2,
+        batchSize: 1,
+        learningRate: 1e-3,
+        schedule: "constant",
+        weightDecay: 0,
+        threads: 2,
+        out,
+        checkpointEvery: 0,
+        minDelta: 0,
+        onProgress: (event) => event._tag === "Step" ? Effect.zipRight(Effect.sync(() => steps.push(event.totalSteps)), Deferred.succeed(firstStep, undefined)) : Effect.void
+      }))
+      yield* Deferred.await(firstStep)
+      yield* Fiber.interrupt(fiber)
+      return yield* Fiber.await(fiber)
+    }))
+    expect(Exit.isInterrupted(exit)).toBe(true)
+    // The step in flight when the interrupt came may finish; none starts after it.
+    expect(steps.length).toBeLessThanOrEqual(2)
+    expect(steps[0]!).toBeGreaterThan(2)
+    expect(fs.existsSync(out)).toBe(false)
+  }, 300_000)
+})
