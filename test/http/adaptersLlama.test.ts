@@ -46,6 +46,20 @@ describe("LoRA adapters on a generated model", () => {
     for (const model of models) expect(await completion(server, model, "the quick brown fox")).toBe(alone.get(model))
   }, 60_000)
 
+  it("accounts each open adapter context in the memory budget: the base model's context plus the adapter's weights", async () => {
+    for (const model of models) await completion(server, model, "the quick brown fox")
+    const account = await (await fetch(`${server.url}/admin/memory`)).json() as {
+      readonly reservations: ReadonlyArray<{ readonly label: string; readonly model?: string; readonly parts: Record<string, number> }>
+    }
+    const base = account.reservations.find((one) => one.label.startsWith("model "))
+    const adapters = account.reservations.filter((one) => one.label.startsWith("adapter context "))
+    expect(adapters).toHaveLength(2)
+    for (const adapter of adapters) {
+      expect(adapter.parts["context"]).toBe(base?.parts["context"])
+      expect(adapter.parts["adapter"]).toBeGreaterThan(0)
+    }
+  })
+
   it("gives each of concurrent requests interleaved across base and both adapters exactly its text alone", async () => {
     const prompts = ["the quick brown fox", "once upon a time"]
     const expected = new Map<string, string>()

@@ -1,3 +1,4 @@
+import * as fs from "node:fs"
 import { availableParallelism } from "node:os"
 import { basename } from "node:path"
 import { Effect, Layer, Option, Schema } from "effect"
@@ -115,6 +116,8 @@ interface LoadedModel {
   readonly banEndOfGeneration: TokenBias
   readonly id: string
   readonly binary: LlamaBinaryInfo
+  /** node-llama-cpp's estimate of one context's RAM (KV cache and compute buffers); known when memory is accounted. */
+  readonly contextBytes: number | undefined
 }
 
 /**
@@ -298,7 +301,22 @@ const contextBackend = (
               catch: (error) => new AdapterLoadFailed({ path: spec.path, message: errorMessage(error), cause: error })
             }),
           open: (spec: AdapterSpec) =>
-            Effect.mapError(contextBackend(loaded, spec), (error) => new AdapterLoadFailed({ path: spec.path, message: error.message, cause: error.cause }))
+            Effect.gen(function*() {
+              // An adapter's context costs what the base model's does, plus the adapter's weights; held while it is open.
+              const memory = yield* Effect.serviceOption(MemoryManager)
+              if (Option.isSome(memory) && loaded.contextBytes !== undefined) {
+                const adapterBytes = yield* Effect.sync(() => fs.statSync(spec.path, { throwIfNoEntry: false })?.size ?? 0)
+                yield* memory.value.reserve({
+                  label: `adapter context ${loaded.id} ${basename(spec.path)}`,
+                  model: loaded.id,
+                  parts: { context: loaded.contextBytes, adapter: adapterBytes }
+                }).pipe(Effect.mapError((refused) => new AdapterLoadFailed({ path: spec.path, message: refused.message, cause: refused })))
+              }
+              return yield* Effect.mapError(
+                contextBackend(loaded, spec),
+                (error) => new AdapterLoadFailed({ path: spec.path, message: error.message, cause: error.cause })
+              )
+            })
         }
         : undefined
     } satisfies BackendShape
@@ -325,12 +343,14 @@ export const LlamaBackend = {
         const flashAttention = config.flashAttention ?? true
         // Without a memory manager (a backend built alone, as some tests do) nothing is accounted.
         const memory = yield* Effect.serviceOption(MemoryManager)
+        let contextBytes: number | undefined
         if (Option.isSome(memory)) {
           const estimate = yield* Effect.tryPromise({
             try: () =>
               estimateLlamaMemory(llama, config.modelPath, { contextSize: config.contextSize, sequences: config.parallel, batchSize, flashAttention }),
             catch: loadFailed
           })
+          contextBytes = estimate.contextBytes
           // Held while the model is: released with the engine's scope, after the model and context are disposed.
           yield* memory.value.reserve({
             label: `model ${modelId}`,
@@ -378,7 +398,8 @@ export const LlamaBackend = {
           grammars: new GrammarCache(llama, id, config.grammarCache),
           banEndOfGeneration: endOfGenerationBan(model, llamaVocabSize(model)),
           id,
-          binary
+          binary,
+          contextBytes
         }, undefined)
       })
     )
