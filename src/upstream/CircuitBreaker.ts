@@ -89,7 +89,8 @@ export const settle = (
   const window = [...current.window.filter((outcome) => outcome.at > now - settings.windowMs), { at: now, failed }]
   const consecutiveFailures = failed ? current.consecutiveFailures + 1 : 0
   const failures = window.filter((outcome) => outcome.failed).length
-  const rateExceeded = window.length >= settings.minRequests && failures / window.length >= settings.failureRate
+  // Only a failure opens the breaker: a success that merely brings the window up to `minRequests` never does.
+  const rateExceeded = failed && window.length >= settings.minRequests && failures / window.length >= settings.failureRate
   return consecutiveFailures >= settings.failures || rateExceeded ? opened(settings, now) : { _tag: "Closed", consecutiveFailures, window }
 }
 

@@ -65,6 +65,14 @@ describe("CircuitBreaker state machine", () => {
     }
   })
 
+  it("never opens on a success, even one that brings the window up to minRequests (a counterexample the property found)", () => {
+    const settings: BreakerSettings = { failures: 2, failureRate: 0.1, windowMs: 10, minRequests: 2, cooldownMs: 1, halfOpenProbes: 1 }
+    const [first, afterFirst] = admit(settings, closedBreaker, 0)
+    const failed = settle(settings, afterFirst, first!, true, 0)
+    const [second, afterSecond] = admit(settings, failed, 0)
+    expect(settle(settings, afterSecond, second!, false, 0)._tag).toBe("Closed")
+  })
+
   it.prop("opens on a failure rate over the window and stays open exactly its cooldown", [settingsArb, FastCheck.array(FastCheck.boolean(), { minLength: 1, maxLength: 40 })], ([settings, results]) => {
     // Everything at one instant and never enough consecutive failures: only the rate can open it.
     const relaxed = { ...settings, failures: 1_000 }
@@ -76,7 +84,7 @@ describe("CircuitBreaker state machine", () => {
       state = settle(relaxed, next, admission, failed, 0)
       seen = [...seen, failed]
       const share = seen.filter(Boolean).length / seen.length
-      expect(state._tag === "Open").toBe(seen.length >= relaxed.minRequests && share >= relaxed.failureRate)
+      expect(state._tag === "Open").toBe(failed && seen.length >= relaxed.minRequests && share >= relaxed.failureRate)
       if (state._tag === "Open") {
         expect(admit(relaxed, state, relaxed.cooldownMs - 1)[0]).toBeUndefined()
         expect(admit(relaxed, state, relaxed.cooldownMs)[0]).toBe("probe")
