@@ -137,6 +137,8 @@ const checkFile = (file: string, key: string, expected: string) =>
 
 const checkModelFile = (model: string, key: string) => checkFile(model, key, "a path to an existing .gguf file")
 
+const adapterFileExpected = "a path to an existing LoRA adapter .gguf file"
+
 /** Where a setting's value comes from: a flag, else `WEFT_*`, else the config file; `undefined` keeps the default. */
 const highestPrecedence = (
   setting: AnySettingSpec,
@@ -188,13 +190,20 @@ export const loadWeftSettings = Effect.fn("WeftConfig.load")(function*(sources: 
   )
   for (const [modelId, entry] of Object.entries(models)) {
     for (const [index, deployment] of entry.deployments.entries()) {
-      if (isLocalDeployment(deployment)) yield* checkModelFile(deployment.gguf, `${configPath}: models.${modelId}.deployments[${index}].gguf`)
-      // The key itself is read when the router starts; a variable that is not set is a mistake to report now.
-      else if (deployment.apiKeyEnv !== undefined && Option.isNone(yield* Config.option(Config.redacted(deployment.apiKeyEnv)))) {
-        return yield* new ConfigFileInvalid({
-          path: configPath!,
-          reason: `models.${modelId}.deployments[${index}].apiKeyEnv: the environment variable ${deployment.apiKeyEnv} is not set`
-        })
+      const at = `${configPath}: models.${modelId}.deployments[${index}]`
+      if (!isLocalDeployment(deployment)) {
+        // The key itself is read when the router starts; a variable that is not set is a mistake to report now.
+        if (deployment.apiKeyEnv !== undefined && Option.isNone(yield* Config.option(Config.redacted(deployment.apiKeyEnv)))) {
+          return yield* new ConfigFileInvalid({
+            path: configPath!,
+            reason: `models.${modelId}.deployments[${index}].apiKeyEnv: the environment variable ${deployment.apiKeyEnv} is not set`
+          })
+        }
+        continue
+      }
+      yield* checkModelFile(deployment.gguf, `${at}.gguf`)
+      for (const [adapterIndex, adapter] of (deployment.adapters ?? []).entries()) {
+        yield* checkFile(adapter.path, `${at}.adapters[${adapterIndex}].path`, adapterFileExpected)
       }
     }
   }
@@ -206,15 +215,7 @@ export const loadWeftSettings = Effect.fn("WeftConfig.load")(function*(sources: 
       got: describeRaw(resolved.lora.map((entry) => entry.name).join(", "))
     })
   }
-  for (const entry of lora) yield* checkFile(entry.path, origin.lora ?? "lora", "a path to an existing LoRA adapter .gguf file")
-  for (const [modelId, entry] of Object.entries(models)) {
-    for (const [index, deployment] of entry.deployments.entries()) {
-      if (!isLocalDeployment(deployment)) continue
-      for (const [at, adapter] of (deployment.adapters ?? []).entries()) {
-        yield* checkFile(adapter.path, `${configPath}: models.${modelId}.deployments[${index}].adapters[${at}].path`, "a path to an existing LoRA adapter .gguf file")
-      }
-    }
-  }
+  for (const entry of lora) yield* checkFile(entry.path, origin.lora ?? "lora", adapterFileExpected)
   const alerts = yield* alertsOf(file, configPath)
   const plugins = resolved.plugins.map((plugin) => resolvePath("plugins", plugin))
   return { ...resolved, model, dataDir: resolvePath("dataDir", resolved.dataDir), auditLog, lora, models, alerts, plugins } satisfies WeftSettings
