@@ -151,6 +151,18 @@ napi_value open_trainer(napi_env env, napi_callback_info info) {
     return nullptr;
   }
 
+  // llama_opt_epoch computes through the context's scheduler without setting the CPU backend's thread count, which
+  // stays at ggml's default (4) until a decode sets it: one throwaway decode applies `threads` (oversubscribed threads
+  // spin in ggml_barrier and made a step ~10x slower on 2 cores).
+  llama_token first = 0;
+  if (llama_decode(trainer->ctx, llama_batch_get_one(&first, 1)) != 0) {
+    free_trainer(trainer);
+    delete trainer;
+    throw_error(env, "llama.cpp could not run the training context of " + path);
+    return nullptr;
+  }
+  llama_memory_clear(llama_get_memory(trainer->ctx), true);
+
   llama_opt_params opt_params{};
   opt_params.n_ctx_train = 0;
   opt_params.param_filter = llama_opt_param_filter_all;

@@ -23,12 +23,18 @@ export interface ExampleTokenizer {
   readonly vocabSize: number
 }
 
+/**
+ * node-llama-cpp's prebuilt binary, loaded once per process: every load tests the binary in a child process first,
+ * which took 8 to 10 s of each training run on the loaded 2-core machine.
+ */
+const prebuiltLlama = Effect.runSync(Effect.cached(nodeLlamaCppLoader("prebuilt", { gpu: false, maxThreads: 1 })))
+
 /** Loads `modelPath` vocabulary-only (no weights) through node-llama-cpp's prebuilt binary. */
 export const loadExampleTokenizer = Effect.fn("loadExampleTokenizer")(function*(modelPath: string) {
   const failed = (cause: unknown) => new TokenizerUnavailable({ modelPath, reason: errorMessage(cause) })
   // Imported here: it loads node-llama-cpp, which commands that never tokenize (`--help`) must not.
   const { makeVocabTokenizer, vocabTables } = yield* Effect.promise(() => import("../engine/llama/VocabTokenizer.js"))
-  const llama = yield* nodeLlamaCppLoader("prebuilt", { gpu: false, maxThreads: 1 }).pipe(Effect.mapError(failed))
+  const llama = yield* prebuiltLlama.pipe(Effect.mapError(failed))
   const model = yield* Effect.tryPromise({ try: () => llama.loadModel({ modelPath, vocabOnly: true }), catch: failed })
   const vocabSize = model.fileInfo.metadata.tokenizer.ggml.tokens.length
   const tokenizer = makeVocabTokenizer(model, vocabTables(model, vocabSize).specials)

@@ -5,6 +5,7 @@ import * as path from "node:path"
 import { execFile } from "node:child_process"
 import { promisify } from "node:util"
 import { describe, expect, it } from "vitest"
+import type { Llama } from "node-llama-cpp"
 import { generateModel } from "../../src/model/generateModel.js"
 import type { TrainingExample } from "../../src/training/datasets/DatasetRecord.js"
 import { ModelNotTrainable, train, type TrainingProgress } from "../../src/training/Trainer.js"
@@ -23,9 +24,12 @@ const examples = (count: number, offset = 0): Array<TrainingExample> =>
   Array.from({ length: count }, (_, at) => ({ _tag: "Completion", prompt: question(`thing ${at + offset}`), completion: " in the garden\n" }))
 
 /** Greedy continuation of `prompt` by the model at `modelPath`, through node-llama-cpp as serving loads it. */
+let llamaOnce: Promise<Llama> | undefined
 const complete = async (modelPath: string, prompt: string): Promise<string> => {
   const { getLlama, LlamaCompletion, LlamaLogLevel } = await import("node-llama-cpp")
-  const llama = await getLlama({ build: "never", gpu: false, logLevel: LlamaLogLevel.error })
+  // One binary per file: each getLlama tests the binary in a child process first (seconds on a loaded machine).
+  llamaOnce ??= getLlama({ build: "never", gpu: false, logLevel: LlamaLogLevel.error })
+  const llama = await llamaOnce
   const model = await llama.loadModel({ modelPath })
   const context = await model.createContext({ contextSize: 256 })
   try {
@@ -69,7 +73,7 @@ describe("train", () => {
       learningRate: 1e-2,
       schedule: "cosine",
       weightDecay: 0,
-      threads: 2,
+      threads: 1,
       out,
       checkpointDir: path.join(dir, "checkpoints"),
       checkpointEvery: 2,
@@ -109,7 +113,7 @@ describe("train", () => {
     const checkpoints = path.join(dir, "early-checkpoints")
     const run = await promisify(execFile)(process.execPath, [
       "--import", "tsx", "src/main.ts", "train", "--model", modelPath, "--data", data, "--validation", validation,
-      "--epochs", "6", "--learning-rate", "0.01", "--patience", "1", "--min-delta", "100", "--out", out, "--checkpoint-dir", checkpoints
+      "--epochs", "6", "--learning-rate", "0.01", "--threads", "1", "--patience", "1", "--min-delta", "100", "--out", out, "--checkpoint-dir", checkpoints
     ], { env: { ...process.env, NO_COLOR: "1" } })
     // No later epoch can beat the first by 100 nats: patience 1 stops after epoch 2.
     expect(run.stdout).toContain("2 epochs, stopped: early-stopping")
@@ -143,7 +147,7 @@ describe("train", () => {
         learningRate: 1e-3,
         schedule: "constant",
         weightDecay: 0,
-        threads: 2,
+        threads: 1,
         out,
         checkpointEvery: 0,
         minDelta: 0,
