@@ -3,7 +3,7 @@ import * as path from "node:path"
 import { Effect, Schema } from "effect"
 import type { GgufTensorInfo } from "node-llama-cpp"
 import type { TrainingExample } from "./datasets/DatasetRecord.js"
-import { loadExampleTokenizer } from "./ExampleTokenizer.js"
+import { type EncodedExample, loadExampleTokenizer } from "./ExampleTokenizer.js"
 import { loadTrainerAddon, type TrainerAddon, type TrainerHandle, TrainerUnavailable } from "./TrainerAddon.js"
 
 /** The model's weights are not F32: at this llama.cpp version only F32 tensors are trainable. */
@@ -113,18 +113,28 @@ export const requireF32 = Effect.fn("requireF32")(function*(modelPath: string) {
   if (types.length > 0) return yield* new ModelNotTrainable({ modelPath, tensorTypes: types })
 })
 
+/** Windows of `contextLength + 1` tokens, joined, with `contextLength` flags per window: which labels count. */
+export interface PackedWindows {
+  readonly tokens: Int32Array
+  readonly targets: Uint8Array
+}
+
 /**
  * The examples' tokens as one stream cut into windows of `contextLength + 1` tokens (inputs and, shifted by one, the
- * labels), advancing `contextLength` at a time; the last window wraps to the start of the stream.
+ * labels), advancing `contextLength` at a time; the last window wraps to the start of the stream. A label counts when
+ * its token is one of its example's targets; a window with none that counts is left out (it would teach nothing).
  */
-export const packWindows = (sequences: ReadonlyArray<ReadonlyArray<number>>, contextLength: number): Array<Int32Array> => {
-  const stream = sequences.flat()
+export const packWindows = (examples: ReadonlyArray<EncodedExample>, contextLength: number): Array<PackedWindows> => {
+  const stream = examples.flatMap((example) => example.tokens)
+  const targets = examples.flatMap((example) => example.targets)
   if (stream.length < contextLength + 1) return []
-  const windows: Array<Int32Array> = []
+  const windows: Array<PackedWindows> = []
   for (let start = 0; start + 1 < stream.length; start += contextLength) {
     const window = new Int32Array(contextLength + 1)
+    const counts = new Uint8Array(contextLength)
     for (let i = 0; i <= contextLength; i++) window[i] = stream[(start + i) % stream.length]!
-    windows.push(window)
+    for (let i = 0; i < contextLength; i++) counts[i] = targets[(start + i + 1) % stream.length]! ? 1 : 0
+    if (counts.includes(1)) windows.push({ tokens: window, targets: counts })
   }
   return windows
 }
@@ -142,14 +152,18 @@ export const learningRateAt = (schedule: LearningRateSchedule, base: number, ste
   }
 }
 
-const concat = (windows: ReadonlyArray<Int32Array>): Int32Array => {
-  const joined = new Int32Array(windows.reduce((total, window) => total + window.length, 0))
+const concat = (windows: ReadonlyArray<PackedWindows>): PackedWindows => {
+  const tokens = new Int32Array(windows.reduce((total, window) => total + window.tokens.length, 0))
+  const targets = new Uint8Array(windows.reduce((total, window) => total + window.targets.length, 0))
   let at = 0
+  let flag = 0
   for (const window of windows) {
-    joined.set(window, at)
-    at += window.length
+    tokens.set(window.tokens, at)
+    targets.set(window.targets, flag)
+    at += window.tokens.length
+    flag += window.targets.length
   }
-  return joined
+  return { tokens, targets }
 }
 
 const batches = <A>(items: ReadonlyArray<A>, size: number): Array<ReadonlyArray<A>> =>
@@ -170,16 +184,16 @@ const saveAtomically = (addon: TrainerAddon, handle: TrainerHandle, target: stri
     return target
   })
 
-const runStep = (addon: TrainerAddon, handle: TrainerHandle, windows: Int32Array, train: boolean) =>
+const runStep = (addon: TrainerAddon, handle: TrainerHandle, windows: PackedWindows, train: boolean) =>
   // A native step cannot be pre-empted: cancellation is observed between steps.
   Effect.tryPromise({
-    try: () => addon.step(handle, windows, train),
+    try: () => addon.step(handle, windows.tokens, train, windows.targets),
     catch: (cause) => new TrainingFailed({ reason: "a training step failed", cause })
   }).pipe(Effect.uninterruptible)
 
 /**
  * Fine-tunes every weight of an F32 model with llama.cpp's AdamW over packed windows of its training context, one
- * step per batch; validation loss after each epoch drives early stopping and picks the weights written to `out`.
+ * step per batch, learning only each example's targets (in chat data, the assistant's turns); validation loss after each epoch drives early stopping and picks the weights written to `out`.
  */
 export const train = Effect.fn("train")(function*(options: TrainOptions) {
   yield* requireF32(options.modelPath)
@@ -190,11 +204,11 @@ export const train = Effect.fn("train")(function*(options: TrainOptions) {
     catch: (cause) => new TrainerUnavailable({ reason: cause instanceof Error ? cause.message : String(cause) })
   })
   const { contextLength } = addon.info(handle)
-  const trainWindows = packWindows(options.examples.map(tokenizer.tokens), contextLength)
+  const trainWindows = packWindows(options.examples.map(tokenizer.encode), contextLength)
   if (trainWindows.length === 0) {
     return yield* new DatasetTooSmall({ tokens: options.examples.map(tokenizer.tokens).flat().length, contextLength })
   }
-  const validationWindows = packWindows((options.validation ?? []).map(tokenizer.tokens), contextLength)
+  const validationWindows = packWindows((options.validation ?? []).map(tokenizer.encode), contextLength)
   const stepsPerEpoch = Math.ceil(trainWindows.length / options.batchSize)
   const totalSteps = stepsPerEpoch * options.epochs
   const checkpoints: Array<string> = []

@@ -6,16 +6,13 @@ import { execFile } from "node:child_process"
 import { promisify } from "node:util"
 import { describe, expect, it } from "vitest"
 import type { Llama } from "node-llama-cpp"
-import { generateModel } from "../../src/model/generateModel.js"
 import type { TrainingExample } from "../../src/training/datasets/DatasetRecord.js"
 import { ModelNotTrainable, train, type TrainingProgress } from "../../src/training/Trainer.js"
-import { tinyModelPath } from "../support/tinyModel.js"
+import { tinyF32ModelPath, tinyModelPath } from "../support/tinyModel.js"
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), "weft-train-"))
 
-/** The tiny model with F32 weights and a 256-token training context (llama.cpp pads contexts to 256). */
-const f32Model = () =>
-  Effect.runPromise(generateModel({ preset: "tiny", weights: "f32", contextLength: 256, out: path.join(dir, "tiny-f32.gguf") })).then((model) => model.path)
+const f32Model = tinyF32ModelPath
 
 const question = (subject: string) => `Q: where is the ${subject}?\nA:`
 
@@ -99,6 +96,44 @@ describe("train", () => {
     expect(base).not.toContain("garden")
     expect(tuned).toContain("in the garden")
   }, 600_000)
+
+  it("on chat data the loss and accuracy cover the assistant's turns only, which are learned even when the user's are noise", async () => {
+    const words = ["apple", "river", "stone", "cloud", "lamp", "tiger", "paper", "glass", "storm", "mouse", "bread", "chair"]
+    let seed = 7
+    const random = () => (seed = (seed * 1103515245 + 12345) % 2147483648) / 2147483648
+    // The user's turns are random words no model can predict; the assistant's answer is always the same.
+    const chats = (count: number): Array<TrainingExample> =>
+      Array.from({ length: count }, () => ({
+        _tag: "Chat",
+        messages: [
+          { role: "user", content: Array.from({ length: 6 }, () => words[Math.floor(random() * words.length)]).join(" ") + "?" },
+          { role: "assistant", content: "in the garden" }
+        ]
+      }))
+    const progress: Array<TrainingProgress> = []
+    const result = await Effect.runPromise(train({
+      modelPath: await f32Model(),
+      examples: chats(30),
+      validation: chats(8),
+      epochs: 2,
+      batchSize: 1,
+      learningRate: 1e-2,
+      schedule: "cosine",
+      weightDecay: 0,
+      threads: 1,
+      out: path.join(dir, "chat.gguf"),
+      checkpointEvery: 0,
+      minDelta: 0,
+      onProgress: (event) => Effect.sync(() => progress.push(event))
+    }))
+    const steps = progress.filter((event) => event._tag === "Step")
+    const epochs = progress.filter((event) => event._tag === "Epoch")
+    // Counting the user's words, the loss could not go under ~0.5 nats a token (6 of ~25 tokens are 1-in-12 guesses).
+    expect(steps.at(-1)!.loss).toBeLessThan(0.1)
+    expect(steps.at(-1)!.accuracy).toBe(1)
+    expect(epochs.at(-1)!.validationAccuracy).toBe(1)
+    expect(result.validationLosses.at(-1)!).toBeLessThan(0.1)
+  }, 300_000)
 
   it("weft train stops early when validation loss stops improving by --min-delta, keeps the best weights, and prints progress", async () => {
     const modelPath = await f32Model()
