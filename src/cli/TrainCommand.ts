@@ -30,6 +30,11 @@ const checkpointEvery = Options.integer("checkpoint-every").pipe(
   Options.withDefault(0),
   Options.withDescription("Also checkpoint every N steps (epoch ends always checkpoint)")
 )
+const keepCheckpoints = Options.integer("keep-checkpoints").pipe(
+  Options.withSchema(Schema.Int.pipe(Schema.nonNegative())),
+  Options.withDefault(3),
+  Options.withDescription("Checkpoints to keep besides the latest: the best by validation loss (else the latest)")
+)
 const patience = Options.integer("patience").pipe(
   Options.withSchema(positive),
   Options.optional,
@@ -57,7 +62,8 @@ export const progressLine = (event: TrainingProgress): string => {
       return `epoch ${event.epoch} done: train loss ${event.trainLoss.toFixed(3)}` +
         (event.validationLoss === undefined ? "" : `, validation loss ${event.validationLoss.toFixed(3)} acc ${event.validationAccuracy!.toFixed(2)}`)
     case "Checkpoint":
-      return `checkpoint ${event.path}`
+      return `checkpoint ${event.path} (epoch ${event.epoch}, sha256 ${event.sha256.slice(0, 12)}…` +
+        (event.validationLoss === undefined ? ")" : `, validation loss ${event.validationLoss.toFixed(3)})`)
   }
 }
 
@@ -74,7 +80,7 @@ const examplesOf = (file: string, chosen: DatasetFormat | "auto") =>
 /** `weft train`: fine-tune an F32 GGUF on a dataset with llama.cpp's optimizer, printing progress. */
 export const trainCommand = Command.make(
   "train",
-  { model, data, validation, format, epochs, batchSize, learningRate, schedule, weightDecay, threads, out, checkpointDir, checkpointEvery, patience, minDelta },
+  { model, data, validation, format, epochs, batchSize, learningRate, schedule, weightDecay, threads, out, checkpointDir, checkpointEvery, keepCheckpoints, patience, minDelta },
   (options) =>
     Effect.gen(function*() {
       const examples = yield* examplesOf(options.data, options.format)
@@ -92,6 +98,7 @@ export const trainCommand = Command.make(
         out: options.out,
         checkpointDir: Option.getOrUndefined(options.checkpointDir),
         checkpointEvery: options.checkpointEvery,
+        keepCheckpoints: options.keepCheckpoints,
         patience: Option.getOrUndefined(options.patience),
         minDelta: options.minDelta,
         onProgress: (event) => Console.error(progressLine(event))

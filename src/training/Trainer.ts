@@ -3,6 +3,7 @@ import * as path from "node:path"
 import { Effect, Schema } from "effect"
 import type { GgufTensorInfo } from "node-llama-cpp"
 import type { TrainingExample } from "./datasets/DatasetRecord.js"
+import { type CheckpointInfo, checkpointsToKeep, recordCheckpoint, removeCheckpoint } from "./Checkpoints.js"
 import { type EncodedExample, loadExampleTokenizer } from "./ExampleTokenizer.js"
 import { loadTrainerAddon, type TrainerAddon, type TrainerHandle, TrainerUnavailable } from "./TrainerAddon.js"
 
@@ -28,13 +29,15 @@ export class TrainingFailed extends Schema.TaggedError<TrainingFailed>()("Traini
   }
 }
 
-/** The dataset gives nothing to train on. */
+/** The dataset gives nothing to train on: no tokens, or none to learn (a chat without an assistant turn). */
 export class DatasetTooSmall extends Schema.TaggedError<DatasetTooSmall>()("DatasetTooSmall", {
   tokens: Schema.Number,
   contextLength: Schema.Number
 }) {
   override get message(): string {
-    return `the dataset has ${this.tokens} tokens; training needs at least one window of ${this.contextLength + 1}`
+    return this.tokens < 2
+      ? `the dataset has ${this.tokens} tokens; training needs at least two`
+      : `the dataset has ${this.tokens} tokens and none to learn: a chat example needs an assistant turn`
   }
 }
 
@@ -58,6 +61,11 @@ export interface TrainOptions {
   readonly checkpointDir?: string | undefined
   /** Checkpoint every this many steps (and at every epoch end) when `checkpointDir` is set; 0 only at epoch ends. */
   readonly checkpointEvery: number
+  /**
+   * How many checkpoints to keep besides the latest (always kept, to resume from): the best by validation loss, or
+   * the latest when the run has no validation data. 3 when absent.
+   */
+  readonly keepCheckpoints?: number | undefined
   /** Stop after this many epochs without a validation improvement of at least `minDelta`; needs validation data. */
   readonly patience?: number | undefined
   readonly minDelta: number
@@ -84,7 +92,16 @@ export type TrainingProgress =
     readonly validationLoss: number | undefined
     readonly validationAccuracy: number | undefined
   }
-  | { readonly _tag: "Checkpoint"; readonly step: number; readonly path: string }
+  | {
+    readonly _tag: "Checkpoint"
+    readonly step: number
+    readonly path: string
+    readonly epoch: number
+    /** SHA-256 of the file, also in its sidecar (`<path>.json`); `verifyCheckpoint` checks it. */
+    readonly sha256: string
+    readonly trainLoss: number
+    readonly validationLoss: number | undefined
+  }
 
 /** How a run ended. */
 export interface TrainingResult {
@@ -96,7 +113,10 @@ export interface TrainingResult {
   readonly epochLosses: ReadonlyArray<number>
   readonly validationLosses: ReadonlyArray<number>
   readonly bestValidationLoss: number | undefined
+  /** The checkpoints kept (the latest and the best `keepCheckpoints`), by step. */
   readonly checkpoints: ReadonlyArray<string>
+  /** The same, as their sidecars record them. */
+  readonly keptCheckpoints: ReadonlyArray<CheckpointInfo>
 }
 
 const GGML_TYPE_F32 = 0
@@ -121,13 +141,13 @@ export interface PackedWindows {
 
 /**
  * The examples' tokens as one stream cut into windows of `contextLength + 1` tokens (inputs and, shifted by one, the
- * labels), advancing `contextLength` at a time; the last window wraps to the start of the stream. A label counts when
- * its token is one of its example's targets; a window with none that counts is left out (it would teach nothing).
+ * labels), advancing `contextLength` at a time; the last window wraps to the start of the stream (a stream shorter
+ * than a window fills one window, repeating). A label counts when its token is one of its example's targets; a window
+ * with none that counts is left out (it would teach nothing).
  */
 export const packWindows = (examples: ReadonlyArray<EncodedExample>, contextLength: number): Array<PackedWindows> => {
   const stream = examples.flatMap((example) => example.tokens)
   const targets = examples.flatMap((example) => example.targets)
-  if (stream.length < contextLength + 1) return []
   const windows: Array<PackedWindows> = []
   for (let start = 0; start + 1 < stream.length; start += contextLength) {
     const window = new Int32Array(contextLength + 1)
@@ -222,22 +242,44 @@ export const train = Effect.fn("train")(function*(options: TrainOptions) {
   let stoppedBecause: TrainingResult["stoppedBecause"] = "completed"
   const started = performance.now()
 
+  // Each checkpoint is saved, read back and recorded with its checksum in a sidecar, evaluated on the validation set
+  // (so that the best can be kept), and the ones no longer among the kept are deleted.
+  const kept: Array<CheckpointInfo> = []
+  let epochNow = 1
+  let epochLoss = { sum: 0, steps: 0 }
+  let validatedAt: { readonly step: number; readonly loss: number } | undefined
   const checkpoint = Effect.gen(function*() {
     if (options.checkpointDir === undefined) return
     const saved = yield* saveAtomically(addon, handle, path.join(options.checkpointDir, `step-${step}.gguf`))
-    checkpoints.push(saved)
-    yield* options.onProgress({ _tag: "Checkpoint", step, path: saved })
+    const validationLoss = validationWindows.length === 0
+      ? undefined
+      : validatedAt?.step === step
+      ? validatedAt.loss
+      : (yield* runStep(addon, handle, concat(validationWindows), false)).loss
+    const info = yield* recordCheckpoint(saved, {
+      step,
+      epoch: epochNow,
+      trainLoss: epochLoss.sum / Math.max(epochLoss.steps, 1),
+      ...(validationLoss === undefined ? {} : { validationLoss })
+    }).pipe(Effect.mapError((cause) => new TrainingFailed({ reason: cause.message, cause })))
+    kept.push(info)
+    const keep = checkpointsToKeep(kept, options.keepCheckpoints ?? 3)
+    for (const dropped of kept.filter((candidate) => !keep.includes(candidate))) yield* removeCheckpoint(dropped.path)
+    kept.splice(0, kept.length, ...keep)
+    checkpoints.splice(0, checkpoints.length, ...keep.map((candidate) => candidate.path))
+    yield* options.onProgress({ _tag: "Checkpoint", step, path: saved, epoch: epochNow, sha256: info.sha256, trainLoss: info.trainLoss, validationLoss })
   })
 
   for (let epoch = 1; epoch <= options.epochs; epoch++) {
-    let lossSum = 0
+    epochNow = epoch
+    epochLoss = { sum: 0, steps: 0 }
     for (const batch of batches(trainWindows, options.batchSize)) {
       const learningRate = learningRateAt(options.schedule, options.learningRate, step, totalSteps)
       addon.setOptimizer(handle, learningRate, options.weightDecay)
       const result = yield* runStep(addon, handle, concat(batch), true)
       step++
       tokensDone += result.tokens
-      lossSum += result.loss
+      epochLoss = { sum: epochLoss.sum + result.loss, steps: epochLoss.steps + 1 }
       const seconds = (performance.now() - started) / 1000
       const tokensPerSecond = tokensDone / Math.max(seconds, 1e-9)
       yield* options.onProgress({
@@ -253,7 +295,8 @@ export const train = Effect.fn("train")(function*(options: TrainOptions) {
       })
       if (options.checkpointEvery > 0 && step % options.checkpointEvery === 0 && step % stepsPerEpoch !== 0) yield* checkpoint
     }
-    epochLosses.push(lossSum / stepsPerEpoch)
+    const trainLoss = epochLoss.sum / Math.max(epochLoss.steps, 1)
+    epochLosses.push(trainLoss)
     let validationLoss: number | undefined
     let validationAccuracy: number | undefined
     if (validationWindows.length > 0) {
@@ -261,8 +304,9 @@ export const train = Effect.fn("train")(function*(options: TrainOptions) {
       validationLoss = result.loss
       validationAccuracy = result.accuracy
       validationLosses.push(result.loss)
+      validatedAt = { step, loss: result.loss }
     }
-    yield* options.onProgress({ _tag: "Epoch", epoch, trainLoss: lossSum / stepsPerEpoch, validationLoss, validationAccuracy })
+    yield* options.onProgress({ _tag: "Epoch", epoch, trainLoss, validationLoss, validationAccuracy })
     yield* checkpoint
     if (validationLoss !== undefined) {
       if (best === undefined || validationLoss < best - options.minDelta) {
@@ -301,6 +345,7 @@ export const train = Effect.fn("train")(function*(options: TrainOptions) {
     epochLosses,
     validationLosses,
     bestValidationLoss: best,
-    checkpoints
+    checkpoints,
+    keptCheckpoints: kept
   } satisfies TrainingResult
 })
