@@ -104,7 +104,7 @@ export const trainCommand = Command.make(
         onProgress: (event) => Console.error(progressLine(event))
       })
       yield* Console.log(result.out)
-      yield* Console.log(`  ${result.steps} steps, ${result.epochs} epochs, stopped: ${result.stoppedBecause}`)
+      yield* Console.log(`  ${result.steps} steps, ${result.epochs} epochs, stopped: ${result.stoppedBecause} (${result.stopReason})`)
       yield* Console.log(`  epoch losses ${result.epochLosses.map((loss) => loss.toFixed(3)).join(" ")}`)
       if (result.bestValidationLoss !== undefined) yield* Console.log(`  best validation loss ${result.bestValidationLoss.toFixed(3)}`)
     })

@@ -113,6 +113,10 @@ export interface TrainingResult {
   readonly epochLosses: ReadonlyArray<number>
   readonly validationLosses: ReadonlyArray<number>
   readonly bestValidationLoss: number | undefined
+  /** The epoch whose weights are the result when there is validation data (the best by validation loss). */
+  readonly bestEpoch: number | undefined
+  /** Why the run ended, in words: the epochs done, or the patience run out and the best epoch kept. */
+  readonly stopReason: string
   /** The checkpoints kept (the latest and the best `keepCheckpoints`), by step. */
   readonly checkpoints: ReadonlyArray<string>
   /** The same, as their sidecars record them. */
@@ -236,6 +240,7 @@ export const train = Effect.fn("train")(function*(options: TrainOptions) {
   const validationLosses: Array<number> = []
   const bestPath = options.checkpointDir === undefined ? `${options.out}.best` : path.join(options.checkpointDir, "best.gguf")
   let best: number | undefined
+  let bestEpoch: number | undefined
   let epochsWithoutImprovement = 0
   let step = 0
   let tokensDone = 0
@@ -311,6 +316,7 @@ export const train = Effect.fn("train")(function*(options: TrainOptions) {
     if (validationLoss !== undefined) {
       if (best === undefined || validationLoss < best - options.minDelta) {
         best = validationLoss
+        bestEpoch = epoch
         epochsWithoutImprovement = 0
         yield* saveAtomically(addon, handle, bestPath)
       } else {
@@ -345,6 +351,12 @@ export const train = Effect.fn("train")(function*(options: TrainOptions) {
     epochLosses,
     validationLosses,
     bestValidationLoss: best,
+    bestEpoch,
+    stopReason: stoppedBecause === "early-stopping"
+      ? `validation loss ${validationLosses.at(-1)?.toFixed(4)} at epoch ${epochLosses.length}: no improvement for ` +
+        `${options.patience} epoch(s) on the best, ${best?.toFixed(4)} at epoch ${bestEpoch} (min delta ${options.minDelta}); ` +
+        `the result is epoch ${bestEpoch}'s weights`
+      : `completed ${epochLosses.length} epoch(s)` + (bestEpoch === undefined ? "" : `; the result is epoch ${bestEpoch}'s weights, the best by validation loss`),
     checkpoints,
     keptCheckpoints: kept
   } satisfies TrainingResult

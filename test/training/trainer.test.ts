@@ -7,6 +7,7 @@ import { promisify } from "node:util"
 import { describe, expect, it } from "vitest"
 import type { Llama } from "node-llama-cpp"
 import type { TrainingExample } from "../../src/training/datasets/DatasetRecord.js"
+import { sha256File } from "../../src/training/Checkpoints.js"
 import { ModelNotTrainable, train, type TrainingProgress } from "../../src/training/Trainer.js"
 import { tinyF32ModelPath, tinyModelPath } from "../support/tinyModel.js"
 
@@ -136,6 +137,49 @@ describe("train", () => {
     expect(steps.at(-1)!.accuracy).toBe(1)
     expect(epochs.at(-1)!.validationAccuracy).toBe(1)
     expect(result.validationLosses.at(-1)!).toBeLessThan(0.1)
+  }, 300_000)
+
+  it("stops early when the validation loss stops improving, ends with the best checkpoint's weights and says why", async () => {
+    // Training teaches one answer; part of the validation set expects another: its loss falls while the shared format
+    // is learned, then rises as the training answer takes over.
+    const validation = [
+      ...examples(8, 500),
+      ...Array.from({ length: 6 }, (_, at): TrainingExample => ({ _tag: "Completion", prompt: question(`thing ${600 + at}`), completion: " on the roof\n" }))
+    ]
+    const checkpointDir = path.join(dir, "early-api")
+    const out = path.join(dir, "early-api.gguf")
+    const result = await Effect.runPromise(train({
+      modelPath: await f32Model(),
+      examples: examples(40),
+      validation,
+      epochs: 12,
+      batchSize: 1,
+      learningRate: 1e-2,
+      schedule: "constant",
+      weightDecay: 0,
+      threads: 1,
+      out,
+      checkpointDir,
+      checkpointEvery: 0,
+      patience: 1,
+      minDelta: 0,
+      onProgress: () => Effect.void
+    }))
+    expect(result.stoppedBecause).toBe("early-stopping")
+    expect(result.epochs).toBeLessThan(12)
+    const losses = result.validationLosses
+    const bestEpoch = losses.indexOf(Math.min(...losses)) + 1
+    // It improved for a while, then one epoch (the patience) without improvement ended it.
+    expect(bestEpoch).toBeGreaterThan(1)
+    expect(result.epochs).toBe(bestEpoch + 1)
+    expect(result.bestEpoch).toBe(bestEpoch)
+    expect(result.bestValidationLoss).toBe(losses[bestEpoch - 1])
+    expect(result.stopReason).toContain(`no improvement for 1 epoch`)
+    expect(result.stopReason).toContain(`epoch ${bestEpoch}`)
+    // The result is the best epoch's checkpoint, byte for byte.
+    const best = result.keptCheckpoints.find((kept) => kept.epoch === bestEpoch)!
+    expect(best.validationLoss).toBe(result.bestValidationLoss)
+    expect(await sha256File(out)).toBe(best.sha256)
   }, 300_000)
 
   it("weft train stops early when validation loss stops improving by --min-delta, keeps the best weights, and prints progress", async () => {
