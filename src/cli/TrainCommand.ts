@@ -11,6 +11,11 @@ const validation = Options.file("validation", { exists: "yes" }).pipe(
   Options.optional,
   Options.withDescription("Validation dataset: its loss after each epoch picks the best weights and drives --patience")
 )
+const validationSplit = Options.float("validation-split").pipe(
+  Options.withSchema(Schema.Number.pipe(Schema.between(0, 0.5))),
+  Options.withDefault(0),
+  Options.withDescription("Without --validation: the fraction of --data held out as the validation set")
+)
 const format = Options.choice("format", ["auto", ...DatasetFormat.literals]).pipe(Options.withDefault("auto" as const))
 const positive = Schema.Int.pipe(Schema.greaterThanOrEqualTo(1))
 const epochs = Options.integer("epochs").pipe(Options.withSchema(positive), Options.withDefault(3))
@@ -80,7 +85,7 @@ const examplesOf = (file: string, chosen: DatasetFormat | "auto") =>
 /** `weft train`: fine-tune an F32 GGUF on a dataset with llama.cpp's optimizer, printing progress. */
 export const trainCommand = Command.make(
   "train",
-  { model, data, validation, format, epochs, batchSize, learningRate, schedule, weightDecay, threads, out, checkpointDir, checkpointEvery, keepCheckpoints, patience, minDelta },
+  { model, data, validation, validationSplit, format, epochs, batchSize, learningRate, schedule, weightDecay, threads, out, checkpointDir, checkpointEvery, keepCheckpoints, patience, minDelta },
   (options) =>
     Effect.gen(function*() {
       const examples = yield* examplesOf(options.data, options.format)
@@ -89,6 +94,7 @@ export const trainCommand = Command.make(
         modelPath: options.model,
         examples,
         validation: validationExamples,
+        validationSplit: options.validationSplit,
         epochs: options.epochs,
         batchSize: options.batchSize,
         learningRate: options.learningRate,

@@ -49,6 +49,8 @@ export interface TrainOptions {
   readonly modelPath: string
   readonly examples: ReadonlyArray<TrainingExample>
   readonly validation?: ReadonlyArray<TrainingExample> | undefined
+  /** Without `validation`: this fraction of `examples` (0 to 0.5), spread evenly, is held out as the validation set. */
+  readonly validationSplit?: number | undefined
   readonly epochs: number
   /** Windows of the model's context per step. */
   readonly batchSize: number
@@ -163,6 +165,16 @@ export const packWindows = (examples: ReadonlyArray<EncodedExample>, contextLeng
   return windows
 }
 
+/**
+ * `examples` split into training and validation sets: `fraction` of them (at least one when above 0, never all),
+ * spread evenly over the list so that the validation set sees every part of it.
+ */
+export const splitValidation = <A>(examples: ReadonlyArray<A>, fraction: number): { readonly train: Array<A>; readonly validation: Array<A> } => {
+  const held = fraction <= 0 || examples.length < 2 ? 0 : Math.min(examples.length - 1, Math.max(1, Math.round(examples.length * fraction)))
+  const isHeld = (at: number) => Math.floor(((at + 1) * held) / examples.length) > Math.floor((at * held) / examples.length)
+  return { train: examples.filter((_, at) => !isHeld(at)), validation: examples.filter((_, at) => isHeld(at)) }
+}
+
 /** The learning rate at `step` of `totalSteps`. */
 export const learningRateAt = (schedule: LearningRateSchedule, base: number, step: number, totalSteps: number): number => {
   const progress = totalSteps <= 1 ? 0 : step / (totalSteps - 1)
@@ -228,11 +240,14 @@ export const train = Effect.fn("train")(function*(options: TrainOptions) {
     catch: (cause) => new TrainerUnavailable({ reason: cause instanceof Error ? cause.message : String(cause) })
   })
   const { contextLength } = addon.info(handle)
-  const trainWindows = packWindows(options.examples.map(tokenizer.encode), contextLength)
+  const split = options.validation === undefined
+    ? splitValidation(options.examples, options.validationSplit ?? 0)
+    : { train: options.examples, validation: options.validation }
+  const trainWindows = packWindows(split.train.map(tokenizer.encode), contextLength)
   if (trainWindows.length === 0) {
-    return yield* new DatasetTooSmall({ tokens: options.examples.map(tokenizer.tokens).flat().length, contextLength })
+    return yield* new DatasetTooSmall({ tokens: split.train.map(tokenizer.tokens).flat().length, contextLength })
   }
-  const validationWindows = packWindows((options.validation ?? []).map(tokenizer.encode), contextLength)
+  const validationWindows = packWindows(split.validation.map(tokenizer.encode), contextLength)
   const stepsPerEpoch = Math.ceil(trainWindows.length / options.batchSize)
   const totalSteps = stepsPerEpoch * options.epochs
   const checkpoints: Array<string> = []

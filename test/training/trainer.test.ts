@@ -101,7 +101,7 @@ describe("train", () => {
     expect(tuned).toContain("in the garden")
   }, 600_000)
 
-  it("on chat data the loss and accuracy cover the assistant's turns only, which are learned even when the user's are noise", async () => {
+  it("on chat data the loss and accuracy cover the assistant's turns only, which are learned even when the user's are noise (validation split off the data)", async () => {
     const words = ["apple", "river", "stone", "cloud", "lamp", "tiger", "paper", "glass", "storm", "mouse", "bread", "chair"]
     let seed = 7
     const random = () => (seed = (seed * 1103515245 + 12345) % 2147483648) / 2147483648
@@ -117,8 +117,9 @@ describe("train", () => {
     const progress: Array<TrainingProgress> = []
     const result = await Effect.runPromise(train({
       modelPath: await f32Model(),
-      examples: chats(30),
-      validation: chats(8),
+      // 8 of these, spread over the list, are held out as the validation set.
+      examples: chats(38),
+      validationSplit: 8 / 38,
       epochs: 2,
       batchSize: 1,
       learningRate: 1e-2,
@@ -136,6 +137,7 @@ describe("train", () => {
     expect(steps.at(-1)!.loss).toBeLessThan(0.1)
     expect(steps.at(-1)!.accuracy).toBe(1)
     expect(epochs.at(-1)!.validationAccuracy).toBe(1)
+    expect(result.validationLosses.length).toBe(2)
     expect(result.validationLosses.at(-1)!).toBeLessThan(0.1)
   }, 300_000)
 
