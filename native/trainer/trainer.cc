@@ -25,7 +25,64 @@ struct Trainer {
   float learning_rate = 1e-3f;
   float weight_decay = 0.0f;
   bool busy = false;
+  // The step in flight, read by `observe_loss` on the worker thread: its windows, which labels count (null: all), the
+  // window the next loss node belongs to, and the loss and accuracy summed over the labels that count.
+  const int32_t * windows = nullptr;
+  const uint8_t * targets = nullptr;
+  int64_t window = 0;
+  double loss_sum = 0;
+  int64_t counted = 0;
+  int64_t correct = 0;
+  bool logits_ready = false;
+  bool unmaskable = false;
 };
+
+// The scheduler asks this about every node before computing it (ask = true) and calls it again once a node it asked
+// for is computed (ask = false). Asking for the logits ends a computation range there, so that when the cross-entropy
+// node is asked about next, its inputs (logits, one-hot labels) hold this window's values and its labels can still be
+// changed. A label that does not count becomes the row's own softmax: the loss's gradient there, softmax - label
+// (ggml_compute_forward_cross_entropy_loss_back), is then zero, so only the labels that count train the model. The
+// loss and accuracy reported are computed here over those labels; ggml's own figures would count every position.
+bool observe_loss(ggml_tensor * t, bool ask, void * userdata) {
+  auto * trainer = static_cast<Trainer *>(userdata);
+  if (!ask) {
+    trainer->logits_ready = trainer->logits_ready || std::strcmp(t->name, "result_output") == 0;
+    return true;
+  }
+  if (std::strcmp(t->name, "result_output") == 0) return true;
+  if (t->op != GGML_OP_CROSS_ENTROPY_LOSS || trainer->windows == nullptr) return false;
+  ggml_tensor * logits = t->src[0];
+  ggml_tensor * labels = t->src[1];
+  const int64_t n_vocab = logits->ne[0];
+  const int64_t rows = logits->ne[1];
+  if (!trainer->logits_ready || rows != trainer->n_ctx || !ggml_backend_buffer_is_host(logits->buffer) ||
+      !ggml_backend_buffer_is_host(labels->buffer)) {
+    trainer->unmaskable = true;
+    return false;
+  }
+  trainer->logits_ready = false;
+  const int64_t window = trainer->window++;
+  const int32_t * tokens = trainer->windows + window * (trainer->n_ctx + 1);
+  const uint8_t * targets = trainer->targets == nullptr ? nullptr : trainer->targets + window * trainer->n_ctx;
+  for (int64_t row = 0; row < rows; ++row) {
+    const float * x = reinterpret_cast<const float *>(static_cast<const char *>(logits->data) + row * logits->nb[1]);
+    float * y = reinterpret_cast<float *>(static_cast<char *>(labels->data) + row * labels->nb[1]);
+    int64_t best = 0;
+    for (int64_t i = 1; i < n_vocab; ++i) if (x[i] > x[best]) best = i;
+    const float max = x[best];
+    double sum = 0;
+    for (int64_t i = 0; i < n_vocab; ++i) sum += std::exp(static_cast<double>(x[i] - max));
+    if (targets == nullptr || targets[row] != 0) {
+      const int32_t label = tokens[row + 1];
+      trainer->loss_sum += std::log(sum) - static_cast<double>(x[label] - max);
+      trainer->counted += 1;
+      trainer->correct += best == label ? 1 : 0;
+    } else {
+      for (int64_t i = 0; i < n_vocab; ++i) y[i] = static_cast<float>(std::exp(static_cast<double>(x[i] - max)) / sum);
+    }
+  }
+  return false;
+}
 
 ggml_opt_optimizer_params optimizer_params(void * userdata) {
   const auto * trainer = static_cast<const Trainer *>(userdata);
@@ -132,6 +189,8 @@ napi_value open_trainer(napi_env env, napi_callback_info info) {
   ctx_params.type_v = GGML_TYPE_F32;
   ctx_params.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_DISABLED;
   ctx_params.no_perf = true;
+  ctx_params.cb_eval = observe_loss;
+  ctx_params.cb_eval_user_data = trainer;
   trainer->ctx = llama_init_from_model(trainer->model, ctx_params);
   if (trainer->ctx == nullptr) {
     free_trainer(trainer);
@@ -150,6 +209,18 @@ napi_value open_trainer(napi_env env, napi_callback_info info) {
     throw_error(env, message);
     return nullptr;
   }
+
+  // llama_opt_epoch computes through the context's scheduler without setting the CPU backend's thread count, which
+  // stays at ggml's default (4) until a decode sets it, nor the scheduler's eval callback: one throwaway decode sets
+  // both (oversubscribed threads spin in ggml_barrier and made a step ~10x slower on 2 cores).
+  llama_token first = 0;
+  if (llama_decode(trainer->ctx, llama_batch_get_one(&first, 1)) != 0) {
+    free_trainer(trainer);
+    delete trainer;
+    throw_error(env, "llama.cpp could not run the training context of " + path);
+    return nullptr;
+  }
+  llama_memory_clear(llama_get_memory(trainer->ctx), true);
 
   llama_opt_params opt_params{};
   opt_params.n_ctx_train = 0;
@@ -196,10 +267,12 @@ struct Work {
   Trainer * trainer = nullptr;
   // step
   std::vector<int32_t> windows;  // ndata windows of n_ctx + 1 tokens: inputs are [0, n_ctx), labels [1, n_ctx]
+  std::vector<uint8_t> targets;  // empty, or ndata * n_ctx flags: whether each label counts
   bool train = true;
   double loss = 0;
   double accuracy = 0;
   int64_t tokens = 0;
+  int64_t counted = 0;
   // save
   std::string path;
   bool saving = false;
@@ -225,11 +298,24 @@ void execute_work(napi_env, void * data) {
   }
   ggml_opt_result_t result_train = ggml_opt_result_init();
   ggml_opt_result_t result_eval = ggml_opt_result_init();
+  trainer->windows = work->windows.data();
+  trainer->targets = work->targets.empty() ? nullptr : work->targets.data();
+  trainer->window = 0;
+  trainer->loss_sum = 0;
+  trainer->counted = 0;
+  trainer->correct = 0;
+  trainer->logits_ready = false;
+  trainer->unmaskable = false;
   llama_opt_epoch(trainer->ctx, dataset, result_train, result_eval, work->train ? ndata : 0, nullptr, nullptr);
-  ggml_opt_result_t result = work->train ? result_train : result_eval;
-  double uncertainty = 0;
-  ggml_opt_result_loss(result, &work->loss, &uncertainty);
-  ggml_opt_result_accuracy(result, &work->accuracy, &uncertainty);
+  trainer->windows = nullptr;
+  trainer->targets = nullptr;
+  if (trainer->unmaskable || trainer->window != ndata) {
+    work->error = "the trainer could not read the logits before the loss (saw " + std::to_string(trainer->window) + " of " +
+      std::to_string(ndata) + " windows)";
+  }
+  work->loss = trainer->counted > 0 ? trainer->loss_sum / static_cast<double>(trainer->counted) : NAN;
+  work->accuracy = trainer->counted > 0 ? static_cast<double>(trainer->correct) / static_cast<double>(trainer->counted) : NAN;
+  work->counted = trainer->counted;
   work->tokens = ndata * n_ctx;
   ggml_opt_result_free(result_train);
   ggml_opt_result_free(result_eval);
@@ -239,9 +325,9 @@ void execute_work(napi_env, void * data) {
 void complete_work(napi_env env, napi_status status, void * data) {
   auto * work = static_cast<Work *>(data);
   work->trainer->busy = false;
-  if (status != napi_ok) {
+  if (status != napi_ok || !work->error.empty()) {
     napi_value message;
-    napi_create_string_utf8(env, "trainer work was cancelled", NAPI_AUTO_LENGTH, &message);
+    napi_create_string_utf8(env, work->error.empty() ? "trainer work was cancelled" : work->error.c_str(), NAPI_AUTO_LENGTH, &message);
     napi_value error;
     napi_create_error(env, nullptr, message, &error);
     napi_reject_deferred(env, work->deferred, error);
@@ -255,6 +341,7 @@ void complete_work(napi_env env, napi_status status, void * data) {
     napi_set_named_property(env, result, "loss", make_number(env, work->loss));
     napi_set_named_property(env, result, "accuracy", make_number(env, work->accuracy));
     napi_set_named_property(env, result, "tokens", make_number(env, static_cast<double>(work->tokens)));
+    napi_set_named_property(env, result, "targets", make_number(env, static_cast<double>(work->counted)));
     napi_resolve_deferred(env, work->deferred, result);
   }
   napi_delete_reference(env, work->handle_ref);
@@ -279,10 +366,11 @@ napi_value queue_work(napi_env env, napi_value handle, Work * work, const char *
   return promise;
 }
 
-// step(handle, windows: Int32Array, train: boolean) -> Promise<{ loss, accuracy, tokens }>
+// step(handle, windows: Int32Array, train: boolean, targets?: Uint8Array) -> Promise<{ loss, accuracy, tokens, targets }>
+// `targets` flags, per window, which of its contextLength labels count (loss, gradient, accuracy); absent: all do.
 napi_value step(napi_env env, napi_callback_info info) {
-  size_t argc = 3;
-  napi_value argv[3];
+  size_t argc = 4;
+  napi_value argv[4];
   napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr);
   auto * work = new Work();
   work->trainer = trainer_arg(env, argv[0]);
@@ -305,6 +393,33 @@ napi_value step(napi_env env, napi_callback_info info) {
     }
   }
   work->windows.assign(tokens, tokens + length);
+  napi_valuetype targets_type = napi_undefined;
+  if (argc >= 4) napi_typeof(env, argv[3], &targets_type);
+  if (targets_type != napi_undefined) {
+    napi_typedarray_type flags_type;
+    size_t flags_length = 0;
+    void * flags = nullptr;
+    bool typed = false;
+    napi_is_typedarray(env, argv[3], &typed);
+    if (typed) napi_get_typedarray_info(env, argv[3], &flags_type, &flags_length, &flags, nullptr, nullptr);
+    const size_t windows = length / window;
+    if (!typed || flags_type != napi_uint8_array || flags_length != windows * (window - 1)) {
+      delete work;
+      throw_error(env, "step's targets are a Uint8Array of contextLength flags per window");
+      return nullptr;
+    }
+    const auto * bytes = static_cast<const uint8_t *>(flags);
+    for (size_t at = 0; at < windows; ++at) {
+      bool any = false;
+      for (size_t i = 0; i < window - 1 && !any; ++i) any = bytes[at * (window - 1) + i] != 0;
+      if (!any) {
+        delete work;
+        throw_error(env, "window " + std::to_string(at) + " has no label that counts");
+        return nullptr;
+      }
+    }
+    work->targets.assign(bytes, bytes + flags_length);
+  }
   bool train = true;
   napi_get_value_bool(env, argv[2], &train);
   work->train = train;

@@ -11,6 +11,11 @@ const validation = Options.file("validation", { exists: "yes" }).pipe(
   Options.optional,
   Options.withDescription("Validation dataset: its loss after each epoch picks the best weights and drives --patience")
 )
+const validationSplit = Options.float("validation-split").pipe(
+  Options.withSchema(Schema.Number.pipe(Schema.between(0, 0.5))),
+  Options.withDefault(0),
+  Options.withDescription("Without --validation: the fraction of --data held out as the validation set")
+)
 const format = Options.choice("format", ["auto", ...DatasetFormat.literals]).pipe(Options.withDefault("auto" as const))
 const positive = Schema.Int.pipe(Schema.greaterThanOrEqualTo(1))
 const epochs = Options.integer("epochs").pipe(Options.withSchema(positive), Options.withDefault(3))
@@ -29,6 +34,11 @@ const checkpointEvery = Options.integer("checkpoint-every").pipe(
   Options.withSchema(Schema.Int.pipe(Schema.nonNegative())),
   Options.withDefault(0),
   Options.withDescription("Also checkpoint every N steps (epoch ends always checkpoint)")
+)
+const keepCheckpoints = Options.integer("keep-checkpoints").pipe(
+  Options.withSchema(Schema.Int.pipe(Schema.nonNegative())),
+  Options.withDefault(3),
+  Options.withDescription("Checkpoints to keep besides the latest: the best by validation loss (else the latest)")
 )
 const patience = Options.integer("patience").pipe(
   Options.withSchema(positive),
@@ -57,7 +67,8 @@ export const progressLine = (event: TrainingProgress): string => {
       return `epoch ${event.epoch} done: train loss ${event.trainLoss.toFixed(3)}` +
         (event.validationLoss === undefined ? "" : `, validation loss ${event.validationLoss.toFixed(3)} acc ${event.validationAccuracy!.toFixed(2)}`)
     case "Checkpoint":
-      return `checkpoint ${event.path}`
+      return `checkpoint ${event.path} (epoch ${event.epoch}, sha256 ${event.sha256.slice(0, 12)}…` +
+        (event.validationLoss === undefined ? ")" : `, validation loss ${event.validationLoss.toFixed(3)})`)
   }
 }
 
@@ -74,7 +85,7 @@ const examplesOf = (file: string, chosen: DatasetFormat | "auto") =>
 /** `weft train`: fine-tune an F32 GGUF on a dataset with llama.cpp's optimizer, printing progress. */
 export const trainCommand = Command.make(
   "train",
-  { model, data, validation, format, epochs, batchSize, learningRate, schedule, weightDecay, threads, out, checkpointDir, checkpointEvery, patience, minDelta },
+  { model, data, validation, validationSplit, format, epochs, batchSize, learningRate, schedule, weightDecay, threads, out, checkpointDir, checkpointEvery, keepCheckpoints, patience, minDelta },
   (options) =>
     Effect.gen(function*() {
       const examples = yield* examplesOf(options.data, options.format)
@@ -83,6 +94,7 @@ export const trainCommand = Command.make(
         modelPath: options.model,
         examples,
         validation: validationExamples,
+        validationSplit: options.validationSplit,
         epochs: options.epochs,
         batchSize: options.batchSize,
         learningRate: options.learningRate,
@@ -92,12 +104,13 @@ export const trainCommand = Command.make(
         out: options.out,
         checkpointDir: Option.getOrUndefined(options.checkpointDir),
         checkpointEvery: options.checkpointEvery,
+        keepCheckpoints: options.keepCheckpoints,
         patience: Option.getOrUndefined(options.patience),
         minDelta: options.minDelta,
         onProgress: (event) => Console.error(progressLine(event))
       })
       yield* Console.log(result.out)
-      yield* Console.log(`  ${result.steps} steps, ${result.epochs} epochs, stopped: ${result.stoppedBecause}`)
+      yield* Console.log(`  ${result.steps} steps, ${result.epochs} epochs, stopped: ${result.stoppedBecause} (${result.stopReason})`)
       yield* Console.log(`  epoch losses ${result.epochLosses.map((loss) => loss.toFixed(3)).join(" ")}`)
       if (result.bestValidationLoss !== undefined) yield* Console.log(`  best validation loss ${result.bestValidationLoss.toFixed(3)}`)
     })

@@ -3,7 +3,8 @@ import * as path from "node:path"
 import { Effect, Schema } from "effect"
 import type { GgufTensorInfo } from "node-llama-cpp"
 import type { TrainingExample } from "./datasets/DatasetRecord.js"
-import { loadExampleTokenizer } from "./ExampleTokenizer.js"
+import { type CheckpointInfo, checkpointsToKeep, recordCheckpoint, removeCheckpoint } from "./Checkpoints.js"
+import { type EncodedExample, loadExampleTokenizer } from "./ExampleTokenizer.js"
 import { loadTrainerAddon, type TrainerAddon, type TrainerHandle, TrainerUnavailable } from "./TrainerAddon.js"
 
 /** The model's weights are not F32: at this llama.cpp version only F32 tensors are trainable. */
@@ -28,13 +29,15 @@ export class TrainingFailed extends Schema.TaggedError<TrainingFailed>()("Traini
   }
 }
 
-/** The dataset gives nothing to train on. */
+/** The dataset gives nothing to train on: no tokens, or none to learn (a chat without an assistant turn). */
 export class DatasetTooSmall extends Schema.TaggedError<DatasetTooSmall>()("DatasetTooSmall", {
   tokens: Schema.Number,
   contextLength: Schema.Number
 }) {
   override get message(): string {
-    return `the dataset has ${this.tokens} tokens; training needs at least one window of ${this.contextLength + 1}`
+    return this.tokens < 2
+      ? `the dataset has ${this.tokens} tokens; training needs at least two`
+      : `the dataset has ${this.tokens} tokens and none to learn: a chat example needs an assistant turn`
   }
 }
 
@@ -46,6 +49,8 @@ export interface TrainOptions {
   readonly modelPath: string
   readonly examples: ReadonlyArray<TrainingExample>
   readonly validation?: ReadonlyArray<TrainingExample> | undefined
+  /** Without `validation`: this fraction of `examples` (0 to 0.5), spread evenly, is held out as the validation set. */
+  readonly validationSplit?: number | undefined
   readonly epochs: number
   /** Windows of the model's context per step. */
   readonly batchSize: number
@@ -58,6 +63,11 @@ export interface TrainOptions {
   readonly checkpointDir?: string | undefined
   /** Checkpoint every this many steps (and at every epoch end) when `checkpointDir` is set; 0 only at epoch ends. */
   readonly checkpointEvery: number
+  /**
+   * How many checkpoints to keep besides the latest (always kept, to resume from): the best by validation loss, or
+   * the latest when the run has no validation data. 3 when absent.
+   */
+  readonly keepCheckpoints?: number | undefined
   /** Stop after this many epochs without a validation improvement of at least `minDelta`; needs validation data. */
   readonly patience?: number | undefined
   readonly minDelta: number
@@ -84,7 +94,16 @@ export type TrainingProgress =
     readonly validationLoss: number | undefined
     readonly validationAccuracy: number | undefined
   }
-  | { readonly _tag: "Checkpoint"; readonly step: number; readonly path: string }
+  | {
+    readonly _tag: "Checkpoint"
+    readonly step: number
+    readonly path: string
+    readonly epoch: number
+    /** SHA-256 of the file, also in its sidecar (`<path>.json`); `verifyCheckpoint` checks it. */
+    readonly sha256: string
+    readonly trainLoss: number
+    readonly validationLoss: number | undefined
+  }
 
 /** How a run ended. */
 export interface TrainingResult {
@@ -96,7 +115,14 @@ export interface TrainingResult {
   readonly epochLosses: ReadonlyArray<number>
   readonly validationLosses: ReadonlyArray<number>
   readonly bestValidationLoss: number | undefined
+  /** The epoch whose weights are the result when there is validation data (the best by validation loss). */
+  readonly bestEpoch: number | undefined
+  /** Why the run ended, in words: the epochs done, or the patience run out and the best epoch kept. */
+  readonly stopReason: string
+  /** The checkpoints kept (the latest and the best `keepCheckpoints`), by step. */
   readonly checkpoints: ReadonlyArray<string>
+  /** The same, as their sidecars record them. */
+  readonly keptCheckpoints: ReadonlyArray<CheckpointInfo>
 }
 
 const GGML_TYPE_F32 = 0
@@ -113,20 +139,40 @@ export const requireF32 = Effect.fn("requireF32")(function*(modelPath: string) {
   if (types.length > 0) return yield* new ModelNotTrainable({ modelPath, tensorTypes: types })
 })
 
+/** Windows of `contextLength + 1` tokens, joined, with `contextLength` flags per window: which labels count. */
+export interface PackedWindows {
+  readonly tokens: Int32Array
+  readonly targets: Uint8Array
+}
+
 /**
  * The examples' tokens as one stream cut into windows of `contextLength + 1` tokens (inputs and, shifted by one, the
- * labels), advancing `contextLength` at a time; the last window wraps to the start of the stream.
+ * labels), advancing `contextLength` at a time; the last window wraps to the start of the stream (a stream shorter
+ * than a window fills one window, repeating). A label counts when its token is one of its example's targets; a window
+ * with none that counts is left out (it would teach nothing).
  */
-export const packWindows = (sequences: ReadonlyArray<ReadonlyArray<number>>, contextLength: number): Array<Int32Array> => {
-  const stream = sequences.flat()
-  if (stream.length < contextLength + 1) return []
-  const windows: Array<Int32Array> = []
+export const packWindows = (examples: ReadonlyArray<EncodedExample>, contextLength: number): Array<PackedWindows> => {
+  const stream = examples.flatMap((example) => example.tokens)
+  const targets = examples.flatMap((example) => example.targets)
+  const windows: Array<PackedWindows> = []
   for (let start = 0; start + 1 < stream.length; start += contextLength) {
     const window = new Int32Array(contextLength + 1)
+    const counts = new Uint8Array(contextLength)
     for (let i = 0; i <= contextLength; i++) window[i] = stream[(start + i) % stream.length]!
-    windows.push(window)
+    for (let i = 0; i < contextLength; i++) counts[i] = targets[(start + i + 1) % stream.length]! ? 1 : 0
+    if (counts.includes(1)) windows.push({ tokens: window, targets: counts })
   }
   return windows
+}
+
+/**
+ * `examples` split into training and validation sets: `fraction` of them (at least one when above 0, never all),
+ * spread evenly over the list so that the validation set sees every part of it.
+ */
+export const splitValidation = <A>(examples: ReadonlyArray<A>, fraction: number): { readonly train: Array<A>; readonly validation: Array<A> } => {
+  const held = fraction <= 0 || examples.length < 2 ? 0 : Math.min(examples.length - 1, Math.max(1, Math.round(examples.length * fraction)))
+  const isHeld = (at: number) => Math.floor(((at + 1) * held) / examples.length) > Math.floor((at * held) / examples.length)
+  return { train: examples.filter((_, at) => !isHeld(at)), validation: examples.filter((_, at) => isHeld(at)) }
 }
 
 /** The learning rate at `step` of `totalSteps`. */
@@ -142,14 +188,18 @@ export const learningRateAt = (schedule: LearningRateSchedule, base: number, ste
   }
 }
 
-const concat = (windows: ReadonlyArray<Int32Array>): Int32Array => {
-  const joined = new Int32Array(windows.reduce((total, window) => total + window.length, 0))
+const concat = (windows: ReadonlyArray<PackedWindows>): PackedWindows => {
+  const tokens = new Int32Array(windows.reduce((total, window) => total + window.tokens.length, 0))
+  const targets = new Uint8Array(windows.reduce((total, window) => total + window.targets.length, 0))
   let at = 0
+  let flag = 0
   for (const window of windows) {
-    joined.set(window, at)
-    at += window.length
+    tokens.set(window.tokens, at)
+    targets.set(window.targets, flag)
+    at += window.tokens.length
+    flag += window.targets.length
   }
-  return joined
+  return { tokens, targets }
 }
 
 const batches = <A>(items: ReadonlyArray<A>, size: number): Array<ReadonlyArray<A>> =>
@@ -170,16 +220,16 @@ const saveAtomically = (addon: TrainerAddon, handle: TrainerHandle, target: stri
     return target
   })
 
-const runStep = (addon: TrainerAddon, handle: TrainerHandle, windows: Int32Array, train: boolean) =>
+const runStep = (addon: TrainerAddon, handle: TrainerHandle, windows: PackedWindows, train: boolean) =>
   // A native step cannot be pre-empted: cancellation is observed between steps.
   Effect.tryPromise({
-    try: () => addon.step(handle, windows, train),
+    try: () => addon.step(handle, windows.tokens, train, windows.targets),
     catch: (cause) => new TrainingFailed({ reason: "a training step failed", cause })
   }).pipe(Effect.uninterruptible)
 
 /**
  * Fine-tunes every weight of an F32 model with llama.cpp's AdamW over packed windows of its training context, one
- * step per batch; validation loss after each epoch drives early stopping and picks the weights written to `out`.
+ * step per batch, learning only each example's targets (in chat data, the assistant's turns); validation loss after each epoch drives early stopping and picks the weights written to `out`.
  */
 export const train = Effect.fn("train")(function*(options: TrainOptions) {
   yield* requireF32(options.modelPath)
@@ -190,11 +240,14 @@ export const train = Effect.fn("train")(function*(options: TrainOptions) {
     catch: (cause) => new TrainerUnavailable({ reason: cause instanceof Error ? cause.message : String(cause) })
   })
   const { contextLength } = addon.info(handle)
-  const trainWindows = packWindows(options.examples.map(tokenizer.tokens), contextLength)
+  const split = options.validation === undefined
+    ? splitValidation(options.examples, options.validationSplit ?? 0)
+    : { train: options.examples, validation: options.validation }
+  const trainWindows = packWindows(split.train.map(tokenizer.encode), contextLength)
   if (trainWindows.length === 0) {
-    return yield* new DatasetTooSmall({ tokens: options.examples.map(tokenizer.tokens).flat().length, contextLength })
+    return yield* new DatasetTooSmall({ tokens: split.train.map(tokenizer.tokens).flat().length, contextLength })
   }
-  const validationWindows = packWindows((options.validation ?? []).map(tokenizer.tokens), contextLength)
+  const validationWindows = packWindows(split.validation.map(tokenizer.encode), contextLength)
   const stepsPerEpoch = Math.ceil(trainWindows.length / options.batchSize)
   const totalSteps = stepsPerEpoch * options.epochs
   const checkpoints: Array<string> = []
@@ -202,28 +255,51 @@ export const train = Effect.fn("train")(function*(options: TrainOptions) {
   const validationLosses: Array<number> = []
   const bestPath = options.checkpointDir === undefined ? `${options.out}.best` : path.join(options.checkpointDir, "best.gguf")
   let best: number | undefined
+  let bestEpoch: number | undefined
   let epochsWithoutImprovement = 0
   let step = 0
   let tokensDone = 0
   let stoppedBecause: TrainingResult["stoppedBecause"] = "completed"
   const started = performance.now()
 
+  // Each checkpoint is saved, read back and recorded with its checksum in a sidecar, evaluated on the validation set
+  // (so that the best can be kept), and the ones no longer among the kept are deleted.
+  const kept: Array<CheckpointInfo> = []
+  let epochNow = 1
+  let epochLoss = { sum: 0, steps: 0 }
+  let validatedAt: { readonly step: number; readonly loss: number } | undefined
   const checkpoint = Effect.gen(function*() {
     if (options.checkpointDir === undefined) return
     const saved = yield* saveAtomically(addon, handle, path.join(options.checkpointDir, `step-${step}.gguf`))
-    checkpoints.push(saved)
-    yield* options.onProgress({ _tag: "Checkpoint", step, path: saved })
+    const validationLoss = validationWindows.length === 0
+      ? undefined
+      : validatedAt?.step === step
+      ? validatedAt.loss
+      : (yield* runStep(addon, handle, concat(validationWindows), false)).loss
+    const info = yield* recordCheckpoint(saved, {
+      step,
+      epoch: epochNow,
+      trainLoss: epochLoss.sum / Math.max(epochLoss.steps, 1),
+      ...(validationLoss === undefined ? {} : { validationLoss })
+    }).pipe(Effect.mapError((cause) => new TrainingFailed({ reason: cause.message, cause })))
+    kept.push(info)
+    const keep = checkpointsToKeep(kept, options.keepCheckpoints ?? 3)
+    for (const dropped of kept.filter((candidate) => !keep.includes(candidate))) yield* removeCheckpoint(dropped.path)
+    kept.splice(0, kept.length, ...keep)
+    checkpoints.splice(0, checkpoints.length, ...keep.map((candidate) => candidate.path))
+    yield* options.onProgress({ _tag: "Checkpoint", step, path: saved, epoch: epochNow, sha256: info.sha256, trainLoss: info.trainLoss, validationLoss })
   })
 
   for (let epoch = 1; epoch <= options.epochs; epoch++) {
-    let lossSum = 0
+    epochNow = epoch
+    epochLoss = { sum: 0, steps: 0 }
     for (const batch of batches(trainWindows, options.batchSize)) {
       const learningRate = learningRateAt(options.schedule, options.learningRate, step, totalSteps)
       addon.setOptimizer(handle, learningRate, options.weightDecay)
       const result = yield* runStep(addon, handle, concat(batch), true)
       step++
       tokensDone += result.tokens
-      lossSum += result.loss
+      epochLoss = { sum: epochLoss.sum + result.loss, steps: epochLoss.steps + 1 }
       const seconds = (performance.now() - started) / 1000
       const tokensPerSecond = tokensDone / Math.max(seconds, 1e-9)
       yield* options.onProgress({
@@ -239,7 +315,8 @@ export const train = Effect.fn("train")(function*(options: TrainOptions) {
       })
       if (options.checkpointEvery > 0 && step % options.checkpointEvery === 0 && step % stepsPerEpoch !== 0) yield* checkpoint
     }
-    epochLosses.push(lossSum / stepsPerEpoch)
+    const trainLoss = epochLoss.sum / Math.max(epochLoss.steps, 1)
+    epochLosses.push(trainLoss)
     let validationLoss: number | undefined
     let validationAccuracy: number | undefined
     if (validationWindows.length > 0) {
@@ -247,12 +324,14 @@ export const train = Effect.fn("train")(function*(options: TrainOptions) {
       validationLoss = result.loss
       validationAccuracy = result.accuracy
       validationLosses.push(result.loss)
+      validatedAt = { step, loss: result.loss }
     }
-    yield* options.onProgress({ _tag: "Epoch", epoch, trainLoss: lossSum / stepsPerEpoch, validationLoss, validationAccuracy })
+    yield* options.onProgress({ _tag: "Epoch", epoch, trainLoss, validationLoss, validationAccuracy })
     yield* checkpoint
     if (validationLoss !== undefined) {
       if (best === undefined || validationLoss < best - options.minDelta) {
         best = validationLoss
+        bestEpoch = epoch
         epochsWithoutImprovement = 0
         yield* saveAtomically(addon, handle, bestPath)
       } else {
@@ -287,6 +366,13 @@ export const train = Effect.fn("train")(function*(options: TrainOptions) {
     epochLosses,
     validationLosses,
     bestValidationLoss: best,
-    checkpoints
+    bestEpoch,
+    stopReason: stoppedBecause === "early-stopping"
+      ? `validation loss ${validationLosses.at(-1)?.toFixed(4)} at epoch ${epochLosses.length}: no improvement for ` +
+        `${options.patience} epoch(s) on the best, ${best?.toFixed(4)} at epoch ${bestEpoch} (min delta ${options.minDelta}); ` +
+        `the result is epoch ${bestEpoch}'s weights`
+      : `completed ${epochLosses.length} epoch(s)` + (bestEpoch === undefined ? "" : `; the result is epoch ${bestEpoch}'s weights, the best by validation loss`),
+    checkpoints,
+    keptCheckpoints: kept
   } satisfies TrainingResult
 })

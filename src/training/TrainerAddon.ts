@@ -17,11 +17,14 @@ export class TrainerUnavailable extends Schema.TaggedError<TrainerUnavailable>()
   }
 }
 
-/** One step's result: mean cross-entropy loss and next-token accuracy over its tokens. */
+/** One step's result: mean cross-entropy loss and next-token accuracy over the labels that count. */
 export interface StepResult {
   readonly loss: number
   readonly accuracy: number
+  /** Tokens the step computed (windows × contextLength). */
   readonly tokens: number
+  /** Labels that counted: the loss, its gradient and the accuracy cover these only. */
+  readonly targets: number
 }
 
 /** An opaque handle to a model loaded for training. */
@@ -36,8 +39,11 @@ export interface TrainerAddon {
   readonly open: (modelPath: string, threads: number, optimizer: 0 | 1) => TrainerHandle
   readonly info: (handle: TrainerHandle) => { readonly contextLength: number; readonly vocabSize: number }
   readonly setOptimizer: (handle: TrainerHandle, learningRate: number, weightDecay: number) => void
-  /** `windows`: whole windows of contextLength + 1 tokens; trains on them, or only evaluates when `train` is false. */
-  readonly step: (handle: TrainerHandle, windows: Int32Array, train: boolean) => Promise<StepResult>
+  /**
+   * `windows`: whole windows of contextLength + 1 tokens; trains on them, or only evaluates when `train` is false.
+   * `targets`: contextLength flags per window, whether each label (token 1 … contextLength) counts; absent, all do.
+   */
+  readonly step: (handle: TrainerHandle, windows: Int32Array, train: boolean, targets?: Uint8Array) => Promise<StepResult>
   readonly save: (handle: TrainerHandle, path: string) => Promise<void>
 }
 

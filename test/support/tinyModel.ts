@@ -7,7 +7,7 @@ import type { Backend } from "../../src/engine/Backend.js"
 import type { LlamaBackendConfig, ModelLoadFailed } from "../../src/engine/llama/LlamaBackend.js"
 import { llamaBackendLayer } from "../../src/host/LocalEngine.js"
 import type { ModelDoesNotFit } from "../../src/memory/ModelDoesNotFit.js"
-import { ensureModel } from "../../src/model/generateModel.js"
+import { ensureModel, generateModel } from "../../src/model/generateModel.js"
 
 /** The generator's sources: any change to them gives a fresh cache directory, so a stale model is never reused. */
 const generatorSources = ["generateModel.ts", "GgufWriter.ts", "ModelPresets.ts", "SyntheticVocab.ts", "Float16.ts"]
@@ -25,6 +25,17 @@ const cacheDir = (): string => {
  * (the file is written atomically, so concurrent first uses are safe).
  */
 export const tinyModelPath = (): Promise<string> => Effect.runPromise(ensureModel("tiny", cacheDir()))
+
+/**
+ * The tiny model with F32 weights and a 256-token training context (llama.cpp trains only F32 tensors and pads contexts
+ * to 256 tokens), cached beside the tiny model.
+ */
+export const tinyF32ModelPath = async (): Promise<string> => {
+  const modelPath = path.join(cacheDir(), "tiny-f32-ctx256.gguf")
+  if (fs.existsSync(modelPath)) return modelPath
+  const model = await Effect.runPromise(generateModel({ preset: "tiny", weights: "f32", contextLength: 256, out: modelPath }))
+  return model.path
+}
 
 /** The model id the server reports for the tiny model. */
 export const tinyModelId = "weft-tiny-s42"

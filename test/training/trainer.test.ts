@@ -5,16 +5,15 @@ import * as path from "node:path"
 import { execFile } from "node:child_process"
 import { promisify } from "node:util"
 import { describe, expect, it } from "vitest"
-import { generateModel } from "../../src/model/generateModel.js"
+import type { Llama } from "node-llama-cpp"
 import type { TrainingExample } from "../../src/training/datasets/DatasetRecord.js"
+import { sha256File } from "../../src/training/Checkpoints.js"
 import { ModelNotTrainable, train, type TrainingProgress } from "../../src/training/Trainer.js"
-import { tinyModelPath } from "../support/tinyModel.js"
+import { tinyF32ModelPath, tinyModelPath } from "../support/tinyModel.js"
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), "weft-train-"))
 
-/** The tiny model with F32 weights and a 256-token training context (llama.cpp pads contexts to 256). */
-const f32Model = () =>
-  Effect.runPromise(generateModel({ preset: "tiny", weights: "f32", contextLength: 256, out: path.join(dir, "tiny-f32.gguf") })).then((model) => model.path)
+const f32Model = tinyF32ModelPath
 
 const question = (subject: string) => `Q: where is the ${subject}?\nA:`
 
@@ -23,9 +22,12 @@ const examples = (count: number, offset = 0): Array<TrainingExample> =>
   Array.from({ length: count }, (_, at) => ({ _tag: "Completion", prompt: question(`thing ${at + offset}`), completion: " in the garden\n" }))
 
 /** Greedy continuation of `prompt` by the model at `modelPath`, through node-llama-cpp as serving loads it. */
+let llamaOnce: Promise<Llama> | undefined
 const complete = async (modelPath: string, prompt: string): Promise<string> => {
   const { getLlama, LlamaCompletion, LlamaLogLevel } = await import("node-llama-cpp")
-  const llama = await getLlama({ build: "never", gpu: false, logLevel: LlamaLogLevel.error })
+  // One binary per file: each getLlama tests the binary in a child process first (seconds on a loaded machine).
+  llamaOnce ??= getLlama({ build: "never", gpu: false, logLevel: LlamaLogLevel.error })
+  const llama = await llamaOnce
   const model = await llama.loadModel({ modelPath })
   const context = await model.createContext({ contextSize: 256 })
   try {
@@ -69,7 +71,7 @@ describe("train", () => {
       learningRate: 1e-2,
       schedule: "cosine",
       weightDecay: 0,
-      threads: 2,
+      threads: 1,
       out,
       checkpointDir: path.join(dir, "checkpoints"),
       checkpointEvery: 2,
@@ -83,8 +85,11 @@ describe("train", () => {
     // A large margin: the last step's loss is under a third of the first's.
     expect(steps.at(-1)!.loss).toBeLessThan(steps[0]!.loss / 3)
     expect(result.epochLosses.at(-1)!).toBeLessThan(result.epochLosses[0]!)
-    // Checkpoints every 2 steps and at each epoch's end, each a complete file (no partial left behind).
-    expect(result.checkpoints.length).toBeGreaterThanOrEqual(result.epochs)
+    // Checkpoints every 2 steps and at each epoch's end, each a complete file (no partial left behind); without
+    // validation data the latest 3 stay.
+    const saved = progress.flatMap((event) => event._tag === "Checkpoint" ? [event.path] : [])
+    expect(saved.length).toBeGreaterThanOrEqual(result.epochs)
+    expect(result.checkpoints).toEqual(saved.slice(-3))
     for (const checkpoint of result.checkpoints) expect(fs.statSync(checkpoint).size).toBeGreaterThan(1_000_000)
     expect(fs.readdirSync(path.join(dir, "checkpoints")).filter((file) => file.endsWith(".partial"))).toEqual([])
 
@@ -95,6 +100,89 @@ describe("train", () => {
     expect(base).not.toContain("garden")
     expect(tuned).toContain("in the garden")
   }, 600_000)
+
+  it("on chat data the loss and accuracy cover the assistant's turns only, which are learned even when the user's are noise (validation split off the data)", async () => {
+    const words = ["apple", "river", "stone", "cloud", "lamp", "tiger", "paper", "glass", "storm", "mouse", "bread", "chair"]
+    let seed = 7
+    const random = () => (seed = (seed * 1103515245 + 12345) % 2147483648) / 2147483648
+    // The user's turns are random words no model can predict; the assistant's answer is always the same.
+    const chats = (count: number): Array<TrainingExample> =>
+      Array.from({ length: count }, () => ({
+        _tag: "Chat",
+        messages: [
+          { role: "user", content: Array.from({ length: 6 }, () => words[Math.floor(random() * words.length)]).join(" ") + "?" },
+          { role: "assistant", content: "in the garden" }
+        ]
+      }))
+    const progress: Array<TrainingProgress> = []
+    const result = await Effect.runPromise(train({
+      modelPath: await f32Model(),
+      // 8 of these, spread over the list, are held out as the validation set.
+      examples: chats(38),
+      validationSplit: 8 / 38,
+      epochs: 2,
+      batchSize: 1,
+      learningRate: 1e-2,
+      schedule: "cosine",
+      weightDecay: 0,
+      threads: 1,
+      out: path.join(dir, "chat.gguf"),
+      checkpointEvery: 0,
+      minDelta: 0,
+      onProgress: (event) => Effect.sync(() => progress.push(event))
+    }))
+    const steps = progress.filter((event) => event._tag === "Step")
+    const epochs = progress.filter((event) => event._tag === "Epoch")
+    // Counting the user's words, the loss could not go under ~0.5 nats a token (6 of ~25 tokens are 1-in-12 guesses).
+    expect(steps.at(-1)!.loss).toBeLessThan(0.1)
+    expect(steps.at(-1)!.accuracy).toBe(1)
+    expect(epochs.at(-1)!.validationAccuracy).toBe(1)
+    expect(result.validationLosses.length).toBe(2)
+    expect(result.validationLosses.at(-1)!).toBeLessThan(0.1)
+  }, 300_000)
+
+  it("stops early when the validation loss stops improving, ends with the best checkpoint's weights and says why", async () => {
+    // Training teaches one answer; part of the validation set expects another: its loss falls while the shared format
+    // is learned, then rises as the training answer takes over.
+    const validation = [
+      ...examples(8, 500),
+      ...Array.from({ length: 6 }, (_, at): TrainingExample => ({ _tag: "Completion", prompt: question(`thing ${600 + at}`), completion: " on the roof\n" }))
+    ]
+    const checkpointDir = path.join(dir, "early-api")
+    const out = path.join(dir, "early-api.gguf")
+    const result = await Effect.runPromise(train({
+      modelPath: await f32Model(),
+      examples: examples(40),
+      validation,
+      epochs: 12,
+      batchSize: 1,
+      learningRate: 1e-2,
+      schedule: "constant",
+      weightDecay: 0,
+      threads: 1,
+      out,
+      checkpointDir,
+      checkpointEvery: 0,
+      patience: 1,
+      minDelta: 0,
+      onProgress: () => Effect.void
+    }))
+    expect(result.stoppedBecause).toBe("early-stopping")
+    expect(result.epochs).toBeLessThan(12)
+    const losses = result.validationLosses
+    const bestEpoch = losses.indexOf(Math.min(...losses)) + 1
+    // It improved for a while, then one epoch (the patience) without improvement ended it.
+    expect(bestEpoch).toBeGreaterThan(1)
+    expect(result.epochs).toBe(bestEpoch + 1)
+    expect(result.bestEpoch).toBe(bestEpoch)
+    expect(result.bestValidationLoss).toBe(losses[bestEpoch - 1])
+    expect(result.stopReason).toContain(`no improvement for 1 epoch`)
+    expect(result.stopReason).toContain(`epoch ${bestEpoch}`)
+    // The result is the best epoch's checkpoint, byte for byte.
+    const best = result.keptCheckpoints.find((kept) => kept.epoch === bestEpoch)!
+    expect(best.validationLoss).toBe(result.bestValidationLoss)
+    expect(await sha256File(out)).toBe(best.sha256)
+  }, 300_000)
 
   it("weft train stops early when validation loss stops improving by --min-delta, keeps the best weights, and prints progress", async () => {
     const modelPath = await f32Model()
@@ -109,7 +197,7 @@ describe("train", () => {
     const checkpoints = path.join(dir, "early-checkpoints")
     const run = await promisify(execFile)(process.execPath, [
       "--import", "tsx", "src/main.ts", "train", "--model", modelPath, "--data", data, "--validation", validation,
-      "--epochs", "6", "--learning-rate", "0.01", "--patience", "1", "--min-delta", "100", "--out", out, "--checkpoint-dir", checkpoints
+      "--epochs", "6", "--learning-rate", "0.01", "--threads", "1", "--patience", "1", "--min-delta", "100", "--out", out, "--checkpoint-dir", checkpoints
     ], { env: { ...process.env, NO_COLOR: "1" } })
     // No later epoch can beat the first by 100 nats: patience 1 stops after epoch 2.
     expect(run.stdout).toContain("2 epochs, stopped: early-stopping")
@@ -143,7 +231,7 @@ describe("train", () => {
         learningRate: 1e-3,
         schedule: "constant",
         weightDecay: 0,
-        threads: 2,
+        threads: 1,
         out,
         checkpointEvery: 0,
         minDelta: 0,
