@@ -4,10 +4,12 @@ import { SqlClient } from "@effect/sql"
 import type { SqlError } from "@effect/sql/SqlError"
 import { SqliteClient } from "@effect/sql-sqlite-node"
 import { Clock, Effect, Layer, Option, Schema } from "effect"
+import type { ConfigError } from "effect"
 import { createHash, randomBytes, timingSafeEqual } from "node:crypto"
 import * as path from "node:path"
 import type { Priority } from "../scheduler/GenerationRequest.js"
-import { postgresClientLayer, type PostgresClientOptions } from "../storage/postgresClient.js"
+import { isPostgresUrl, postgresClientLayer, type PostgresClientOptions } from "../storage/postgresClient.js"
+import { createSchema } from "../storage/createSchema.js"
 import { SqlInteger } from "../storage/SqlInteger.js"
 import type { KeyScope, Principal, UsageLimits } from "./Principal.js"
 
@@ -153,27 +155,29 @@ const lastUsedResolutionMs = 60_000
 export class KeyStore extends Effect.Service<KeyStore>()("weft/KeyStore", {
   effect: Effect.gen(function*() {
     const sql = yield* SqlClient.SqlClient
-    yield* sql`CREATE TABLE IF NOT EXISTS api_keys (
-      id TEXT PRIMARY KEY,
-      name TEXT NOT NULL,
-      tenant TEXT NOT NULL,
-      scopes TEXT NOT NULL,
-      hash TEXT NOT NULL UNIQUE,
-      rpm BIGINT,
-      tpm BIGINT,
-      max_concurrent BIGINT,
-      created_at BIGINT NOT NULL,
-      last_used_at BIGINT,
-      expires_at BIGINT,
-      revoked_at BIGINT
-    )`.pipe(Effect.orDie)
-    yield* sql`CREATE TABLE IF NOT EXISTS tenants (
-      name TEXT PRIMARY KEY,
-      priority TEXT,
-      rpm BIGINT,
-      tpm BIGINT,
-      max_concurrent BIGINT
-    )`.pipe(Effect.orDie)
+    yield* createSchema(sql, [
+      sql`CREATE TABLE IF NOT EXISTS api_keys (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        tenant TEXT NOT NULL,
+        scopes TEXT NOT NULL,
+        hash TEXT NOT NULL UNIQUE,
+        rpm BIGINT,
+        tpm BIGINT,
+        max_concurrent BIGINT,
+        created_at BIGINT NOT NULL,
+        last_used_at BIGINT,
+        expires_at BIGINT,
+        revoked_at BIGINT
+      )`,
+      sql`CREATE TABLE IF NOT EXISTS tenants (
+        name TEXT PRIMARY KEY,
+        priority TEXT,
+        rpm BIGINT,
+        tpm BIGINT,
+        max_concurrent BIGINT
+      )`
+    ])
 
     const keyRows = (operation: string, rows: Effect.Effect<ReadonlyArray<unknown>, SqlError>) =>
       Effect.flatMap(rows, decodeKeys).pipe(Effect.mapError(failed(operation)))
@@ -329,6 +333,9 @@ export class KeyStore extends Effect.Service<KeyStore>()("weft/KeyStore", {
   /** The store on a SQLite file (created if missing); `:memory:` keeps keys for the process only. */
   static readonly layerSqlite = (databasePath: string) =>
     KeyStore.Default.pipe(Layer.provide(SqliteClient.layer({ filename: databasePath })))
+
+  /** The store at `location`: a `postgres://` URL, or a SQLite file. */
+  static readonly layer = (location: string): Layer.Layer<KeyStore, ConfigError.ConfigError | SqlError> => (isPostgresUrl(location) ? KeyStore.layerPg(location) : KeyStore.layerSqlite(location))
 
   /** The store on Postgres at `url`, shared by every replica on that database (its keys are managed through the admin API). */
   static readonly layerPg = (url: string, options?: PostgresClientOptions) => KeyStore.Default.pipe(Layer.provide(postgresClientLayer(url, options)))

@@ -2,7 +2,8 @@ import { SqlClient } from "@effect/sql"
 import type { SqlError } from "@effect/sql/SqlError"
 import { Clock, Duration, Effect, Layer, Ref, Schedule, Schema } from "effect"
 import { randomBytes } from "node:crypto"
-import { postgresClientLayer, type PostgresClientOptions } from "../storage/postgresClient.js"
+import { isPostgresUrl, postgresClientLayer, type PostgresClientOptions } from "../storage/postgresClient.js"
+import { createSchema } from "../storage/createSchema.js"
 import { SqlInteger } from "../storage/SqlInteger.js"
 import type { Principal, UsageLimits } from "./Principal.js"
 import {
@@ -58,18 +59,20 @@ const bucketOf = (rows: ReadonlyArray<typeof AdmissionRow.Type>, bucketKey: stri
  */
 export const makeSqlRateLimiter = Effect.gen(function*() {
   const sql = yield* SqlClient.SqlClient
-  yield* sql`CREATE TABLE IF NOT EXISTS rate_limit_admissions (
-    bucket_key TEXT NOT NULL,
-    id TEXT NOT NULL,
-    replica TEXT NOT NULL,
-    at BIGINT NOT NULL,
-    tokens BIGINT NOT NULL,
-    in_flight INTEGER NOT NULL,
-    held_until BIGINT NOT NULL,
-    PRIMARY KEY (bucket_key, id)
-  )`.pipe(Effect.orDie)
-  yield* sql`CREATE INDEX IF NOT EXISTS rate_limit_admissions_replica ON rate_limit_admissions (replica, in_flight)`.pipe(Effect.orDie)
-  yield* sql`CREATE INDEX IF NOT EXISTS rate_limit_admissions_at ON rate_limit_admissions (at)`.pipe(Effect.orDie)
+  yield* createSchema(sql, [
+    sql`CREATE TABLE IF NOT EXISTS rate_limit_admissions (
+      bucket_key TEXT NOT NULL,
+      id TEXT NOT NULL,
+      replica TEXT NOT NULL,
+      at BIGINT NOT NULL,
+      tokens BIGINT NOT NULL,
+      in_flight INTEGER NOT NULL,
+      held_until BIGINT NOT NULL,
+      PRIMARY KEY (bucket_key, id)
+    )`,
+    sql`CREATE INDEX IF NOT EXISTS rate_limit_admissions_replica ON rate_limit_admissions (replica, in_flight)`,
+    sql`CREATE INDEX IF NOT EXISTS rate_limit_admissions_at ON rate_limit_admissions (at)`
+  ])
 
   /** This limiter's name in the table: its heartbeat renews the leases of its own requests in flight. */
   const replica = randomBytes(8).toString("hex")
@@ -185,3 +188,10 @@ export const sqlRateLimiterLayer: Layer.Layer<RateLimiter, never, SqlClient.SqlC
 /** The shared rate limiter on Postgres at `url`. */
 export const pgRateLimiterLayer = (url: string, options?: PostgresClientOptions) =>
   sqlRateLimiterLayer.pipe(Layer.provide(postgresClientLayer(url, options)))
+
+/**
+ * The rate limiter that goes with the keys at `keysLocation`: shared through Postgres when the keys are (a cluster),
+ * the in-process one otherwise.
+ */
+export const rateLimiterLayer = (keysLocation: string): Layer.Layer<RateLimiter, SqlError> =>
+  isPostgresUrl(keysLocation) ? pgRateLimiterLayer(keysLocation) : RateLimiter.Default

@@ -4,15 +4,17 @@ import { SqlClient } from "@effect/sql"
 import type { SqlError } from "@effect/sql/SqlError"
 import { SqliteClient } from "@effect/sql-sqlite-node"
 import { Clock, Context, Duration, Effect, Layer, Option, Schedule, Schema } from "effect"
-import type { Scope } from "effect"
+import type { ConfigError, Scope } from "effect"
 import type { ChatMessage } from "../engine/Backend.js"
+import { nulSafeText } from "../storage/nulSafeText.js"
 import { makePgAdvisoryLocks } from "../storage/pgAdvisoryLocks.js"
-import { postgresClientLayer, type PostgresClientOptions } from "../storage/postgresClient.js"
+import { isPostgresUrl, postgresClientLayer, type PostgresClientOptions } from "../storage/postgresClient.js"
+import { createSchema } from "../storage/createSchema.js"
 import { SqlInteger } from "../storage/SqlInteger.js"
 
 /** Where sessions live and how long an idle one is kept. */
 export interface SessionSettings {
-  /** SQLite file; `:memory:` keeps sessions for the process only. */
+  /** SQLite file (`:memory:` keeps sessions for the process only), or a `postgres://` URL a cluster's replicas share. */
   readonly databasePath: string
   readonly ttlMs: number
   /** How often expired sessions are swept. */
@@ -88,8 +90,8 @@ export class SessionStoreFailed extends Schema.TaggedError<SessionStoreFailed>()
 
 const SessionRow = Schema.Struct({
   id: Schema.String,
-  // The column keeps its first name so existing databases open unchanged; it holds the owner.
-  cache_key: SessionOwner,
+  // The column keeps its first name so existing databases open unchanged; it holds the owner (encoded: `ownerText`).
+  cache_key: Schema.String,
   messages: Schema.parseJson(Schema.Array(ChatMessageSchema)),
   turns: SqlInteger,
   prompt_tokens: SqlInteger,
@@ -120,27 +122,31 @@ export class SessionStore extends Effect.Service<SessionStore>()("weft/SessionSt
   scoped: Effect.gen(function*() {
     const settings = yield* SessionConfig
     const sql = yield* SqlClient.SqlClient
-    yield* sql`CREATE TABLE IF NOT EXISTS sessions (
-      id TEXT PRIMARY KEY,
-      cache_key TEXT NOT NULL,
-      messages TEXT NOT NULL,
-      turns BIGINT NOT NULL,
-      prompt_tokens BIGINT NOT NULL,
-      completion_tokens BIGINT NOT NULL,
-      cached_tokens BIGINT NOT NULL,
-      created_at BIGINT NOT NULL,
-      updated_at BIGINT NOT NULL
-    )`.pipe(Effect.orDie)
-    yield* sql`CREATE INDEX IF NOT EXISTS sessions_updated_at ON sessions (updated_at)`.pipe(Effect.orDie)
-    yield* sql`CREATE TABLE IF NOT EXISTS responses (
-      id TEXT PRIMARY KEY,
-      cache_key TEXT NOT NULL,
-      messages TEXT NOT NULL,
-      body TEXT NOT NULL,
-      created_at BIGINT NOT NULL
-    )`.pipe(Effect.orDie)
-    yield* sql`CREATE INDEX IF NOT EXISTS responses_created_at ON responses (created_at)`.pipe(Effect.orDie)
+    yield* createSchema(sql, [
+      sql`CREATE TABLE IF NOT EXISTS sessions (
+        id TEXT PRIMARY KEY,
+        cache_key TEXT NOT NULL,
+        messages TEXT NOT NULL,
+        turns BIGINT NOT NULL,
+        prompt_tokens BIGINT NOT NULL,
+        completion_tokens BIGINT NOT NULL,
+        cached_tokens BIGINT NOT NULL,
+        created_at BIGINT NOT NULL,
+        updated_at BIGINT NOT NULL
+      )`,
+      sql`CREATE INDEX IF NOT EXISTS sessions_updated_at ON sessions (updated_at)`,
+      sql`CREATE TABLE IF NOT EXISTS responses (
+        id TEXT PRIMARY KEY,
+        cache_key TEXT NOT NULL,
+        messages TEXT NOT NULL,
+        body TEXT NOT NULL,
+        created_at BIGINT NOT NULL
+      )`,
+      sql`CREATE INDEX IF NOT EXISTS responses_created_at ON responses (created_at)`
+    ])
 
+    // Owners and cache keys of tenants start with NUL, which Postgres text cannot hold.
+    const ownerText = nulSafeText(sql)
     const locks = new Map<string, { readonly semaphore: Effect.Semaphore; users: number }>()
     // On Postgres other replicas share the sessions: the in-process lock is followed by an advisory lock.
     const replicaLocks = yield* sql.onDialectOrElse({
@@ -195,14 +201,14 @@ export class SessionStore extends Effect.Service<SessionStore>()("weft/SessionSt
     const get = Effect.fn("SessionStore.get")(function*(id: string, owner: SessionOwner) {
       const now = yield* Clock.currentTimeMillis
       const rows = yield* sql`SELECT * FROM sessions WHERE ${
-        sql.and([sql`id = ${id}`, sql`cache_key = ${owner}`, sql`updated_at >= ${expiredBefore(now)}`])
+        sql.and([sql`id = ${id}`, sql`cache_key = ${ownerText.encode(owner)}`, sql`updated_at >= ${expiredBefore(now)}`])
       }`.pipe(Effect.mapError(failed("get")))
       if (rows.length === 0) return Option.none<Session>()
       const row = yield* decodeRow(rows[0]).pipe(Effect.mapError(failed("get")))
       return Option.some(
         new Session({
           id: row.id,
-          owner: row.cache_key,
+          owner: SessionOwner.make(ownerText.decode(row.cache_key)),
           messages: row.messages,
           turns: row.turns,
           promptTokens: row.prompt_tokens,
@@ -245,7 +251,7 @@ export class SessionStore extends Effect.Service<SessionStore>()("weft/SessionSt
             sql`INSERT INTO sessions ${
               sql.insert({
                 id,
-                cache_key: owner,
+                cache_key: ownerText.encode(owner),
                 messages: encoded,
                 turns: 1,
                 prompt_tokens: turn.usage.promptTokens,
@@ -265,7 +271,7 @@ export class SessionStore extends Effect.Service<SessionStore>()("weft/SessionSt
           completion_tokens = completion_tokens + ${turn.usage.completionTokens},
           cached_tokens = cached_tokens + ${turn.usage.cachedTokens},
           updated_at = ${now}
-          WHERE id = ${id} AND cache_key = ${owner}`.pipe(Effect.mapError(failed("appendTurn")))
+          WHERE id = ${id} AND cache_key = ${ownerText.encode(owner)}`.pipe(Effect.mapError(failed("appendTurn")))
       }
     })
 
@@ -279,7 +285,7 @@ export class SessionStore extends Effect.Service<SessionStore>()("weft/SessionSt
       return yield* withTurnLock(
         id,
         Effect.map(
-          sql`DELETE FROM sessions WHERE id = ${id} AND cache_key = ${owner} RETURNING id`.pipe(Effect.mapError(failed("remove"))),
+          sql`DELETE FROM sessions WHERE id = ${id} AND cache_key = ${ownerText.encode(owner)} RETURNING id`.pipe(Effect.mapError(failed("remove"))),
           (rows) => rows.length > 0
         )
       )
@@ -297,7 +303,7 @@ export class SessionStore extends Effect.Service<SessionStore>()("weft/SessionSt
       yield* sql`INSERT INTO responses ${
         sql.insert({
           id: response.id,
-          cache_key: response.cacheKey,
+          cache_key: ownerText.encode(response.cacheKey),
           messages: JSON.stringify(response.messages),
           body: JSON.stringify(response.body),
           created_at: response.createdAt
@@ -315,7 +321,7 @@ export class SessionStore extends Effect.Service<SessionStore>()("weft/SessionSt
       if (rows.length === 0) return Option.none<StoredResponse>()
       const row = yield* decodeResponseRow(rows[0]).pipe(Effect.mapError(failed("getResponse")))
       return Option.some(
-        new StoredResponse({ id: row.id, cacheKey: row.cache_key, messages: row.messages, body: row.body, createdAt: row.created_at })
+        new StoredResponse({ id: row.id, cacheKey: ownerText.decode(row.cache_key), messages: row.messages, body: row.body, createdAt: row.created_at })
       )
     })
 
@@ -352,6 +358,10 @@ export class SessionStore extends Effect.Service<SessionStore>()("weft/SessionSt
       Layer.provide(SqliteClient.layer({ filename: settings.databasePath })),
       Layer.provide(SessionConfig.layer(settings))
     )
+
+  /** The store where `settings.databasePath` says: a `postgres://` URL, or a SQLite file. */
+  static readonly layer = (settings: Partial<SessionSettings> & Pick<SessionSettings, "databasePath">): Layer.Layer<SessionStore, ConfigError.ConfigError | SqlError> =>
+    isPostgresUrl(settings.databasePath) ? SessionStore.layerPg(settings.databasePath, settings) : SessionStore.layerSqlite(settings)
 
   /** The store on Postgres at `url`, shared by every replica on that database. */
   static readonly layerPg = (url: string, settings: Partial<Omit<SessionSettings, "databasePath">> = {}, options?: PostgresClientOptions) =>

@@ -117,6 +117,19 @@ for (const backend of storeBackends()) describe.skipIf(!backend.available)(`Sess
       yield* Fiber.join(second)
       expect(order).toEqual(["first start", "other session", "first end", "second"])
     }).pipe(Effect.provide(store())))
+  it.effect("a tenant's owner (it starts with NUL) and one spelled like its escape stay two owners", () =>
+    Effect.gen(function*() {
+      const store = yield* SessionStore
+      const tenant = SessionOwner.make("\u0000acme")
+      const lookalike = SessionOwner.make("\\0acme")
+      yield* store.appendTurn("t", tenant, turn("for the tenant", "ok"))
+      expect(Option.getOrThrow(yield* store.get("t", tenant)).owner).toBe(tenant)
+      expect(Option.isNone(yield* store.get("t", lookalike))).toBe(true)
+      expect(yield* Effect.flip(store.resume("t", lookalike))).toBeInstanceOf(SessionOwnedByAnother)
+      yield* store.saveResponse(new StoredResponse({ id: "resp_t", cacheKey: "\u0000acme\u0000salt", messages: [], body: {}, createdAt: 0 }))
+      expect(Option.getOrThrow(yield* store.getResponse("resp_t")).cacheKey).toBe("\u0000acme\u0000salt")
+    }).pipe(Effect.provide(store())))
+
   it.effect("stored responses: saving an id again replaces it; they read back, expire and delete", () =>
     Effect.gen(function*() {
       const store = yield* SessionStore
