@@ -32,7 +32,7 @@ import type { OpenServerRefused } from "./identity/AuthErrors.js"
 import { KeyStore, keysDatabasePath } from "./identity/KeyStore.js"
 import { AuditLog } from "./identity/AuditLog.js"
 import type { AuditSettings } from "./identity/AuditLog.js"
-import { RateLimiter } from "./identity/RateLimiter.js"
+import { rateLimiterLayer } from "./identity/SqlRateLimiter.js"
 import { Alerts, AlertsConfig } from "./observability/Alerts.js"
 import type { AlertSettings } from "./observability/AlertRules.js"
 import { LiveEvents, LiveEventsConfig } from "./observability/LiveEvents.js"
@@ -120,10 +120,11 @@ export const httpApiServicesLayer = (
   operations: OperationsSettings = {}
 ): Layer.Layer<Exclude<HttpApiServices, ModelRegistry | MemoryManager | AdapterContexts>, PluginLoadFailed, ModelRegistry> =>
   operationsLayer(operations).pipe(
-    Layer.provideMerge(Layer.mergeAll(ProcessMetrics.Default, RateLimiter.Default, AuditLog.Default(audit))),
+    // Keys, sessions and rate limits are shared through Postgres when their location is a postgres:// URL (a cluster).
+    Layer.provideMerge(Layer.mergeAll(ProcessMetrics.Default, Layer.orDie(rateLimiterLayer(keys.databasePath)), AuditLog.Default(audit))),
     // A session database that cannot be opened is a start-up failure, reported like any other.
-    Layer.provideMerge(Layer.orDie(SessionStore.layerSqlite(sessions))),
-    Layer.provideMerge(Layer.orDie(KeyStore.layerSqlite(keys.databasePath)))
+    Layer.provideMerge(Layer.orDie(SessionStore.layer(sessions))),
+    Layer.provideMerge(Layer.orDie(KeyStore.layer(keys.databasePath)))
   )
 
 /**

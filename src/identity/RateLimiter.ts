@@ -52,14 +52,14 @@ export interface RateLimitTicket {
 }
 
 /** One admission in a window: its time and its current charge (the reservation until settled). */
-interface Admission {
-  readonly id: number
+export interface Admission {
+  readonly id: string
   readonly at: number
   readonly tokens: number
 }
 
 /** The usage of one key or one tenant. */
-interface Bucket {
+export interface Bucket {
   /** Admissions of the last `windowMs`, oldest first. */
   readonly admissions: ReadonlyArray<Admission>
   readonly inFlight: number
@@ -67,20 +67,28 @@ interface Bucket {
   readonly charged: number
 }
 
-const emptyBucket: Bucket = { admissions: [], inFlight: 0, charged: 0 }
+export const emptyBucket: Bucket = { admissions: [], inFlight: 0, charged: 0 }
 
-interface Limited {
+/** A key or tenant whose limits a request counts against, and the name of its usage bucket. */
+export interface Limited {
   readonly scope: typeof LimitScope.Type
   readonly bucketKey: string
   readonly limits: UsageLimits
 }
 
-const limitedOf = (principal: Principal): ReadonlyArray<Limited> => [
+/** A limited key or tenant with its usage now. */
+export interface LimitedBucket extends Limited {
+  readonly bucket: Bucket
+}
+
+/** The key and the tenant a principal's request counts against. */
+export const limitedOf = (principal: Principal): ReadonlyArray<Limited> => [
   { scope: "key", bucketKey: `key:${principal.keyId}`, limits: principal.keyLimits },
   { scope: "tenant", bucketKey: `tenant:${principal.tenant}`, limits: principal.tenantLimits }
 ]
 
-const live = (bucket: Bucket, now: number): Bucket => {
+/** The bucket without the admissions that left the window. */
+export const live = (bucket: Bucket, now: number): Bucket => {
   const first = bucket.admissions.findIndex((admission) => admission.at > now - windowMs)
   return first === 0 ? bucket : { ...bucket, admissions: first === -1 ? [] : bucket.admissions.slice(first) }
 }
@@ -117,9 +125,71 @@ export const formatReset = (ms: number): string => {
 
 type State = ReadonlyMap<string, Bucket>
 
-type Decision =
-  | { readonly _tag: "Admitted"; readonly id: number; readonly reserved: number }
+/** Whether a request is admitted now, and with how many tokens reserved. */
+export type Decision =
+  | { readonly _tag: "Admitted"; readonly reserved: number }
   | { readonly _tag: "Refused"; readonly error: RateLimited | TokensOverLimit }
+
+/** The admission decision for a request against its key's and tenant's live buckets: the one rule every limiter applies. */
+export const decideAdmission = (buckets: ReadonlyArray<LimitedBucket>, reservation: TokenReservation, now: number): Decision => {
+  let completion = reservation.reservedCompletionTokens
+  for (const { scope, limits } of buckets) {
+    if (limits.tpm === undefined) continue
+    if (reservation.estimated === true) completion = Math.max(0, Math.min(completion, limits.tpm - reservation.promptTokens))
+    const requested = reservation.promptTokens + completion
+    if (requested > limits.tpm) return { _tag: "Refused", error: new TokensOverLimit({ scope, limit: limits.tpm, requested }) }
+  }
+  const reserved = reservation.promptTokens + completion
+  const refusals: Array<{ readonly scope: typeof LimitScope.Type; readonly kind: typeof LimitKind.Type; readonly limit: number; readonly waitMs: number }> = []
+  for (const { scope, limits, bucket } of buckets) {
+    if (limits.maxConcurrent !== undefined && bucket.inFlight >= limits.maxConcurrent) {
+      // Nothing says when a running request ends; a second is a polite first retry.
+      refusals.push({ scope, kind: "concurrency", limit: limits.maxConcurrent, waitMs: 1000 })
+    }
+    const count = bucket.admissions.length
+    if (limits.rpm !== undefined && count >= limits.rpm) {
+      const rpm = limits.rpm
+      refusals.push({ scope, kind: "requests", limit: rpm, waitMs: waitUntil(bucket, now, (freed) => count - freed < rpm) })
+    }
+    const used = tokensOf(bucket)
+    if (limits.tpm !== undefined && used + reserved > limits.tpm) {
+      const tpm = limits.tpm
+      refusals.push({ scope, kind: "tokens", limit: tpm, waitMs: waitUntil(bucket, now, (_, freed) => used - freed + reserved <= tpm) })
+    }
+  }
+  if (refusals.length > 0) {
+    const first = refusals[0]!
+    const waitMs = Math.max(...refusals.map((refusal) => refusal.waitMs))
+    return { _tag: "Refused", error: new RateLimited({ scope: first.scope, kind: first.kind, limit: first.limit, retryAfterSeconds: seconds(waitMs) }) }
+  }
+  return { _tag: "Admitted", reserved }
+}
+
+/** Only what some limit counts is logged: an unlimited key grows no log. */
+export const isLogged = (limits: UsageLimits): boolean => limits.rpm !== undefined || limits.tpm !== undefined
+
+/** OpenAI's `x-ratelimit-*` headers for the tightest request and token limits of these live buckets. */
+export const rateLimitHeaders = (buckets: ReadonlyArray<LimitedBucket>, now: number): Record<string, string> => {
+  const result: Record<string, string> = {}
+  const tightest = (limitOf: (limits: UsageLimits) => number | undefined, usedOf: (bucket: Bucket) => number) =>
+    buckets.flatMap(({ limits, bucket }) => {
+      const limit = limitOf(limits)
+      return limit === undefined ? [] : [{ limit, remaining: Math.max(0, limit - usedOf(bucket)), bucket }]
+    }).sort((a, b) => a.remaining - b.remaining)[0]
+  const requests = tightest((limits) => limits.rpm, (bucket) => bucket.admissions.length)
+  if (requests !== undefined) {
+    result["x-ratelimit-limit-requests"] = String(requests.limit)
+    result["x-ratelimit-remaining-requests"] = String(requests.remaining)
+    result["x-ratelimit-reset-requests"] = formatReset(resetMs(requests.bucket.admissions, now))
+  }
+  const tokens = tightest((limits) => limits.tpm, tokensOf)
+  if (tokens !== undefined) {
+    result["x-ratelimit-limit-tokens"] = String(tokens.limit)
+    result["x-ratelimit-remaining-tokens"] = String(tokens.remaining)
+    result["x-ratelimit-reset-tokens"] = formatReset(resetMs(tokens.bucket.admissions.filter((admission) => admission.tokens > 0), now))
+  }
+  return result
+}
 
 /**
  * Per-key and per-tenant limits on requests per minute, tokens per minute and concurrent requests.
@@ -138,53 +208,23 @@ export class RateLimiter extends Effect.Service<RateLimiter>()("weft/RateLimiter
     const update = <A>(f: (state: State, now: number) => readonly [A, State]) =>
       SynchronizedRef.modifyEffect(state, (current) => Effect.map(Clock.currentTimeMillis, (now) => f(current, now)))
 
-    const decide = (principal: Principal, reservation: TokenReservation, id: number) =>
+    const decide = (principal: Principal, reservation: TokenReservation, id: string) =>
       update<Decision>((current, now) => {
         const buckets = limitedOf(principal).map((limited) => ({ ...limited, bucket: live(current.get(limited.bucketKey) ?? emptyBucket, now) }))
-        let completion = reservation.reservedCompletionTokens
-        for (const { scope, limits } of buckets) {
-          if (limits.tpm === undefined) continue
-          if (reservation.estimated === true) completion = Math.max(0, Math.min(completion, limits.tpm - reservation.promptTokens))
-          const requested = reservation.promptTokens + completion
-          if (requested > limits.tpm) return [{ _tag: "Refused", error: new TokensOverLimit({ scope, limit: limits.tpm, requested }) }, current]
-        }
-        const reserved = reservation.promptTokens + completion
-        const refusals: Array<{ readonly scope: typeof LimitScope.Type; readonly kind: typeof LimitKind.Type; readonly limit: number; readonly waitMs: number }> = []
-        for (const { scope, limits, bucket } of buckets) {
-          if (limits.maxConcurrent !== undefined && bucket.inFlight >= limits.maxConcurrent) {
-            // Nothing says when a running request ends; a second is a polite first retry.
-            refusals.push({ scope, kind: "concurrency", limit: limits.maxConcurrent, waitMs: 1000 })
-          }
-          const count = bucket.admissions.length
-          if (limits.rpm !== undefined && count >= limits.rpm) {
-            const rpm = limits.rpm
-            refusals.push({ scope, kind: "requests", limit: rpm, waitMs: waitUntil(bucket, now, (freed) => count - freed < rpm) })
-          }
-          const used = tokensOf(bucket)
-          if (limits.tpm !== undefined && used + reserved > limits.tpm) {
-            const tpm = limits.tpm
-            refusals.push({ scope, kind: "tokens", limit: tpm, waitMs: waitUntil(bucket, now, (_, freed) => used - freed + reserved <= tpm) })
-          }
-        }
-        if (refusals.length > 0) {
-          const first = refusals[0]!
-          const waitMs = Math.max(...refusals.map((refusal) => refusal.waitMs))
-          return [{ _tag: "Refused", error: new RateLimited({ scope: first.scope, kind: first.kind, limit: first.limit, retryAfterSeconds: seconds(waitMs) }) }, current]
-        }
+        const decision = decideAdmission(buckets, reservation, now)
+        if (decision._tag === "Refused") return [decision, current]
         const next = new Map(current)
         for (const { bucketKey, limits, bucket } of buckets) {
-          // Only what some limit counts is kept: an unlimited key grows no log.
-          const logged = limits.rpm !== undefined || limits.tpm !== undefined
           next.set(bucketKey, {
-            admissions: logged ? [...bucket.admissions, { id, at: now, tokens: reserved }] : bucket.admissions,
+            admissions: isLogged(limits) ? [...bucket.admissions, { id, at: now, tokens: decision.reserved }] : bucket.admissions,
             inFlight: bucket.inFlight + 1,
-            charged: bucket.charged + reserved
+            charged: bucket.charged + decision.reserved
           })
         }
-        return [{ _tag: "Admitted", id, reserved }, next]
+        return [decision, next]
       })
 
-    const settleIn = (principal: Principal, id: number, reserved: number, actual: number) =>
+    const settleIn = (principal: Principal, id: string, reserved: number, actual: number) =>
       update((current, now) => {
         const next = new Map(current)
         for (const { bucketKey } of limitedOf(principal)) {
@@ -210,7 +250,7 @@ export class RateLimiter extends Effect.Service<RateLimiter>()("weft/RateLimiter
 
     /** Admits a request under the principal's key and tenant limits; the concurrency slot is held until the scope closes. */
     const acquire = Effect.fn("RateLimiter.acquire")(function*(principal: Principal, reservation: TokenReservation) {
-      const id = yield* Ref.getAndUpdate(nextId, (n) => n + 1)
+      const id = String(yield* Ref.getAndUpdate(nextId, (n) => n + 1))
       const decision = yield* Effect.acquireRelease(decide(principal, reservation, id), (admitted) =>
         admitted._tag === "Admitted" ? release(principal) : Effect.void)
       if (decision._tag === "Refused") return yield* Effect.fail(decision.error)
@@ -224,26 +264,8 @@ export class RateLimiter extends Effect.Service<RateLimiter>()("weft/RateLimiter
     /** OpenAI's `x-ratelimit-*` headers for the principal's tightest request and token limits; none for an unlimited one. */
     const headers = (principal: Principal): Effect.Effect<Record<string, string>> =>
       update((current, now) => {
-        const result: Record<string, string> = {}
-        const buckets = limitedOf(principal).map(({ limits, bucketKey }) => ({ limits, bucket: live(current.get(bucketKey) ?? emptyBucket, now) }))
-        const tightest = (limitOf: (limits: UsageLimits) => number | undefined, usedOf: (bucket: Bucket) => number) =>
-          buckets.flatMap(({ limits, bucket }) => {
-            const limit = limitOf(limits)
-            return limit === undefined ? [] : [{ limit, remaining: Math.max(0, limit - usedOf(bucket)), bucket }]
-          }).sort((a, b) => a.remaining - b.remaining)[0]
-        const requests = tightest((limits) => limits.rpm, (bucket) => bucket.admissions.length)
-        if (requests !== undefined) {
-          result["x-ratelimit-limit-requests"] = String(requests.limit)
-          result["x-ratelimit-remaining-requests"] = String(requests.remaining)
-          result["x-ratelimit-reset-requests"] = formatReset(resetMs(requests.bucket.admissions, now))
-        }
-        const tokens = tightest((limits) => limits.tpm, tokensOf)
-        if (tokens !== undefined) {
-          result["x-ratelimit-limit-tokens"] = String(tokens.limit)
-          result["x-ratelimit-remaining-tokens"] = String(tokens.remaining)
-          result["x-ratelimit-reset-tokens"] = formatReset(resetMs(tokens.bucket.admissions.filter((admission) => admission.tokens > 0), now))
-        }
-        return [result, current]
+        const buckets = limitedOf(principal).map((limited) => ({ ...limited, bucket: live(current.get(limited.bucketKey) ?? emptyBucket, now) }))
+        return [rateLimitHeaders(buckets, now), current]
       })
 
     /** Requests in flight and tokens charged so far (settled charges included) of a key (`key:ID`) or tenant (`tenant:T`). */

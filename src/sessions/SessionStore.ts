@@ -4,12 +4,17 @@ import { SqlClient } from "@effect/sql"
 import type { SqlError } from "@effect/sql/SqlError"
 import { SqliteClient } from "@effect/sql-sqlite-node"
 import { Clock, Context, Duration, Effect, Layer, Option, Schedule, Schema } from "effect"
-import type { Scope } from "effect"
+import type { ConfigError, Scope } from "effect"
 import type { ChatMessage } from "../engine/Backend.js"
+import { nulSafeText } from "../storage/nulSafeText.js"
+import { makePgAdvisoryLocks } from "../storage/pgAdvisoryLocks.js"
+import { isPostgresUrl, postgresClientLayer, type PostgresClientOptions } from "../storage/postgresClient.js"
+import { createSchema } from "../storage/createSchema.js"
+import { SqlInteger } from "../storage/SqlInteger.js"
 
 /** Where sessions live and how long an idle one is kept. */
 export interface SessionSettings {
-  /** SQLite file; `:memory:` keeps sessions for the process only. */
+  /** SQLite file (`:memory:` keeps sessions for the process only), or a `postgres://` URL a cluster's replicas share. */
   readonly databasePath: string
   readonly ttlMs: number
   /** How often expired sessions are swept. */
@@ -72,7 +77,7 @@ const ResponseRow = Schema.Struct({
   cache_key: Schema.String,
   messages: Schema.parseJson(Schema.Array(ChatMessageSchema)),
   body: Schema.parseJson(Schema.Unknown),
-  created_at: Schema.Number
+  created_at: SqlInteger
 })
 
 const decodeResponseRow = Schema.decodeUnknown(ResponseRow)
@@ -85,15 +90,15 @@ export class SessionStoreFailed extends Schema.TaggedError<SessionStoreFailed>()
 
 const SessionRow = Schema.Struct({
   id: Schema.String,
-  // The column keeps its first name so existing databases open unchanged; it holds the owner.
-  cache_key: SessionOwner,
+  // The column keeps its first name so existing databases open unchanged; it holds the owner (encoded: `ownerText`).
+  cache_key: Schema.String,
   messages: Schema.parseJson(Schema.Array(ChatMessageSchema)),
-  turns: Schema.Number,
-  prompt_tokens: Schema.Number,
-  completion_tokens: Schema.Number,
-  cached_tokens: Schema.Number,
-  created_at: Schema.Number,
-  updated_at: Schema.Number
+  turns: SqlInteger,
+  prompt_tokens: SqlInteger,
+  completion_tokens: SqlInteger,
+  cached_tokens: SqlInteger,
+  created_at: SqlInteger,
+  updated_at: SqlInteger
 })
 
 const decodeRow = Schema.decodeUnknown(SessionRow)
@@ -109,37 +114,59 @@ export interface SessionTurn {
 }
 
 /**
- * Chat sessions persisted in SQLite, so they survive a restart. Turns of one session run one at a time
- * (`withTurnLock`); idle sessions past the TTL are swept.
+ * Chat sessions persisted in SQL (SQLite on one machine, Postgres shared by the replicas of a cluster), so they survive
+ * a restart. Turns of one session run one at a time (`withTurnLock`): in-process, and on Postgres across replicas too;
+ * idle sessions past the TTL are swept.
  */
 export class SessionStore extends Effect.Service<SessionStore>()("weft/SessionStore", {
   scoped: Effect.gen(function*() {
     const settings = yield* SessionConfig
     const sql = yield* SqlClient.SqlClient
-    yield* sql`CREATE TABLE IF NOT EXISTS sessions (
-      id TEXT PRIMARY KEY,
-      cache_key TEXT NOT NULL,
-      messages TEXT NOT NULL,
-      turns INTEGER NOT NULL,
-      prompt_tokens INTEGER NOT NULL,
-      completion_tokens INTEGER NOT NULL,
-      cached_tokens INTEGER NOT NULL,
-      created_at INTEGER NOT NULL,
-      updated_at INTEGER NOT NULL
-    )`.pipe(Effect.orDie)
-    yield* sql`CREATE INDEX IF NOT EXISTS sessions_updated_at ON sessions (updated_at)`.pipe(Effect.orDie)
-    yield* sql`CREATE TABLE IF NOT EXISTS responses (
-      id TEXT PRIMARY KEY,
-      cache_key TEXT NOT NULL,
-      messages TEXT NOT NULL,
-      body TEXT NOT NULL,
-      created_at INTEGER NOT NULL
-    )`.pipe(Effect.orDie)
-    yield* sql`CREATE INDEX IF NOT EXISTS responses_created_at ON responses (created_at)`.pipe(Effect.orDie)
+    yield* createSchema(sql, [
+      sql`CREATE TABLE IF NOT EXISTS sessions (
+        id TEXT PRIMARY KEY,
+        cache_key TEXT NOT NULL,
+        messages TEXT NOT NULL,
+        turns BIGINT NOT NULL,
+        prompt_tokens BIGINT NOT NULL,
+        completion_tokens BIGINT NOT NULL,
+        cached_tokens BIGINT NOT NULL,
+        created_at BIGINT NOT NULL,
+        updated_at BIGINT NOT NULL
+      )`,
+      sql`CREATE INDEX IF NOT EXISTS sessions_updated_at ON sessions (updated_at)`,
+      sql`CREATE TABLE IF NOT EXISTS responses (
+        id TEXT PRIMARY KEY,
+        cache_key TEXT NOT NULL,
+        messages TEXT NOT NULL,
+        body TEXT NOT NULL,
+        created_at BIGINT NOT NULL
+      )`,
+      sql`CREATE INDEX IF NOT EXISTS responses_created_at ON responses (created_at)`
+    ])
 
+    // Owners and cache keys of tenants start with NUL, which Postgres text cannot hold.
+    const ownerText = nulSafeText(sql)
     const locks = new Map<string, { readonly semaphore: Effect.Semaphore; users: number }>()
+    // On Postgres other replicas share the sessions: the in-process lock is followed by an advisory lock.
+    const replicaLocks = yield* sql.onDialectOrElse({
+      pg: () => Effect.map(makePgAdvisoryLocks(sql), Option.some),
+      orElse: () => Effect.succeed(Option.none())
+    })
+    const lockAcrossReplicas = (id: string) =>
+      Option.match(replicaLocks, {
+        onNone: () => Effect.void,
+        // A failed lock query leaves the turn with the in-process lock only, as on one machine: logged, not fatal.
+        onSome: (replicas) =>
+          replicas.lock(`weft/session/${id}`).pipe(
+            Effect.catchAll((error) => Effect.logWarning("The session's cross-replica turn lock could not be taken", error))
+          )
+      })
 
-    /** Holds the turn lock of session `id` until the caller's scope closes; other sessions are not blocked. */
+    /**
+     * Holds the turn lock of session `id` until the caller's scope closes; other sessions are not blocked. On Postgres
+     * the lock holds across replicas: a second replica's turn of the same session waits for this one.
+     */
     const lockTurn = (id: string): Effect.Effect<void, never, Scope.Scope> =>
       Effect.acquireRelease(
         Effect.sync(() => {
@@ -156,7 +183,10 @@ export class SessionStore extends Effect.Service<SessionStore>()("weft/SessionSt
             lock.users -= 1
             if (lock.users === 0) locks.delete(id)
           })
-      ).pipe(Effect.flatMap((lock) => Effect.acquireRelease(lock.semaphore.take(1), () => lock.semaphore.release(1))))
+      ).pipe(
+        Effect.flatMap((lock) => Effect.acquireRelease(lock.semaphore.take(1), () => lock.semaphore.release(1))),
+        Effect.zipRight(lockAcrossReplicas(id))
+      )
 
     /** Runs `effect` as the only turn in flight for session `id`. */
     const withTurnLock = <A, E, R>(id: string, effect: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> =>
@@ -171,14 +201,14 @@ export class SessionStore extends Effect.Service<SessionStore>()("weft/SessionSt
     const get = Effect.fn("SessionStore.get")(function*(id: string, owner: SessionOwner) {
       const now = yield* Clock.currentTimeMillis
       const rows = yield* sql`SELECT * FROM sessions WHERE ${
-        sql.and([sql`id = ${id}`, sql`cache_key = ${owner}`, sql`updated_at >= ${expiredBefore(now)}`])
+        sql.and([sql`id = ${id}`, sql`cache_key = ${ownerText.encode(owner)}`, sql`updated_at >= ${expiredBefore(now)}`])
       }`.pipe(Effect.mapError(failed("get")))
       if (rows.length === 0) return Option.none<Session>()
       const row = yield* decodeRow(rows[0]).pipe(Effect.mapError(failed("get")))
       return Option.some(
         new Session({
           id: row.id,
-          owner: row.cache_key,
+          owner: SessionOwner.make(ownerText.decode(row.cache_key)),
           messages: row.messages,
           turns: row.turns,
           promptTokens: row.prompt_tokens,
@@ -221,7 +251,7 @@ export class SessionStore extends Effect.Service<SessionStore>()("weft/SessionSt
             sql`INSERT INTO sessions ${
               sql.insert({
                 id,
-                cache_key: owner,
+                cache_key: ownerText.encode(owner),
                 messages: encoded,
                 turns: 1,
                 prompt_tokens: turn.usage.promptTokens,
@@ -241,7 +271,7 @@ export class SessionStore extends Effect.Service<SessionStore>()("weft/SessionSt
           completion_tokens = completion_tokens + ${turn.usage.completionTokens},
           cached_tokens = cached_tokens + ${turn.usage.cachedTokens},
           updated_at = ${now}
-          WHERE id = ${id} AND cache_key = ${owner}`.pipe(Effect.mapError(failed("appendTurn")))
+          WHERE id = ${id} AND cache_key = ${ownerText.encode(owner)}`.pipe(Effect.mapError(failed("appendTurn")))
       }
     })
 
@@ -255,7 +285,7 @@ export class SessionStore extends Effect.Service<SessionStore>()("weft/SessionSt
       return yield* withTurnLock(
         id,
         Effect.map(
-          sql`DELETE FROM sessions WHERE id = ${id} AND cache_key = ${owner} RETURNING id`.pipe(Effect.mapError(failed("remove"))),
+          sql`DELETE FROM sessions WHERE id = ${id} AND cache_key = ${ownerText.encode(owner)} RETURNING id`.pipe(Effect.mapError(failed("remove"))),
           (rows) => rows.length > 0
         )
       )
@@ -264,22 +294,22 @@ export class SessionStore extends Effect.Service<SessionStore>()("weft/SessionSt
     /** Deletes every session idle past the TTL; returns how many. */
     const sweepExpired = Effect.gen(function*() {
       const now = yield* Clock.currentTimeMillis
-      const rows = yield* sql<{ count: number }>`SELECT COUNT(*) AS count FROM sessions WHERE updated_at < ${expiredBefore(now)}`
-      yield* sql`DELETE FROM sessions WHERE updated_at < ${expiredBefore(now)}`
-      return rows[0]?.count ?? 0
+      const rows = yield* sql`DELETE FROM sessions WHERE updated_at < ${expiredBefore(now)} RETURNING id`
+      return rows.length
     }).pipe(Effect.mapError(failed("sweepExpired")))
 
     /** Stores a Responses API response; responses are immutable, and expire the TTL after they were created. */
     const saveResponse = Effect.fn("SessionStore.saveResponse")(function*(response: StoredResponse) {
-      yield* sql`INSERT OR REPLACE INTO responses ${
+      yield* sql`INSERT INTO responses ${
         sql.insert({
           id: response.id,
-          cache_key: response.cacheKey,
+          cache_key: ownerText.encode(response.cacheKey),
           messages: JSON.stringify(response.messages),
           body: JSON.stringify(response.body),
           created_at: response.createdAt
         })
-      }`.pipe(Effect.mapError(failed("saveResponse")))
+      } ON CONFLICT (id) DO UPDATE SET cache_key = excluded.cache_key, messages = excluded.messages, body = excluded.body,
+        created_at = excluded.created_at`.pipe(Effect.mapError(failed("saveResponse")))
     })
 
     /** The live (unexpired) stored response `id`. */
@@ -291,7 +321,7 @@ export class SessionStore extends Effect.Service<SessionStore>()("weft/SessionSt
       if (rows.length === 0) return Option.none<StoredResponse>()
       const row = yield* decodeResponseRow(rows[0]).pipe(Effect.mapError(failed("getResponse")))
       return Option.some(
-        new StoredResponse({ id: row.id, cacheKey: row.cache_key, messages: row.messages, body: row.body, createdAt: row.created_at })
+        new StoredResponse({ id: row.id, cacheKey: ownerText.decode(row.cache_key), messages: row.messages, body: row.body, createdAt: row.created_at })
       )
     })
 
@@ -327,5 +357,16 @@ export class SessionStore extends Effect.Service<SessionStore>()("weft/SessionSt
     SessionStore.Default.pipe(
       Layer.provide(SqliteClient.layer({ filename: settings.databasePath })),
       Layer.provide(SessionConfig.layer(settings))
+    )
+
+  /** The store where `settings.databasePath` says: a `postgres://` URL, or a SQLite file. */
+  static readonly layer = (settings: Partial<SessionSettings> & Pick<SessionSettings, "databasePath">): Layer.Layer<SessionStore, ConfigError.ConfigError | SqlError> =>
+    isPostgresUrl(settings.databasePath) ? SessionStore.layerPg(settings.databasePath, settings) : SessionStore.layerSqlite(settings)
+
+  /** The store on Postgres at `url`, shared by every replica on that database. */
+  static readonly layerPg = (url: string, settings: Partial<Omit<SessionSettings, "databasePath">> = {}, options?: PostgresClientOptions) =>
+    SessionStore.Default.pipe(
+      Layer.provide(postgresClientLayer(url, options)),
+      Layer.provide(SessionConfig.layer({ ...settings, databasePath: url }))
     )
 }
