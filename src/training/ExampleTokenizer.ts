@@ -35,6 +35,8 @@ export interface ExampleTokenizer {
   readonly tokenizeText: (text: string) => ReadonlyArray<number>
   readonly contextLength: number
   readonly vocabSize: number
+  /** Frees the vocabulary-only model behind it. */
+  readonly dispose: Effect.Effect<void>
 }
 
 /** How many leading tokens `a` and `b` share. */
@@ -99,6 +101,7 @@ export const loadExampleTokenizer = Effect.fn("loadExampleTokenizer")(function*(
     tokenizeText: (text: string) => [...bos, ...tokenizer.tokenize(text, false)],
     // A vocabulary-only load reports a train context of 0; the file's metadata has it.
     contextLength: model.fileInfo.architectureMetadata.context_length ?? 0,
-    vocabSize
+    vocabSize,
+    dispose: Effect.promise(() => model.dispose())
   } satisfies ExampleTokenizer
 })

@@ -234,11 +234,14 @@ const runStep = (addon: TrainerAddon, handle: TrainerHandle, windows: PackedWind
 export const train = Effect.fn("train")(function*(options: TrainOptions) {
   yield* requireF32(options.modelPath)
   const tokenizer = yield* loadExampleTokenizer(options.modelPath)
+  yield* Effect.addFinalizer(() => tokenizer.dispose)
   const addon = yield* loadTrainerAddon
   const handle = yield* Effect.try({
     try: () => addon.open(options.modelPath, options.threads, 0),
     catch: (cause) => new TrainerUnavailable({ reason: cause instanceof Error ? cause.message : String(cause) })
   })
+  // Freed when the run ends, however it ends (a step in flight finishes first: steps are uninterruptible).
+  yield* Effect.addFinalizer(() => Effect.try(() => addon.close(handle)).pipe(Effect.ignore))
   const { contextLength } = addon.info(handle)
   const split = options.validation === undefined
     ? splitValidation(options.examples, options.validationSplit ?? 0)
@@ -375,4 +378,4 @@ export const train = Effect.fn("train")(function*(options: TrainOptions) {
     checkpoints,
     keptCheckpoints: kept
   } satisfies TrainingResult
-})
+}, Effect.scoped)

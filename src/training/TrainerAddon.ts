@@ -45,6 +45,8 @@ export interface TrainerAddon {
    */
   readonly step: (handle: TrainerHandle, windows: Int32Array, train: boolean, targets?: Uint8Array) => Promise<StepResult>
   readonly save: (handle: TrainerHandle, path: string) => Promise<void>
+  /** Frees the model, context and optimizer state now; throws while a step or save runs; a second close does nothing. */
+  readonly close: (handle: TrainerHandle) => void
 }
 
 const repoRoot = (): string => path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..")

@@ -73,4 +73,15 @@ describe("the native trainer", () => {
     // A window in which nothing counts is refused: it would teach nothing and its loss is undefined.
     expect(() => addon.step(handle, window, true, only(contextLength))).toThrow("no label that counts")
   })
+
+  it("close frees a model between steps only, and a closed one refuses work", async () => {
+    const { addon, handle, window } = await opened()
+    const step = addon.step(handle, window, true)
+    expect(() => addon.close(handle)).toThrow("running a step")
+    await step
+    addon.close(handle)
+    addon.close(handle)
+    expect(() => addon.step(handle, window, true)).toThrow("closed")
+    expect(() => addon.save(handle, "never.gguf")).toThrow("closed")
+  })
 })
