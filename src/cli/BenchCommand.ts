@@ -41,11 +41,11 @@ const options = {
     Options.withDescription("Like --spawn, on the native build of `weft build-native` (measured interleaved with the others)")
   ),
   variant: Options.text("variant").pipe(
-    Options.withSchema(SpawnVariantFromString),
     Options.repeated,
     Options.withDescription(
       "Also start `weft serve` with more flags and environment variables and measure it as a mode named NAME: \"NAME: --binary native UV_THREADPOOL_SIZE=1\" (UPPER_CASE=value words are variables; repeatable)"
-    )
+    ),
+    Options.withSchema(Schema.mutable(Schema.Array(SpawnVariantFromString)))
   ),
   busy: Options.integer("busy").pipe(
     Options.withSchema(Schema.Int.pipe(Schema.between(0, 64))),
