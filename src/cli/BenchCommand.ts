@@ -136,7 +136,8 @@ const modesOf = (
 
 /** How this run was invoked, for the report. */
 const invocation = () => {
-  const args = process.argv.slice(2)
+  // Quoted where a shell would need it (a `--variant` has spaces), so the line can be pasted back.
+  const args = process.argv.slice(2).map((arg) => (/[\s"'$]/.test(arg) ? `'${arg.replaceAll("'", `'\\''`)}'` : arg))
   return args[0] === "bench" ? `weft ${args.join(" ")}` : `npm run bench -- ${args.join(" ")}`.trimEnd()
 }
 
