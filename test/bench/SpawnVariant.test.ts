@@ -23,3 +23,15 @@ describe("SpawnVariant", () => {
     expect(Either.isLeft(decode("two words: --binary native"))).toBe(true)
   })
 })
+
+describe("weft bench --variant", () => {
+  it("is a repeatable option of the bench command, with its help", async () => {
+    // Building the command checks the option's shape (@effect/cli throws at module load on a malformed one).
+    const { benchCommand } = await import("../../src/cli/BenchCommand.js")
+    const { CliConfig, Command, HelpDoc } = await import("@effect/cli")
+    const help = HelpDoc.toAnsiText(Command.getHelp(benchCommand, CliConfig.defaultConfig))
+    expect(help).toContain("--variant text...")
+    expect(help).toContain("UPPER_CASE=value words are variables")
+    expect(help).toContain("--busy")
+  })
+})
