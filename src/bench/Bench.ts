@@ -1,3 +1,4 @@
+import { spawn } from "node:child_process"
 import * as fs from "node:fs/promises"
 import * as os from "node:os"
 import * as path from "node:path"
@@ -21,6 +22,8 @@ import { runPrefillProbe } from "./PrefillProbe.js"
 import type { PrefillProbeResult } from "./PrefillProbe.js"
 import { formatLine, runLevel } from "./RunLevel.js"
 import { spawnWeft } from "./SpawnedServer.js"
+import type { SpawnVariant } from "./SpawnVariant.js"
+import { exited, scopedChild } from "./ScopedChild.js"
 
 const modeLabel: Record<BenchMode, string> = {
   naive: "naive",
@@ -61,6 +64,26 @@ const targetOf = (
   }
 }
 
+/** A `--variant` server: `weft serve` with the variant's flags after the bench's own, in its environment. */
+const variantTarget = (variant: SpawnVariant, settings: BenchSettings, engine: EngineBenchConfig) =>
+  Effect.flatMap(spawnWeft(engine, variant.args, variant.env), (server) =>
+    httpTarget({
+      name: variant.name,
+      baseUrl: server.baseUrl,
+      sockets: Math.max(...settings.levels, (settings.prefill?.streams ?? 0) + 1),
+      pids: server.pid === undefined ? [] : [server.pid]
+    }))
+
+/** `count` processes spinning on the CPU until the scope closes: the competing load of `--busy`. */
+const busyProcesses = (count: number) =>
+  Effect.forEach(Array.from({ length: count }, (_, index) => index), () =>
+    scopedChild(() => spawn(process.execPath, ["-e", "for (;;) {}"], { stdio: ["ignore", "pipe", "pipe"] }), 1000).pipe(
+      Effect.tap(({ child }) =>
+        // One that dies early (it should not) is reported, not waited for.
+        Effect.sync(() => void exited(child).then(() => child.signalCode === null && console.error(`busy process ${child.pid} exited`)))
+      )
+    ))
+
 /**
  * Runs the bench. Every mode's engine is started once and stays loaded (idle when not measured); each level is then
  * measured mode after mode, round after round (alternating the order), never two at once: they would share the
@@ -68,7 +91,8 @@ const targetOf = (
  */
 export const runBench = (settings: BenchSettings, command: string) =>
   Effect.scoped(Effect.gen(function*() {
-    const needsModel = settings.ceiling || settings.chatReuse !== undefined || settings.modes.some((mode) => mode !== "url")
+    const needsModel = settings.ceiling || settings.chatReuse !== undefined || settings.variants.length > 0 ||
+      settings.modes.some((mode) => mode !== "url")
     if (settings.modelPath !== undefined) {
       const modelFile = settings.modelPath
       yield* Effect.tryPromise({
@@ -93,6 +117,15 @@ export const runBench = (settings: BenchSettings, command: string) =>
     for (const mode of settings.modes) {
       yield* Console.log(`starting ${modeLabel[mode]}…`)
       targets.push(yield* targetOf(mode, settings, engine))
+    }
+    for (const variant of settings.variants) {
+      yield* Console.log(`starting ${variant.name}…`)
+      targets.push(yield* variantTarget(variant, settings, engine))
+    }
+    // Started after the servers, so their start-up is not slowed; counted as other load, as any neighbour is.
+    if (settings.busy > 0) {
+      yield* busyProcesses(settings.busy)
+      yield* Console.log(`${settings.busy} competing busy process${settings.busy === 1 ? "" : "es"} running`)
     }
     const measureCeiling = settings.ceiling && modelPath !== undefined ? yield* makeDecodeCeiling(engine) : undefined
     const allPids = targets.flatMap((target) => target.pids)

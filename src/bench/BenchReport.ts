@@ -189,7 +189,14 @@ export const renderReport = (run: BenchRun): string => {
     `tokens, ignore_eos, streaming, temperature ${settings.temperature}; ${settings.seconds} s closed-loop window per level, ` +
     `${settings.rounds} round${settings.rounds === 1 ? "" : "s"} (medians); threads ${settings.threads}, ` +
     `context ${settings.contextSize} per sequence${settings.batchSize === undefined ? "" : `, batch ${settings.batchSize}`}, flash attention ${settings.flashAttention ? "on" : "off"} (Weft modes). ` +
-    "“other load”: CPU share used by other processes meanwhile.",
+    "“other load”: CPU share used by other processes meanwhile" +
+      (settings.busy > 0 ? ` (including the ${settings.busy} busy process${settings.busy === 1 ? "" : "es"} of \`--busy\`).` : "."),
+    ...(settings.variants.length === 0 ? [] : [
+      "",
+      ...settings.variants.map((variant) =>
+        `- \`${variant.name}\`: \`weft serve\` ${[...Object.entries(variant.env).map(([key, value]) => `${key}=${value}`), ...variant.args].join(" ")}`
+      )
+    ]),
     "",
     "## Results",
     ...(summaries.length === 0 ? [] : ["", levelTable(summaries)]),

@@ -4,6 +4,7 @@ import type { ChatReuseResult, ChatReuseSettings } from "./ChatReuse.js"
 import type { CeilingResult } from "./DecodeCeiling.js"
 import type { LevelResult } from "./LevelResult.js"
 import type { PrefillProbeResult } from "./PrefillProbe.js"
+import type { SpawnVariant } from "./SpawnVariant.js"
 
 /** `--model` names a file that cannot be read. */
 export class BenchModelMissing extends Schema.TaggedError<BenchModelMissing>()("BenchModelMissing", {
@@ -20,6 +21,10 @@ export type BenchMode = "naive" | "in-process" | "spawn" | "spawn-native" | "url
 /** Everything one `weft bench` run does. */
 export interface BenchSettings {
   readonly modes: ReadonlyArray<BenchMode>
+  /** More `weft serve` children, each with its own flags and environment, measured after the modes (`--variant`). */
+  readonly variants: ReadonlyArray<SpawnVariant>
+  /** Busy processes (`for (;;) {}`) kept running on the machine for the whole run, as a competing load (`--busy`). */
+  readonly busy: number
   /** Also measures `llama_decode` alone at each level and round (see `makeDecodeCeiling`). */
   readonly ceiling: boolean
   /** Base URL of any OpenAI-compatible server, for the `url` mode. */
@@ -64,6 +69,8 @@ export interface BenchSettings {
 
 export const defaultBenchSettings: BenchSettings = {
   modes: ["naive", "in-process", "spawn"],
+  variants: [],
+  busy: 0,
   ceiling: true,
   url: undefined,
   urlModel: undefined,

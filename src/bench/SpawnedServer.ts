@@ -37,7 +37,8 @@ const mainEntry = fileURLToPath(new URL("../main.ts", import.meta.url))
  */
 export const spawnWeft = (
   config: EngineBenchConfig,
-  extraArgs: ReadonlyArray<string> = []
+  extraArgs: ReadonlyArray<string> = [],
+  env: Readonly<Record<string, string>> = {}
 ): Effect.Effect<SpawnedServer, ServerStartFailed, Scope.Scope> =>
   Effect.gen(function*() {
     const port = yield* freePort
@@ -60,7 +61,7 @@ export const spawnWeft = (
       ...extraArgs
     ]
     const { child, output } = yield* scopedChild(
-      () => spawn(process.execPath, args, { stdio: ["ignore", "pipe", "pipe"] }),
+      () => spawn(process.execPath, args, { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, ...env } }),
       4000
     )
     const baseUrl = `http://127.0.0.1:${port}`

@@ -2,6 +2,7 @@ import { Command, Options } from "@effect/cli"
 import { Effect, Option, Schema } from "effect"
 import { defaultBenchSettings } from "../bench/BenchSettings.js"
 import type { BenchMode, BenchSettings } from "../bench/BenchSettings.js"
+import { SpawnVariantFromString } from "../bench/SpawnVariant.js"
 
 /** A comma-separated list of positive integers, e.g. `1,4,8,16`. */
 const LevelList = Schema.String.pipe(
@@ -38,6 +39,18 @@ const options = {
   spawn: Options.boolean("spawn").pipe(Options.withDescription("Start `weft serve` in a child process and measure it over HTTP (prebuilt binary)")),
   spawnNative: Options.boolean("spawn-native").pipe(
     Options.withDescription("Like --spawn, on the native build of `weft build-native` (measured interleaved with the others)")
+  ),
+  variant: Options.text("variant").pipe(
+    Options.repeated,
+    Options.withDescription(
+      "Also start `weft serve` with more flags and environment variables and measure it as a mode named NAME: \"NAME: --binary native UV_THREADPOOL_SIZE=1\" (UPPER_CASE=value words are variables; repeatable)"
+    ),
+    Options.withSchema(Schema.mutable(Schema.Array(SpawnVariantFromString)))
+  ),
+  busy: Options.integer("busy").pipe(
+    Options.withSchema(Schema.Int.pipe(Schema.between(0, 64))),
+    Options.withDefault(defaultBenchSettings.busy),
+    Options.withDescription("Keep this many busy processes (for (;;) {}) running for the whole run: the servers measured under a competing load")
   ),
   inProcess: Options.boolean("in-process").pipe(Options.withDescription("Measure the scheduler in this process, without HTTP")),
   ceiling: Options.boolean("ceiling").pipe(
@@ -101,9 +114,16 @@ const options = {
   temperature: Options.float("temperature").pipe(Options.withDefault(defaultBenchSettings.temperature))
 }
 
-/** The modes asked for, in the order they run; naive, in-process and spawn when none is named. */
+/** The modes asked for, in the order they run; naive, in-process and spawn when neither a mode nor a variant is named. */
 const modesOf = (
-  selected: { readonly url: boolean; readonly spawn: boolean; readonly spawnNative: boolean; readonly inProcess: boolean; readonly naive: boolean }
+  selected: {
+    readonly url: boolean
+    readonly spawn: boolean
+    readonly spawnNative: boolean
+    readonly inProcess: boolean
+    readonly naive: boolean
+    readonly variants: boolean
+  }
 ) => {
   const modes: Array<BenchMode> = []
   if (selected.naive) modes.push("naive")
@@ -111,12 +131,13 @@ const modesOf = (
   if (selected.spawn) modes.push("spawn")
   if (selected.spawnNative) modes.push("spawn-native")
   if (selected.url) modes.push("url")
-  return modes.length === 0 ? defaultBenchSettings.modes : modes
+  return modes.length === 0 && !selected.variants ? defaultBenchSettings.modes : modes
 }
 
 /** How this run was invoked, for the report. */
 const invocation = () => {
-  const args = process.argv.slice(2)
+  // Quoted where a shell would need it (a `--variant` has spaces), so the line can be pasted back.
+  const args = process.argv.slice(2).map((arg) => (/[\s"'$]/.test(arg) ? `'${arg.replaceAll("'", `'\\''`)}'` : arg))
   return args[0] === "bench" ? `weft ${args.join(" ")}` : `npm run bench -- ${args.join(" ")}`.trimEnd()
 }
 
@@ -124,11 +145,20 @@ const invocation = () => {
 export const benchCommand = Command.make("bench", options, (flags) =>
   Effect.gen(function*() {
     const url = Option.getOrUndefined(flags.url)
-    const modeNamed = url !== undefined || flags.spawn || flags.spawnNative || flags.inProcess || flags.naive
+    const modeNamed = url !== undefined || flags.spawn || flags.spawnNative || flags.inProcess || flags.naive || flags.variant.length > 0
     // `--chat-reuse` alone runs only the chat scenario; with a mode or `--ceiling` it runs after them.
     const onlyChat = flags.chatReuse && !modeNamed && !flags.ceiling
     const settings: BenchSettings = {
-      modes: onlyChat ? [] : modesOf({ url: url !== undefined, spawn: flags.spawn, spawnNative: flags.spawnNative, inProcess: flags.inProcess, naive: flags.naive }),
+      modes: onlyChat ? [] : modesOf({
+          url: url !== undefined,
+          spawn: flags.spawn,
+          spawnNative: flags.spawnNative,
+          inProcess: flags.inProcess,
+          naive: flags.naive,
+          variants: flags.variant.length > 0
+        }),
+      variants: flags.variant,
+      busy: flags.busy,
       ceiling: flags.ceiling || !(modeNamed || flags.chatReuse),
       url,
       urlModel: Option.getOrUndefined(flags.urlModel),

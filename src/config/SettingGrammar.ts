@@ -1,5 +1,12 @@
 import { ParseResult, Schema } from "effect"
 import { logLevelNames } from "../observability/JsonLogger.js"
+import type { OpenMpWait } from "../engine/llama/OpenMpWait.js"
+
+/** A native build's OpenMP wait policy, as settings hold it (see `OpenMpWait`). */
+export const OpenMpWaitSchema: Schema.Schema<OpenMpWait> = Schema.Union(
+  Schema.Literal("passive", "active"),
+  Schema.Struct({ spinCount: Schema.Int.pipe(Schema.nonNegative()) })
+)
 
 /** How a setting is typed on the command line, so `--help` shows its type and the CLI rejects a wrong one. */
 export type FlagType =
@@ -223,6 +230,21 @@ export const originList = nameList(
 
 /** API-key authentication: `on`, `off` or `auto`. */
 export const binarySetting = choice(Schema.Literal("auto", "native", "prebuilt"), sameWords(["auto", "native", "prebuilt"] as const), "auto, native or prebuilt")
+
+/** `--openmp-wait`: `passive`, `active`, or a spin count (libgomp's `GOMP_SPINCOUNT`). */
+export const openMpWaitSetting: SettingGrammar<OpenMpWait | undefined> = {
+  schema: Schema.transformOrFail(Schema.String, Schema.UndefinedOr(OpenMpWaitSchema), {
+    strict: true,
+    decode: (text, _, ast) => {
+      const word = text.trim().toLowerCase()
+      if (word === "passive" || word === "active") return ParseResult.succeed<OpenMpWait | undefined>(word)
+      return /^\d{1,15}$/.test(word) ? ParseResult.succeed({ spinCount: Number(word) }) : ParseResult.fail(new ParseResult.Type(ast, text))
+    },
+    encode: (wait) => ParseResult.succeed(wait === undefined ? "" : typeof wait === "string" ? wait : String(wait.spinCount))
+  }),
+  expected: "passive, active, or a spin count (a whole number)",
+  flag: { _tag: "text", pseudoName: "passive|active|SPINS" }
+}
 
 export const authSetting = choice(Schema.Literal("on", "off", "auto"), sameWords(["on", "off", "auto"] as const), "on, off or auto")
 

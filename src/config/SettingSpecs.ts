@@ -10,6 +10,7 @@ import {
   logLevelSetting,
   loraList,
   nonEmptyText,
+  openMpWaitSetting,
   onOff,
   optionalByteSize,
   optionalCount,
@@ -72,6 +73,12 @@ export const settingSpecs = [
     "binary",
     binarySetting,
     "llama.cpp binary: native (the build of `weft build-native`, CPU only), prebuilt, or auto = native when it loads (default auto)"
+  ),
+  spec(
+    "openMpWait",
+    "openmp-wait",
+    openMpWaitSetting,
+    "How the native build's OpenMP threads wait: passive (sleep at once; holds up when other processes share the cores), active (spin), or a spin count. Default: OMP_WAIT_POLICY/GOMP_SPINCOUNT from the environment if set, else passive"
   ),
   spec("maxQueue", "max-queue", integerBetween(0, 1_000_000), "Requests that may wait for a slot before 429 (default 64)"),
   spec("timeoutQueueMs", "timeout-queue", optionalDuration, "Longest wait for a slot before 408 (default 60s)"),

@@ -1,7 +1,7 @@
 import { Schema } from "effect"
 import { logLevelNames } from "../observability/JsonLogger.js"
 import { ModelsConfig } from "./ModelsConfig.js"
-import { logFormats } from "./SettingGrammar.js"
+import { logFormats, OpenMpWaitSchema } from "./SettingGrammar.js"
 import { AlertSettings } from "../observability/AlertRules.js"
 
 /** Everything `weft serve` needs, validated and defaulted. Durations are milliseconds; `undefined` means no limit. */
@@ -26,6 +26,8 @@ export const WeftSettings = Schema.Struct({
   gpu: Schema.Union(Schema.Literal("auto"), Schema.Literal(false)),
   /** Which llama.cpp binary to load; see `LlamaBinary`. */
   binary: Schema.Literal("auto", "native", "prebuilt"),
+  /** How a native build's OpenMP threads wait; `undefined`: the environment's OMP_WAIT_POLICY/GOMP_SPINCOUNT, else passive. */
+  openMpWait: Schema.UndefinedOr(OpenMpWaitSchema),
   maxQueue: Schema.Int,
   timeoutQueueMs: Schema.UndefinedOr(Schema.Number),
   timeoutFirstTokenMs: Schema.UndefinedOr(Schema.Number),
@@ -89,6 +91,7 @@ export const defaultSettings: WeftSettings = {
   flashAttention: true,
   gpu: "auto",
   binary: "auto",
+  openMpWait: undefined,
   maxQueue: 64,
   timeoutQueueMs: 60_000,
   timeoutFirstTokenMs: undefined,

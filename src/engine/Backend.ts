@@ -27,6 +27,8 @@ export interface ModelInfo {
     readonly release: string
     readonly cmakeOptions: Readonly<Record<string, string>>
     readonly fallbackReason?: string | undefined
+    /** A native build's OpenMP wait policy, e.g. `OMP_WAIT_POLICY=PASSIVE (default)`. */
+    readonly openMpWait?: string | undefined
   } | undefined
 }
 

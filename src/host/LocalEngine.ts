@@ -87,7 +87,8 @@ export const llamaEngineLayer = (settings: WeftSettings) =>
           prefillChunk: settings.prefillChunk,
           flashAttention: settings.flashAttention,
           gpu: settings.gpu,
-          binary: settings.binary
+          binary: settings.binary,
+          openMpWait: settings.openMpWait
         }))
     ),
     {

@@ -97,6 +97,14 @@ describe("WeftConfig", () => {
     expect(await errorOf({ flags: { "allowed-hosts": "" } })).toContain("--allowed-hosts: expected comma-separated host names")
   })
 
+  it("reads --openmp-wait as passive, active or a spin count, from a flag, WEFT_OPENMP_WAIT or the config file", async () => {
+    expect((await settingsOf({})).openMpWait).toBeUndefined()
+    expect((await settingsOf({ flags: { "openmp-wait": "passive" } })).openMpWait).toBe("passive")
+    expect((await settingsOf({}, { WEFT_OPENMP_WAIT: "Active" })).openMpWait).toBe("active")
+    expect((await settingsOf({ configPath: writeJson("omp.json", { "openmp-wait": 20000 }) })).openMpWait).toEqual({ spinCount: 20000 })
+    expect(await errorOf({ flags: { "openmp-wait": "spin" } })).toBe("--openmp-wait: expected passive, active, or a spin count (a whole number), got \"spin\"")
+  })
+
   it("quotes at most a short prefix of an invalid value", async () => {
     const message = await errorOf({}, { WEFT_PORT: "9".repeat(100_000) })
     expect(message.length).toBeLessThan(300)

@@ -27,7 +27,13 @@ describe("LlamaBinary", () => {
   it("auto takes the native build when it loads, and the prebuilt one otherwise", async () => {
     const withNative = loader("loads")
     const native = await Effect.runPromise(loadLlamaBinary("auto", options, withNative.load))
-    expect(native.binary).toEqual({ kind: "native", release: "v0.5.0", cmakeOptions: nativeCmakeOptions, fallbackReason: undefined })
+    expect(native.binary).toEqual({
+      kind: "native",
+      release: "v0.5.0",
+      cmakeOptions: nativeCmakeOptions,
+      fallbackReason: undefined,
+      openMpWait: expect.stringMatching(/^(OMP_WAIT_POLICY|GOMP_SPINCOUNT)=/)
+    })
     expect(withNative.tried).toEqual(["native"])
 
     const without = loader("fails")

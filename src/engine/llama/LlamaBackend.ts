@@ -19,6 +19,7 @@ import { GrammarCache } from "./GrammarCache.js"
 import type { GrammarCacheLimits } from "./GrammarCache.js"
 import { loadLlamaBinary } from "./LlamaBinary.js"
 import type { BinaryPreference, LlamaBinaryInfo } from "./LlamaBinary.js"
+import type { OpenMpWait } from "./OpenMpWait.js"
 import { copySequencePrefix, endOfGenerationBan, interceptDecodes, loadLoraOnto, queuedDecodesOf } from "./LlamaInternals.js"
 import { llamaModelInfo, llamaVocabSize } from "./LlamaModelInfo.js"
 import { estimateLlamaMemory } from "./MemoryEstimate.js"
@@ -56,6 +57,8 @@ export interface LlamaBackendConfig {
   readonly gpu?: "auto" | false | undefined
   /** Which llama.cpp binary to load; defaults to `auto`, the native build when one loads. */
   readonly binary?: BinaryPreference | undefined
+  /** How a native build's OpenMP threads wait (see `OpenMpWait`); the environment's variables, else passive, when unset. */
+  readonly openMpWait?: OpenMpWait | undefined
   /** Bounds of the cache of JSON-schema grammars (client input); defaults to 256 entries and 64 MiB. */
   readonly grammarCache?: GrammarCacheLimits | undefined
 }
@@ -335,7 +338,7 @@ export const LlamaBackend = {
         const loadFailed = (error: unknown) =>
           new ModelLoadFailed({ path: config.modelPath, message: errorMessage(error), cause: error })
         const { binary, llama } = yield* Effect.acquireRelease(
-          loadLlamaBinary(config.binary ?? "auto", { gpu: config.gpu ?? "auto", maxThreads: threads }).pipe(Effect.mapError(loadFailed)),
+          loadLlamaBinary(config.binary ?? "auto", { gpu: config.gpu ?? "auto", maxThreads: threads, openMpWait: config.openMpWait }).pipe(Effect.mapError(loadFailed)),
           ({ llama }) => Effect.promise(() => llama.dispose())
         )
         const modelId = config.modelId ?? basename(config.modelPath).replace(/\.gguf$/i, "")

@@ -4,6 +4,8 @@ import { createRequire } from "node:module"
 import * as path from "node:path"
 import type { Llama } from "node-llama-cpp"
 import { errorMessage } from "./errorMessage.js"
+import { applyOpenMpWait } from "./OpenMpWait.js"
+import type { OpenMpWait } from "./OpenMpWait.js"
 
 /** Which llama.cpp binary to load: `auto` is the native build when one loads, else the prebuilt one. */
 export const binaryPreferences = ["auto", "native", "prebuilt"] as const
@@ -32,6 +34,8 @@ export interface LlamaBinaryInfo {
   readonly cmakeOptions: Readonly<Record<string, string>>
   /** Why a native build present or asked for is not the one in use. */
   readonly fallbackReason?: string | undefined
+  /** A native build's OpenMP wait policy and where it came from, e.g. `OMP_WAIT_POLICY=PASSIVE (default)`. */
+  readonly openMpWait?: string | undefined
 }
 
 /** `--binary native` was asked for, and no native build loads. */
@@ -55,6 +59,8 @@ export class LlamaBinaryLoadFailed extends Schema.TaggedError<LlamaBinaryLoadFai
 export interface LlamaLoadOptions {
   readonly gpu: "auto" | false
   readonly maxThreads: number
+  /** How a native build's OpenMP threads wait (see `OpenMpWait`); unset: the environment's variables, else Weft's default. */
+  readonly openMpWait?: OpenMpWait | undefined
 }
 
 /** How one kind of binary is loaded; a seam so the selection can be tested without a native build. */
@@ -84,11 +90,12 @@ export const nodeLlamaCppLoader: BinaryLoader = (kind, options) =>
     )
   )
 
-const infoOf = (llama: Llama, fallbackReason: string | undefined): LlamaBinaryInfo => ({
+const infoOf = (llama: Llama, fallbackReason: string | undefined, openMpWait?: string): LlamaBinaryInfo => ({
   kind: llama.buildType === "localBuild" ? "native" : "prebuilt",
   release: llama.llamaCppRelease.release,
   cmakeOptions: llama.buildType === "localBuild" ? { ...llama.cmakeOptions } : {},
-  fallbackReason
+  fallbackReason,
+  ...(llama.buildType === "localBuild" && openMpWait !== undefined ? { openMpWait } : {})
 })
 
 /**
@@ -107,8 +114,12 @@ export const loadLlamaBinary = (
         Effect.map((llama) => ({ llama, binary: infoOf(llama, fallbackReason) }))
       )
     if (preference === "prebuilt") return yield* prebuilt(undefined)
+    // Before the native library is loaded: libgomp reads its wait policy once, at load.
+    const openMp = yield* Effect.sync(() => applyOpenMpWait(options.openMpWait))
     const native = yield* Effect.either(loader("native", options))
-    if (native._tag === "Right") return { llama: native.right, binary: infoOf(native.right, undefined) }
+    if (native._tag === "Right") {
+      return { llama: native.right, binary: infoOf(native.right, undefined, `${openMp.description} (${openMp.source})`) }
+    }
     if (preference === "native") return yield* new NativeBinaryUnavailable({ reason: native.left })
     const built = yield* nativeBuildPresent
     if (built) yield* Effect.logWarning("the native llama.cpp build did not load; using the prebuilt binary").pipe(Effect.annotateLogs({ reason: native.left }))
