@@ -401,9 +401,15 @@ export class FineTuningJobs extends Effect.Service<FineTuningJobs>()("weft/FineT
 }) {
   /** Fine-tuning on `<dataDir>/fine_tuning.sqlite`, serving its models through the `ModelRegistry`. */
   static readonly layer = (settings: FineTuningSettings): Layer.Layer<FineTuningJobs, never, ModelRegistry> =>
-    FineTuningJobs.Default.pipe(
-      Layer.provide(Layer.orDie(FineTuningStore.layerSqlite(path.join(settings.dataDir, "fine_tuning.sqlite")))),
-      Layer.provide(Layer.succeed(FineTuningConfig, settings))
+    Layer.unwrapEffect(
+      // The database's folder must exist before SQLite opens the file in it.
+      Effect.as(
+        Effect.promise(() => fs.mkdir(settings.dataDir, { recursive: true })),
+        FineTuningJobs.Default.pipe(
+          Layer.provide(Layer.orDie(FineTuningStore.layerSqlite(path.join(settings.dataDir, "fine_tuning.sqlite")))),
+          Layer.provide(Layer.succeed(FineTuningConfig, settings))
+        )
+      )
     )
 }
 
