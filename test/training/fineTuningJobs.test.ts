@@ -4,6 +4,8 @@ import * as os from "node:os"
 import * as path from "node:path"
 import OpenAI, { toFile } from "openai"
 import type { FineTuningJob, FineTuningJobEvent } from "openai/resources/fine-tuning/jobs/jobs"
+import { execFile } from "node:child_process"
+import { promisify } from "node:util"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { llamaBackendLayer } from "../../src/host/LocalEngine.js"
 import type { FineTuningInput } from "../../src/layers.js"
@@ -157,9 +159,9 @@ describe("fine-tuning jobs on a real model", () => {
       model: baseId,
       training_file: file.id,
       suffix: "garden",
-      method: { type: "supervised", supervised: { hyperparameters: { n_epochs: 4, learning_rate_multiplier: 1 } } }
+      method: { type: "supervised", supervised: { hyperparameters: { n_epochs: 6, learning_rate_multiplier: 1 } } }
     })
-    expect(created).toMatchObject({ object: "fine_tuning.job", status: "queued", model: baseId, hyperparameters: { n_epochs: 4, batch_size: 1 } })
+    expect(created).toMatchObject({ object: "fine_tuning.job", status: "queued", model: baseId, hyperparameters: { n_epochs: 6, batch_size: 1 } })
 
     // Inference while the job trains: every request answers.
     const answers: Array<number> = []
@@ -214,29 +216,28 @@ describe("fine-tuning jobs on a real model", () => {
   it("a job running when the server stops resumes from its checkpoint after a restart on the same data dir; pause stops at a step boundary; succeeded models are served again", async () => {
     let client = clientOf(server)
     const file = (await client.files.list()).data[0]!
-    const created = await client.fineTuning.jobs.create({ model: baseId, training_file: file.id, hyperparameters: { n_epochs: 2 } })
+    const created = await client.fineTuning.jobs.create({ model: baseId, training_file: file.id, hyperparameters: { n_epochs: 4 } })
     await until("a first checkpoint", async () => ((await latestCheckpointStep(client, created.id)) >= 1 ? true : undefined))
     await server.close()
-
     server = await start(dataDir)
     client = clientOf(server)
+
     // The earlier job's model is served again, and the files and jobs are still there.
     await until("the earlier ft: model", async () => ((await client.models.list()).data.some((model) => model.id === firstJob.fine_tuned_model) ? true : undefined))
     expect((await client.fineTuning.jobs.retrieve(firstJob.id)).status).toBe("succeeded")
-    const running = await until("the job to run again", async () => {
-      const events = await allEvents(client, created.id)
-      const resumed = resumptions(events)
-      return resumed[0]?.firstStep === undefined ? undefined : resumed[0]
-    })
-    expect(running.from).toBeGreaterThanOrEqual(1)
-    expect(running.firstStep).toBe(running.from + 1)
-
+    // Queued again on start; paused as soon as it runs, it stops after its first step.
+    await until("the job to run again", async () => ((await client.fineTuning.jobs.retrieve(created.id)).status === "running" ? true : undefined))
     const paused = await client.fineTuning.jobs.pause(created.id)
     expect(paused.status).toBe("paused")
-    const pausedAt = await latestCheckpointStep(client, created.id)
-    const lastStep = stepOf((await allEvents(client, created.id)).filter((event) => event.type === "metrics").at(-1)!)
+    const events = await allEvents(client, created.id)
+    // It continued after the checkpoint it had when the server stopped, not from zero.
+    const [resumed, ...more] = resumptions(events)
+    expect(more).toEqual([])
+    expect(resumed!.from).toBeGreaterThanOrEqual(1)
+    expect(resumed!.firstStep).toBe(resumed!.from + 1)
     // Paused at a step boundary with that step's weights kept.
-    expect(pausedAt).toBe(lastStep)
+    const pausedAt = await latestCheckpointStep(client, created.id)
+    expect(pausedAt).toBe(stepOf(events.filter((event) => event.type === "metrics").at(-1)!))
     await client.fineTuning.jobs.resume(created.id)
     const done = await until("the job to succeed", async () => {
       const job = await client.fineTuning.jobs.retrieve(created.id)
@@ -249,4 +250,17 @@ describe("fine-tuning jobs on a real model", () => {
     expect(jobs.data[0]!.id).toBe(created.id)
     expect(jobs.has_more).toBe(true)
   }, 900_000)
+
+  it("weft jobs list|show|cancel talk to the running server", async () => {
+    const weft = (...args: Array<string>) =>
+      promisify(execFile)(process.execPath, ["--import", "tsx", "src/main.ts", "jobs", ...args, "--url", server.url], { env: { ...process.env, NO_COLOR: "1" } })
+    const listed = await weft("list")
+    expect(listed.stdout).toContain(firstJob.id)
+    expect(listed.stdout).toContain(firstJob.fine_tuned_model!)
+    const shown = await weft("show", firstJob.id)
+    expect(shown.stdout).toContain("The job has successfully completed")
+    const refused = await weft("cancel", firstJob.id).then(() => undefined, (error: { code: number; stderr: string }) => error)
+    expect(refused?.code).toBe(1)
+    expect(refused?.stderr).toContain("it is succeeded")
+  }, 120_000)
 })
