@@ -10,7 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { llamaBackendLayer } from "../../src/host/LocalEngine.js"
 import type { FineTuningInput } from "../../src/layers.js"
 import { generateModel } from "../../src/model/generateModel.js"
-import { postJson, startServer } from "../support/testServer.js"
+import { postJson, sseData, startServer } from "../support/testServer.js"
 import type { TestServer } from "../support/testServer.js"
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), "weft-ft-jobs-"))
@@ -216,19 +216,24 @@ describe("fine-tuning jobs on a real model", () => {
   it("a job running when the server stops resumes from its checkpoint after a restart on the same data dir; pause stops at a step boundary; succeeded models are served again", async () => {
     let client = clientOf(server)
     const file = (await client.files.list()).data[0]!
-    const created = await client.fineTuning.jobs.create({ model: baseId, training_file: file.id, hyperparameters: { n_epochs: 4 } })
+    const created = await client.fineTuning.jobs.create({ model: baseId, training_file: file.id, hyperparameters: { n_epochs: 3 } })
     await until("a first checkpoint", async () => ((await latestCheckpointStep(client, created.id)) >= 1 ? true : undefined))
     await server.close()
     server = await start(dataDir)
     client = clientOf(server)
 
-    // The earlier job's model is served again, and the files and jobs are still there.
-    await until("the earlier ft: model", async () => ((await client.models.list()).data.some((model) => model.id === firstJob.fine_tuned_model) ? true : undefined))
-    expect((await client.fineTuning.jobs.retrieve(firstJob.id)).status).toBe("succeeded")
     // Queued again on start; paused as soon as it runs, it stops after its first step.
     await until("the job to run again", async () => ((await client.fineTuning.jobs.retrieve(created.id)).status === "running" ? true : undefined))
+    // Live events (SSE) while it runs: the stream ends with [DONE] once the job pauses.
+    const live = await fetch(`${server.url}/v1/fine_tuning/jobs/${created.id}/events?stream=true`)
+    expect(live.headers.get("content-type")).toContain("text/event-stream")
     const paused = await client.fineTuning.jobs.pause(created.id)
     expect(paused.status).toBe("paused")
+    const frames = sseData(await live.text())
+    expect(frames.at(-1)).toBe("[DONE]")
+    const streamed = frames.slice(0, -1).map((frame) => JSON.parse(frame) as FineTuningJobEvent)
+    expect(streamed[0]!.message).toContain("Created fine-tuning job")
+    expect(streamed.at(-1)!.message).toMatch(/^Job paused at step \d+$/)
     const events = await allEvents(client, created.id)
     // It continued after the checkpoint it had when the server stopped, not from zero.
     const [resumed, ...more] = resumptions(events)
@@ -238,6 +243,9 @@ describe("fine-tuning jobs on a real model", () => {
     // Paused at a step boundary with that step's weights kept.
     const pausedAt = await latestCheckpointStep(client, created.id)
     expect(pausedAt).toBe(stepOf(events.filter((event) => event.type === "metrics").at(-1)!))
+    // The earlier job's model is served again, and the files and jobs are still there.
+    await until("the earlier ft: model", async () => ((await client.models.list()).data.some((model) => model.id === firstJob.fine_tuned_model) ? true : undefined))
+    expect((await client.fineTuning.jobs.retrieve(firstJob.id)).status).toBe("succeeded")
     await client.fineTuning.jobs.resume(created.id)
     const done = await until("the job to succeed", async () => {
       const job = await client.fineTuning.jobs.retrieve(created.id)
