@@ -40,6 +40,11 @@ import { Plugins, PluginsConfig } from "./plugins/Plugins.js"
 import type { PluginSource } from "./plugins/Plugins.js"
 import type { PluginLoadFailed } from "./plugins/PluginErrors.js"
 import type { LiveEventsSettings } from "./observability/LiveEvents.js"
+import { defaultTrainingThreads, FineTuningJobs } from "./training/jobs/FineTuningJobs.js"
+import type { FineTuningSettings } from "./training/jobs/FineTuningJobs.js"
+
+/** Fine-tuning for `serverLayer`: a fine-tuned model is served, by default, like a GGUF loaded through `/admin/models`. */
+export type FineTuningInput = Omit<FineTuningSettings, "serveModel"> & { readonly serveModel?: FineTuningSettings["serveModel"] | undefined }
 
 /** The dashboard's event stream, the alert rules and the plugins; defaults (and no plugins) when not given. */
 export interface OperationsSettings {
@@ -80,7 +85,8 @@ export const serverLayer = (
   memory: MemorySettings = { limitBytes: defaultMemoryLimit() },
   routed: ModelsConfig = {},
   adapters: AdapterSettings = { maxAdapters: defaultMaxAdapters, adapters: [] },
-  sessionKv: SessionKvSettings | undefined = undefined
+  sessionKv: SessionKvSettings | undefined = undefined,
+  fineTuning: FineTuningInput | undefined = undefined
 ): Layer.Layer<HttpServer.HttpServer | ModelRegistry | MemoryManager, HttpServerError.ServeError | OpenServerRefused | PluginLoadFailed> =>
   Layer.unwrapEffect(
     Effect.map(MemoryManager, (memoryManager) => {
@@ -95,6 +101,12 @@ export const serverLayer = (
         Layer.provide(ModelRouter.layer(routed)),
         Layer.provide(AdapterContexts.layer(adapters)),
         Layer.provide(httpApiServicesLayer(sessions, keys, audit, operations)),
+        // Without settings the fine-tuning routes answer 404.
+        Layer.provide(
+          fineTuning === undefined
+            ? Layer.empty
+            : FineTuningJobs.layer({ ...fineTuning, serveModel: fineTuning.serveModel ?? ((id, gguf) => define(localModel(id, { gguf }))) })
+        ),
         Layer.provideMerge(ModelRegistry.layer(models.map(define)))
       )
     })
@@ -216,10 +228,27 @@ export const WeftLive: Layer.Layer<HttpServer.HttpServer | ModelRegistry, HttpSe
         { limitBytes: settings.memoryLimit ?? defaultMemoryLimit() },
         settings.models,
         servedAdapters(settings),
-        settings.sessionKvMaxBytes === undefined ? undefined : { dir: path.join(settings.dataDir, "session-kv"), maxBytes: settings.sessionKvMaxBytes }
+        settings.sessionKvMaxBytes === undefined ? undefined : { dir: path.join(settings.dataDir, "session-kv"), maxBytes: settings.sessionKvMaxBytes },
+        fineTuningSettings(settings)
       ).pipe(Layer.provide(observabilityLayer(settings)))
     }))
 )
+
+/** Fine-tuning of `weft serve`: files and jobs in the data dir; the `--model` model and local deployments can be trained. */
+export const fineTuningSettings = (settings: WeftSettings): FineTuningInput => {
+  const configured = Object.entries(settings.models).flatMap(([modelId, model]) =>
+    model.deployments.flatMap((deployment, index) => (isLocalDeployment(deployment) ? [[localEngineId(modelId, model, index), deployment.gguf] as const] : []))
+  )
+  return {
+    dataDir: settings.dataDir,
+    concurrency: settings.fineTuningConcurrency,
+    trainingThreads: settings.trainingThreads ?? defaultTrainingThreads(),
+    maxUploadBytes: settings.maxUploadBytes,
+    checkpointEvery: 10,
+    baseLearningRate: 1e-3,
+    baseModels: Object.fromEntries([...(settings.model === undefined ? [] : [[cliModelId(settings), settings.model] as const]), ...configured])
+  }
+}
 
 /** Logging as configured, and span export over OTLP when `OTEL_EXPORTER_OTLP_*ENDPOINT` is set (off otherwise). */
 export const observabilityLayer = (settings: Pick<WeftSettings, "logLevel" | "logFormat">): Layer.Layer<never> =>

@@ -130,6 +130,14 @@ export const settingSpecs = [
     optionalByteSize,
     "Disk for chat sessions' saved KV states in the data dir, least recently saved deleted first; none keeps them in memory only (default 1GiB)"
   ),
+  spec("fineTuningConcurrency", "fine-tuning-concurrency", integerBetween(1, 64), "Fine-tuning jobs that train at once; the rest wait in the priority queue (default 1)"),
+  spec(
+    "trainingThreads",
+    "training-threads",
+    integerBetween(1, 1024),
+    "CPU threads each training job uses, so inference keeps the rest (default: half the cores, at least 1)"
+  ),
+  spec("maxUploadBytes", "max-upload", byteSize, "Largest file POST /v1/files accepts before 413 (default 256MiB)"),
   spec("logText", "log-text", onOff, "Put prompt and completion text in the per-request log lines (default off: they may hold anything)")
 ] as const
 

@@ -62,6 +62,12 @@ export const WeftSettings = Schema.Struct({
   maxAdapters: Schema.Int,
   /** Bytes of saved session KV states in the data dir; `undefined` saves none. */
   sessionKvMaxBytes: Schema.UndefinedOr(Schema.Number),
+  /** Fine-tuning jobs that train at once. */
+  fineTuningConcurrency: Schema.Int,
+  /** CPU threads each training job uses; `undefined` is half the cores (at least 1), so serving keeps the rest. */
+  trainingThreads: Schema.UndefinedOr(Schema.Number),
+  /** Largest file `POST /v1/files` accepts. */
+  maxUploadBytes: Schema.Number,
   /** The config file's `models`: ids served by local GGUFs or upstream servers, with routing; see `ModelsConfig`. */
   models: ModelsConfig,
   /** Plugin module paths (`--plugin`). */
@@ -110,6 +116,9 @@ export const defaultSettings: WeftSettings = {
   metricsPublic: false,
   memoryLimit: undefined,
   sessionKvMaxBytes: 1024 * MiB,
+  fineTuningConcurrency: 1,
+  trainingThreads: undefined,
+  maxUploadBytes: 256 * MiB,
   lora: [],
   maxAdapters: 4,
   models: {},

@@ -26,9 +26,12 @@ export const resolveModel = (
   model: string
 ): Effect.Effect<Engine, ResolveFailure, ModelRegistry | MemoryManager | AdapterContexts | RequestModel> => {
   const adapter = adapterOf(model)
+  const whole = Effect.flatMap(ModelRegistry, (registry) => registry.resolve(model))
+  // A registered id with colons in it (a fine-tuned `ft:base:suffix:job`) is that model, not an adapter.
+  const registered = Effect.flatMap(ModelRegistry, (registry) => Effect.map(registry.models, (models) => models.some((status) => status.id === model)))
   const engine: Effect.Effect<Engine, ResolveFailure, ModelRegistry | AdapterContexts> = adapter === undefined
-    ? Effect.flatMap(ModelRegistry, (registry) => registry.resolve(model))
-    : Effect.flatMap(AdapterContexts, (adapters) => adapters.resolve(adapter.model, adapter.adapter))
+    ? whole
+    : Effect.if(registered, { onTrue: () => whole, onFalse: () => Effect.flatMap(AdapterContexts, (adapters) => adapters.resolve(adapter.model, adapter.adapter)) })
   return Effect.flatMap(MemoryManager, (memory) => memory.admit).pipe(
     Effect.zipRight(engine),
     Effect.tap((resolved) => Effect.flatMap(RequestModel, (current) => Ref.set(current, resolved.backend.info.id)))

@@ -28,6 +28,8 @@ import type {
 import { shorten } from "./QuotedValue.js"
 import type { PluginFailed, PluginRejected, PluginRouteNotFound } from "../plugins/PluginErrors.js"
 import type { DeploymentsSaturated, ModelUnavailable, UpstreamFailed, UpstreamRejected } from "../upstream/UpstreamErrors.js"
+import type { DatasetRejected, FineTuningDisabled, FineTuningObjectNotFound, JobParamRejected, JobStateConflict } from "../training/jobs/FineTuningErrors.js"
+import type { FineTuningStoreFailed } from "../training/jobs/FineTuningStore.js"
 
 /** Every expected failure an OpenAI endpoint can answer with. */
 export type ApiFailure =
@@ -74,6 +76,12 @@ export type ApiFailure =
   | DeploymentsSaturated
   | AdapterExists
   | AdaptersUnsupported
+  | FineTuningObjectNotFound
+  | JobStateConflict
+  | DatasetRejected
+  | JobParamRejected
+  | FineTuningDisabled
+  | FineTuningStoreFailed
 
 /** OpenAI's error object, as it appears under `error` in a response body or an SSE frame. */
 export interface OpenAiErrorBody {
@@ -244,6 +252,23 @@ export const errorReply = (failure: ApiFailure): ErrorReply => {
       return reply(409, { message: failure.message, type: "invalid_request_error", param: "name", code: "adapter_exists" })
     case "AdaptersUnsupported":
       return invalid(failure.message, "model", "adapters_unsupported")
+    case "FineTuningObjectNotFound":
+      return reply(404, {
+        message: shorten(failure.message),
+        type: "invalid_request_error",
+        param: failure.kind === "file" ? "file_id" : "fine_tuning_job_id",
+        code: failure.kind === "file" ? "file_not_found" : "fine_tuning_job_not_found"
+      })
+    case "JobStateConflict":
+      return invalid(failure.message, null, "invalid_job_state")
+    case "DatasetRejected":
+      return invalid(failure.message, "file", "invalid_file")
+    case "JobParamRejected":
+      return invalid(failure.message, failure.param, failure.code)
+    case "FineTuningDisabled":
+      return reply(404, { message: failure.message, type: "invalid_request_error", param: null, code: "fine_tuning_disabled" })
+    case "FineTuningStoreFailed":
+      return internalError()
     case "StructuredOutputInvalid":
       return reply(500, {
         message: `The generated output does not match the requested schema (${failure.violation}); this is a server bug`,

@@ -49,6 +49,7 @@ import type { MemoryManager } from "../memory/MemoryManager.js"
 import { ModelRouter } from "../upstream/ModelRouter.js"
 import { upstreamRoutes } from "./UpstreamRoutes.js"
 import { adminAdapterRoutes } from "./AdminAdapterRoutes.js"
+import { fineTuningRoutes } from "./FineTuningRoutes.js"
 import type { AdapterContexts } from "../host/AdapterContexts.js"
 
 /** Where to listen and the limits the HTTP layer enforces itself. */
@@ -251,6 +252,8 @@ const httpApp = (options: Omit<HttpServerOptions, "port" | "shutdownGraceMs"> & 
       .pipe(HttpRouter.concat(dashboardRoutes), HttpRouter.concat(adminAlertRoutes), HttpRouter.concat(pluginRoutes(options)))
       // Loading models at run time needs to know how to build one; an app that mounts Weft without it lists and unloads only.
       .pipe(HttpRouter.concat(adminModelRoutes({ maxBodyBytes: options.maxBodyBytes, defineModel: options.defineModel })))
+      // Fine-tuning answers where the server was composed with it (`FineTuningJobs`), 404 elsewhere.
+      .pipe(HttpRouter.concat(fineTuningRoutes(options)))
     const methodsOf = routeMethods(router)
     return withRequestContext(router, methodsOf, browserPolicy(options, methodsOf), auth)
   })

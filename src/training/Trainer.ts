@@ -41,6 +41,16 @@ export class DatasetTooSmall extends Schema.TaggedError<DatasetTooSmall>()("Data
   }
 }
 
+/** The run stopped at a step boundary because `stopRequested` asked it to; `checkpoint` holds its weights there. */
+export class TrainingStopped extends Schema.TaggedError<TrainingStopped>()("TrainingStopped", {
+  step: Schema.Number,
+  checkpoint: Schema.optional(Schema.String)
+}) {
+  override get message(): string {
+    return `training stopped at step ${this.step}`
+  }
+}
+
 /** How the learning rate moves over the run. */
 export type LearningRateSchedule = "constant" | "linear" | "cosine"
 
@@ -71,6 +81,14 @@ export interface TrainOptions {
   /** Stop after this many epochs without a validation improvement of at least `minDelta`; needs validation data. */
   readonly patience?: number | undefined
   readonly minDelta: number
+  /**
+   * Continue a run from a checkpoint it wrote: training starts from that checkpoint's weights and skips the first
+   * `step` steps of the same (deterministic) order, so the first step run is `step + 1`. The optimizer's moments and
+   * the early-stopping state start afresh.
+   */
+  readonly resumeFrom?: { readonly checkpoint: string; readonly step: number } | undefined
+  /** Asked after every step: when it answers true the run checkpoints (if `checkpointDir` is set) and fails with `TrainingStopped`. */
+  readonly stopRequested?: Effect.Effect<boolean> | undefined
   readonly onProgress: (progress: TrainingProgress) => Effect.Effect<void>
 }
 
@@ -237,7 +255,7 @@ export const train = Effect.fn("train")(function*(options: TrainOptions) {
   yield* Effect.addFinalizer(() => tokenizer.dispose)
   const addon = yield* loadTrainerAddon
   const handle = yield* Effect.try({
-    try: () => addon.open(options.modelPath, options.threads, 0),
+    try: () => addon.open(options.resumeFrom?.checkpoint ?? options.modelPath, options.threads, 0),
     catch: (cause) => new TrainerUnavailable({ reason: cause instanceof Error ? cause.message : String(cause) })
   })
   // Freed when the run ends, however it ends (a step in flight finishes first: steps are uninterruptible).
@@ -260,6 +278,7 @@ export const train = Effect.fn("train")(function*(options: TrainOptions) {
   let best: number | undefined
   let bestEpoch: number | undefined
   let epochsWithoutImprovement = 0
+  const resumeStep = Math.min(options.resumeFrom?.step ?? 0, totalSteps)
   let step = 0
   let tokensDone = 0
   let stoppedBecause: TrainingResult["stoppedBecause"] = "completed"
@@ -294,9 +313,18 @@ export const train = Effect.fn("train")(function*(options: TrainOptions) {
   })
 
   for (let epoch = 1; epoch <= options.epochs; epoch++) {
+    // A resumed run skips the epochs it finished.
+    if (epoch * stepsPerEpoch <= resumeStep) {
+      step = epoch * stepsPerEpoch
+      continue
+    }
     epochNow = epoch
     epochLoss = { sum: 0, steps: 0 }
     for (const batch of batches(trainWindows, options.batchSize)) {
+      if (step < resumeStep) {
+        step++
+        continue
+      }
       const learningRate = learningRateAt(options.schedule, options.learningRate, step, totalSteps)
       addon.setOptimizer(handle, learningRate, options.weightDecay)
       const result = yield* runStep(addon, handle, concat(batch), true)
@@ -305,6 +333,7 @@ export const train = Effect.fn("train")(function*(options: TrainOptions) {
       epochLoss = { sum: epochLoss.sum + result.loss, steps: epochLoss.steps + 1 }
       const seconds = (performance.now() - started) / 1000
       const tokensPerSecond = tokensDone / Math.max(seconds, 1e-9)
+      const stepsThisRun = step - resumeStep
       yield* options.onProgress({
         _tag: "Step",
         epoch,
@@ -314,9 +343,14 @@ export const train = Effect.fn("train")(function*(options: TrainOptions) {
         accuracy: result.accuracy,
         learningRate,
         tokensPerSecond,
-        etaSeconds: (totalSteps - step) * seconds / step
+        etaSeconds: (totalSteps - step) * seconds / stepsThisRun
       })
-      if (options.checkpointEvery > 0 && step % options.checkpointEvery === 0 && step % stepsPerEpoch !== 0) yield* checkpoint
+      const periodic = options.checkpointEvery > 0 && step % options.checkpointEvery === 0 && step % stepsPerEpoch !== 0
+      if (periodic) yield* checkpoint
+      if (options.stopRequested !== undefined && (yield* options.stopRequested)) {
+        if (!periodic) yield* checkpoint
+        return yield* new TrainingStopped({ step, checkpoint: checkpoints.at(-1) })
+      }
     }
     const trainLoss = epochLoss.sum / Math.max(epochLoss.steps, 1)
     epochLosses.push(trainLoss)

@@ -11,7 +11,7 @@ import { ModelRegistry } from "../../src/host/ModelRegistry.js"
 import { CurrentPrincipal } from "../../src/identity/Principal.js"
 import type { Principal } from "../../src/identity/Principal.js"
 import { defaultMaxAdapters, serverLayer } from "../../src/layers.js"
-import type { OperationsSettings } from "../../src/layers.js"
+import type { FineTuningInput, OperationsSettings } from "../../src/layers.js"
 import type { AdapterSettings } from "../../src/host/AdapterContexts.js"
 import type { SessionKvSettings } from "../../src/sessions/SessionKvFiles.js"
 import type { OpenServerRefused } from "../../src/identity/AuthErrors.js"
@@ -53,6 +53,8 @@ export interface TestServerOptions {
   readonly adapters?: Partial<AdapterSettings>
   /** Session KV on disk; none by default. */
   readonly sessionKv?: SessionKvSettings
+  /** Fine-tuning (files, jobs, train → serve); off (404) by default. */
+  readonly fineTuning?: FineTuningInput
   /** What the server is built under, such as a test logger or tracer; by default only errors are logged. */
   readonly observability?: Layer.Layer<never>
 }
@@ -81,7 +83,8 @@ export const testServerLayer = <E extends EngineStartFailed>(
     options.memory,
     options.models,
     { maxAdapters: options.adapters?.maxAdapters ?? defaultMaxAdapters, adapters: options.adapters?.adapters ?? [] },
-    options.sessionKv
+    options.sessionKv,
+    options.fineTuning
   ).pipe(
     // The server's requests run in the context it was built in, so a principal provided here is every request's caller.
     Layer.provide(options.principal === undefined ? Layer.empty : Layer.succeed(CurrentPrincipal, Option.some(options.principal))),
