@@ -60,6 +60,12 @@ export const WeftSettings = Schema.Struct({
   maxAdapters: Schema.Int,
   /** Bytes of saved session KV states in the data dir; `undefined` saves none. */
   sessionKvMaxBytes: Schema.UndefinedOr(Schema.Number),
+  /** Postgres URL of the cluster this replica joins; `undefined` runs alone. */
+  cluster: Schema.UndefinedOr(Schema.String),
+  /** Where other replicas reach this one; `undefined` is `host` (the machine's name when `host` is a wildcard). */
+  clusterHost: Schema.UndefinedOr(Schema.String),
+  /** This replica's cluster runner port. */
+  clusterPort: Schema.Int,
   /** The config file's `models`: ids served by local GGUFs or upstream servers, with routing; see `ModelsConfig`. */
   models: ModelsConfig,
   /** Plugin module paths (`--plugin`). */
@@ -109,6 +115,9 @@ export const defaultSettings: WeftSettings = {
   sessionKvMaxBytes: 1024 * MiB,
   lora: [],
   maxAdapters: 4,
+  cluster: undefined,
+  clusterHost: undefined,
+  clusterPort: 34431,
   models: {},
   plugins: []
 }
