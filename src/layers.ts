@@ -15,6 +15,8 @@ import type { ModelDefinition } from "./host/ModelRegistry.js"
 import { defaultMemoryLimit, MemoryManager } from "./memory/MemoryManager.js"
 import type { MemorySettings } from "./memory/MemoryManager.js"
 import { WeftHttpServer } from "./http/WeftHttpServer.js"
+import { ClusterGate } from "./cluster/ClusterGate.js"
+import { clusterRunnerLayer } from "./cluster/ClusterRunner.js"
 import type { HttpApiServices, HttpServerOptions } from "./http/WeftHttpServer.js"
 import { AdapterContexts } from "./host/AdapterContexts.js"
 import type { AdapterSettings } from "./host/AdapterContexts.js"
@@ -195,7 +197,7 @@ export const WeftLive: Layer.Layer<HttpServer.HttpServer | ModelRegistry, HttpSe
     // The sessions database lives in the data dir, which a `--model` run may not have created yet.
     Effect.sync(() => {
       fs.mkdirSync(settings.dataDir, { recursive: true })
-      return serverLayer(
+      const server = serverLayer(
         servedModels(settings),
         {
           host: settings.host,
@@ -217,6 +219,11 @@ export const WeftLive: Layer.Layer<HttpServer.HttpServer | ModelRegistry, HttpSe
         servedAdapters(settings),
         settings.sessionKvMaxBytes === undefined ? undefined : { dir: path.join(settings.dataDir, "session-kv"), maxBytes: settings.sessionKvMaxBytes }
       ).pipe(Layer.provide(observabilityLayer(settings)))
+      // With --cluster the runner joins after the server is up (its entities call the server) and leaves before it.
+      const cluster = settings.cluster
+      return cluster === undefined
+        ? server
+        : clusterRunnerLayer({ ...settings, cluster }).pipe(Layer.provideMerge(server), Layer.provide(ClusterGate.layer))
     }))
 )
 

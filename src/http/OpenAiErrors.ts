@@ -27,6 +27,7 @@ import type {
 } from "./HttpErrors.js"
 import { shorten } from "./QuotedValue.js"
 import type { PluginFailed, PluginRejected, PluginRouteNotFound } from "../plugins/PluginErrors.js"
+import type { ReplicaUnavailable } from "../cluster/ClusterErrors.js"
 import type { DeploymentsSaturated, ModelUnavailable, UpstreamFailed, UpstreamRejected } from "../upstream/UpstreamErrors.js"
 
 /** Every expected failure an OpenAI endpoint can answer with. */
@@ -74,6 +75,7 @@ export type ApiFailure =
   | DeploymentsSaturated
   | AdapterExists
   | AdaptersUnsupported
+  | ReplicaUnavailable
 
 /** OpenAI's error object, as it appears under `error` in a response body or an SSE frame. */
 export interface OpenAiErrorBody {
@@ -244,6 +246,8 @@ export const errorReply = (failure: ApiFailure): ErrorReply => {
       return reply(409, { message: failure.message, type: "invalid_request_error", param: "name", code: "adapter_exists" })
     case "AdaptersUnsupported":
       return invalid(failure.message, "model", "adapters_unsupported")
+    case "ReplicaUnavailable":
+      return reply(503, { message: failure.message, type: "server_error", param: null, code: "replica_unavailable" }, { "retry-after": "1" })
     case "StructuredOutputInvalid":
       return reply(500, {
         message: `The generated output does not match the requested schema (${failure.violation}); this is a server bug`,
