@@ -7,6 +7,8 @@ import { Clock, Effect, Layer, Option, Schema } from "effect"
 import { createHash, randomBytes, timingSafeEqual } from "node:crypto"
 import * as path from "node:path"
 import type { Priority } from "../scheduler/GenerationRequest.js"
+import { postgresClientLayer, type PostgresClientOptions } from "../storage/postgresClient.js"
+import { SqlInteger } from "../storage/SqlInteger.js"
 import type { KeyScope, Principal, UsageLimits } from "./Principal.js"
 
 /** Every key starts with this, so a leaked one is recognisable (and redacted in logs). */
@@ -89,21 +91,21 @@ const KeyRow = Schema.Struct({
   tenant: Schema.String,
   scopes: ScopeList,
   hash: Schema.String,
-  rpm: Schema.NullOr(Schema.Number),
-  tpm: Schema.NullOr(Schema.Number),
-  max_concurrent: Schema.NullOr(Schema.Number),
-  created_at: Schema.Number,
-  last_used_at: Schema.NullOr(Schema.Number),
-  expires_at: Schema.NullOr(Schema.Number),
-  revoked_at: Schema.NullOr(Schema.Number)
+  rpm: Schema.NullOr(SqlInteger),
+  tpm: Schema.NullOr(SqlInteger),
+  max_concurrent: Schema.NullOr(SqlInteger),
+  created_at: SqlInteger,
+  last_used_at: Schema.NullOr(SqlInteger),
+  expires_at: Schema.NullOr(SqlInteger),
+  revoked_at: Schema.NullOr(SqlInteger)
 })
 
 const TenantRow = Schema.Struct({
   name: Schema.String,
   priority: Schema.NullOr(Schema.Literal("high", "normal", "low")),
-  rpm: Schema.NullOr(Schema.Number),
-  tpm: Schema.NullOr(Schema.Number),
-  max_concurrent: Schema.NullOr(Schema.Number)
+  rpm: Schema.NullOr(SqlInteger),
+  tpm: Schema.NullOr(SqlInteger),
+  max_concurrent: Schema.NullOr(SqlInteger)
 })
 
 const decodeKeys = Schema.decodeUnknown(Schema.Array(KeyRow))
@@ -145,7 +147,7 @@ const isLive = (row: { readonly revoked_at: number | null; readonly expires_at: 
 const lastUsedResolutionMs = 60_000
 
 /**
- * API keys and tenants in SQLite. Nothing is cached: every request reads the database (one indexed lookup), so a key
+ * API keys and tenants in SQL: SQLite on one machine, Postgres shared by a cluster's replicas. Nothing is cached: every request reads the database (one indexed lookup), so a key
  * created, revoked or rotated by the CLI in another process counts at the next request.
  */
 export class KeyStore extends Effect.Service<KeyStore>()("weft/KeyStore", {
@@ -157,20 +159,20 @@ export class KeyStore extends Effect.Service<KeyStore>()("weft/KeyStore", {
       tenant TEXT NOT NULL,
       scopes TEXT NOT NULL,
       hash TEXT NOT NULL UNIQUE,
-      rpm INTEGER,
-      tpm INTEGER,
-      max_concurrent INTEGER,
-      created_at INTEGER NOT NULL,
-      last_used_at INTEGER,
-      expires_at INTEGER,
-      revoked_at INTEGER
+      rpm BIGINT,
+      tpm BIGINT,
+      max_concurrent BIGINT,
+      created_at BIGINT NOT NULL,
+      last_used_at BIGINT,
+      expires_at BIGINT,
+      revoked_at BIGINT
     )`.pipe(Effect.orDie)
     yield* sql`CREATE TABLE IF NOT EXISTS tenants (
       name TEXT PRIMARY KEY,
       priority TEXT,
-      rpm INTEGER,
-      tpm INTEGER,
-      max_concurrent INTEGER
+      rpm BIGINT,
+      tpm BIGINT,
+      max_concurrent BIGINT
     )`.pipe(Effect.orDie)
 
     const keyRows = (operation: string, rows: Effect.Effect<ReadonlyArray<unknown>, SqlError>) =>
@@ -262,10 +264,10 @@ export class KeyStore extends Effect.Service<KeyStore>()("weft/KeyStore", {
     /** Whether any key can still authenticate: with none, the server is open (when `--auth auto`). */
     const hasLiveKeys = Effect.fn("KeyStore.hasLiveKeys")(function*() {
       const now = yield* Clock.currentTimeMillis
-      const rows = yield* sql<{ readonly live: number }>`SELECT EXISTS (
-        SELECT 1 FROM api_keys WHERE revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ${now})
-      ) AS live`.pipe(Effect.mapError(failed("hasLiveKeys")))
-      return rows[0]?.live === 1
+      const rows = yield* sql`SELECT 1 AS live FROM api_keys WHERE revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ${now}) LIMIT 1`.pipe(
+        Effect.mapError(failed("hasLiveKeys"))
+      )
+      return rows.length > 0
     })
 
     /** The caller a secret belongs to; `None` for an unknown, revoked or expired key. */
@@ -309,7 +311,8 @@ export class KeyStore extends Effect.Service<KeyStore>()("weft/KeyStore", {
         tpm: limits.tpm ?? before.tpm,
         max_concurrent: limits.maxConcurrent ?? before.max_concurrent
       }
-      yield* sql`INSERT OR REPLACE INTO tenants ${sql.insert(row)}`.pipe(Effect.mapError(failed("setTenant")))
+      yield* sql`INSERT INTO tenants ${sql.insert(row)} ON CONFLICT (name) DO UPDATE SET priority = excluded.priority, rpm = excluded.rpm,
+        tpm = excluded.tpm, max_concurrent = excluded.max_concurrent`.pipe(Effect.mapError(failed("setTenant")))
       const tenant: TenantInfo = { name, priority: optional(row.priority), limits: limitsOf(row) }
       return tenant
     })
@@ -326,4 +329,7 @@ export class KeyStore extends Effect.Service<KeyStore>()("weft/KeyStore", {
   /** The store on a SQLite file (created if missing); `:memory:` keeps keys for the process only. */
   static readonly layerSqlite = (databasePath: string) =>
     KeyStore.Default.pipe(Layer.provide(SqliteClient.layer({ filename: databasePath })))
+
+  /** The store on Postgres at `url`, shared by every replica on that database (its keys are managed through the admin API). */
+  static readonly layerPg = (url: string, options?: PostgresClientOptions) => KeyStore.Default.pipe(Layer.provide(postgresClientLayer(url, options)))
 }

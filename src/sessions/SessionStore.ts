@@ -6,6 +6,9 @@ import { SqliteClient } from "@effect/sql-sqlite-node"
 import { Clock, Context, Duration, Effect, Layer, Option, Schedule, Schema } from "effect"
 import type { Scope } from "effect"
 import type { ChatMessage } from "../engine/Backend.js"
+import { makePgAdvisoryLocks } from "../storage/pgAdvisoryLocks.js"
+import { postgresClientLayer, type PostgresClientOptions } from "../storage/postgresClient.js"
+import { SqlInteger } from "../storage/SqlInteger.js"
 
 /** Where sessions live and how long an idle one is kept. */
 export interface SessionSettings {
@@ -72,7 +75,7 @@ const ResponseRow = Schema.Struct({
   cache_key: Schema.String,
   messages: Schema.parseJson(Schema.Array(ChatMessageSchema)),
   body: Schema.parseJson(Schema.Unknown),
-  created_at: Schema.Number
+  created_at: SqlInteger
 })
 
 const decodeResponseRow = Schema.decodeUnknown(ResponseRow)
@@ -88,12 +91,12 @@ const SessionRow = Schema.Struct({
   // The column keeps its first name so existing databases open unchanged; it holds the owner.
   cache_key: SessionOwner,
   messages: Schema.parseJson(Schema.Array(ChatMessageSchema)),
-  turns: Schema.Number,
-  prompt_tokens: Schema.Number,
-  completion_tokens: Schema.Number,
-  cached_tokens: Schema.Number,
-  created_at: Schema.Number,
-  updated_at: Schema.Number
+  turns: SqlInteger,
+  prompt_tokens: SqlInteger,
+  completion_tokens: SqlInteger,
+  cached_tokens: SqlInteger,
+  created_at: SqlInteger,
+  updated_at: SqlInteger
 })
 
 const decodeRow = Schema.decodeUnknown(SessionRow)
@@ -109,8 +112,9 @@ export interface SessionTurn {
 }
 
 /**
- * Chat sessions persisted in SQLite, so they survive a restart. Turns of one session run one at a time
- * (`withTurnLock`); idle sessions past the TTL are swept.
+ * Chat sessions persisted in SQL (SQLite on one machine, Postgres shared by the replicas of a cluster), so they survive
+ * a restart. Turns of one session run one at a time (`withTurnLock`): in-process, and on Postgres across replicas too;
+ * idle sessions past the TTL are swept.
  */
 export class SessionStore extends Effect.Service<SessionStore>()("weft/SessionStore", {
   scoped: Effect.gen(function*() {
@@ -120,12 +124,12 @@ export class SessionStore extends Effect.Service<SessionStore>()("weft/SessionSt
       id TEXT PRIMARY KEY,
       cache_key TEXT NOT NULL,
       messages TEXT NOT NULL,
-      turns INTEGER NOT NULL,
-      prompt_tokens INTEGER NOT NULL,
-      completion_tokens INTEGER NOT NULL,
-      cached_tokens INTEGER NOT NULL,
-      created_at INTEGER NOT NULL,
-      updated_at INTEGER NOT NULL
+      turns BIGINT NOT NULL,
+      prompt_tokens BIGINT NOT NULL,
+      completion_tokens BIGINT NOT NULL,
+      cached_tokens BIGINT NOT NULL,
+      created_at BIGINT NOT NULL,
+      updated_at BIGINT NOT NULL
     )`.pipe(Effect.orDie)
     yield* sql`CREATE INDEX IF NOT EXISTS sessions_updated_at ON sessions (updated_at)`.pipe(Effect.orDie)
     yield* sql`CREATE TABLE IF NOT EXISTS responses (
@@ -133,13 +137,30 @@ export class SessionStore extends Effect.Service<SessionStore>()("weft/SessionSt
       cache_key TEXT NOT NULL,
       messages TEXT NOT NULL,
       body TEXT NOT NULL,
-      created_at INTEGER NOT NULL
+      created_at BIGINT NOT NULL
     )`.pipe(Effect.orDie)
     yield* sql`CREATE INDEX IF NOT EXISTS responses_created_at ON responses (created_at)`.pipe(Effect.orDie)
 
     const locks = new Map<string, { readonly semaphore: Effect.Semaphore; users: number }>()
+    // On Postgres other replicas share the sessions: the in-process lock is followed by an advisory lock.
+    const replicaLocks = yield* sql.onDialectOrElse({
+      pg: () => Effect.map(makePgAdvisoryLocks(sql), Option.some),
+      orElse: () => Effect.succeed(Option.none())
+    })
+    const lockAcrossReplicas = (id: string) =>
+      Option.match(replicaLocks, {
+        onNone: () => Effect.void,
+        // A failed lock query leaves the turn with the in-process lock only, as on one machine: logged, not fatal.
+        onSome: (replicas) =>
+          replicas.lock(`weft/session/${id}`).pipe(
+            Effect.catchAll((error) => Effect.logWarning("The session's cross-replica turn lock could not be taken", error))
+          )
+      })
 
-    /** Holds the turn lock of session `id` until the caller's scope closes; other sessions are not blocked. */
+    /**
+     * Holds the turn lock of session `id` until the caller's scope closes; other sessions are not blocked. On Postgres
+     * the lock holds across replicas: a second replica's turn of the same session waits for this one.
+     */
     const lockTurn = (id: string): Effect.Effect<void, never, Scope.Scope> =>
       Effect.acquireRelease(
         Effect.sync(() => {
@@ -156,7 +177,10 @@ export class SessionStore extends Effect.Service<SessionStore>()("weft/SessionSt
             lock.users -= 1
             if (lock.users === 0) locks.delete(id)
           })
-      ).pipe(Effect.flatMap((lock) => Effect.acquireRelease(lock.semaphore.take(1), () => lock.semaphore.release(1))))
+      ).pipe(
+        Effect.flatMap((lock) => Effect.acquireRelease(lock.semaphore.take(1), () => lock.semaphore.release(1))),
+        Effect.zipRight(lockAcrossReplicas(id))
+      )
 
     /** Runs `effect` as the only turn in flight for session `id`. */
     const withTurnLock = <A, E, R>(id: string, effect: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> =>
@@ -264,14 +288,13 @@ export class SessionStore extends Effect.Service<SessionStore>()("weft/SessionSt
     /** Deletes every session idle past the TTL; returns how many. */
     const sweepExpired = Effect.gen(function*() {
       const now = yield* Clock.currentTimeMillis
-      const rows = yield* sql<{ count: number }>`SELECT COUNT(*) AS count FROM sessions WHERE updated_at < ${expiredBefore(now)}`
-      yield* sql`DELETE FROM sessions WHERE updated_at < ${expiredBefore(now)}`
-      return rows[0]?.count ?? 0
+      const rows = yield* sql`DELETE FROM sessions WHERE updated_at < ${expiredBefore(now)} RETURNING id`
+      return rows.length
     }).pipe(Effect.mapError(failed("sweepExpired")))
 
     /** Stores a Responses API response; responses are immutable, and expire the TTL after they were created. */
     const saveResponse = Effect.fn("SessionStore.saveResponse")(function*(response: StoredResponse) {
-      yield* sql`INSERT OR REPLACE INTO responses ${
+      yield* sql`INSERT INTO responses ${
         sql.insert({
           id: response.id,
           cache_key: response.cacheKey,
@@ -279,7 +302,8 @@ export class SessionStore extends Effect.Service<SessionStore>()("weft/SessionSt
           body: JSON.stringify(response.body),
           created_at: response.createdAt
         })
-      }`.pipe(Effect.mapError(failed("saveResponse")))
+      } ON CONFLICT (id) DO UPDATE SET cache_key = excluded.cache_key, messages = excluded.messages, body = excluded.body,
+        created_at = excluded.created_at`.pipe(Effect.mapError(failed("saveResponse")))
     })
 
     /** The live (unexpired) stored response `id`. */
@@ -327,5 +351,12 @@ export class SessionStore extends Effect.Service<SessionStore>()("weft/SessionSt
     SessionStore.Default.pipe(
       Layer.provide(SqliteClient.layer({ filename: settings.databasePath })),
       Layer.provide(SessionConfig.layer(settings))
+    )
+
+  /** The store on Postgres at `url`, shared by every replica on that database. */
+  static readonly layerPg = (url: string, settings: Partial<Omit<SessionSettings, "databasePath">> = {}, options?: PostgresClientOptions) =>
+    SessionStore.Default.pipe(
+      Layer.provide(postgresClientLayer(url, options)),
+      Layer.provide(SessionConfig.layer({ ...settings, databasePath: url }))
     )
 }
