@@ -111,6 +111,10 @@ export const defaultMaxAdapters = 4
 
 type SessionSettingsInput = Parameters<typeof SessionStore.layerSqlite>[0]
 
+/** The session store: in the cluster's Postgres when the path is a `postgres://` URL (`--cluster`), else in SQLite. */
+const sessionStoreLayer = ({ databasePath, ...settings }: SessionSettingsInput): Layer.Layer<SessionStore, unknown> =>
+  /^postgres(ql)?:\/\//.test(databasePath) ? SessionStore.layerPg(databasePath, settings) : SessionStore.layerSqlite({ databasePath, ...settings })
+
 /**
  * What Weft's HTTP API needs besides the models (see `WeftHttpServer.app`): sessions, API keys, rate limits, audit,
  * process metrics, the dashboard's event stream, alerts and plugins.
@@ -124,7 +128,7 @@ export const httpApiServicesLayer = (
   operationsLayer(operations).pipe(
     Layer.provideMerge(Layer.mergeAll(ProcessMetrics.Default, RateLimiter.Default, AuditLog.Default(audit))),
     // A session database that cannot be opened is a start-up failure, reported like any other.
-    Layer.provideMerge(Layer.orDie(SessionStore.layerSqlite(sessions))),
+    Layer.provideMerge(Layer.orDie(sessionStoreLayer(sessions))),
     Layer.provideMerge(Layer.orDie(KeyStore.layerSqlite(keys.databasePath)))
   )
 
@@ -209,7 +213,8 @@ export const WeftLive: Layer.Layer<HttpServer.HttpServer | ModelRegistry, HttpSe
           auth: { mode: settings.auth, metricsPublic: settings.metricsPublic },
           localModel: (id, deployment) => localServedModel(settings, id, deployment)
         },
-        { databasePath: path.join(settings.dataDir, "sessions.sqlite"), ttlMs: settings.sessionTtlMs },
+        // Clustered, sessions are shared in Postgres: a session's next turn resumes on whichever replica owns it then.
+        { databasePath: settings.cluster ?? path.join(settings.dataDir, "sessions.sqlite"), ttlMs: settings.sessionTtlMs },
         { logText: settings.logText },
         { databasePath: keysDatabasePath(settings.dataDir) },
         { path: settings.auditLog ?? path.join(settings.dataDir, "audit.jsonl") },

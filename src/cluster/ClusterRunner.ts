@@ -5,6 +5,7 @@ import { NodeClusterSocket, NodeHttpClient } from "@effect/platform-node"
 import { PgClient } from "@effect/sql-pg"
 import { Duration, Effect, Layer, Option, Redacted, Ref, Stream } from "effect"
 import type { WeftSettings } from "../config/WeftSettings.js"
+import { ModelRegistry } from "../host/ModelRegistry.js"
 import { baseUrl } from "../http/ServerUrl.js"
 import { ChatSession, OwnerAlive } from "./ChatSessionEntity.js"
 import { ClusterGate } from "./ClusterGate.js"
@@ -14,7 +15,7 @@ import { ReplicaLoad } from "./ReplicaLoad.js"
 
 /** How often an owner signals it is still working on a turn, and how long a caller waits without a signal. */
 const aliveEvery = Duration.seconds(2)
-const silenceLimit = Duration.seconds(10)
+const silenceLimit = Duration.seconds(30)
 
 const wildcard = (host: string) => host === "0.0.0.0" || host === "::"
 
@@ -33,11 +34,11 @@ const sessionIdOf = (path: string, body: unknown, headers: Readonly<Record<strin
  * The chat-session entity: this replica runs the turns of the sessions whose shards it owns, through its own HTTP
  * server (so they are served exactly as a request made here), streaming the response back with a tick while it works.
  */
-const chatSessionEntity = (localUrl: string) =>
+const chatSessionEntity = (localUrl: string, replica: string) =>
   ChatSession.toLayer(
     Effect.succeed({
       Turn: (envelope) =>
-        Stream.merge(relay(localUrl, envelope.payload), Stream.tick(aliveEvery).pipe(Stream.as(new OwnerAlive())), { haltStrategy: "left" })
+        Stream.merge(relay(localUrl, replica, envelope.payload), Stream.tick(aliveEvery).pipe(Stream.as(new OwnerAlive())), { haltStrategy: "left" })
     }),
     // Turns of a session run one at a time, as on one machine.
     { concurrency: 1 }
@@ -57,7 +58,7 @@ const routing = Effect.gen(function*() {
       const peer = yield* load.pick
       if (Option.isNone(peer)) return Option.none()
       // A peer that cannot be reached before it answers leaves the request to this replica.
-      return yield* forwardedResponse(relay(peer.value.url, forwarded), silenceLimit).pipe(
+      return yield* forwardedResponse(relay(peer.value.url, peer.value.replica, forwarded), silenceLimit).pipe(
         Effect.map(Option.some),
         Effect.catchTag("ReplicaUnavailable", (error) =>
           Effect.as(Effect.logWarning("Forwarding to a less busy replica failed; serving here", { peer: peer.value.replica, error: error.message }), Option.none()))
@@ -76,16 +77,19 @@ export const clusterRunnerLayer = (settings: WeftSettings & { readonly cluster: 
   Layer.unwrapEffect(
     Effect.gen(function*() {
       const server = yield* HttpServer.HttpServer
+      // A replica joins once its models serve: shards it owned before would otherwise answer "model loading".
+      yield* Effect.flatMap(ModelRegistry, (registry) => Effect.ignore(registry.ready))
       const localUrl = baseUrl(server.address)
       const host = advertisedHost(settings)
       const port = server.address._tag === "TcpAddress" ? server.address.port : settings.port
       const runner = RunnerAddress.make(host, settings.clusterPort)
+      const replica = `${host}:${settings.clusterPort}`
       const install = Layer.scopedDiscard(
         Effect.gen(function*() {
           const gate = yield* ClusterGate
           const routes = yield* routing
           yield* Effect.acquireRelease(Ref.set(gate.routing, Option.some(routes)), () => Ref.set(gate.routing, Option.none()))
-          yield* Effect.logInfo("joined the cluster").pipe(Effect.annotateLogs({ runner: `${host}:${settings.clusterPort}` }))
+          yield* Effect.logInfo("joined the cluster").pipe(Effect.annotateLogs({ runner: replica }))
         })
       )
       const sharding = NodeClusterSocket.layer({
@@ -93,9 +97,10 @@ export const clusterRunnerLayer = (settings: WeftSettings & { readonly cluster: 
         shardingConfig: {
           runnerAddress: Option.some(runner),
           runnerListenAddress: Option.some(RunnerAddress.make(settings.host, settings.clusterPort)),
-          // Quick hand-over: a dead runner's shards move once its heartbeat is this old.
-          shardLockRefreshInterval: Duration.seconds(2),
-          shardLockExpiration: Duration.seconds(8),
+          // A dead runner's shards move once its heartbeat is this old (the defaults are 10 s and 35 s). The refresh
+          // interval is also the timeout of lock queries: shorter makes a busy database look like a lost one.
+          shardLockRefreshInterval: Duration.seconds(5),
+          shardLockExpiration: Duration.seconds(20),
           refreshAssignmentsInterval: Duration.seconds(1),
           runnerHealthCheckInterval: Duration.seconds(5),
           entityTerminationTimeout: Duration.millis(settings.shutdownGraceMs)
@@ -103,8 +108,8 @@ export const clusterRunnerLayer = (settings: WeftSettings & { readonly cluster: 
       })
       return install.pipe(
         Layer.provide(NodeHttpClient.layerUndici),
-        Layer.provide(ReplicaLoad.Default({ replica: `${host}:${settings.clusterPort}`, url: `http://${host.includes(":") ? `[${host}]` : host}:${port}` })),
-        Layer.provide(chatSessionEntity(localUrl).pipe(Layer.provide(NodeHttpClient.layerUndici))),
+        Layer.provide(ReplicaLoad.Default({ replica, url: `http://${host.includes(":") ? `[${host}]` : host}:${port}` })),
+        Layer.provide(chatSessionEntity(localUrl, replica).pipe(Layer.provide(NodeHttpClient.layerUndici))),
         Layer.provideMerge(sharding),
         Layer.provide(PgClient.layer({ url: Redacted.make(settings.cluster) }))
       )

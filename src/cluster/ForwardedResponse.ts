@@ -1,5 +1,5 @@
 import { HttpBody, HttpClient, HttpClientRequest, HttpServerResponse } from "@effect/platform"
-import { Duration, Effect, Option, Sink, Stream } from "effect"
+import { Cause, Channel, Duration, Effect, Option, Sink, Stream } from "effect"
 import type { Scope } from "effect"
 import { errorReply } from "../http/OpenAiErrors.js"
 import { ResponseBytes, ResponseHead, TurnNotRelayed } from "./ChatSessionEntity.js"
@@ -18,11 +18,14 @@ export const forwardableHeaders = (headers: Readonly<Record<string, string | Rea
     )
   )
 
+/** The response header naming the replica (`host:cluster-port`) that served a forwarded request. */
+export const servedByHeader = "x-weft-replica"
+
 /**
- * Sends `request` to the Weft server at `baseUrl` as a request already forwarded (so it is served there), and streams
- * its response back as a head and body pieces.
+ * Sends `request` to the Weft server at `baseUrl` (replica `servedBy`) as a request already forwarded, so it is served
+ * there, and streams its response back as a head and body pieces.
  */
-export const relay = (baseUrl: string, request: ForwardedRequest): Stream.Stream<ResponseHead | ResponseBytes, TurnNotRelayed, HttpClient.HttpClient> =>
+export const relay = (baseUrl: string, servedBy: string, request: ForwardedRequest): Stream.Stream<ResponseHead | ResponseBytes, TurnNotRelayed, HttpClient.HttpClient> =>
   Stream.unwrap(
     Effect.gen(function*() {
       const client = yield* HttpClient.HttpClient
@@ -32,7 +35,7 @@ export const relay = (baseUrl: string, request: ForwardedRequest): Stream.Stream
           body: HttpBody.text(request.body, "application/json")
         })
       )
-      const head = new ResponseHead({ status: response.status, headers: forwardableHeaders(response.headers) })
+      const head = new ResponseHead({ status: response.status, headers: { ...forwardableHeaders(response.headers), [servedByHeader]: servedBy } })
       return Stream.concat(Stream.succeed<ResponseHead | ResponseBytes>(head), Stream.map(response.stream, (bytes) => new ResponseBytes({ bytes })))
     })
   ).pipe(Stream.mapError((error) => new TurnNotRelayed({ message: error.message })))
@@ -40,6 +43,18 @@ export const relay = (baseUrl: string, request: ForwardedRequest): Stream.Stream
 const sseError = (failure: ReplicaUnavailable) => new TextEncoder().encode(`data: ${JSON.stringify({ error: errorReply(failure).error })}\n\n`)
 
 const lost = (message: string) => new ReplicaUnavailable({ message })
+
+/**
+ * Every way a forwarded response can break, as the one failure the client sees: the cluster's transport reports a
+ * lost connection as a defect, and a failure in the part after the head comes back wrapped in a `ChannelException`.
+ */
+const asLostReplica = <A, R>(stream: Stream.Stream<A, ReplicaUnavailable, R>): Stream.Stream<A, ReplicaUnavailable, R> =>
+  Stream.catchAllCause(stream, (cause) => {
+    if (Cause.isInterruptedOnly(cause)) return Stream.failCause(cause)
+    const known = [...Cause.failures(cause), ...Array.from(Cause.defects(cause), (defect) => (Channel.isChannelException(defect) ? defect.error : defect))]
+      .find((error): error is ReplicaUnavailable => error instanceof ReplicaUnavailable)
+    return Stream.fail(known ?? lost("The connection to the replica serving this request broke"))
+  })
 
 /**
  * The HTTP response for a forwarded request's pieces. Nothing arriving for `silence` (the owner sends a tick every
@@ -53,6 +68,7 @@ export const forwardedResponse = <R>(
   Effect.gen(function*() {
     const pieces = chunks.pipe(
       Stream.mapError((error) => lost(`The replica serving this request failed: ${error.message}`)),
+      asLostReplica,
       Stream.timeoutFail(() => lost(`The replica serving this request sent nothing for ${Duration.format(silence)}; it is presumed gone`), silence),
       Stream.filter((chunk) => chunk._tag !== "Tick")
     )
@@ -60,8 +76,8 @@ export const forwardedResponse = <R>(
     if (Option.isNone(first) || first.value._tag !== "Head") return yield* lost("The replica serving this request ended without answering")
     const { status, headers } = first.value
     // A second head is the turn started again elsewhere after its owner died: what was sent cannot be taken back.
-    const body = Stream.mapEffect(rest, (chunk) =>
-      chunk._tag === "Body" ? Effect.succeed(chunk.bytes) : Effect.fail(lost("The replica serving this request went away mid-response")))
+    const body = asLostReplica(Stream.mapEffect(rest, (chunk) =>
+      chunk._tag === "Body" ? Effect.succeed(chunk.bytes) : Effect.fail(lost("The replica serving this request went away mid-response"))))
     const { "content-type": contentType, ...others } = headers
     if (contentType?.startsWith("text/event-stream") === true) {
       return HttpServerResponse.stream(Stream.catchAll(body, (failure) => Stream.make(sseError(failure))), { status, headers: others, contentType })

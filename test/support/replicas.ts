@@ -26,6 +26,8 @@ export interface ReplicaOptions {
   readonly runnerPort?: number | undefined
   readonly dataDir?: string | undefined
   readonly args?: ReadonlyArray<string> | undefined
+  /** Default `warn`. */
+  readonly logLevel?: string | undefined
 }
 
 export interface Replica {
@@ -51,7 +53,7 @@ export const startReplica = async (options: ReplicaOptions): Promise<Replica> =>
   const args = [
     "--import", "tsx", "src/main.ts", "serve",
     "--model", options.modelPath, "--port", String(port), "--data-dir", dataDir,
-    "--parallel", "2", "--ctx-size", "512", "--threads", "1", "--log-level", "warn", "--shutdown-grace", "5s",
+    "--parallel", "2", "--ctx-size", "512", "--threads", "1", "--log-level", options.logLevel ?? "warn", "--shutdown-grace", "5s",
     ...(options.clusterUrl === undefined ? [] : ["--cluster", options.clusterUrl, "--cluster-port", String(runnerPort)]),
     ...(options.args ?? [])
   ]
@@ -78,4 +80,59 @@ export const startReplica = async (options: ReplicaOptions): Promise<Replica> =>
     }
   }
   return { name: options.name, url: `http://127.0.0.1:${port}`, port, runnerPort, dataDir, child, output: () => output, exited, stop }
+}
+
+/** What a client saw of one request. */
+export interface Seen {
+  /** `ok`: a 200 that ended with `[DONE]`; `refused`: no HTTP answer (the replica was down); `hung`: no end within the client's limit. */
+  readonly outcome: "ok" | "error-status" | "error-event" | "refused" | "cut" | "hung"
+  readonly status?: number | undefined
+  /** The error code of a failed answer, in-band or not. */
+  readonly code?: string | undefined
+  /** `x-weft-replica`: the replica that served a forwarded request (absent when the one asked served it). */
+  readonly servedBy?: string | undefined
+  readonly text: string
+  readonly usage?: { readonly prompt_tokens: number; readonly completion_tokens: number; readonly prompt_tokens_details?: { readonly cached_tokens: number } } | undefined
+}
+
+/** POSTs a streaming chat completion and reads its event stream to the end (or `limitMs`, after which it counts as hung). */
+export const streamChat = async (url: string, body: Record<string, unknown>, limitMs = 60_000): Promise<Seen> => {
+  const controller = new AbortController()
+  let timedOut = false
+  const timer = setTimeout(() => {
+    timedOut = true
+    controller.abort()
+  }, limitMs)
+  let status: number | undefined
+  let servedBy: string | undefined
+  let text = ""
+  try {
+    const response = await fetch(`${url}/v1/chat/completions`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ model: "weft-tiny-s42", stream: true, stream_options: { include_usage: true }, ...body }),
+      signal: controller.signal
+    })
+    status = response.status
+    servedBy = response.headers.get("x-weft-replica") ?? undefined
+    const raw = await response.text()
+    if (status !== 200) {
+      const code = raw.startsWith("{") ? (JSON.parse(raw) as { error?: { code?: string } }).error?.code : `HTTP ${status} ${raw.slice(0, 80)}`
+      return { outcome: "error-status", status, code, servedBy, text }
+    }
+    let usage: Seen["usage"]
+    for (const line of raw.split("\n")) {
+      if (!line.startsWith("data: ") || line === "data: [DONE]") continue
+      const frame = JSON.parse(line.slice(6)) as { error?: { code?: string }; usage?: Seen["usage"]; choices?: Array<{ delta?: { content?: string } }> }
+      if (frame.error !== undefined) return { outcome: "error-event", status, code: frame.error.code, servedBy, text }
+      if (frame.usage) usage = frame.usage
+      text += frame.choices?.[0]?.delta?.content ?? ""
+    }
+    return { outcome: raw.includes("data: [DONE]") ? "ok" : "cut", status, servedBy, text, usage }
+  } catch (error) {
+    if (timedOut) return { outcome: "hung", status, servedBy, text }
+    return { outcome: status === undefined ? "refused" : "cut", status, servedBy, text, code: String((error as { cause?: { code?: string } }).cause?.code ?? error) }
+  } finally {
+    clearTimeout(timer)
+  }
 }
