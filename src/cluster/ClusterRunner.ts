@@ -100,6 +100,9 @@ export const clusterRunnerLayer = (settings: WeftSettings & { readonly cluster: 
           // A dead runner's shards move once its heartbeat is this old (the defaults are 10 s and 35 s). The refresh
           // interval is also the timeout of lock queries: shorter makes a busy database look like a lost one.
           shardLockRefreshInterval: Duration.seconds(5),
+          // Each shard is a Postgres advisory lock taken and released over one connection: the default 300 made a
+          // shard hand-over between live replicas time out under load, leaving its sessions unserved.
+          shardsPerGroup: 64,
           shardLockExpiration: Duration.seconds(20),
           refreshAssignmentsInterval: Duration.seconds(1),
           runnerHealthCheckInterval: Duration.seconds(5),
