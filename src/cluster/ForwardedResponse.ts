@@ -1,5 +1,5 @@
 import { HttpBody, HttpClient, HttpClientRequest, HttpServerResponse } from "@effect/platform"
-import { Cause, Channel, Duration, Effect, Option, Sink, Stream } from "effect"
+import { Cause, Channel, Duration, Effect, Option, Ref, Sink, Stream } from "effect"
 import type { Scope } from "effect"
 import { errorReply } from "../http/OpenAiErrors.js"
 import { ResponseBytes, ResponseHead, TurnNotRelayed } from "./ChatSessionEntity.js"
@@ -49,8 +49,9 @@ const lost = (message: string) => new ReplicaUnavailable({ message })
  * lost connection as a defect, and a failure in the part after the head comes back wrapped in a `ChannelException`.
  */
 const asLostReplica = <A, R>(stream: Stream.Stream<A, ReplicaUnavailable, R>): Stream.Stream<A, ReplicaUnavailable, R> =>
+  // An interruption from upstream (the owner's runner shutting down) is a lost replica too; this request's own
+  // interruption (its client went away) is not catchable, so it still tears everything down.
   Stream.catchAllCause(stream, (cause) => {
-    if (Cause.isInterruptedOnly(cause)) return Stream.failCause(cause)
     const known = [...Cause.failures(cause), ...Array.from(Cause.defects(cause), (defect) => (Channel.isChannelException(defect) ? defect.error : defect))]
       .find((error): error is ReplicaUnavailable => error instanceof ReplicaUnavailable)
     return Stream.fail(known ?? lost("The connection to the replica serving this request broke"))
@@ -80,7 +81,15 @@ export const forwardedResponse = <R>(
       chunk._tag === "Body" ? Effect.succeed(chunk.bytes) : Effect.fail(lost("The replica serving this request went away mid-response"))))
     const { "content-type": contentType, ...others } = headers
     if (contentType?.startsWith("text/event-stream") === true) {
-      return HttpServerResponse.stream(Stream.catchAll(body, (failure) => Stream.make(sseError(failure))), { status, headers: others, contentType })
+      // Weft's event streams end with `[DONE]` or an error event; one that stops short lost its replica.
+      const tail = yield* Ref.make("")
+      const relayed = Stream.catchAll(body, (failure) => Stream.make(sseError(failure)))
+      const seen = Stream.tap(relayed, (piece) => Ref.update(tail, (before) => (before + new TextDecoder().decode(piece)).slice(-256)))
+      const finished = Effect.map(Ref.get(tail), (text) => text.includes("data: [DONE]") || text.includes("data: {\"error\":"))
+      const ending = Stream.unwrap(
+        Effect.map(finished, (done) => (done ? Stream.empty : Stream.make(sseError(lost("The replica serving this request stopped mid-response")))))
+      )
+      return HttpServerResponse.stream(Stream.concat(seen, ending), { status, headers: others, contentType })
     }
     const parts = yield* Stream.runCollect(body)
     return HttpServerResponse.uint8Array(Buffer.concat(Array.from(parts)), { status, headers: others, contentType })

@@ -1,6 +1,6 @@
 import { describe, expect, it } from "@effect/vitest"
 import { HttpServerResponse } from "@effect/platform"
-import { Chunk, Effect, Fiber, Option, Stream, TestClock } from "effect"
+import { Cause, Chunk, Effect, Fiber, FiberId, Option, Stream, TestClock } from "effect"
 import { OwnerAlive, ResponseBytes, ResponseHead } from "../../src/cluster/ChatSessionEntity.js"
 import type { ForwardedChunk } from "../../src/cluster/ChatSessionEntity.js"
 import { ReplicaUnavailable } from "../../src/cluster/ClusterErrors.js"
@@ -44,6 +44,16 @@ describe("forwardedResponse", () => {
       expect(text.startsWith("data: a\n\ndata: {\"error\":")).toBe(true)
       expect(text).toContain("\"code\":\"replica_unavailable\"")
       expect(text).not.toContain("data: b")
+      expect(text.split("\"error\"").length).toBe(2)
+    }))
+
+  it.scoped("ends an event stream that the owner stops short (interrupted at its shutdown) with an in-band error", () =>
+    Effect.gen(function*() {
+      const chunks = Stream.concat(Stream.fromIterable<ForwardedChunk>([sseHead, bytes("data: a\n\n")]), Stream.failCause(Cause.interrupt(FiberId.none)))
+      const text = yield* bodyText(yield* forwardedResponse(chunks, "30 seconds"))
+      expect(text.startsWith("data: a\n\ndata: {\"error\":")).toBe(true)
+      const ended = yield* bodyText(yield* forwardedResponse(Stream.fromIterable<ForwardedChunk>([sseHead, bytes("data: a\n\n")]), "30 seconds"))
+      expect(ended).toContain("\"code\":\"replica_unavailable\"")
     }))
 
   it.scoped("answers 503 rather than half a JSON body when the owner's connection breaks mid-body", () =>
