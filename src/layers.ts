@@ -15,6 +15,8 @@ import type { ModelDefinition } from "./host/ModelRegistry.js"
 import { defaultMemoryLimit, MemoryManager } from "./memory/MemoryManager.js"
 import type { MemorySettings } from "./memory/MemoryManager.js"
 import { WeftHttpServer } from "./http/WeftHttpServer.js"
+import { ClusterGate } from "./cluster/ClusterGate.js"
+import { clusterRunnerLayer } from "./cluster/ClusterRunner.js"
 import type { HttpApiServices, HttpServerOptions } from "./http/WeftHttpServer.js"
 import { AdapterContexts } from "./host/AdapterContexts.js"
 import type { AdapterSettings } from "./host/AdapterContexts.js"
@@ -208,7 +210,7 @@ export const WeftLive: Layer.Layer<HttpServer.HttpServer | ModelRegistry, HttpSe
     // The sessions database lives in the data dir, which a `--model` run may not have created yet.
     Effect.sync(() => {
       fs.mkdirSync(settings.dataDir, { recursive: true })
-      return serverLayer(
+      const server = serverLayer(
         servedModels(settings),
         {
           host: settings.host,
@@ -220,9 +222,10 @@ export const WeftLive: Layer.Layer<HttpServer.HttpServer | ModelRegistry, HttpSe
           auth: { mode: settings.auth, metricsPublic: settings.metricsPublic },
           localModel: (id, deployment) => localServedModel(settings, id, deployment)
         },
-        { databasePath: path.join(settings.dataDir, "sessions.sqlite"), ttlMs: settings.sessionTtlMs },
+        // Clustered, sessions are shared in Postgres: a session's next turn resumes on whichever replica owns it then.
+        { databasePath: settings.cluster ?? path.join(settings.dataDir, "sessions.sqlite"), ttlMs: settings.sessionTtlMs },
         { logText: settings.logText },
-        { databasePath: keysDatabasePath(settings.dataDir) },
+        { databasePath: settings.cluster ?? keysDatabasePath(settings.dataDir) },
         { path: settings.auditLog ?? path.join(settings.dataDir, "audit.jsonl") },
         { alerts: settings.alerts, plugins: settings.plugins.map((plugin) => ({ _tag: "Path", path: plugin }) as const) },
         { limitBytes: settings.memoryLimit ?? defaultMemoryLimit() },
@@ -231,6 +234,11 @@ export const WeftLive: Layer.Layer<HttpServer.HttpServer | ModelRegistry, HttpSe
         settings.sessionKvMaxBytes === undefined ? undefined : { dir: path.join(settings.dataDir, "session-kv"), maxBytes: settings.sessionKvMaxBytes },
         fineTuningSettings(settings)
       ).pipe(Layer.provide(observabilityLayer(settings)))
+      // With --cluster the runner joins after the server is up (its entities call the server) and leaves before it.
+      const cluster = settings.cluster
+      return cluster === undefined
+        ? server
+        : clusterRunnerLayer({ ...settings, cluster }).pipe(Layer.provideMerge(server), Layer.provide(ClusterGate.layer))
     }))
 )
 

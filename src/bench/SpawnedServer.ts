@@ -19,7 +19,8 @@ export interface SpawnedServer {
   readonly pid: number | undefined
 }
 
-const freePort = Effect.async<number, ServerStartFailed>((resume) => {
+/** A free loopback port. */
+export const freePort = Effect.async<number, ServerStartFailed>((resume) => {
   const server = net.createServer()
   server.once("error", (cause) => resume(Effect.fail(new ServerStartFailed({ message: cause.message, output: "" }))))
   server.listen(0, "127.0.0.1", () => {

@@ -101,6 +101,14 @@ const options = {
   ),
   chatTurns: positive("chat-turns", 10, "Chat scenario: turns of the conversation"),
   chatSystemRepeat: positive("chat-system-repeat", 60, "Chat scenario: the system prompt is one sentence (about 12 tokens) repeated this often"),
+  clusterAffinity: Options.text("cluster-affinity").pipe(
+    Options.withPseudoName("POSTGRES_URL"),
+    Options.withDescription(
+      "Run only the cluster scenario on this Postgres: one conversation over --replicas spawned replicas, turn by turn through each in turn; prompt tokens evaluated per turn behind plain round-robin versus with --cluster's session affinity"
+    ),
+    Options.optional
+  ),
+  replicas: positive("replicas", 3, "Cluster scenario: replicas"),
   rounds: positive("rounds", defaultBenchSettings.rounds, "Measure every level this many times per mode, modes interleaved"),
   quietBelow: Options.integer("quiet-below").pipe(
     Options.withDefault(defaultBenchSettings.quietBelow),
@@ -145,6 +153,14 @@ const invocation = () => {
 export const benchCommand = Command.make("bench", options, (flags) =>
   Effect.gen(function*() {
     const url = Option.getOrUndefined(flags.url)
+    if (Option.isSome(flags.clusterAffinity)) {
+      const { runClusterAffinity } = yield* Effect.promise(() => import("../bench/ClusterAffinity.js"))
+      const { ensureModel } = yield* Effect.promise(() => import("../model/generateModel.js"))
+      const modelPath = Option.isSome(flags.model) ? flags.model.value : yield* Effect.orDie(ensureModel("bench", flags.dataDir))
+      const engine = { modelPath, parallel: Option.getOrElse(flags.parallel, () => 2), contextSize: flags.contextSize, threads: flags.threads, flashAttention: flags.flashAttention === "on", gpu: flags.gpu === "off" ? false as const : "auto" as const }
+      yield* Effect.orDie(runClusterAffinity(engine, { clusterUrl: flags.clusterAffinity.value, replicas: flags.replicas, turns: flags.chatTurns, systemRepeat: flags.chatSystemRepeat }))
+      return
+    }
     const modeNamed = url !== undefined || flags.spawn || flags.spawnNative || flags.inProcess || flags.naive || flags.variant.length > 0
     // `--chat-reuse` alone runs only the chat scenario; with a mode or `--ceiling` it runs after them.
     const onlyChat = flags.chatReuse && !modeNamed && !flags.ceiling

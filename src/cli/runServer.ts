@@ -5,13 +5,7 @@ import type { WeftSettings } from "../config/WeftConfig.js"
 import type { ModelInfo } from "../engine/Backend.js"
 import { ModelRegistry } from "../host/ModelRegistry.js"
 import { WeftLive } from "../layers.js"
-
-/** `http://host:port`, with an address a local client can actually reach. */
-const baseUrl = (address: HttpServer.Address): string => {
-  if (address._tag === "UnixAddress") return `unix:${address.path}`
-  const host = address.hostname === "0.0.0.0" || address.hostname === "::" ? "127.0.0.1" : address.hostname
-  return `http://${host.includes(":") ? `[${host}]` : host}:${address.port}`
-}
+import { baseUrl } from "../http/ServerUrl.js"
 
 const banner = (settings: WeftSettings, models: ReadonlyArray<ModelInfo>, url: string): string => {
   const lines = [

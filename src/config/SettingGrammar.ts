@@ -139,6 +139,13 @@ export const nonEmptyText = (expected: string, flag: FlagType): SettingGrammar<s
   flag
 })
 
+/** A Postgres connection URL (`postgres://` or `postgresql://`). */
+export const postgresUrl: SettingGrammar<string> = {
+  schema: Schema.String.pipe(Schema.compose(Schema.Trim), Schema.compose(Schema.String.pipe(Schema.pattern(/^postgres(ql)?:\/\/\S+$/)))),
+  expected: "a postgres:// URL",
+  flag: { _tag: "text", pseudoName: "URL" }
+}
+
 /**
  * One of `words`, each meaning a value of `to`. Env and config-file values are trimmed and matched case-insensitively;
  * a flag must be one of the words as listed (the CLI checks it before this grammar does).

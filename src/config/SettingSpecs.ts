@@ -17,6 +17,7 @@ import {
   optionalDuration,
   originList,
   pathList,
+  postgresUrl,
   requiredDuration
 } from "./SettingGrammar.js"
 import type { SettingGrammar } from "./SettingGrammar.js"
@@ -138,6 +139,14 @@ export const settingSpecs = [
     "CPU threads each training job uses, so inference keeps the rest (default: half the cores, at least 1)"
   ),
   spec("maxUploadBytes", "max-upload", byteSize, "Largest file POST /v1/files accepts before 413 (default 256MiB)"),
+  spec(
+    "cluster",
+    "cluster",
+    postgresUrl,
+    "Join the cluster whose runner and message storage live in this Postgres database: sessions are served by the replica owning their shard, other requests by the least loaded replica (default: no cluster)"
+  ),
+  spec("clusterHost", "cluster-host", nonEmptyText("a host name or IP address", { _tag: "text", pseudoName: "HOST" }), "Address other replicas reach this one at, for the cluster runner and forwarded HTTP (default: --host, or the machine's host name when --host is a wildcard)"),
+  spec("clusterPort", "cluster-port", integerBetween(1, 65535), "Port of this replica's cluster runner (default 34431)"),
   spec("logText", "log-text", onOff, "Put prompt and completion text in the per-request log lines (default off: they may hold anything)")
 ] as const
 

@@ -68,6 +68,12 @@ export const WeftSettings = Schema.Struct({
   trainingThreads: Schema.UndefinedOr(Schema.Number),
   /** Largest file `POST /v1/files` accepts. */
   maxUploadBytes: Schema.Number,
+  /** Postgres URL of the cluster this replica joins; `undefined` runs alone. */
+  cluster: Schema.UndefinedOr(Schema.String),
+  /** Where other replicas reach this one; `undefined` is `host` (the machine's name when `host` is a wildcard). */
+  clusterHost: Schema.UndefinedOr(Schema.String),
+  /** This replica's cluster runner port. */
+  clusterPort: Schema.Int,
   /** The config file's `models`: ids served by local GGUFs or upstream servers, with routing; see `ModelsConfig`. */
   models: ModelsConfig,
   /** Plugin module paths (`--plugin`). */
@@ -121,6 +127,9 @@ export const defaultSettings: WeftSettings = {
   maxUploadBytes: 256 * MiB,
   lora: [],
   maxAdapters: 4,
+  cluster: undefined,
+  clusterHost: undefined,
+  clusterPort: 34431,
   models: {},
   plugins: []
 }

@@ -27,6 +27,7 @@ import type {
 } from "./HttpErrors.js"
 import { shorten } from "./QuotedValue.js"
 import type { PluginFailed, PluginRejected, PluginRouteNotFound } from "../plugins/PluginErrors.js"
+import type { ReplicaUnavailable } from "../cluster/ClusterErrors.js"
 import type { DeploymentsSaturated, ModelUnavailable, UpstreamFailed, UpstreamRejected } from "../upstream/UpstreamErrors.js"
 import type { DatasetRejected, FineTuningDisabled, FineTuningObjectNotFound, JobParamRejected, JobStateConflict } from "../training/jobs/FineTuningErrors.js"
 import type { FineTuningStoreFailed } from "../training/jobs/FineTuningStore.js"
@@ -82,6 +83,7 @@ export type ApiFailure =
   | JobParamRejected
   | FineTuningDisabled
   | FineTuningStoreFailed
+  | ReplicaUnavailable
 
 /** OpenAI's error object, as it appears under `error` in a response body or an SSE frame. */
 export interface OpenAiErrorBody {
@@ -269,6 +271,8 @@ export const errorReply = (failure: ApiFailure): ErrorReply => {
       return reply(404, { message: failure.message, type: "invalid_request_error", param: null, code: "fine_tuning_disabled" })
     case "FineTuningStoreFailed":
       return internalError()
+    case "ReplicaUnavailable":
+      return reply(503, { message: failure.message, type: "server_error", param: null, code: "replica_unavailable" }, { "retry-after": "1" })
     case "StructuredOutputInvalid":
       return reply(500, {
         message: `The generated output does not match the requested schema (${failure.violation}); this is a server bug`,

@@ -30,6 +30,7 @@ import type { SharedRequest } from "./OpenAiRequests.js"
 import type { CompletionKind } from "./OpenAiResponses.js"
 import { RequestUsage } from "./RequestUsage.js"
 import { Plugins } from "../plugins/Plugins.js"
+import { clusterForward } from "../cluster/ClusterGate.js"
 import type { TokenUsage } from "./RequestUsage.js"
 
 export interface OpenAiRoutesOptions {
@@ -116,7 +117,11 @@ const generationRoute = <A extends SharedRequest, I>(
 ) =>
   Effect.gen(function*() {
     const plugins = yield* Plugins
-    const raw = yield* plugins.beforeRequest(kind === "chat" ? "chat" : "completions", yield* readJsonBody(options.maxBodyBytes))
+    const parsed = yield* readJsonBody(options.maxBodyBytes)
+    // In a cluster (src/cluster) the session's owner, or a less busy replica, may serve it instead.
+    const forwarded = yield* clusterForward(parsed)
+    if (Option.isSome(forwarded)) return forwarded.value
+    const raw = yield* plugins.beforeRequest(kind === "chat" ? "chat" : "completions", parsed)
     const body = yield* decodeRequest(kind === "chat" ? "chat" : "completions", schema, raw)
     // Upstream routing (src/upstream): a routed model's request goes to the deployment its router picks.
     const local = (engine: Engine, answeredAs: string | undefined) => localGeneration(kind, body, runOf, engine, answeredAs)

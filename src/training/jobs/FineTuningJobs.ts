@@ -2,13 +2,14 @@ import * as fs from "node:fs/promises"
 import { randomBytes } from "node:crypto"
 import * as os from "node:os"
 import * as path from "node:path"
-import { Cause, Clock, Context, Deferred, Effect, Fiber, HashMap, Layer, Option, Queue, Ref } from "effect"
+import { Cause, Clock, Context, Deferred, Effect, Either, Fiber, HashMap, Layer, Option, Queue, Ref } from "effect"
 import type { ModelDefinition } from "../../host/ModelRegistry.js"
 import { ModelRegistry } from "../../host/ModelRegistry.js"
 import { formatLocation } from "../datasets/DatasetRecord.js"
 import { datasetFileType } from "../datasets/DatasetReader.js"
 import { validateDataset } from "../datasets/DatasetValidator.js"
 import { requireF32, train, TrainingStopped } from "../Trainer.js"
+import { verifyCheckpoint } from "../Checkpoints.js"
 import type { TrainingProgress } from "../Trainer.js"
 import { DatasetRejected, FineTuningObjectNotFound, JobParamRejected, JobStateConflict } from "./FineTuningErrors.js"
 import { FineTuningStore, isFinished } from "./FineTuningStore.js"
@@ -237,10 +238,24 @@ export class FineTuningJobs extends Effect.Service<FineTuningJobs>()("weft/FineT
     /** A succeeded job's model, served under its `ft:` id. */
     const servedAs = (job: JobRecord, gguf: string) => settings.serveModel(fineTunedModelId(job), gguf)
 
+    /**
+     * The newest checkpoint that still verifies (its file is there and matches its SHA-256). A checkpoint the trainer
+     * pruned, or one damaged on disk, is passed over with an event saying so, and the run resumes from an older one.
+     */
+    const latestSoundCheckpoint = (job: JobRecord) =>
+      Effect.gen(function*() {
+        for (const candidate of yield* store.checkpoints(job.id)) {
+          const verified = yield* Effect.either(verifyCheckpoint(candidate.path))
+          if (Either.isRight(verified)) return candidate
+          yield* store.addEvent(job.id, { level: "warn", message: `Skipped the checkpoint at step ${candidate.step}: ${verified.left.message}` })
+        }
+        return undefined
+      })
+
     /** One run of a job, from its latest checkpoint if it has one; writes the job's outcome, never on interruption. */
     const run = (job: JobRecord, pauseRequested: Ref.Ref<boolean>) =>
       Effect.gen(function*() {
-        const latest = (yield* store.checkpoints(job.id))[0]
+        const latest = yield* latestSoundCheckpoint(job)
         yield* store.updateJob(job.id, { status: "running" })
         yield* store.addEvent(job.id, {
           message: latest === undefined ? "Fine-tuning job started" : `Fine-tuning job resumed from the checkpoint at step ${latest.step}`,

@@ -1,0 +1,74 @@
+import { describe, expect, it } from "@effect/vitest"
+import { HttpServerResponse } from "@effect/platform"
+import { Cause, Chunk, Effect, Fiber, FiberId, Option, Stream, TestClock } from "effect"
+import { OwnerAlive, ResponseBytes, ResponseHead } from "../../src/cluster/ChatSessionEntity.js"
+import type { ForwardedChunk } from "../../src/cluster/ChatSessionEntity.js"
+import { ReplicaUnavailable } from "../../src/cluster/ClusterErrors.js"
+import { forwardedResponse } from "../../src/cluster/ForwardedResponse.js"
+import { lessBusyPeer } from "../../src/cluster/ReplicaLoad.js"
+
+const sseHead = new ResponseHead({ status: 200, headers: { "content-type": "text/event-stream", "x-session-id": "s" } })
+const jsonHead = new ResponseHead({ status: 200, headers: { "content-type": "application/json" } })
+const bytes = (text: string) => new ResponseBytes({ bytes: new TextEncoder().encode(text) })
+
+const bodyText = (response: HttpServerResponse.HttpServerResponse) =>
+  Effect.gen(function*() {
+    const body = response.body
+    if (body._tag === "Uint8Array") return new TextDecoder().decode(body.body)
+    if (body._tag !== "Stream") return ""
+    const parts = yield* Stream.runCollect(body.stream)
+    return Chunk.toReadonlyArray(parts).map((part) => new TextDecoder().decode(part as Uint8Array)).join("")
+  })
+
+describe("forwardedResponse", () => {
+  it.scoped("relays the owner's status, headers and event stream, leaving out its keep-alive ticks", () =>
+    Effect.gen(function*() {
+      const chunks = Stream.fromIterable<ForwardedChunk>([new OwnerAlive(), sseHead, bytes("data: a\n\n"), new OwnerAlive(), bytes("data: [DONE]\n\n")])
+      const response = yield* forwardedResponse(chunks, "30 seconds")
+      expect(response.status).toBe(200)
+      expect(response.headers["x-session-id"]).toBe("s")
+      expect(yield* bodyText(response)).toBe("data: a\n\ndata: [DONE]\n\n")
+    }))
+
+  it.scoped("answers 503 when the owner sends nothing for the silence limit (it died before answering)", () =>
+    Effect.gen(function*() {
+      const fiber = yield* Effect.fork(Effect.flip(forwardedResponse(Stream.never, "30 seconds")))
+      yield* TestClock.adjust("30 seconds")
+      expect(yield* Fiber.join(fiber)).toBeInstanceOf(ReplicaUnavailable)
+    }))
+
+  it.scoped("ends a started event stream with an in-band error when the turn starts over elsewhere (its owner died)", () =>
+    Effect.gen(function*() {
+      const chunks = Stream.fromIterable<ForwardedChunk>([sseHead, bytes("data: a\n\n"), sseHead, bytes("data: b\n\n")])
+      const text = yield* bodyText(yield* forwardedResponse(chunks, "30 seconds"))
+      expect(text.startsWith("data: a\n\ndata: {\"error\":")).toBe(true)
+      expect(text).toContain("\"code\":\"replica_unavailable\"")
+      expect(text).not.toContain("data: b")
+      expect(text.split("\"error\"").length).toBe(2)
+    }))
+
+  it.scoped("ends an event stream that the owner stops short (interrupted at its shutdown) with an in-band error", () =>
+    Effect.gen(function*() {
+      const chunks = Stream.concat(Stream.fromIterable<ForwardedChunk>([sseHead, bytes("data: a\n\n")]), Stream.failCause(Cause.interrupt(FiberId.none)))
+      const text = yield* bodyText(yield* forwardedResponse(chunks, "30 seconds"))
+      expect(text.startsWith("data: a\n\ndata: {\"error\":")).toBe(true)
+      const ended = yield* bodyText(yield* forwardedResponse(Stream.fromIterable<ForwardedChunk>([sseHead, bytes("data: a\n\n")]), "30 seconds"))
+      expect(ended).toContain("\"code\":\"replica_unavailable\"")
+    }))
+
+  it.scoped("answers 503 rather than half a JSON body when the owner's connection breaks mid-body", () =>
+    Effect.gen(function*() {
+      const chunks = Stream.concat(Stream.fromIterable<ForwardedChunk>([jsonHead, bytes("{\"id\":")]), Stream.die(new Error("socket closed")))
+      expect(yield* Effect.flip(forwardedResponse(chunks, "30 seconds"))).toBeInstanceOf(ReplicaUnavailable)
+    }))
+})
+
+describe("lessBusyPeer", () => {
+  const peer = (replica: string, queued: number, free: number) => ({ replica, url: `http://${replica}`, queued, free })
+
+  it("keeps a request here unless a peer is less busy, and then picks the least busy", () => {
+    expect(lessBusyPeer({ queued: 0, free: 2 }, [peer("a", 0, 2), peer("b", 0, 1)])).toEqual(Option.none())
+    expect(lessBusyPeer({ queued: 3, free: 0 }, [peer("a", 1, 0), peer("b", 0, 2)])).toEqual(Option.some(peer("b", 0, 2)))
+    expect(lessBusyPeer({ queued: 0, free: 0 }, [])).toEqual(Option.none())
+  })
+})
