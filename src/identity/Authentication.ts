@@ -18,7 +18,7 @@ export interface AuthSettings {
 
 /**
  * The scope a path needs, or `undefined` when it is open: `/health` always (load balancers probe it), the dashboard's
- * page and assets (`/`, `/ui`, `/ui/*`), `/metrics` when public. `/admin/*` and `/metrics` need `admin`; everything else (`/v1/*`, and unknown paths, so a 404 tells a caller
+ * page and assets (`/`, `/ui`, `/ui/*`), `/metrics` when public. `/admin/*`, `/metrics`, `/v1/files*` and `/v1/fine_tuning/*` need `admin`; everything else (`/v1/*`, and unknown paths, so a 404 tells a caller
  * without a key nothing) needs `inference`. `admin` does not imply `inference`: a key that manages the server need not
  * be one that spends its tokens.
  */
@@ -27,8 +27,15 @@ export const scopeFor = (path: string, settings: AuthSettings): KeyScope | undef
   // The dashboard's page and assets hold no data; everything it shows comes from `/admin/*` with the admin key.
   if (path === "/" || path === "/ui" || path.startsWith("/ui/")) return undefined
   if (path === "/metrics") return settings.metricsPublic ? undefined : "admin"
-  return path === "/admin" || path.startsWith("/admin/") ? "admin" : "inference"
+  return path === "/admin" || path.startsWith("/admin/") || isFineTuningPath(path) ? "admin" : "inference"
 }
+
+/**
+ * Files and fine-tuning jobs are the operator's: they have no tenant owner yet, so an inference key must not list,
+ * read or cancel another tenant's datasets and jobs. They need the `admin` scope until jobs are owned per tenant.
+ */
+const isFineTuningPath = (path: string): boolean =>
+  path === "/v1/files" || path.startsWith("/v1/files/") || path === "/v1/fine_tuning" || path.startsWith("/v1/fine_tuning/")
 
 /** The key a request carries: `Authorization: Bearer <key>`, else `x-api-key: <key>`. */
 export const presentedKey = (headers: Readonly<Record<string, string | undefined>>): string | undefined => {

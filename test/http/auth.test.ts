@@ -107,7 +107,10 @@ describe("API keys over HTTP", () => {
       ["POST", "/v1/chat/completions", async () => ({ path: "/v1/chat/completions", body: { model: tinyModelId, messages: [{ role: "user", content: "x" }], max_tokens: 1 } })],
       ["POST", "/v1/completions", async () => ({ path: "/v1/completions", body: { model: tinyModelId, prompt: "x", max_tokens: 1 } })],
       ["GET", "/v1/sessions/{id}", async () => ({ path: `/v1/sessions/${session}` })],
-      ["GET", "/v1/unknown", async () => ({ path: "/v1/unknown" })]
+      ["GET", "/v1/unknown", async () => ({ path: "/v1/unknown" })],
+      // Fine-tuning is not enabled on this server: an admin key gets its 404, an inference key never gets that far.
+      ["GET", "/v1/files", async () => ({ path: "/v1/files" })],
+      ["GET", "/v1/fine_tuning/jobs", async () => ({ path: "/v1/fine_tuning/jobs" })]
     ]
     const table: Record<string, Record<string, number>> = {}
     for (const [method, name, target] of endpoints) {
@@ -135,7 +138,9 @@ describe("API keys over HTTP", () => {
       "POST /v1/chat/completions": { none: 401, inference: 200, admin: 403 },
       "POST /v1/completions": { none: 401, inference: 200, admin: 403 },
       "GET /v1/sessions/{id}": { none: 401, inference: 200, admin: 403 },
-      "GET /v1/unknown": { none: 401, inference: 404, admin: 403 }
+      "GET /v1/unknown": { none: 401, inference: 404, admin: 403 },
+      "GET /v1/files": { none: 401, inference: 403, admin: 404 },
+      "GET /v1/fine_tuning/jobs": { none: 401, inference: 403, admin: 404 }
     })
   })
 
