@@ -217,7 +217,7 @@ describe("fine-tuning jobs on a real model", () => {
     let client = clientOf(server)
     const file = (await client.files.list()).data[0]!
     // Far more epochs than the test lets it run: it must still be running when the server stops (a step is ~0.2 s).
-    const created = await client.fineTuning.jobs.create({ model: baseId, training_file: file.id, hyperparameters: { n_epochs: 100 } })
+    const created = await client.fineTuning.jobs.create({ model: baseId, training_file: file.id, hyperparameters: { n_epochs: 50 } })
     await until("a first checkpoint", async () => ((await latestCheckpointStep(client, created.id)) >= 1 ? true : undefined))
     await server.close()
     server = await start(dataDir)
