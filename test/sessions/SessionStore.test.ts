@@ -200,6 +200,24 @@ describe.skipIf(!pg.available)("SessionStore: two replicas on one Postgres", () 
       expect(session.promptTokens).toBe(10 * 3 * turns)
     }))
 
+  it.scopedLive("turns interrupted while holding or waiting for the turn lock leave no lock behind", () =>
+    Effect.gen(function*() {
+      const { stores: [a, b], database } = yield* replicas(2)
+      const held = Effect.flatMap(SqlClient.SqlClient, (sql) =>
+        sql<{ readonly n: number }>`SELECT count(*)::int AS n FROM pg_locks WHERE locktype = 'advisory' AND granted`).pipe(
+        Effect.provide(pg.sqlLayer(database)),
+        Effect.map((rows) => Number(rows[0]!.n))
+      )
+      // Interrupted at many points: holding, between polls, just as the other replica lets go.
+      for (let round = 0; round < 12; round++) {
+        const holders = yield* Effect.forEach([0, 1, 2], (i) => Effect.fork(b!.withTurnLock(`s${i}`, Effect.sleep(`${(round * 7 + i * 13) % 60} millis`))))
+        const waiters = yield* Effect.forEach([0, 1, 2], (i) => Effect.fork(a!.withTurnLock(`s${i}`, Effect.sleep(`${(round * 5 + i * 11) % 40} millis`))))
+        yield* Effect.sleep(`${(round * 17) % 90} millis`)
+        yield* Effect.forEach([...waiters, ...holders], Fiber.interrupt)
+      }
+      expect(yield* held).toBe(0)
+    }))
+
   it.scopedLive("a replica that loses its connection (as when it dies) frees its turn locks at once", () =>
     Effect.gen(function*() {
       const { stores: [a, b], database } = yield* replicas(2)
