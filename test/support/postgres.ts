@@ -3,9 +3,9 @@
 // as root, so as root the server runs as the `postgres` user the package creates.
 import { execFileSync, spawn, type ChildProcess } from "node:child_process"
 import * as fs from "node:fs"
-import * as net from "node:net"
 import * as os from "node:os"
 import * as path from "node:path"
+import { freePort } from "./replicas.js"
 
 export interface TestPostgres {
   /** `postgres://weft@127.0.0.1:PORT/weft`, trust authentication. */
@@ -26,16 +26,6 @@ const binDirectory = (): string | undefined => {
 
 /** Whether this machine can run the Postgres tests (CI always can: `.ci/run` installs the package). */
 export const postgresAvailable = (): boolean => binDirectory() !== undefined
-
-const freePort = (): Promise<number> =>
-  new Promise((resolve, reject) => {
-    const server = net.createServer()
-    server.once("error", reject)
-    server.listen(0, "127.0.0.1", () => {
-      const address = server.address()
-      server.close(() => resolve(typeof address === "object" && address !== null ? address.port : 0))
-    })
-  })
 
 const asRoot = typeof process.getuid === "function" && process.getuid() === 0
 
