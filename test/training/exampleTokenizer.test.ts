@@ -6,11 +6,17 @@ import { tinyF32ModelPath } from "../support/tinyModel.js"
 
 const childrenFile = `/proc/self/task/${process.pid}/children`
 
-/** The ids of every child process this process starts while `run` runs (Linux). */
+const children = (): Array<string> => fs.readFileSync(childrenFile, "utf8").split(" ").filter((id) => id.trim() !== "")
+
+/**
+ * The ids of every child process this process starts while `run` runs (Linux). Children already running before it
+ * (test files share one process, and an earlier file's server may still be exiting) are not counted.
+ */
 const childrenStartedDuring = async <A>(run: () => Promise<A>): Promise<Set<string>> => {
+  const before = new Set(children())
   const seen = new Set<string>()
   const sample = () => {
-    for (const id of fs.readFileSync(childrenFile, "utf8").split(" ").filter((id) => id.trim() !== "")) seen.add(id)
+    for (const id of children()) if (!before.has(id)) seen.add(id)
   }
   const sampler = setInterval(sample, 1)
   try {
