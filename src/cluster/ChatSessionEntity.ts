@@ -2,38 +2,23 @@ import { Entity } from "@effect/cluster"
 import { Rpc } from "@effect/rpc"
 import { Schema } from "effect"
 
-/** The relayed response's status and headers: the first chunk of a forwarded turn. */
-export class ResponseHead extends Schema.TaggedClass<ResponseHead>()("Head", {
-  status: Schema.Number,
-  headers: Schema.Record({ key: Schema.String, value: Schema.String })
+/** The replica owning a session: where its turns run, over HTTP. */
+export class SessionOwner extends Schema.Class<SessionOwner>("SessionOwner")({
+  /** The owner's HTTP base URL, as other replicas reach it. */
+  url: Schema.String,
+  /** The owner's runner address (`host:cluster-port`), named in `x-weft-replica`. */
+  replica: Schema.String
 }) {}
 
-/** A piece of the relayed response body, as the owner's HTTP server wrote it. */
-export class ResponseBytes extends Schema.TaggedClass<ResponseBytes>()("Body", { bytes: Schema.Uint8ArrayFromSelf }) {}
-
-/** Sent every couple of seconds while the owner works, so a caller can tell a slow turn from a dead owner. */
-export class OwnerAlive extends Schema.TaggedClass<OwnerAlive>()("Tick", {}) {}
-
-/** One piece of a forwarded response. */
-export const ForwardedChunk = Schema.Union(ResponseHead, ResponseBytes, OwnerAlive)
-export type ForwardedChunk = typeof ForwardedChunk.Type
-
-/** The owner could not run the turn through its own HTTP server. */
-export class TurnNotRelayed extends Schema.TaggedError<TurnNotRelayed>()("TurnNotRelayed", { message: Schema.String }) {}
-
-/** A forwarded HTTP request: the endpoint, the client's headers and its JSON body. */
-export const ForwardedRequest = Schema.Struct({
-  path: Schema.String,
-  headers: Schema.Record({ key: Schema.String, value: Schema.String }),
-  body: Schema.String
-})
-export type ForwardedRequest = typeof ForwardedRequest.Type
-
-/** One chat turn of the session, run by the replica owning the session's shard and streamed back as it is written. */
-export const Turn = Rpc.make("Turn", { payload: ForwardedRequest, success: ForwardedChunk, error: TurnNotRelayed, stream: true })
+/** Which replica owns the session now: the one running its entity, i.e. owning its shard. */
+export const Locate = Rpc.make("Locate", { success: SessionOwner })
 
 /**
- * A chat session as a cluster entity, keyed by its session id: every turn of a session runs on the replica owning its
- * shard, whose prefix cache holds the conversation from the turn before.
+ * A chat session as a cluster entity, keyed by its session id. The entity places the session: it lives on the replica
+ * owning the session's shard, and every turn is sent to that replica, whose prefix cache holds the conversation from
+ * the turn before. The turn itself streams over plain HTTP from the owner rather than as an entity stream:
+ * `@effect/cluster` routes a streamed reply's acknowledgements by the shard's current owner, so a stream stalls when
+ * its shard moves (a rolling restart) and is never ended when its caller's replica dies; an HTTP response has its own
+ * back-pressure, ends with either side's connection, and finishes on its replica while the shard moves on.
  */
-export const ChatSession = Entity.make("ChatSession", [Turn])
+export const ChatSession = Entity.make("ChatSession", [Locate])

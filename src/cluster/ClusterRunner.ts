@@ -3,19 +3,20 @@ import { RunnerAddress, Sharding } from "@effect/cluster"
 import { HttpClient, HttpServer } from "@effect/platform"
 import { NodeClusterSocket, NodeHttpClient } from "@effect/platform-node"
 import { PgClient } from "@effect/sql-pg"
-import { Duration, Effect, Layer, Option, Redacted, Ref, Stream } from "effect"
+import { Duration, Effect, Either, Layer, Option, Redacted, Ref, Stream } from "effect"
 import type { WeftSettings } from "../config/WeftSettings.js"
 import { ModelRegistry } from "../host/ModelRegistry.js"
-import { baseUrl } from "../http/ServerUrl.js"
-import { ChatSession, OwnerAlive } from "./ChatSessionEntity.js"
+import { ChatSession, SessionOwner } from "./ChatSessionEntity.js"
 import { ClusterGate } from "./ClusterGate.js"
 import type { ClusterRouting } from "./ClusterGate.js"
-import { forwardableHeaders, forwardedResponse, relay } from "./ForwardedResponse.js"
+import { forwardableHeaders, forwardedResponse, relay, relayResponse, TurnNotRelayed } from "./ForwardedResponse.js"
+import type { ForwardedRequest } from "./ForwardedResponse.js"
 import { ReplicaLoad } from "./ReplicaLoad.js"
 
-/** How often an owner signals it is still working on a turn, and how long a caller waits without a signal. */
-const aliveEvery = Duration.seconds(2)
-const silenceLimit = Duration.seconds(30)
+/** How long a turn waits to learn its session's owner: a dead owner's shards move within about 20 s. */
+const locateLimit = Duration.seconds(30)
+/** The pause before a turn is sent again to its session's owner after the first owner was gone before answering. */
+const retryAfter = Duration.millis(500)
 
 const wildcard = (host: string) => host === "0.0.0.0" || host === "::"
 
@@ -30,42 +31,55 @@ const sessionIdOf = (path: string, body: unknown, headers: Readonly<Record<strin
   return id === undefined || id === "" ? undefined : id
 }
 
-/**
- * The chat-session entity: this replica runs the turns of the sessions whose shards it owns, through its own HTTP
- * server (so they are served exactly as a request made here), streaming the response back with a tick while it works.
- */
-const chatSessionEntity = (localUrl: string, replica: string) =>
-  ChatSession.toLayer(
-    Effect.succeed({
-      Turn: (envelope) =>
-        Stream.merge(relay(localUrl, replica, envelope.payload), Stream.tick(aliveEvery).pipe(Stream.as(new OwnerAlive())), { haltStrategy: "left" })
-    }),
-    // Turns of a session run one at a time, as on one machine.
-    { concurrency: 1 }
-  )
+/** The chat-session entity: a session whose shard this replica owns answers that its turns run here. */
+const chatSessionEntity = (owner: SessionOwner) => ChatSession.toLayer(Effect.succeed({ Locate: () => Effect.succeed(owner) }))
 
-/** The routing this replica installs in the `ClusterGate` while it is a runner. */
-const routing = Effect.gen(function*() {
-  const sessions = yield* ChatSession.client
-  const load = yield* ReplicaLoad
-  const client = yield* HttpClient.HttpClient
-  const forward: ClusterRouting["forward"] = (path, requestHeaders, body) =>
-    Effect.gen(function*() {
-      const headers = forwardableHeaders(requestHeaders)
-      const forwarded = { path, headers, body: JSON.stringify(body) }
-      const sessionId = sessionIdOf(path, body, headers)
-      if (sessionId !== undefined) return Option.some(yield* forwardedResponse(sessions(sessionId).Turn(forwarded), silenceLimit))
-      const peer = yield* load.pick
-      if (Option.isNone(peer)) return Option.none()
-      // A peer that cannot be reached before it answers leaves the request to this replica.
-      return yield* forwardedResponse(relay(peer.value.url, peer.value.replica, forwarded), silenceLimit).pipe(
-        Effect.map(Option.some),
-        Effect.catchTag("ReplicaUnavailable", (error) =>
-          Effect.as(Effect.logWarning("Forwarding to a less busy replica failed; serving here", { peer: peer.value.replica, error: error.message }), Option.none()))
+/**
+ * The routing this replica installs in the `ClusterGate` while it is a runner. A forwarded request's owner may take up
+ * to `silence` without sending anything: longer than a request may wait there for a slot.
+ */
+const routing = (silence: Duration.Duration) =>
+  Effect.gen(function*() {
+    const sessions = yield* ChatSession.client
+    const load = yield* ReplicaLoad
+    const client = yield* HttpClient.HttpClient
+    const locate = (sessionId: string) =>
+      sessions(sessionId).Locate().pipe(
+        Effect.timeoutFail({ duration: locateLimit, onTimeout: () => new TurnNotRelayed({ message: `no replica took session ${sessionId} within ${Duration.format(locateLimit)}` }) }),
+        Effect.catchAll((error) => Effect.fail(new TurnNotRelayed({ message: error.message })))
       )
-    }).pipe(Effect.provideService(HttpClient.HttpClient, client))
-  return { forward } satisfies ClusterRouting
-})
+    /**
+     * A session turn, sent over HTTP to the replica owning the session. Sent once more (to the owner then) when the
+     * first owner answered nothing, or refused it with a 503 (shutting down, its shards moving): in both cases the turn
+     * did not run there.
+     */
+    const sessionTurn = (sessionId: string, forwarded: ForwardedRequest) =>
+      Stream.unwrap(
+        Effect.gen(function*() {
+          const attempt = Effect.flatMap(locate(sessionId), (owner) => relayResponse(owner.url, owner.replica, forwarded))
+          const first = yield* Effect.either(attempt)
+          if (Either.isRight(first) && first.right.head.status !== 503) return first.right.stream
+          yield* Effect.sleep(retryAfter)
+          return (yield* attempt).stream
+        })
+      )
+    const forward: ClusterRouting["forward"] = (path, requestHeaders, body) =>
+      Effect.gen(function*() {
+        const headers = forwardableHeaders(requestHeaders)
+        const forwarded = { path, headers, body: JSON.stringify(body) }
+        const sessionId = sessionIdOf(path, body, headers)
+        if (sessionId !== undefined) return Option.some(yield* forwardedResponse(sessionTurn(sessionId, forwarded), silence))
+        const peer = yield* load.pick
+        if (Option.isNone(peer)) return Option.none()
+        // A peer that cannot be reached before it answers leaves the request to this replica.
+        return yield* forwardedResponse(relay(peer.value.url, peer.value.replica, forwarded), silence).pipe(
+          Effect.map(Option.some),
+          Effect.catchTag("ReplicaUnavailable", (error) =>
+            Effect.as(Effect.logWarning("Forwarding to a less busy replica failed; serving here", { peer: peer.value.replica, error: error.message }), Option.none()))
+        )
+      }).pipe(Effect.provideService(HttpClient.HttpClient, client))
+    return { forward } satisfies ClusterRouting
+  })
 
 /**
  * Makes this replica a runner of the cluster whose storage is the `--cluster` Postgres database: runner and message
@@ -79,7 +93,6 @@ export const clusterRunnerLayer = (settings: WeftSettings & { readonly cluster: 
       const server = yield* HttpServer.HttpServer
       // A replica joins once its models serve: shards it owned before would otherwise answer "model loading".
       yield* Effect.flatMap(ModelRegistry, (registry) => Effect.ignore(registry.ready))
-      const localUrl = baseUrl(server.address)
       const host = advertisedHost(settings)
       const port = server.address._tag === "TcpAddress" ? server.address.port : settings.port
       const runner = RunnerAddress.make(host, settings.clusterPort)
@@ -87,7 +100,7 @@ export const clusterRunnerLayer = (settings: WeftSettings & { readonly cluster: 
       const install = Layer.scopedDiscard(
         Effect.gen(function*() {
           const gate = yield* ClusterGate
-          const routes = yield* routing
+          const routes = yield* routing(Duration.millis((settings.timeoutQueueMs ?? 60_000) + 30_000))
           yield* Effect.acquireRelease(Ref.set(gate.routing, Option.some(routes)), () => Ref.set(gate.routing, Option.none()))
           yield* Effect.logInfo("joined the cluster").pipe(Effect.annotateLogs({ runner: replica }))
         })
@@ -109,10 +122,11 @@ export const clusterRunnerLayer = (settings: WeftSettings & { readonly cluster: 
           entityTerminationTimeout: Duration.millis(settings.shutdownGraceMs)
         }
       })
+      const url = `http://${host.includes(":") ? `[${host}]` : host}:${port}`
       return install.pipe(
         Layer.provide(NodeHttpClient.layerUndici),
-        Layer.provide(ReplicaLoad.Default({ replica, url: `http://${host.includes(":") ? `[${host}]` : host}:${port}` })),
-        Layer.provide(chatSessionEntity(localUrl, replica).pipe(Layer.provide(NodeHttpClient.layerUndici))),
+        Layer.provide(ReplicaLoad.Default({ replica, url })),
+        Layer.provide(chatSessionEntity(new SessionOwner({ url, replica }))),
         Layer.provideMerge(sharding),
         Layer.provide(PgClient.layer({ url: Redacted.make(settings.cluster) }))
       )

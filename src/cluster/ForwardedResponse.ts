@@ -1,11 +1,31 @@
 import { HttpBody, HttpClient, HttpClientRequest, HttpServerResponse } from "@effect/platform"
-import { Cause, Channel, Duration, Effect, Option, Ref, Sink, Stream } from "effect"
+import { Cause, Channel, Duration, Effect, Option, Ref, Schema, Sink, Stream } from "effect"
 import type { Scope } from "effect"
 import { errorReply } from "../http/OpenAiErrors.js"
-import { ResponseBytes, ResponseHead, TurnNotRelayed } from "./ChatSessionEntity.js"
-import type { ForwardedChunk, ForwardedRequest } from "./ChatSessionEntity.js"
 import { forwardedHeader } from "./ClusterGate.js"
 import { ReplicaUnavailable } from "./ClusterErrors.js"
+
+/** The relayed response's status and headers: the first piece of a forwarded response. */
+export class ResponseHead extends Schema.TaggedClass<ResponseHead>()("Head", {
+  status: Schema.Number,
+  headers: Schema.Record({ key: Schema.String, value: Schema.String })
+}) {}
+
+/** A piece of the relayed response body, as the serving replica's HTTP server wrote it. */
+export class ResponseBytes extends Schema.TaggedClass<ResponseBytes>()("Body", { bytes: Schema.Uint8ArrayFromSelf }) {}
+
+/** One piece of a forwarded response. */
+export type ForwardedChunk = ResponseHead | ResponseBytes
+
+/** The serving replica could not be asked: none took the session, or its HTTP server refused or broke the connection before answering. */
+export class TurnNotRelayed extends Schema.TaggedError<TurnNotRelayed>()("TurnNotRelayed", { message: Schema.String }) {}
+
+/** A forwarded HTTP request: the endpoint, the client's headers and its JSON body. */
+export interface ForwardedRequest {
+  readonly path: string
+  readonly headers: Readonly<Record<string, string>>
+  readonly body: string
+}
 
 /** Headers that describe one hop's connection or body framing, never passed on. */
 const hopHeaders = new Set(["host", "connection", "keep-alive", "content-length", "transfer-encoding", "upgrade", "te", "trailer", "date"])
@@ -23,22 +43,29 @@ export const servedByHeader = "x-weft-replica"
 
 /**
  * Sends `request` to the Weft server at `baseUrl` (replica `servedBy`) as a request already forwarded, so it is served
- * there, and streams its response back as a head and body pieces.
+ * there: its response's head, and the head and body as pieces.
  */
-export const relay = (baseUrl: string, servedBy: string, request: ForwardedRequest): Stream.Stream<ResponseHead | ResponseBytes, TurnNotRelayed, HttpClient.HttpClient> =>
-  Stream.unwrap(
-    Effect.gen(function*() {
-      const client = yield* HttpClient.HttpClient
-      const response = yield* client.execute(
-        HttpClientRequest.post(`${baseUrl}${request.path}`, {
-          headers: { ...request.headers, [forwardedHeader]: "1" },
-          body: HttpBody.text(request.body, "application/json")
-        })
-      )
-      const head = new ResponseHead({ status: response.status, headers: { ...forwardableHeaders(response.headers), [servedByHeader]: servedBy } })
-      return Stream.concat(Stream.succeed<ResponseHead | ResponseBytes>(head), Stream.map(response.stream, (bytes) => new ResponseBytes({ bytes })))
-    })
-  ).pipe(Stream.mapError((error) => new TurnNotRelayed({ message: error.message })))
+export const relayResponse = (
+  baseUrl: string,
+  servedBy: string,
+  request: ForwardedRequest
+): Effect.Effect<{ readonly head: ResponseHead; readonly stream: Stream.Stream<ForwardedChunk, TurnNotRelayed> }, TurnNotRelayed, HttpClient.HttpClient> =>
+  Effect.gen(function*() {
+    const client = yield* HttpClient.HttpClient
+    const response = yield* client.execute(
+      HttpClientRequest.post(`${baseUrl}${request.path}`, {
+        headers: { ...request.headers, [forwardedHeader]: "1" },
+        body: HttpBody.text(request.body, "application/json")
+      })
+    )
+    const head = new ResponseHead({ status: response.status, headers: { ...forwardableHeaders(response.headers), [servedByHeader]: servedBy } })
+    const body = Stream.map(response.stream, (bytes) => new ResponseBytes({ bytes }))
+    return { head, stream: Stream.concat(Stream.succeed<ForwardedChunk>(head), body).pipe(Stream.mapError((error) => new TurnNotRelayed({ message: error.message }))) }
+  }).pipe(Effect.mapError((error) => new TurnNotRelayed({ message: error.message })))
+
+/** `relayResponse` as one stream of pieces. */
+export const relay = (baseUrl: string, servedBy: string, request: ForwardedRequest): Stream.Stream<ForwardedChunk, TurnNotRelayed, HttpClient.HttpClient> =>
+  Stream.unwrap(Effect.map(relayResponse(baseUrl, servedBy, request), (response) => response.stream))
 
 const sseError = (failure: ReplicaUnavailable) => new TextEncoder().encode(`data: ${JSON.stringify({ error: errorReply(failure).error })}\n\n`)
 
@@ -58,9 +85,10 @@ const asLostReplica = <A, R>(stream: Stream.Stream<A, ReplicaUnavailable, R>): S
   })
 
 /**
- * The HTTP response for a forwarded request's pieces. Nothing arriving for `silence` (the owner sends a tick every
- * couple of seconds while it works) means the serving replica is gone. Before the head that is a 503; an event stream
- * that had started ends with an in-band error event; any other body is collected first, so it is all or a 503.
+ * The HTTP response for a forwarded request's pieces. A serving replica that dies breaks the connection at once; one
+ * that hangs is presumed gone after `silence` without a piece (longer than a request may wait there for a slot).
+ * Before the head that is a 503; an event stream that had started ends with an in-band error event; any other body is
+ * collected first, so it is all or a 503.
  */
 export const forwardedResponse = <R>(
   chunks: Stream.Stream<ForwardedChunk, { readonly message: string }, R>,
@@ -70,8 +98,7 @@ export const forwardedResponse = <R>(
     const pieces = chunks.pipe(
       Stream.mapError((error) => lost(`The replica serving this request failed: ${error.message}`)),
       asLostReplica,
-      Stream.timeoutFail(() => lost(`The replica serving this request sent nothing for ${Duration.format(silence)}; it is presumed gone`), silence),
-      Stream.filter((chunk) => chunk._tag !== "Tick")
+      Stream.timeoutFail(() => lost(`The replica serving this request sent nothing for ${Duration.format(silence)}; it is presumed gone`), silence)
     )
     const [first, rest] = yield* Stream.peel(pieces, Sink.head())
     if (Option.isNone(first) || first.value._tag !== "Head") return yield* lost("The replica serving this request ended without answering")

@@ -1,10 +1,9 @@
 import { describe, expect, it } from "@effect/vitest"
 import { HttpServerResponse } from "@effect/platform"
 import { Cause, Chunk, Effect, Fiber, FiberId, Option, Stream, TestClock } from "effect"
-import { OwnerAlive, ResponseBytes, ResponseHead } from "../../src/cluster/ChatSessionEntity.js"
-import type { ForwardedChunk } from "../../src/cluster/ChatSessionEntity.js"
 import { ReplicaUnavailable } from "../../src/cluster/ClusterErrors.js"
-import { forwardedResponse } from "../../src/cluster/ForwardedResponse.js"
+import { forwardedResponse, ResponseBytes, ResponseHead } from "../../src/cluster/ForwardedResponse.js"
+import type { ForwardedChunk } from "../../src/cluster/ForwardedResponse.js"
 import { lessBusyPeer } from "../../src/cluster/ReplicaLoad.js"
 
 const sseHead = new ResponseHead({ status: 200, headers: { "content-type": "text/event-stream", "x-session-id": "s" } })
@@ -21,9 +20,9 @@ const bodyText = (response: HttpServerResponse.HttpServerResponse) =>
   })
 
 describe("forwardedResponse", () => {
-  it.scoped("relays the owner's status, headers and event stream, leaving out its keep-alive ticks", () =>
+  it.scoped("relays the owner's status, headers and event stream", () =>
     Effect.gen(function*() {
-      const chunks = Stream.fromIterable<ForwardedChunk>([new OwnerAlive(), sseHead, bytes("data: a\n\n"), new OwnerAlive(), bytes("data: [DONE]\n\n")])
+      const chunks = Stream.fromIterable<ForwardedChunk>([sseHead, bytes("data: a\n\n"), bytes("data: [DONE]\n\n")])
       const response = yield* forwardedResponse(chunks, "30 seconds")
       expect(response.status).toBe(200)
       expect(response.headers["x-session-id"]).toBe("s")
