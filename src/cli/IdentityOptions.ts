@@ -1,16 +1,28 @@
 import { Options } from "@effect/cli"
 import { Console, Effect, Layer, Option, Schema } from "effect"
 import * as fs from "node:fs"
+import * as path from "node:path"
 import { KeyDuration, TenantName } from "../identity/KeyJson.js"
 import { keysDatabasePath, KeyStore } from "../identity/KeyStore.js"
 import type { UsageLimits } from "../identity/Principal.js"
+import { isPostgresUrl } from "../storage/postgresClient.js"
 
-/** `--data-dir`, as `weft serve` takes it: the keys database is `keys.sqlite` in it. */
-export const dataDirOption = Options.text("data-dir").pipe(
-  Options.withPseudoName("DIR"),
-  Options.withDefault(".weft"),
-  Options.withDescription("The data dir of the server (the keys database is keys.sqlite in it). Default ./.weft")
-)
+/**
+ * Where the keys and tenants are: `--cluster`'s Postgres database, as a clustered `weft serve` shares them, else
+ * `keys.sqlite` in `--data-dir`, as `weft serve` keeps them on one machine.
+ */
+export const storeOption = Options.all({
+  dataDir: Options.text("data-dir").pipe(
+    Options.withPseudoName("DIR"),
+    Options.withDefault(".weft"),
+    Options.withDescription("The data dir of the server (the keys database is keys.sqlite in it). Default ./.weft")
+  ),
+  cluster: Options.text("cluster").pipe(
+    Options.withPseudoName("POSTGRES_URL"),
+    Options.optional,
+    Options.withDescription("The database of a cluster's replicas (`weft serve --cluster`): keys and tenants are kept there")
+  )
+}).pipe(Options.map(({ cluster, dataDir }) => Option.getOrElse(cluster, () => keysDatabasePath(dataDir))))
 
 /** One JSON object on a line of its own, for `--json`. */
 export const printJson = (value: unknown) => Console.log(JSON.stringify(value))
@@ -40,8 +52,8 @@ export const limitsOf = (options: { readonly [K in keyof typeof limitOptions]: O
 })
 
 /** Runs `effect` against the keys database of `dataDir` (created if missing), the one a server on that dir reads. */
-export const withKeyStore = <A, E>(dataDir: string, effect: Effect.Effect<A, E, KeyStore>) =>
+export const withKeyStore = <A, E>(location: string, effect: Effect.Effect<A, E, KeyStore>) =>
   Effect.suspend(() => {
-    fs.mkdirSync(dataDir, { recursive: true })
-    return Effect.provide(effect, Layer.orDie(KeyStore.layerSqlite(keysDatabasePath(dataDir))))
+    if (!isPostgresUrl(location)) fs.mkdirSync(path.dirname(location), { recursive: true })
+    return Effect.provide(effect, Layer.orDie(KeyStore.layer(location)))
   })

@@ -3,7 +3,7 @@ import { Clock, Console, Effect, Option } from "effect"
 import { defaultOverlapMs, keyJson, keyStatus } from "../identity/KeyJson.js"
 import type { KeyInfo } from "../identity/KeyStore.js"
 import { KeyStore } from "../identity/KeyStore.js"
-import { dataDirOption, durationOption, jsonOption, limitOptions, limitsOf, printJson, tenantOption, withKeyStore } from "./IdentityOptions.js"
+import { storeOption, durationOption, jsonOption, limitOptions, limitsOf, printJson, tenantOption, withKeyStore } from "./IdentityOptions.js"
 
 const keyIdArg = Args.text({ name: "ID" }).pipe(Args.withDescription("The key's id (key_…), as `weft keys list` shows it"))
 
@@ -26,11 +26,11 @@ const createCommand = Command.make(
     expires: durationOption("expires").pipe(Options.withDescription("Expires after this long, e.g. 30d or 12h (default never)"), Options.optional),
     ...limitOptions,
     json: jsonOption,
-    dataDir: dataDirOption
+    store: storeOption
   },
   (options) =>
     withKeyStore(
-      options.dataDir,
+      options.store,
       Effect.gen(function*() {
         const store = yield* KeyStore
         const created = yield* store.create({
@@ -47,9 +47,9 @@ const createCommand = Command.make(
     )
 ).pipe(Command.withDescription("Create an API key and print it (once)"))
 
-const listCommand = Command.make("list", { json: jsonOption, dataDir: dataDirOption }, (options) =>
+const listCommand = Command.make("list", { json: jsonOption, store: storeOption }, (options) =>
   withKeyStore(
-    options.dataDir,
+    options.store,
     Effect.gen(function*() {
       const keys = yield* Effect.flatMap(KeyStore, (store) => store.list())
       const now = yield* Clock.currentTimeMillis
@@ -58,9 +58,9 @@ const listCommand = Command.make("list", { json: jsonOption, dataDir: dataDirOpt
     })
   )).pipe(Command.withDescription("List the API keys (never the keys themselves)"))
 
-const revokeCommand = Command.make("revoke", { id: keyIdArg, json: jsonOption, dataDir: dataDirOption }, (options) =>
+const revokeCommand = Command.make("revoke", { id: keyIdArg, json: jsonOption, store: storeOption }, (options) =>
   withKeyStore(
-    options.dataDir,
+    options.store,
     Effect.gen(function*() {
       const revoked = yield* Effect.flatMap(KeyStore, (store) => store.revoke(options.id))
       if (options.json) return yield* printJson(keyJson(revoked, yield* Clock.currentTimeMillis))
@@ -77,11 +77,11 @@ const rotateCommand = Command.make(
       Options.withDefault(defaultOverlapMs)
     ),
     json: jsonOption,
-    dataDir: dataDirOption
+    store: storeOption
   },
   (options) =>
     withKeyStore(
-      options.dataDir,
+      options.store,
       Effect.gen(function*() {
         const { created, previous } = yield* Effect.flatMap(KeyStore, (store) => store.rotate(options.id, options.overlap))
         const now = yield* Clock.currentTimeMillis

@@ -2,7 +2,7 @@ import { Args, Command, Options } from "@effect/cli"
 import { Console, Effect, Option } from "effect"
 import { tenantJson, TenantName } from "../identity/KeyJson.js"
 import { KeyStore, priorities } from "../identity/KeyStore.js"
-import { dataDirOption, jsonOption, limitOptions, limitsOf, printJson, withKeyStore } from "./IdentityOptions.js"
+import { storeOption, jsonOption, limitOptions, limitsOf, printJson, withKeyStore } from "./IdentityOptions.js"
 
 const limitText = (value: number | undefined) => (value === undefined ? "-" : String(value))
 
@@ -16,11 +16,11 @@ const setCommand = Command.make(
       Options.optional
     ),
     json: jsonOption,
-    dataDir: dataDirOption
+    store: storeOption
   },
   (options) =>
     withKeyStore(
-      options.dataDir,
+      options.store,
       Effect.gen(function*() {
         const tenant = yield* Effect.flatMap(KeyStore, (store) =>
           store.setTenant(options.tenant, { priority: Option.getOrUndefined(options.priority), limits: limitsOf(options) }))
@@ -30,9 +30,9 @@ const setCommand = Command.make(
     )
 ).pipe(Command.withDescription("Set a tenant's limits and default priority (options left out keep their value)"))
 
-const listCommand = Command.make("list", { json: jsonOption, dataDir: dataDirOption }, (options) =>
+const listCommand = Command.make("list", { json: jsonOption, store: storeOption }, (options) =>
   withKeyStore(
-    options.dataDir,
+    options.store,
     Effect.gen(function*() {
       const tenants = yield* Effect.flatMap(KeyStore, (store) => store.listTenants())
       if (options.json) return yield* printJson({ object: "list", data: tenants.map(tenantJson) })
