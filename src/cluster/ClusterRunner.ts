@@ -49,20 +49,32 @@ const routing = (silence: Duration.Duration) =>
         Effect.catchAll((error) => Effect.fail(new TurnNotRelayed({ message: error.message })))
       )
     /**
-     * A session turn, sent over HTTP to the replica owning the session. Sent once more (to the owner then) when the
-     * first owner answered nothing, or refused it with a 503 (shutting down, its shards moving): in both cases the turn
-     * did not run there.
+     * What `replica` at `url` answers to `forwarded`, from its head on; none when it did not run the request: it could
+     * not be reached, sent no head for `silence`, or refused it with a 503 (shutting down, its model loading).
      */
-    const sessionTurn = (sessionId: string, forwarded: ForwardedRequest) =>
-      Stream.unwrap(
-        Effect.gen(function*() {
-          const attempt = Effect.flatMap(locate(sessionId), (owner) => relayResponse(owner.url, owner.replica, forwarded))
-          const first = yield* Effect.either(attempt)
-          if (Either.isRight(first) && first.right.head.status !== 503) return first.right.stream
-          yield* Effect.sleep(retryAfter)
-          return (yield* attempt).stream
+    const answerOf = (url: string, replica: string, forwarded: ForwardedRequest) =>
+      relayResponse(url, replica, forwarded).pipe(
+        Effect.timeoutFail({ duration: silence, onTimeout: () => new TurnNotRelayed({ message: `${replica} sent no answer for ${Duration.format(silence)}` }) }),
+        Effect.either,
+        Effect.flatMap((answer) => {
+          if (Either.isLeft(answer)) return Effect.as(Effect.logWarning("A replica did not take a forwarded request", { replica, error: answer.left.message }), Option.none())
+          if (answer.right.head.status !== 503) return Effect.succeed(Option.some(answer.right.stream))
+          return Effect.as(Effect.ignore(Stream.runDrain(answer.right.stream)), Option.none())
         })
       )
+    /**
+     * A session turn, sent over HTTP to the replica owning the session; once more, to the owner by then, when the first
+     * did not run it (its shards were moving, or it had just died).
+     */
+    const sessionTurn = (sessionId: string, forwarded: ForwardedRequest) =>
+      Effect.gen(function*() {
+        const owner = yield* locate(sessionId)
+        const answer = yield* answerOf(owner.url, owner.replica, forwarded)
+        if (Option.isSome(answer)) return answer.value
+        yield* Effect.sleep(retryAfter)
+        const next = yield* locate(sessionId)
+        return relay(next.url, next.replica, forwarded)
+      }).pipe(Stream.unwrap)
     const forward: ClusterRouting["forward"] = (path, requestHeaders, body) =>
       Effect.gen(function*() {
         const headers = forwardableHeaders(requestHeaders)
@@ -71,12 +83,10 @@ const routing = (silence: Duration.Duration) =>
         if (sessionId !== undefined) return Option.some(yield* forwardedResponse(sessionTurn(sessionId, forwarded), silence))
         const peer = yield* load.pick
         if (Option.isNone(peer)) return Option.none()
-        // A peer that cannot be reached before it answers leaves the request to this replica.
-        return yield* forwardedResponse(relay(peer.value.url, peer.value.replica, forwarded), silence).pipe(
-          Effect.map(Option.some),
-          Effect.catchTag("ReplicaUnavailable", (error) =>
-            Effect.as(Effect.logWarning("Forwarding to a less busy replica failed; serving here", { peer: peer.value.replica, error: error.message }), Option.none()))
-        )
+        // A less busy peer that does not take the request leaves it to this replica.
+        const answer = yield* answerOf(peer.value.url, peer.value.replica, forwarded)
+        if (Option.isNone(answer)) return Option.none()
+        return Option.some(yield* forwardedResponse(answer.value, silence))
       }).pipe(Effect.provideService(HttpClient.HttpClient, client))
     return { forward } satisfies ClusterRouting
   })
