@@ -253,14 +253,27 @@ const runWorkload = (plan: Workload) => {
   }).pipe(Effect.scoped, Effect.provide(layer), Effect.provide(TestContext.TestContext))
 }
 
+/** Workloads in all, and how many run at once. */
+const numRuns = 100
+const lanes = 4
+
+/**
+ * The workloads in `lanes` independent `fc.assert`s at once, each with its own seed: a run spends most of its wall time
+ * idle in `TestClock.adjust`, which waits for real timers to see every fiber suspended, so runs overlap well. Each run
+ * has its own layer and TestContext; every lane runs to its end before the first failure, if any, is reported.
+ */
+const assertInLanes = async () => {
+  const settled = await Promise.allSettled(
+    Array.from({ length: lanes }, () =>
+      fc.assert(fc.asyncProperty(workload, (plan) => Effect.runPromise(runWorkload(plan))), { numRuns: numRuns / lanes }))
+  )
+  const failed = settled.find((result) => result.status === "rejected")
+  if (failed !== undefined) throw failed.reason
+}
+
 describe("RequestScheduler properties (SimBackend, TestClock)", () => {
   it.live("random workloads keep every invariant", () =>
-    Effect.promise(() =>
-      fc.assert(
-        fc.asyncProperty(workload, (plan) => Effect.runPromise(runWorkload(plan))),
-        { numRuns: 100 }
-      )
-    ).pipe(
+    Effect.promise(assertInLanes).pipe(
       Effect.tap(() =>
         Effect.sync(() => {
           for (const ending of ["Completed", "Failed", "TimedOut", "Rejected", "Cancelled:cancel", "Cancelled:client"]) {
