@@ -1,27 +1,16 @@
-import { execFile } from "node:child_process"
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
-import { promisify } from "node:util"
 import OpenAI from "openai"
 import { describe, expect, it } from "vitest"
 import { SimBackend } from "../../src/engine/SimBackend.js"
 import { keysDatabasePath } from "../../src/identity/KeyStore.js"
 import { openServerRefusal } from "../../src/identity/Authentication.js"
 import { startListening, startServer } from "../support/testServer.js"
-import { runWeftInProcess } from "../support/weftCli.js"
+import { runWeftInProcess, spawnWeft } from "../support/weftCli.js"
 
 /** `weft ARGS` in this process: these tests are about what the commands do, not about the process. */
 const run = runWeftInProcess
-
-/** `weft ARGS` in a child process, with `imports` loaded first: for what the process imports. */
-const spawnWeft = async (args: ReadonlyArray<string>, imports: ReadonlyArray<string> = []) => {
-  const flags = [...imports.flatMap((module) => ["--import", module]), "--import", "tsx", "src/main.ts"]
-  return promisify(execFile)(process.execPath, [...flags, ...args], { env: { ...process.env, NO_COLOR: "1" } }).then(
-    ({ stdout, stderr }) => ({ code: 0, stdout, stderr }),
-    (error: { code: number; stdout: string; stderr: string }) => ({ code: error.code, stdout: error.stdout, stderr: error.stderr })
-  )
-}
 
 const sim = () => SimBackend.layer({ parallel: 1, contextSize: 4096, tokenLatency: 1 })
 

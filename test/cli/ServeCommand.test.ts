@@ -1,11 +1,9 @@
-import { execFile } from "node:child_process"
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
-import { promisify } from "node:util"
 import { describe, expect, it } from "vitest"
 import { tinyModelPath } from "../support/tinyModel.js"
-import { runWeftInProcess } from "../support/weftCli.js"
+import { runWeftInProcess, spawnWeft } from "../support/weftCli.js"
 import type { WeftRun } from "../support/weftCli.js"
 
 const plainRun = (run: WeftRun): WeftRun => {
@@ -15,15 +13,6 @@ const plainRun = (run: WeftRun): WeftRun => {
 
 /** `weft serve ARGS` in this process: these tests are about what the command says and does, not about the process. */
 const serve = async (args: ReadonlyArray<string>) => plainRun(await runWeftInProcess(["serve", ...args]))
-
-/** `node --import tsx ARGS` in a child process: for what the process imports. */
-const spawnNode = async (args: ReadonlyArray<string>) =>
-  plainRun(
-    await promisify(execFile)(process.execPath, ["--import", "tsx", ...args], { env: { ...process.env, NO_COLOR: "1" } }).then(
-      ({ stdout, stderr }) => ({ code: 0, stdout, stderr }),
-      (error: { code: number; stdout: string; stderr: string }) => ({ code: error.code, stdout: error.stdout, stderr: error.stderr })
-    )
-  )
 
 /** One option's block of `--help` text: its heading up to the next option's. */
 const optionHelp = (help: string, heading: string): string => {
@@ -71,7 +60,7 @@ describe("weft serve", () => {
   })
 
   it("shows its help without loading node-llama-cpp", async () => {
-    const { code, stdout, stderr } = await spawnNode(["--import", "./test/support/noNodeLlamaCpp.mjs", "src/main.ts", "serve", "--help"])
+    const { code, stdout, stderr } = plainRun(await spawnWeft(["serve", "--help"], ["./test/support/noNodeLlamaCpp.mjs"]))
     expect(stderr).not.toContain("node-llama-cpp")
     expect(code).toBe(0)
     expect(stdout).toContain("--port integer")

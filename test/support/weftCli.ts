@@ -1,7 +1,9 @@
 import { NodeContext } from "@effect/platform-node"
 import { Console, Effect, Exit } from "effect"
+import { execFile } from "node:child_process"
 import { Console as NodeConsole } from "node:console"
 import { Writable } from "node:stream"
+import { promisify } from "node:util"
 import { runWeft } from "../../src/cli/runWeft.js"
 
 /** What a `weft` run printed, and its exit code as `bin/weft` would exit (0, or 1 on a failure). */
@@ -61,4 +63,16 @@ export const runWeftInProcess = async (args: ReadonlyArray<string>): Promise<Wef
     Effect.runPromiseExit
   )
   return { code: Exit.isSuccess(exit) ? 0 : 1, stdout: stdout.join(""), stderr: stderr.join("") }
+}
+
+/**
+ * Runs `weft ARGS` in a child process (`node --import tsx src/main.ts`), with `imports` loaded first: for what the
+ * process itself does, such as which modules it imports.
+ */
+export const spawnWeft = (args: ReadonlyArray<string>, imports: ReadonlyArray<string> = []): Promise<WeftRun> => {
+  const flags = [...imports.flatMap((module) => ["--import", module]), "--import", "tsx", "src/main.ts"]
+  return promisify(execFile)(process.execPath, [...flags, ...args], { env: { ...process.env, NO_COLOR: "1" } }).then(
+    ({ stdout, stderr }) => ({ code: 0, stdout, stderr }),
+    (error: { code: number; stdout: string; stderr: string }) => ({ code: error.code, stdout: error.stdout, stderr: error.stderr })
+  )
 }
