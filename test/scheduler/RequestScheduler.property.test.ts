@@ -1,5 +1,5 @@
 import { describe, expect, it } from "@effect/vitest"
-import { Chunk, Effect, Either, FastCheck as fc, Fiber, Layer, PubSub, Queue, Stream, TestClock, TestContext } from "effect"
+import { Chunk, Effect, Either, FastCheck as fc, Fiber, Layer, PubSub, Queue, Stream, TestClock } from "effect"
 import { Backend } from "../../src/engine/Backend.js"
 import type { BackendShape } from "../../src/engine/Backend.js"
 import { defaultSampling } from "../../src/engine/SamplingOptions.js"
@@ -9,6 +9,7 @@ import type { SimScript } from "../../src/engine/SimBackend.js"
 import type { GenerationEvent, Priority } from "../../src/scheduler/GenerationRequest.js"
 import { RequestScheduler } from "../../src/scheduler/RequestScheduler.js"
 import type { SchedulerEvent } from "../../src/scheduler/RequestScheduler.js"
+import { assertInLanes } from "../support/propertyLanes.js"
 import { engineOn } from "../support/simEngine.js"
 
 interface PlannedRequest {
@@ -250,30 +251,13 @@ const runWorkload = (plan: Workload) => {
       const enqueuedAndStarted = enqueueOrder.filter((id) => started.includes(id))
       expect(started).toEqual(enqueuedAndStarted)
     }
-  }).pipe(Effect.scoped, Effect.provide(layer), Effect.provide(TestContext.TestContext))
-}
-
-/** Workloads in all, and how many run at once. */
-const numRuns = 100
-const lanes = 4
-
-/**
- * The workloads in `lanes` independent `fc.assert`s at once, each with its own seed: a run spends most of its wall time
- * idle in `TestClock.adjust`, which waits for real timers to see every fiber suspended, so runs overlap well. Each run
- * has its own layer and TestContext; every lane runs to its end before the first failure, if any, is reported.
- */
-const assertInLanes = async () => {
-  const settled = await Promise.allSettled(
-    Array.from({ length: lanes }, () =>
-      fc.assert(fc.asyncProperty(workload, (plan) => Effect.runPromise(runWorkload(plan))), { numRuns: numRuns / lanes }))
-  )
-  const failed = settled.find((result) => result.status === "rejected")
-  if (failed !== undefined) throw failed.reason
+  }).pipe(Effect.scoped, Effect.provide(layer))
 }
 
 describe("RequestScheduler properties (SimBackend, TestClock)", () => {
   it.live("random workloads keep every invariant", () =>
-    Effect.promise(assertInLanes).pipe(
+    // A run is about two thirds idle in TestClock.adjust: four at once.
+    Effect.promise(() => assertInLanes(workload, runWorkload, { numRuns: 100, lanes: 4 })).pipe(
       Effect.tap(() =>
         Effect.sync(() => {
           for (const ending of ["Completed", "Failed", "TimedOut", "Rejected", "Cancelled:cancel", "Cancelled:client"]) {
