@@ -1,25 +1,6 @@
-import { ValidationError } from "@effect/cli"
-import type { FileSystem } from "@effect/platform"
 import { NodeContext, NodeRuntime } from "@effect/platform-node"
-import { Cause, Console, Effect, Option } from "effect"
-import { rejectedServeFlags } from "./cli/ServeCommand.js"
-import { cli } from "./cli/WeftCli.js"
-
-/**
- * Expected failures print as one line naming what is wrong. @effect/cli has already printed its own; for a mistyped
- * serve flag its line does not name the flag, so the flag's own error follows it.
- */
-const report = (cause: Cause.Cause<unknown>) => {
-  const failure = Cause.failureOption(cause)
-  if (Option.isSome(failure)) {
-    const errors: Effect.Effect<ReadonlyArray<unknown>, never, FileSystem.FileSystem> =
-      ValidationError.isValidationError(failure.value) ? rejectedServeFlags(process.argv) : Effect.succeed([failure.value])
-    return errors.pipe(
-      Effect.flatMap(Effect.forEach((error) => Console.error(`weft: ${error instanceof Error ? error.message : String(error)}`)))
-    )
-  }
-  return Cause.isInterruptedOnly(cause) ? Effect.void : Console.error(Cause.pretty(cause))
-}
+import { Effect } from "effect"
+import { runWeft } from "./cli/runWeft.js"
 
 /**
  * runMain drains on the first SIGINT/SIGTERM and then stops listening, after which Node's default would kill the
@@ -42,8 +23,7 @@ const forceExitOnRepeatedSignal = () => {
 
 forceExitOnRepeatedSignal()
 
-cli(process.argv).pipe(
-  Effect.tapErrorCause(report),
+runWeft(process.argv).pipe(
   Effect.provide(NodeContext.layer),
   NodeRuntime.runMain({ disableErrorReporting: true })
 )

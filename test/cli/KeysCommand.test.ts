@@ -1,22 +1,16 @@
-import { execFile } from "node:child_process"
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
-import { promisify } from "node:util"
 import OpenAI from "openai"
 import { describe, expect, it } from "vitest"
 import { SimBackend } from "../../src/engine/SimBackend.js"
 import { keysDatabasePath } from "../../src/identity/KeyStore.js"
 import { openServerRefusal } from "../../src/identity/Authentication.js"
 import { startListening, startServer } from "../support/testServer.js"
+import { runWeftInProcess, spawnWeft } from "../support/weftCli.js"
 
-const run = async (args: ReadonlyArray<string>, imports: ReadonlyArray<string> = []) => {
-  const flags = [...imports.flatMap((module) => ["--import", module]), "--import", "tsx", "src/main.ts"]
-  return promisify(execFile)(process.execPath, [...flags, ...args], { env: { ...process.env, NO_COLOR: "1" } }).then(
-    ({ stdout, stderr }) => ({ code: 0, stdout, stderr }),
-    (error: { code: number; stdout: string; stderr: string }) => ({ code: error.code, stdout: error.stdout, stderr: error.stderr })
-  )
-}
+/** `weft ARGS` in this process: these tests are about what the commands do, not about the process. */
+const run = runWeftInProcess
 
 const sim = () => SimBackend.layer({ parallel: 1, contextSize: 4096, tokenLatency: 1 })
 
@@ -72,7 +66,7 @@ describe("weft keys and weft tenants", () => {
   it("keeps --help free of node-llama-cpp", async () => {
     for (const command of [["keys", "create", "--help"], ["tenants", "list"]]) {
       const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), "weft-keys-help-"))
-      const result = await run([...command, ...(command.includes("--help") ? [] : ["--data-dir", dataDir])], ["./test/support/noNodeLlamaCpp.mjs"])
+      const result = await spawnWeft([...command, ...(command.includes("--help") ? [] : ["--data-dir", dataDir])], ["./test/support/noNodeLlamaCpp.mjs"])
       expect(result.stderr).not.toContain("node-llama-cpp imported")
       expect(result.code).toBe(0)
     }

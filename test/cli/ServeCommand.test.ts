@@ -1,19 +1,18 @@
-import { execFile } from "node:child_process"
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
-import { promisify } from "node:util"
 import { describe, expect, it } from "vitest"
 import { tinyModelPath } from "../support/tinyModel.js"
+import { runWeftInProcess, spawnWeft } from "../support/weftCli.js"
+import type { WeftRun } from "../support/weftCli.js"
 
-const run = async (args: ReadonlyArray<string>) => {
-  const child = await promisify(execFile)(process.execPath, ["--import", "tsx", ...args], { env: { ...process.env, NO_COLOR: "1" } }).then(
-    ({ stdout, stderr }) => ({ code: 0, stdout, stderr }),
-    (error: { code: number; stdout: string; stderr: string }) => ({ code: error.code, stdout: error.stdout, stderr: error.stderr })
-  )
+const plainRun = (run: WeftRun): WeftRun => {
   const plain = (text: string) => text.replace(/\x1b\[[0-9;]*m/g, "")
-  return { code: child.code, stdout: plain(child.stdout), stderr: plain(child.stderr) }
+  return { code: run.code, stdout: plain(run.stdout), stderr: plain(run.stderr) }
 }
+
+/** `weft serve ARGS` in this process: these tests are about what the command says and does, not about the process. */
+const serve = async (args: ReadonlyArray<string>) => plainRun(await runWeftInProcess(["serve", ...args]))
 
 /** One option's block of `--help` text: its heading up to the next option's. */
 const optionHelp = (help: string, heading: string): string => {
@@ -25,7 +24,7 @@ const optionHelp = (help: string, heading: string): string => {
 
 describe("weft serve", () => {
   it("--help shows each option's type, its range or choices, and its WEFT_* variable", async () => {
-    const { code, stdout } = await run(["src/main.ts", "serve", "--help"])
+    const { code, stdout } = await serve(["--help"])
     expect(code).toBe(0)
     const port = optionHelp(stdout, "--port integer")
     expect(port).toContain("An integer.")
@@ -39,21 +38,21 @@ describe("weft serve", () => {
   })
 
   it("names the flag whose value does not have its type", async () => {
-    const port = await run(["src/main.ts", "serve", "--port", "abc"])
+    const port = await serve(["--port", "abc"])
     expect(port.code).toBe(1)
     expect(port.stderr).toContain("weft: --port: expected an integer between 0 and 65535, got \"abc\"")
-    const format = await run(["src/main.ts", "serve", "--log-format=xml"])
+    const format = await serve(["--log-format=xml"])
     expect(format.code).toBe(1)
     expect(format.stderr).toContain("weft: --log-format: expected json or pretty, got \"xml\"")
-    const dataDir = await run(["src/main.ts", "serve", "--data-dir", "package.json"])
+    const dataDir = await serve(["--data-dir", "package.json"])
     expect(dataDir.code).toBe(1)
     expect(dataDir.stderr).toContain("weft: --data-dir: expected a directory path, got \"package.json\"")
   })
 
   it("takes --plugin more than once, and does not start when a plugin cannot be loaded", async () => {
     const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), "weft-plugin-flag-"))
-    const { code, stderr } = await run([
-      "src/main.ts", "serve", "--port", "0", "--data-dir", dataDir,
+    const { code, stderr } = await serve([
+      "--port", "0", "--data-dir", dataDir,
       "--plugin", "examples/plugins/input-guard.mjs", "--plugin", "examples/plugins/missing.mjs"
     ])
     expect(code).toBe(1)
@@ -61,7 +60,7 @@ describe("weft serve", () => {
   })
 
   it("shows its help without loading node-llama-cpp", async () => {
-    const { code, stdout, stderr } = await run(["--import", "./test/support/noNodeLlamaCpp.mjs", "src/main.ts", "serve", "--help"])
+    const { code, stdout, stderr } = plainRun(await spawnWeft(["serve", "--help"], ["./test/support/noNodeLlamaCpp.mjs"]))
     expect(stderr).not.toContain("node-llama-cpp")
     expect(code).toBe(0)
     expect(stdout).toContain("--port integer")
@@ -69,8 +68,8 @@ describe("weft serve", () => {
 
   it("stops at start-up when the model does not fit --memory-limit, giving the numbers and the ways out", async () => {
     const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), "weft-memory-"))
-    const { code, stderr } = await run([
-      "src/main.ts", "serve", "--model", await tinyModelPath(), "--memory-limit", "1MiB", "--port", "0", "--data-dir", dataDir, "--log-level", "fatal"
+    const { code, stderr } = await serve([
+      "--model", await tinyModelPath(), "--memory-limit", "1MiB", "--port", "0", "--data-dir", dataDir, "--log-level", "fatal"
     ])
     expect(code).toBe(1)
     expect(stderr).toMatch(/weft: model weft-tiny-s42 \(.*\) does not fit in memory: it needs \d+\.\d MiB \(weights \d+\.\d KiB \+ KV cache and compute buffers/)

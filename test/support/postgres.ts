@@ -13,6 +13,8 @@ export interface TestPostgres {
   readonly port: number
   /** A fresh database on the same server, for a test that needs its own. */
   readonly createDatabase: (name: string) => string
+  /** The postmaster's process id. */
+  readonly pid: number
   readonly stop: () => Promise<void>
 }
 
@@ -67,6 +69,8 @@ export const startPostgres = async (): Promise<TestPostgres> => {
   child.stdout?.on("data", (chunk: Buffer) => (output += chunk.toString()))
   child.stderr?.on("data", (chunk: Buffer) => (output += chunk.toString()))
   await waitReady(bin, port, root, child, () => output)
+  // The postmaster's process id is the first line of its lock file.
+  const postmaster = Number(fs.readFileSync(path.join(dataDir, "postmaster.pid"), "utf8").split("\n")[0])
   const psql = (sql: string, database = "postgres") =>
     execFileSync(path.join(bin, "psql"), ["-h", root, "-p", String(port), "-U", "weft", "-d", database, "-v", "ON_ERROR_STOP=1", "-q", "-c", sql], { stdio: "pipe" })
   psql("CREATE DATABASE weft")
@@ -74,6 +78,7 @@ export const startPostgres = async (): Promise<TestPostgres> => {
   return {
     url: urlOf("weft"),
     port,
+    pid: postmaster,
     createDatabase: (name) => {
       psql(`CREATE DATABASE "${name}"`)
       return urlOf(name)
@@ -81,8 +86,13 @@ export const startPostgres = async (): Promise<TestPostgres> => {
     stop: async () => {
       if (child.exitCode === null) {
         const exited = new Promise((resolve) => child.once("exit", resolve))
-        child.kill("SIGINT")
-        await Promise.race([exited, new Promise((resolve) => setTimeout(resolve, 10_000))])
+        // SIGINT is Postgres's fast shutdown. As root the child is `runuser`, which does not pass it on (the stop took
+        // its whole 10 s, then left the server running without its folder): the postmaster itself is signalled.
+        if (asRoot) process.kill(postmaster, "SIGINT")
+        else child.kill("SIGINT")
+        let timer: NodeJS.Timeout | undefined
+        await Promise.race([exited, new Promise((resolve) => (timer = setTimeout(resolve, 10_000)))])
+        clearTimeout(timer)
         if (child.exitCode === null) child.kill("SIGKILL")
       }
       fs.rmSync(root, { recursive: true, force: true })

@@ -1,15 +1,14 @@
 import { Effect } from "effect"
 import { parquetWriteFile } from "hyparquet-writer"
-import { execFile } from "node:child_process"
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
-import { promisify } from "node:util"
 import { describe, expect, it } from "vitest"
 import { formatLocation } from "../../src/training/datasets/DatasetRecord.js"
 import { type ValidateOptions, validateDataset } from "../../src/training/datasets/DatasetValidator.js"
 import { loadExampleTokenizer } from "../../src/training/ExampleTokenizer.js"
 import { tinyModelPath } from "../support/tinyModel.js"
+import { runWeftInProcess } from "../support/weftCli.js"
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), "weft-datasets-"))
 
@@ -145,11 +144,8 @@ describe("weft dataset validate", () => {
   })
 
   it("the CLI exits 0 on a good file and 1 on a bad one, and --json reports every problem", async () => {
-    const run = (args: ReadonlyArray<string>) =>
-      promisify(execFile)(process.execPath, ["--import", "tsx", "src/main.ts", "dataset", "validate", ...args]).then(
-        ({ stdout }) => ({ code: 0, stdout }),
-        (error: { code: number; stdout: string }) => ({ code: error.code, stdout: error.stdout })
-      )
+    // In this process: the test is about the command's exit code and report, not about the process.
+    const run = (args: ReadonlyArray<string>) => runWeftInProcess(["dataset", "validate", ...args])
     const good = await run([write("cli-good.jsonl", jsonl(chat("a", "b")))])
     expect(good.code).toBe(0)
     expect(good.stdout).toContain("OK")

@@ -4,14 +4,13 @@ import * as os from "node:os"
 import * as path from "node:path"
 import OpenAI, { toFile } from "openai"
 import type { FineTuningJob, FineTuningJobEvent } from "openai/resources/fine-tuning/jobs/jobs"
-import { execFile } from "node:child_process"
-import { promisify } from "node:util"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { llamaBackendLayer } from "../../src/host/LocalEngine.js"
 import type { FineTuningInput } from "../../src/layers.js"
 import { generateModel } from "../../src/model/generateModel.js"
 import { postJson, sseData, startServer } from "../support/testServer.js"
 import type { TestServer } from "../support/testServer.js"
+import { runWeftInProcess } from "../support/weftCli.js"
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), "weft-ft-jobs-"))
 const baseId = "tiny-f32"
@@ -261,15 +260,17 @@ describe("fine-tuning jobs on a real model", () => {
   }, 900_000)
 
   it("weft jobs list|show|cancel talk to the running server", async () => {
-    const weft = (...args: Array<string>) =>
-      promisify(execFile)(process.execPath, ["--import", "tsx", "src/main.ts", "jobs", ...args, "--url", server.url], { env: { ...process.env, NO_COLOR: "1" } })
+    // In this process: the test is about what the commands say over HTTP, not about the process.
+    const weft = (...args: Array<string>) => runWeftInProcess(["jobs", ...args, "--url", server.url])
     const listed = await weft("list")
+    expect(listed.code).toBe(0)
     expect(listed.stdout).toContain(firstJob.id)
     expect(listed.stdout).toContain(firstJob.fine_tuned_model!)
     const shown = await weft("show", firstJob.id)
+    expect(shown.code).toBe(0)
     expect(shown.stdout).toContain("The job has successfully completed")
-    const refused = await weft("cancel", firstJob.id).then(() => undefined, (error: { code: number; stderr: string }) => error)
-    expect(refused?.code).toBe(1)
-    expect(refused?.stderr).toContain("it is succeeded")
+    const refused = await weft("cancel", firstJob.id)
+    expect(refused.code).toBe(1)
+    expect(refused.stderr).toContain("it is succeeded")
   }, 120_000)
 })

@@ -2,14 +2,13 @@ import { Deferred, Effect, Exit, Fiber } from "effect"
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
-import { execFile } from "node:child_process"
-import { promisify } from "node:util"
 import { describe, expect, it } from "vitest"
 import type { Llama } from "node-llama-cpp"
 import type { TrainingExample } from "../../src/training/datasets/DatasetRecord.js"
 import { sha256File } from "../../src/training/Checkpoints.js"
 import { ModelNotTrainable, train, type TrainingProgress } from "../../src/training/Trainer.js"
 import { tinyF32ModelPath, tinyModelPath } from "../support/tinyModel.js"
+import { runWeftInProcess } from "../support/weftCli.js"
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), "weft-train-"))
 
@@ -195,10 +194,12 @@ describe("train", () => {
     const validation = write("validation.jsonl", examples(16, 500))
     const out = path.join(dir, "early.gguf")
     const checkpoints = path.join(dir, "early-checkpoints")
-    const run = await promisify(execFile)(process.execPath, [
-      "--import", "tsx", "src/main.ts", "train", "--model", modelPath, "--data", data, "--validation", validation,
+    // In this process: the test is about what the command does and prints, not about the process.
+    const run = await runWeftInProcess([
+      "train", "--model", modelPath, "--data", data, "--validation", validation,
       "--epochs", "6", "--learning-rate", "0.01", "--threads", "1", "--patience", "1", "--min-delta", "100", "--out", out, "--checkpoint-dir", checkpoints
-    ], { env: { ...process.env, NO_COLOR: "1" } })
+    ])
+    expect(run.code).toBe(0)
     // No later epoch can beat the first by 100 nats: patience 1 stops after epoch 2.
     expect(run.stdout).toContain("2 epochs, stopped: early-stopping")
     expect(run.stderr).toMatch(/epoch 1 step 1\/\d+ \[[#-]+\] loss \d+\.\d+ acc \d\.\d+ lr \S+ \d+ tok\/s ETA \d+:\d\d/)
@@ -211,10 +212,9 @@ describe("train", () => {
   it("weft train refuses an F16 model with exit code 1 and says how to get an F32 one", async () => {
     const data = path.join(dir, "refuse.jsonl")
     fs.writeFileSync(data, JSON.stringify({ prompt: "a", completion: "b" }) + "\n")
-    const failed = await promisify(execFile)(process.execPath, ["--import", "tsx", "src/main.ts", "train", "--model", await tinyModelPath(), "--data", data, "--out", path.join(dir, "x.gguf")])
-      .then(() => undefined, (error: { code: number; stderr: string }) => error)
-    expect(failed?.code).toBe(1)
-    expect(failed?.stderr).toContain("trains only F32 tensors")
+    const failed = await runWeftInProcess(["train", "--model", await tinyModelPath(), "--data", data, "--out", path.join(dir, "x.gguf")])
+    expect(failed.code).toBe(1)
+    expect(failed.stderr).toContain("trains only F32 tensors")
   }, 120_000)
 
   it("a run interrupted after its first step stops between steps and writes no result", async () => {

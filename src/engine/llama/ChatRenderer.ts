@@ -108,8 +108,23 @@ const functionsOf = (tools: ReadonlyArray<ToolFunction>): ChatModelFunctions =>
     params: tool.parameters as never
   }]))
 
+/**
+ * Each loaded model's renderer. Resolving a chat wrapper renders the model's template against node-llama-cpp's known
+ * wrappers (about a second even for the tiny test model), and the tokenizer, the backend and every adapter context of
+ * a model ask for it: resolved once per model instead. Nothing in a renderer changes after it is made.
+ */
+const renderers = new WeakMap<LlamaModel, ChatRenderer>()
+
 /** Renders conversations with `model`'s own chat template (node-llama-cpp's chat wrapper for it) into tokens. */
 export const chatRenderer = (model: LlamaModel): ChatRenderer => {
+  const known = renderers.get(model)
+  if (known !== undefined) return known
+  const renderer = makeChatRenderer(model)
+  renderers.set(model, renderer)
+  return renderer
+}
+
+const makeChatRenderer = (model: LlamaModel): ChatRenderer => {
   const plain = resolveChatWrapper(model)
   const withTools = toolChatWrapper(model, plain)
   return {

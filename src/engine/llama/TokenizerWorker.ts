@@ -10,16 +10,22 @@ import { makeVocabTokenizer, vocabTables } from "./VocabTokenizer.js"
 const data = workerData as TokenizerWorkerData
 const port = parentPort!
 
-const loaded = (async () => {
+const vocabulary = (async () => {
   const llama = await Effect.runPromise(nodeLlamaCppLoader(data.binary, { gpu: false, maxThreads: 1 }))
   const model = await llama.loadModel({ modelPath: data.modelPath, vocabOnly: true })
   // Read here rather than on the main thread: about 2 µs a token (7 ms for the tiny model's 3,072), so some
   // hundreds of milliseconds for a 150k-token vocabulary, which would stall other models' streams.
-  const tables = vocabTables(model, data.vocabSize)
-  return { tables, tokenizer: makeVocabTokenizer(model, tables.specials) }
+  return { model, tables: vocabTables(model, data.vocabSize) }
 })()
 
-loaded.then(
+// Ready once the tables are read: the tokenizer's chat template is resolved after that (about a second), while the
+// main thread resolves its own; requests wait for it.
+const loaded = vocabulary.then(({ model, tables }) => ({ tables, tokenizer: makeVocabTokenizer(model, tables.specials) }))
+// A template that does not resolve here does not on the main thread either, which then fails the backend's start;
+// a request that came anyway is answered Failed below.
+loaded.catch(() => undefined)
+
+vocabulary.then(
   ({ tables }) => port.postMessage({ _tag: "Ready", tables } satisfies TokenizerStatus),
   (error: unknown) => port.postMessage({ _tag: "LoadFailed", message: errorMessage(error) } satisfies TokenizerStatus)
 )

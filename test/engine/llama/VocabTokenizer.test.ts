@@ -2,6 +2,7 @@ import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
 import { FastCheck } from "effect"
 import { getLlama, LlamaLogLevel } from "node-llama-cpp"
 import type { Llama, LlamaModel } from "node-llama-cpp"
+import { chatRenderer } from "../../../src/engine/llama/ChatRenderer.js"
 import { makeSpecialTokenSplitter } from "../../../src/engine/llama/SpecialTokenSplitter.js"
 import { makeVocabTokenizer, vocabTables } from "../../../src/engine/llama/VocabTokenizer.js"
 import type { VocabTables, VocabTokenizer } from "../../../src/engine/llama/VocabTokenizer.js"
@@ -51,6 +52,10 @@ describe("VocabTokenizer on the tiny model", () => {
   it("reads the special tokens and the longest token's bytes", () => {
     expect(tables.specials.map((special) => special.text).sort()).toEqual(["</s>", "<s>", "<unk>", "<|im_end|>", "<|im_start|>"])
     expect(tables.longestTokenBytes).toBeGreaterThanOrEqual(Buffer.byteLength("<|im_start|>"))
+  })
+
+  it("resolves a model's chat template once: the tokenizer, the backend and each adapter context share one renderer", () => {
+    expect(chatRenderer(model)).toBe(chatRenderer(model))
   })
 
   const fragments = ["<s>", "</s>", "<|im_start|>", "<|im_end|>", "<unk>", "<", "s>", "<|", "im_", "a", "hello", " world", " ", "  ", "\n", "ÿ", "é", "日本"]
