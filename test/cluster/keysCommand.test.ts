@@ -1,14 +1,10 @@
 // `weft keys` against a cluster's Postgres: a key created there is accepted by a server whose keys are there.
-import { execFile } from "node:child_process"
-import { promisify } from "node:util"
 import OpenAI from "openai"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { SimBackend } from "../../src/engine/SimBackend.js"
 import { postgresAvailable, startPostgres, type TestPostgres } from "../support/postgres.js"
 import { startServer } from "../support/testServer.js"
-
-const weft = (args: ReadonlyArray<string>) =>
-  promisify(execFile)(process.execPath, ["--import", "tsx", "src/main.ts", ...args], { env: { ...process.env, NO_COLOR: "1" } })
+import { runWeftInProcess as weft } from "../support/weftCli.js"
 
 describe.skipIf(!postgresAvailable() && process.env.CI === undefined)("weft keys --cluster", () => {
   let postgres: TestPostgres
@@ -21,6 +17,7 @@ describe.skipIf(!postgresAvailable() && process.env.CI === undefined)("weft keys
 
   it("creates and lists keys in the cluster's database, where a clustered server finds them", async () => {
     const created = await weft(["keys", "create", "--name", "ops", "--tenant", "acme", "--scope", "inference", "--json", "--cluster", postgres.url])
+    expect(created.code, created.stderr).toBe(0)
     const key = JSON.parse(created.stdout) as { id: string; key: string; tenant: string }
     expect(key.tenant).toBe("acme")
     const server = await startServer(SimBackend.layer({ parallel: 1, contextSize: 4096, tokenLatency: 1 }), { keysDatabasePath: postgres.url })
