@@ -1,10 +1,8 @@
-import { SqliteClient } from "@effect/sql-sqlite-node"
-import { describe, expect, it } from "@effect/vitest"
-import { Effect, FastCheck, Layer } from "effect"
+import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
+import { Context, Effect, FastCheck, Layer, TestClock } from "effect"
 import { FineTuningStore } from "../../src/training/jobs/FineTuningStore.js"
 import type { JobRecord } from "../../src/training/jobs/FineTuningStore.js"
-
-const storeLayer = FineTuningStore.Default.pipe(Layer.provide(SqliteClient.layer({ filename: ":memory:" })))
+import { storeBackends } from "../support/storeBackends.js"
 
 const job = (id: string, priority: number): Omit<JobRecord, "seq" | "created_at"> => ({
   id,
@@ -28,7 +26,20 @@ const job = (id: string, priority: number): Omit<JobRecord, "seq" | "created_at"
   estimated_finish: null
 })
 
-describe("FineTuningStore", () => {
+// The same cases on SQLite (one machine) and Postgres (the database a cluster's replicas share).
+for (const backend of storeBackends()) describe.skipIf(!backend.available)(`FineTuningStore on ${backend.name}`, () => {
+  beforeAll(backend.setup, 90_000)
+  afterAll(backend.teardown)
+  /** A store on a fresh database, made when the test runs (after its backend started). */
+  const storeLayer = () => Layer.unwrapEffect(Effect.sync(() => FineTuningStore.Default.pipe(Layer.provide(backend.sqlLayer(backend.freshDatabase())))))
+  /** Two replicas' stores, built at once: two connection pools on one fresh database, open until the scope closes. */
+  const twoReplicas = () =>
+    Effect.gen(function*() {
+      const database = backend.freshDatabase()
+      const one = () => Effect.map(Layer.build(FineTuningStore.Default.pipe(Layer.provide(Layer.fresh(backend.sqlLayer(database))))), Context.get(FineTuningStore))
+      return yield* Effect.all([one(), one()], { concurrency: "unbounded" })
+    })
+
   it.effect.prop("the queue order is highest priority first, FIFO within a priority", [FastCheck.array(FastCheck.integer({ min: -2, max: 2 }), { maxLength: 12 })], ([priorities]) =>
     Effect.gen(function*() {
       const store = yield* FineTuningStore
@@ -36,7 +47,7 @@ describe("FineTuningStore", () => {
       const order = (yield* store.jobsIn(["queued"])).map((queued) => queued.id)
       const expected = priorities.map((priority, at) => ({ priority, at })).sort((a, b) => b.priority - a.priority || a.at - b.at).map(({ at }) => `ftjob-${at}`)
       expect(order).toEqual(expected)
-    }).pipe(Effect.provide(storeLayer)))
+    }).pipe(Effect.provide(storeLayer())), { fastCheck: { numRuns: backend.name === "postgres" ? 10 : 100 } })
 
   it.effect("lists jobs and events newest first in cursor pages, and keeps metadata and errors as JSON", () =>
     Effect.gen(function*() {
@@ -59,5 +70,44 @@ describe("FineTuningStore", () => {
       const older = yield* store.listEvents("ftjob-0", events.data[1]!.id, 2)
       expect(older.data.map((event) => event.data)).toEqual([{ step: 1 }])
       expect((yield* store.eventsSince("ftjob-0", 1)).map((event) => event.seq)).toEqual([2, 3])
-    }).pipe(Effect.provide(storeLayer)))
+    }).pipe(Effect.provide(storeLayer())))
+
+  it.effect("a learning-rate multiplier and times after 2038 read back exactly as written", () =>
+    Effect.gen(function*() {
+      const store = yield* FineTuningStore
+      // 2040-01-01: past a 32-bit integer's seconds.
+      yield* TestClock.setTime(Date.UTC(2040, 0, 1))
+      const written = yield* store.addJob({ ...job("ftjob-lr", 0), learning_rate_multiplier: 0.1, estimated_finish: 2_209_000_000 })
+      yield* store.updateJob(written.id, { finished_at: 2_209_000_001, trained_tokens: 123 })
+      const read = yield* store.getJob(written.id)
+      expect(read._tag === "Some" && read.value).toMatchObject({
+        learning_rate_multiplier: 0.1,
+        created_at: Math.floor(Date.UTC(2040, 0, 1) / 1000),
+        estimated_finish: 2_209_000_000,
+        finished_at: 2_209_000_001,
+        trained_tokens: 123
+      })
+      const file = yield* store.addFile({ id: "file-late", filename: "a.jsonl", bytes: 3_000_000_000, purpose: "fine-tune", path: "/f", records: 2 })
+      expect(yield* store.listFiles).toEqual([file])
+      yield* store.addCheckpoint({ id: "ftckpt-1", job_id: written.id, step: 1, path: "/c", metrics: { train_loss: 0.5 } })
+      expect((yield* store.checkpoints(written.id)).map((checkpoint) => checkpoint.created_at)).toEqual([file.created_at])
+    }).pipe(Effect.provide(storeLayer())))
+
+  // A SQLite file belongs to one process: only a cluster's replicas share a database.
+  it.live.skipIf(backend.name === "sqlite")("two replicas starting together on one database create its tables, and never take the same job or event number", () =>
+    Effect.scoped(Effect.gen(function*() {
+      const [a, b] = yield* twoReplicas()
+      const ids = Array.from({ length: 16 }, (_, at) => at)
+      yield* Effect.all([
+        Effect.forEach(ids, (at) => a.addJob(job(`ftjob-a${at}`, 0)), { concurrency: 4 }),
+        Effect.forEach(ids, (at) => b.addJob(job(`ftjob-b${at}`, 0)), { concurrency: 4 })
+      ], { concurrency: "unbounded" })
+      const seqs = (yield* a.jobsIn(["queued"])).map((queued) => queued.seq)
+      expect(new Set(seqs).size).toBe(32)
+      yield* Effect.all([
+        Effect.forEach(ids, (at) => a.addEvent("ftjob-a0", { message: `a ${at}` }), { concurrency: 4 }),
+        Effect.forEach(ids, (at) => b.addEvent("ftjob-a0", { message: `b ${at}` }), { concurrency: 4 })
+      ], { concurrency: "unbounded" })
+      expect((yield* b.eventsSince("ftjob-a0", 0)).map((event) => event.seq)).toEqual(Array.from({ length: 32 }, (_, at) => at + 1))
+    })), 60_000)
 })

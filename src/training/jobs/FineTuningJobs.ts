@@ -19,6 +19,8 @@ import type { FileRecord, JobRecord, JobStatus } from "./FineTuningStore.js"
 export interface FineTuningSettings {
   /** Uploaded files go under `<dataDir>/files`, each job's checkpoints and result under `<dataDir>/fine_tuning/<job>`. */
   readonly dataDir: string
+  /** Where files and jobs are recorded: a cluster's `postgres://` URL (shared by its replicas); default `<dataDir>/fine_tuning.sqlite`. */
+  readonly database?: string | undefined
   /** Jobs that train at once; the rest wait in the queue. */
   readonly concurrency: number
   /** CPU threads one training job uses. */
@@ -414,14 +416,14 @@ export class FineTuningJobs extends Effect.Service<FineTuningJobs>()("weft/FineT
     } as const
   })
 }) {
-  /** Fine-tuning on `<dataDir>/fine_tuning.sqlite`, serving its models through the `ModelRegistry`. */
+  /** Fine-tuning on `settings.database` (default `<dataDir>/fine_tuning.sqlite`), serving its models through the `ModelRegistry`. */
   static readonly layer = (settings: FineTuningSettings): Layer.Layer<FineTuningJobs, never, ModelRegistry> =>
     Layer.unwrapEffect(
       // The database's folder must exist before SQLite opens the file in it.
       Effect.as(
         Effect.promise(() => fs.mkdir(settings.dataDir, { recursive: true })),
         FineTuningJobs.Default.pipe(
-          Layer.provide(Layer.orDie(FineTuningStore.layerSqlite(path.join(settings.dataDir, "fine_tuning.sqlite")))),
+          Layer.provide(Layer.orDie(FineTuningStore.layer(settings.database ?? path.join(settings.dataDir, "fine_tuning.sqlite")))),
           Layer.provide(Layer.succeed(FineTuningConfig, settings))
         )
       )

@@ -2,10 +2,14 @@ import { SqlClient } from "@effect/sql"
 import type { SqlError } from "@effect/sql/SqlError"
 import { SqliteClient } from "@effect/sql-sqlite-node"
 import { Clock, Effect, Layer, Option, Schema } from "effect"
-import type { ParseResult } from "effect"
+import type { ConfigError, ParseResult } from "effect"
+import { createSchema } from "../../storage/createSchema.js"
+import { isPostgresUrl, postgresClientLayer } from "../../storage/postgresClient.js"
+import { SqlInteger } from "../../storage/SqlInteger.js"
 
-// Portable SQL only (plain INSERT/UPDATE/SELECT, TEXT/INTEGER/REAL columns, no SQLite functions): the same service
-// runs on Postgres through `@effect/sql-pg`. Times are Unix seconds, as OpenAI's objects carry them.
+// Portable SQL only (plain INSERT/UPDATE/SELECT, TEXT/BIGINT/DOUBLE PRECISION columns, no SQLite functions): the same
+// service runs on SQLite (one machine) and on Postgres through `@effect/sql-pg` (a cluster's shared database). Times
+// are Unix seconds, as OpenAI's objects carry them; integers are BIGINT (Postgres returns them as strings: SqlInteger).
 
 /** The fine-tuning database failed. */
 export class FineTuningStoreFailed extends Schema.TaggedError<FineTuningStoreFailed>()("FineTuningStoreFailed", {
@@ -28,12 +32,12 @@ export const isFinished = (status: JobStatus): boolean => status === "succeeded"
 export const FileRecord = Schema.Struct({
   id: Schema.String,
   filename: Schema.String,
-  bytes: Schema.Number,
-  created_at: Schema.Number,
+  bytes: SqlInteger,
+  created_at: SqlInteger,
   purpose: Schema.String,
   path: Schema.String,
   /** Valid records the dataset validator counted on upload. */
-  records: Schema.Number
+  records: SqlInteger
 })
 export type FileRecord = typeof FileRecord.Type
 
@@ -43,26 +47,26 @@ const JobError = Schema.Struct({ code: Schema.String, message: Schema.String, pa
 export const JobRecord = Schema.Struct({
   id: Schema.String,
   /** Creation order: FIFO within a priority, and the order lists page in. */
-  seq: Schema.Number,
-  created_at: Schema.Number,
+  seq: SqlInteger,
+  created_at: SqlInteger,
   model: Schema.String,
   base_path: Schema.String,
   training_file: Schema.String,
   validation_file: Schema.NullOr(Schema.String),
-  n_epochs: Schema.Number,
-  batch_size: Schema.Number,
+  n_epochs: SqlInteger,
+  batch_size: SqlInteger,
   learning_rate_multiplier: Schema.Number,
   suffix: Schema.NullOr(Schema.String),
-  seed: Schema.Number,
+  seed: SqlInteger,
   metadata: Schema.NullOr(Schema.parseJson(Schema.Record({ key: Schema.String, value: Schema.String }))),
-  priority: Schema.Number,
+  priority: SqlInteger,
   status: JobStatus,
   fine_tuned_model: Schema.NullOr(Schema.String),
   output_path: Schema.NullOr(Schema.String),
   error: Schema.NullOr(Schema.parseJson(JobError)),
-  finished_at: Schema.NullOr(Schema.Number),
-  trained_tokens: Schema.NullOr(Schema.Number),
-  estimated_finish: Schema.NullOr(Schema.Number)
+  finished_at: Schema.NullOr(SqlInteger),
+  trained_tokens: Schema.NullOr(SqlInteger),
+  estimated_finish: Schema.NullOr(SqlInteger)
 })
 export type JobRecord = typeof JobRecord.Type
 
@@ -70,8 +74,8 @@ export type JobRecord = typeof JobRecord.Type
 export const JobEvent = Schema.Struct({
   id: Schema.String,
   job_id: Schema.String,
-  seq: Schema.Number,
-  created_at: Schema.Number,
+  seq: SqlInteger,
+  created_at: SqlInteger,
   level: Schema.Literal("info", "warn", "error"),
   message: Schema.String,
   type: Schema.Literal("message", "metrics"),
@@ -83,8 +87,8 @@ export type JobEvent = typeof JobEvent.Type
 export const CheckpointRecord = Schema.Struct({
   id: Schema.String,
   job_id: Schema.String,
-  step: Schema.Number,
-  created_at: Schema.Number,
+  step: SqlInteger,
+  created_at: SqlInteger,
   path: Schema.String,
   metrics: Schema.parseJson(Schema.Record({ key: Schema.String, value: Schema.Number }))
 })
@@ -107,26 +111,34 @@ const failed = (operation: string) => (cause: SqlError | ParseResult.ParseError)
 export class FineTuningStore extends Effect.Service<FineTuningStore>()("weft/FineTuningStore", {
   effect: Effect.gen(function*() {
     const sql = yield* SqlClient.SqlClient
-    const ddl = [
+    // BIGINT and DOUBLE PRECISION have SQLite's INTEGER and REAL affinity, so SQLite files made before keep working;
+    // on Postgres, INTEGER would end times in 2038 and REAL would round 0.1 to a float4.
+    yield* createSchema(sql, [
       sql`CREATE TABLE IF NOT EXISTS ft_files (
-        id TEXT PRIMARY KEY, filename TEXT NOT NULL, bytes INTEGER NOT NULL, created_at INTEGER NOT NULL,
-        purpose TEXT NOT NULL, path TEXT NOT NULL, records INTEGER NOT NULL)`,
+        id TEXT PRIMARY KEY, filename TEXT NOT NULL, bytes BIGINT NOT NULL, created_at BIGINT NOT NULL,
+        purpose TEXT NOT NULL, path TEXT NOT NULL, records BIGINT NOT NULL)`,
       sql`CREATE TABLE IF NOT EXISTS ft_jobs (
-        id TEXT PRIMARY KEY, seq INTEGER NOT NULL, created_at INTEGER NOT NULL, model TEXT NOT NULL, base_path TEXT NOT NULL,
-        training_file TEXT NOT NULL, validation_file TEXT, n_epochs INTEGER NOT NULL, batch_size INTEGER NOT NULL,
-        learning_rate_multiplier REAL NOT NULL, suffix TEXT, seed INTEGER NOT NULL, metadata TEXT, priority INTEGER NOT NULL,
-        status TEXT NOT NULL, fine_tuned_model TEXT, output_path TEXT, error TEXT, finished_at INTEGER,
-        trained_tokens INTEGER, estimated_finish INTEGER)`,
+        id TEXT PRIMARY KEY, seq BIGINT NOT NULL, created_at BIGINT NOT NULL, model TEXT NOT NULL, base_path TEXT NOT NULL,
+        training_file TEXT NOT NULL, validation_file TEXT, n_epochs BIGINT NOT NULL, batch_size BIGINT NOT NULL,
+        learning_rate_multiplier DOUBLE PRECISION NOT NULL, suffix TEXT, seed BIGINT NOT NULL, metadata TEXT, priority BIGINT NOT NULL,
+        status TEXT NOT NULL, fine_tuned_model TEXT, output_path TEXT, error TEXT, finished_at BIGINT,
+        trained_tokens BIGINT, estimated_finish BIGINT)`,
       sql`CREATE TABLE IF NOT EXISTS ft_events (
-        id TEXT PRIMARY KEY, job_id TEXT NOT NULL, seq INTEGER NOT NULL, created_at INTEGER NOT NULL, level TEXT NOT NULL,
+        id TEXT PRIMARY KEY, job_id TEXT NOT NULL, seq BIGINT NOT NULL, created_at BIGINT NOT NULL, level TEXT NOT NULL,
         message TEXT NOT NULL, type TEXT NOT NULL, data TEXT)`,
       sql`CREATE INDEX IF NOT EXISTS ft_events_job ON ft_events (job_id, seq)`,
       sql`CREATE TABLE IF NOT EXISTS ft_checkpoints (
-        id TEXT PRIMARY KEY, job_id TEXT NOT NULL, step INTEGER NOT NULL, created_at INTEGER NOT NULL, path TEXT NOT NULL,
+        id TEXT PRIMARY KEY, job_id TEXT NOT NULL, step BIGINT NOT NULL, created_at BIGINT NOT NULL, path TEXT NOT NULL,
         metrics TEXT NOT NULL)`
-    ]
-    yield* Effect.forEach(ddl, (statement) => statement, { discard: true }).pipe(Effect.orDie)
-    const sequence = yield* Effect.makeSemaphore(1)
+    ])
+    // Sequence numbers are MAX + 1: one writer at a time takes one. A SQLite file has one process, so an in-process
+    // lock is enough; replicas sharing Postgres take a transaction-scoped advisory lock as well.
+    const inProcess = yield* Effect.makeSemaphore(1)
+    const sequence = <A, E>(take: Effect.Effect<A, E>): Effect.Effect<A, E | SqlError> =>
+      inProcess.withPermits(1)(sql.onDialectOrElse({
+        pg: () => sql.withTransaction(Effect.zipRight(sql`SELECT pg_advisory_xact_lock(hashtextextended('weft/ft-sequence', 0))`, take)),
+        orElse: () => take
+      }))
     const now = Effect.map(Clock.currentTimeMillis, (millis) => Math.floor(millis / 1000))
 
     const decodeFile = Schema.decodeUnknown(FileRecord)
@@ -159,7 +171,7 @@ export class FineTuningStore extends Effect.Service<FineTuningStore>()("weft/Fin
     })
 
     const addJob = Effect.fn("FineTuningStore.addJob")(function*(job: Omit<JobRecord, "seq" | "created_at">) {
-      return yield* sequence.withPermits(1)(Effect.gen(function*() {
+      return yield* sequence(Effect.gen(function*() {
         const last = yield* sql<{ readonly seq: number | null }>`SELECT MAX(seq) AS seq FROM ft_jobs`
         const record: JobRecord = { ...job, seq: Number(last[0]?.seq ?? 0) + 1, created_at: yield* now }
         yield* sql`INSERT INTO ft_jobs ${
@@ -208,7 +220,7 @@ export class FineTuningStore extends Effect.Service<FineTuningStore>()("weft/Fin
       jobId: string,
       event: { readonly level?: JobEvent["level"]; readonly message: string; readonly type?: JobEvent["type"]; readonly data?: unknown }
     ) {
-      yield* sequence.withPermits(1)(Effect.gen(function*() {
+      yield* sequence(Effect.gen(function*() {
         const last = yield* sql<{ readonly seq: number | null }>`SELECT MAX(seq) AS seq FROM ft_events WHERE job_id = ${jobId}`
         const seq = Number(last[0]?.seq ?? 0) + 1
         yield* sql`INSERT INTO ft_events ${
@@ -279,4 +291,8 @@ export class FineTuningStore extends Effect.Service<FineTuningStore>()("weft/Fin
 }) {
   /** The store on a SQLite file (created if missing). */
   static readonly layerSqlite = (databasePath: string) => FineTuningStore.Default.pipe(Layer.provide(SqliteClient.layer({ filename: databasePath })))
+
+  /** The store on a cluster's Postgres (a `postgres://` URL), shared by its replicas, or else on a SQLite file. */
+  static readonly layer = (location: string): Layer.Layer<FineTuningStore, ConfigError.ConfigError | SqlError> =>
+    isPostgresUrl(location) ? FineTuningStore.Default.pipe(Layer.provide(postgresClientLayer(location))) : FineTuningStore.layerSqlite(location)
 }
