@@ -1,30 +1,10 @@
 import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
 import { Context, Effect, FastCheck, Layer, TestClock } from "effect"
 import { FineTuningStore } from "../../src/training/jobs/FineTuningStore.js"
-import type { JobRecord } from "../../src/training/jobs/FineTuningStore.js"
+import { queuedJobRow } from "../support/fineTuningRows.js"
 import { storeBackends } from "../support/storeBackends.js"
 
-const job = (id: string, priority: number): Omit<JobRecord, "seq" | "created_at"> => ({
-  id,
-  model: "m",
-  base_path: "/m.gguf",
-  training_file: "file-1",
-  validation_file: null,
-  n_epochs: 1,
-  batch_size: 1,
-  learning_rate_multiplier: 1,
-  suffix: null,
-  seed: 1,
-  metadata: { priority: String(priority) },
-  priority,
-  status: "queued",
-  fine_tuned_model: null,
-  output_path: null,
-  error: null,
-  finished_at: null,
-  trained_tokens: null,
-  estimated_finish: null
-})
+const job = (id: string, priority: number) => queuedJobRow(id, { priority, metadata: { priority: String(priority) } })
 
 // The same cases on SQLite (one machine) and Postgres (the database a cluster's replicas share).
 for (const backend of storeBackends()) describe.skipIf(!backend.available)(`FineTuningStore on ${backend.name}`, () => {
@@ -87,10 +67,21 @@ for (const backend of storeBackends()) describe.skipIf(!backend.available)(`Fine
         finished_at: 2_209_000_001,
         trained_tokens: 123
       })
-      const file = yield* store.addFile({ id: "file-late", filename: "a.jsonl", bytes: 3_000_000_000, purpose: "fine-tune", path: "/f", records: 2 })
+      const file = yield* store.addFile({ id: "file-late", filename: "a.jsonl", bytes: 3_000_000_000, purpose: "fine-tune", path: "/f", records: 2 }, new Uint8Array([1]))
       expect(yield* store.listFiles).toEqual([file])
       yield* store.addCheckpoint({ id: "ftckpt-1", job_id: written.id, step: 1, path: "/c", metrics: { train_loss: 0.5 } })
       expect((yield* store.checkpoints(written.id)).map((checkpoint) => checkpoint.created_at)).toEqual([file.created_at])
+    }).pipe(Effect.provide(storeLayer())))
+
+  it.effect("keeps an uploaded file's bytes, every byte value, until the file is removed", () =>
+    Effect.gen(function*() {
+      const store = yield* FineTuningStore
+      const content = Uint8Array.from({ length: 512 }, (_, at) => at % 256)
+      yield* store.addFile({ id: "file-bytes", filename: "b.jsonl", bytes: content.length, purpose: "fine-tune", path: "/b", records: 1 }, content)
+      const stored = yield* store.fileContent("file-bytes")
+      expect(stored._tag === "Some" && Array.from(stored.value)).toEqual(Array.from(content))
+      yield* store.removeFile("file-bytes")
+      expect((yield* store.fileContent("file-bytes"))._tag).toBe("None")
     }).pipe(Effect.provide(storeLayer())))
 
   // A SQLite file belongs to one process: only a cluster's replicas share a database.

@@ -102,6 +102,24 @@ export interface Page<A> {
 
 type JobUpdate = Partial<Omit<JobRecord, "id" | "seq" | "metadata" | "error">> & { readonly error?: JobRecord["error"] }
 
+/** Who trains a running job, and what other replicas asked of it. */
+export interface JobClaim {
+  readonly status: JobStatus
+  readonly claimedBy: string | null
+  /** Milliseconds; the training replica renews it while the job trains. */
+  readonly heartbeatAt: number | null
+  readonly pauseRequested: boolean
+}
+
+const claimColumns = ["claimed_by TEXT", "heartbeat_at BIGINT", "pause_requested BIGINT"]
+
+const ClaimRow = Schema.Struct({
+  status: JobStatus,
+  claimed_by: Schema.NullOr(Schema.String),
+  heartbeat_at: Schema.NullOr(SqlInteger),
+  pause_requested: Schema.NullOr(SqlInteger)
+})
+
 const failed = (operation: string) => (cause: SqlError | ParseResult.ParseError) => new FineTuningStoreFailed({ operation, cause })
 
 /**
@@ -122,15 +140,31 @@ export class FineTuningStore extends Effect.Service<FineTuningStore>()("weft/Fin
         training_file TEXT NOT NULL, validation_file TEXT, n_epochs BIGINT NOT NULL, batch_size BIGINT NOT NULL,
         learning_rate_multiplier DOUBLE PRECISION NOT NULL, suffix TEXT, seed BIGINT NOT NULL, metadata TEXT, priority BIGINT NOT NULL,
         status TEXT NOT NULL, fine_tuned_model TEXT, output_path TEXT, error TEXT, finished_at BIGINT,
-        trained_tokens BIGINT, estimated_finish BIGINT)`,
+        trained_tokens BIGINT, estimated_finish BIGINT, claimed_by TEXT, heartbeat_at BIGINT, pause_requested BIGINT)`,
       sql`CREATE TABLE IF NOT EXISTS ft_events (
         id TEXT PRIMARY KEY, job_id TEXT NOT NULL, seq BIGINT NOT NULL, created_at BIGINT NOT NULL, level TEXT NOT NULL,
         message TEXT NOT NULL, type TEXT NOT NULL, data TEXT)`,
       sql`CREATE INDEX IF NOT EXISTS ft_events_job ON ft_events (job_id, seq)`,
+      // An uploaded file's bytes, so every replica of a cluster can train on it and serve it.
+      sql.onDialectOrElse({
+        pg: () => sql`CREATE TABLE IF NOT EXISTS ft_file_contents (file_id TEXT PRIMARY KEY, content BYTEA NOT NULL)`,
+        orElse: () => sql`CREATE TABLE IF NOT EXISTS ft_file_contents (file_id TEXT PRIMARY KEY, content BLOB NOT NULL)`
+      }),
       sql`CREATE TABLE IF NOT EXISTS ft_checkpoints (
         id TEXT PRIMARY KEY, job_id TEXT NOT NULL, step BIGINT NOT NULL, created_at BIGINT NOT NULL, path TEXT NOT NULL,
         metrics TEXT NOT NULL)`
     ])
+    // The claim columns came with clustering; a database made before gets them here.
+    yield* sql.onDialectOrElse({
+      pg: () => createSchema(sql, claimColumns.map((column) => sql.unsafe(`ALTER TABLE ft_jobs ADD COLUMN IF NOT EXISTS ${column}`))),
+      orElse: () =>
+        Effect.gen(function*() {
+          const present = new Set((yield* sql<{ readonly name: string }>`PRAGMA table_info(ft_jobs)`.pipe(Effect.orDie)).map((column) => column.name))
+          for (const column of claimColumns) {
+            if (!present.has(column.split(" ")[0]!)) yield* sql.unsafe(`ALTER TABLE ft_jobs ADD COLUMN ${column}`).pipe(Effect.orDie)
+          }
+        })
+    })
     // Sequence numbers are MAX + 1: one writer at a time takes one. A SQLite file has one process, so an in-process
     // lock is enough; replicas sharing Postgres take a transaction-scoped advisory lock as well.
     const inProcess = yield* Effect.makeSemaphore(1)
@@ -149,10 +183,22 @@ export class FineTuningStore extends Effect.Service<FineTuningStore>()("weft/Fin
     /** Up to `limit` rows older (by seq) than `after`, newest first; `hasMore` when more follow. */
     const page = <A>(rows: ReadonlyArray<A>, limit: number): Page<A> => ({ data: rows.slice(0, limit), hasMore: rows.length > limit })
 
-    const addFile = Effect.fn("FineTuningStore.addFile")(function*(file: Omit<FileRecord, "created_at">) {
+    /** Records an uploaded file with its bytes. */
+    const addFile = Effect.fn("FineTuningStore.addFile")(function*(file: Omit<FileRecord, "created_at">, content: Uint8Array) {
       const record = { ...file, created_at: yield* now }
-      yield* sql`INSERT INTO ft_files ${sql.insert(record)}`.pipe(Effect.mapError(failed("addFile")))
+      yield* sql.withTransaction(Effect.zipRight(
+        sql`INSERT INTO ft_file_contents ${sql.insert({ file_id: file.id, content })}`,
+        sql`INSERT INTO ft_files ${sql.insert(record)}`
+      )).pipe(Effect.mapError(failed("addFile")))
       return record
+    })
+
+    /** A file's bytes; none for a file recorded before the database kept them (its bytes are only at its path). */
+    const fileContent = Effect.fn("FineTuningStore.fileContent")(function*(id: string) {
+      const rows = yield* sql<{ readonly content: Uint8Array }>`SELECT content FROM ft_file_contents WHERE file_id = ${id}`.pipe(
+        Effect.mapError(failed("fileContent"))
+      )
+      return Option.map(Option.fromNullable(rows[0]), (row) => row.content)
     })
 
     const getFile = Effect.fn("FineTuningStore.getFile")(function*(id: string) {
@@ -167,7 +213,9 @@ export class FineTuningStore extends Effect.Service<FineTuningStore>()("weft/Fin
     )
 
     const removeFile = Effect.fn("FineTuningStore.removeFile")(function*(id: string) {
-      yield* sql`DELETE FROM ft_files WHERE id = ${id}`.pipe(Effect.mapError(failed("removeFile")))
+      yield* sql.withTransaction(Effect.zipRight(sql`DELETE FROM ft_files WHERE id = ${id}`, sql`DELETE FROM ft_file_contents WHERE file_id = ${id}`)).pipe(
+        Effect.mapError(failed("removeFile"))
+      )
     })
 
     const addJob = Effect.fn("FineTuningStore.addJob")(function*(job: Omit<JobRecord, "seq" | "created_at">) {
@@ -209,11 +257,76 @@ export class FineTuningStore extends Effect.Service<FineTuningStore>()("weft/Fin
     const jobServing = (model: string) =>
       Effect.map(jobsWhere("jobServing", sql`SELECT * FROM ft_jobs WHERE fine_tuned_model = ${model} AND status = ${"succeeded"}`), (rows) => Option.fromNullable(rows[0]))
 
+    /** An update's column values, its error as JSON. */
+    const columnsOf = (update: JobUpdate): Record<string, unknown> =>
+      update.error === undefined ? { ...update } : { ...update, error: update.error === null ? null : JSON.stringify(update.error) }
+
     const updateJob = Effect.fn("FineTuningStore.updateJob")(function*(id: string, update: JobUpdate) {
-      const values: Record<string, unknown> = { ...update }
-      if (update.error !== undefined) values["error"] = update.error === null ? null : JSON.stringify(update.error)
+      const values = columnsOf(update)
       if (Object.keys(values).length === 0) return
       yield* sql`UPDATE ft_jobs SET ${sql.update(values)} WHERE id = ${id}`.pipe(Effect.mapError(failed("updateJob")))
+    })
+
+    // The claim protocol, in single conditional UPDATEs (atomic on both databases): among replicas trying at once,
+    // exactly one sees its row come back. RETURNING is in SQLite since 3.35 and in Postgres.
+
+    /** Takes a queued job for `replica`: true for the one replica that got it. */
+    const claim = Effect.fn("FineTuningStore.claim")(function*(id: string, replica: string, nowMs: number) {
+      const rows = yield* sql`UPDATE ft_jobs SET status = ${"running"}, claimed_by = ${replica}, heartbeat_at = ${nowMs}, pause_requested = ${0}
+        WHERE id = ${id} AND status = ${"queued"} RETURNING id`.pipe(Effect.mapError(failed("claim")))
+      return rows.length > 0
+    })
+
+    /** Renews `replica`'s claim on a running job: false when the job is no longer running there (cancelled, taken over). */
+    const heartbeat = Effect.fn("FineTuningStore.heartbeat")(function*(id: string, replica: string, nowMs: number) {
+      const rows = yield* sql`UPDATE ft_jobs SET heartbeat_at = ${nowMs} WHERE id = ${id} AND claimed_by = ${replica} AND status = ${"running"} RETURNING id`.pipe(
+        Effect.mapError(failed("heartbeat"))
+      )
+      return rows.length > 0
+    })
+
+    /** Who trains a job and what was asked of it. */
+    const claimOf = Effect.fn("FineTuningStore.claimOf")(function*(id: string) {
+      const rows = yield* sql`SELECT status, claimed_by, heartbeat_at, pause_requested FROM ft_jobs WHERE id = ${id}`.pipe(Effect.mapError(failed("claimOf")))
+      if (rows.length === 0) return Option.none<JobClaim>()
+      const row = yield* Schema.decodeUnknown(ClaimRow)(rows[0]).pipe(Effect.mapError(failed("claimOf")))
+      return Option.some<JobClaim>({ status: row.status, claimedBy: row.claimed_by, heartbeatAt: row.heartbeat_at, pauseRequested: (row.pause_requested ?? 0) !== 0 })
+    })
+
+    /**
+     * Queues again the running jobs whose replica stopped: no heartbeat since `staleBeforeMs`, no claim (a database made
+     * before claims), or claimed by `restarted` (this replica's own jobs from before it started). Returns their ids.
+     */
+    const requeueAbandoned = Effect.fn("FineTuningStore.requeueAbandoned")(function*(staleBeforeMs: number, restarted: string | null) {
+      const rows = yield* sql<{ readonly id: string }>`UPDATE ft_jobs SET status = ${"queued"}, claimed_by = NULL, heartbeat_at = NULL
+        WHERE ${sql.in("status", ["running", "validating_files"])}
+          AND (claimed_by IS NULL OR heartbeat_at IS NULL OR heartbeat_at < ${staleBeforeMs} OR claimed_by = ${restarted ?? ""})
+        RETURNING id`.pipe(Effect.mapError(failed("requeueAbandoned")))
+      return rows.map((row) => row.id)
+    })
+
+    /** Asks the replica training a running job to pause it at its next step boundary; false when it is not running. */
+    const requestPause = Effect.fn("FineTuningStore.requestPause")(function*(id: string) {
+      const rows = yield* sql`UPDATE ft_jobs SET pause_requested = ${1} WHERE id = ${id} AND status = ${"running"} RETURNING id`.pipe(
+        Effect.mapError(failed("requestPause"))
+      )
+      return rows.length > 0
+    })
+
+    /** Moves a job from one of `from` to `update` (a new status) in one step: false when it was in none of them. */
+    const transition = Effect.fn("FineTuningStore.transition")(function*(id: string, from: ReadonlyArray<JobStatus>, update: JobUpdate & { readonly status: JobStatus }) {
+      const rows = yield* sql`UPDATE ft_jobs SET ${sql.update({ ...columnsOf(update), claimed_by: null, pause_requested: 0 })} WHERE id = ${id} AND ${sql.in("status", from)} RETURNING id`.pipe(
+        Effect.mapError(failed("transition"))
+      )
+      return rows.length > 0
+    })
+
+    /** Writes a running job's outcome, only while `replica` still holds its claim: false when it lost it. */
+    const finishClaimed = Effect.fn("FineTuningStore.finishClaimed")(function*(id: string, replica: string, update: JobUpdate & { readonly status: JobStatus }) {
+      const rows = yield* sql`UPDATE ft_jobs SET ${sql.update({ ...columnsOf(update), claimed_by: null, pause_requested: 0 })} WHERE id = ${id} AND claimed_by = ${replica} AND status = ${"running"} RETURNING id`.pipe(
+        Effect.mapError(failed("finishClaimed"))
+      )
+      return rows.length > 0
     })
 
     const addEvent = Effect.fn("FineTuningStore.addEvent")(function*(
@@ -273,6 +386,7 @@ export class FineTuningStore extends Effect.Service<FineTuningStore>()("weft/Fin
     return {
       addFile,
       getFile,
+      fileContent,
       listFiles,
       removeFile,
       addJob,
@@ -281,6 +395,13 @@ export class FineTuningStore extends Effect.Service<FineTuningStore>()("weft/Fin
       jobsIn,
       jobServing,
       updateJob,
+      claim,
+      heartbeat,
+      claimOf,
+      requeueAbandoned,
+      requestPause,
+      transition,
+      finishClaimed,
       addEvent,
       listEvents,
       eventsSince,
