@@ -162,6 +162,26 @@ describe.skipIf(!available)("fine-tuning on a cluster's replicas", () => {
       expect(yield* store.claimOf("ftjob-alive")).toEqual(Option.some({ status: "running", claimedBy: "alive", heartbeatAt: expect.any(Number), pauseRequested: false }))
     }), 120_000)
 
+  it.scopedLive("a job whose replica stopped is taken over by another, which resumes it from its checkpoint", () =>
+    Effect.gen(function*() {
+      const database = freshDatabase()
+      const b = yield* replica(database, "b", { concurrency: 0 })
+      const file = yield* upload(b, "many.jsonl", patternJsonl(100))
+      const job = yield* b.createJob(request(file.id))
+      // Replica a trains until a checkpoint is saved, then stops (its scope closes) without giving the job back.
+      yield* Effect.scoped(Effect.gen(function*() {
+        const a = yield* replica(database, "a")
+        yield* a.checkpoints(job.id).pipe(Effect.repeat({ schedule: Schedule.spaced("100 millis"), until: (saved) => saved.length > 0 }))
+      }))
+      expect(yield* b.getJob(job.id)).toMatchObject({ status: "running" })
+      // Replica c, a second after a's last heartbeat, queues it again and trains it to the end from that checkpoint.
+      const c = yield* replica(database, "c", { staleAfterMs: 1_000 })
+      expect(yield* until(c, job.id, (current) => isFinished(current.status))).toMatchObject({ status: "succeeded" })
+      const messages = yield* messagesOf(c, job.id)
+      expect(messages).toContain("The replica training the job stopped renewing its claim: the job is queued to continue from its latest checkpoint")
+      expect(messages.some((message) => message.startsWith("Fine-tuning job resumed from the checkpoint at step"))).toBe(true)
+    }), 300_000)
+
   it.scopedLive("pause and cancel asked on a replica that is not training the job are honoured by the one that is", () =>
     Effect.gen(function*() {
       const database = freshDatabase()

@@ -1,5 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
-import { Context, Effect, FastCheck, Layer, TestClock } from "effect"
+import { SqlClient } from "@effect/sql"
+import { Context, Effect, FastCheck, Layer, Option, TestClock } from "effect"
 import { FineTuningStore } from "../../src/training/jobs/FineTuningStore.js"
 import { queuedJobRow } from "../support/fineTuningRows.js"
 import { storeBackends } from "../support/storeBackends.js"
@@ -83,6 +84,25 @@ for (const backend of storeBackends()) describe.skipIf(!backend.available)(`Fine
       yield* store.removeFile("file-bytes")
       expect((yield* store.fileContent("file-bytes"))._tag).toBe("None")
     }).pipe(Effect.provide(storeLayer())))
+
+  it.effect("a database made before job claims gets their columns, and keeps its jobs", () =>
+    Effect.gen(function*() {
+      const database = backend.freshDatabase()
+      const sqlLayer = backend.sqlLayer(database)
+      // ft_jobs as it was created before claims.
+      yield* Effect.flatMap(SqlClient.SqlClient, (sql) => sql`CREATE TABLE ft_jobs (
+        id TEXT PRIMARY KEY, seq INTEGER NOT NULL, created_at INTEGER NOT NULL, model TEXT NOT NULL, base_path TEXT NOT NULL,
+        training_file TEXT NOT NULL, validation_file TEXT, n_epochs INTEGER NOT NULL, batch_size INTEGER NOT NULL,
+        learning_rate_multiplier REAL NOT NULL, suffix TEXT, seed INTEGER NOT NULL, metadata TEXT, priority INTEGER NOT NULL,
+        status TEXT NOT NULL, fine_tuned_model TEXT, output_path TEXT, error TEXT, finished_at INTEGER,
+        trained_tokens INTEGER, estimated_finish INTEGER)`).pipe(Effect.provide(sqlLayer))
+      yield* Effect.gen(function*() {
+        const store = yield* FineTuningStore
+        yield* store.addJob(job("ftjob-old", 0))
+        expect(yield* store.claim("ftjob-old", "r", 5)).toBe(true)
+        expect(yield* store.claimOf("ftjob-old")).toEqual(Option.some({ status: "running", claimedBy: "r", heartbeatAt: 5, pauseRequested: false }))
+      }).pipe(Effect.provide(FineTuningStore.Default.pipe(Layer.provide(sqlLayer))))
+    }))
 
   // A SQLite file belongs to one process: only a cluster's replicas share a database.
   it.live.skipIf(backend.name === "sqlite")("two replicas starting together on one database create its tables, and never take the same job or event number", () =>
