@@ -78,7 +78,10 @@ for (const backend of storeBackends()) describe.skipIf(!backend.available)(`Fine
     Effect.gen(function*() {
       const store = yield* FineTuningStore
       const content = Uint8Array.from({ length: 512 }, (_, at) => at % 256)
-      yield* store.addFile({ id: "file-bytes", filename: "b.jsonl", bytes: content.length, purpose: "fine-tune", path: "/b", records: 1 }, content)
+      // A client names the file: any text, NUL included (Postgres text cannot hold NUL).
+      const added = yield* store.addFile({ id: "file-bytes", filename: "b\u0000\\0.jsonl", bytes: content.length, purpose: "fine-tune", path: "/b", records: 1 }, content)
+      expect(yield* store.getFile("file-bytes")).toEqual(Option.some(added))
+      expect(yield* store.listFiles).toEqual([added])
       const stored = yield* store.fileContent("file-bytes")
       expect(stored._tag === "Some" && Array.from(stored.value)).toEqual(Array.from(content))
       yield* store.removeFile("file-bytes")

@@ -4,6 +4,7 @@ import { SqliteClient } from "@effect/sql-sqlite-node"
 import { Clock, Effect, Layer, Option, Schema } from "effect"
 import type { ConfigError, ParseResult } from "effect"
 import { createSchema } from "../../storage/createSchema.js"
+import { nulSafeText } from "../../storage/nulSafeText.js"
 import { isPostgresUrl, postgresClientLayer } from "../../storage/postgresClient.js"
 import { SqlInteger } from "../../storage/SqlInteger.js"
 
@@ -175,7 +176,10 @@ export class FineTuningStore extends Effect.Service<FineTuningStore>()("weft/Fin
       }))
     const now = Effect.map(Clock.currentTimeMillis, (millis) => Math.floor(millis / 1000))
 
-    const decodeFile = Schema.decodeUnknown(FileRecord)
+    // A file's name is the client's text: NUL included, which Postgres text cannot hold.
+    const filenameText = nulSafeText(sql)
+    const decodeFileRow = Schema.decodeUnknown(FileRecord)
+    const decodeFile = (row: unknown) => Effect.map(decodeFileRow(row), (file) => ({ ...file, filename: filenameText.decode(file.filename) }))
     const decodeJob = Schema.decodeUnknown(JobRecord)
     const decodeEvent = Schema.decodeUnknown(JobEvent)
     const decodeCheckpoint = Schema.decodeUnknown(CheckpointRecord)
@@ -188,7 +192,7 @@ export class FineTuningStore extends Effect.Service<FineTuningStore>()("weft/Fin
       const record = { ...file, created_at: yield* now }
       yield* sql.withTransaction(Effect.zipRight(
         sql`INSERT INTO ft_file_contents ${sql.insert({ file_id: file.id, content })}`,
-        sql`INSERT INTO ft_files ${sql.insert(record)}`
+        sql`INSERT INTO ft_files ${sql.insert({ ...record, filename: filenameText.encode(record.filename) })}`
       )).pipe(Effect.mapError(failed("addFile")))
       return record
     })
