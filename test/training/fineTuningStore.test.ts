@@ -1,6 +1,8 @@
 import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
 import { SqlClient } from "@effect/sql"
 import { Context, Effect, FastCheck, Layer, Option, TestClock } from "effect"
+import { defaultSettings } from "../../src/config/WeftConfig.js"
+import { fineTuningSettings } from "../../src/layers.js"
 import { FineTuningStore } from "../../src/training/jobs/FineTuningStore.js"
 import { queuedJobRow } from "../support/fineTuningRows.js"
 import { storeBackends } from "../support/storeBackends.js"
@@ -124,4 +126,12 @@ for (const backend of storeBackends()) describe.skipIf(!backend.available)(`Fine
       ], { concurrency: "unbounded" })
       expect((yield* b.eventsSince("ftjob-a0", 0)).map((event) => event.seq)).toEqual(Array.from({ length: 32 }, (_, at) => at + 1))
     })), 60_000)
+})
+
+describe("fine-tuning's store under weft serve", () => {
+  it("is the cluster's Postgres with --cluster, and the data dir's SQLite file without", () => {
+    const cluster = "postgres://weft@db:5432/weft"
+    expect(fineTuningSettings({ ...defaultSettings, cluster }).database).toBe(cluster)
+    expect(fineTuningSettings(defaultSettings).database).toBeUndefined()
+  })
 })
