@@ -157,7 +157,8 @@ describe.skipIf(!available)("fine-tuning on a cluster's replicas", () => {
       expect(yield* store.claim("ftjob-alive", "alive", Date.now())).toBe(true)
 
       const b = yield* replica(database, "b")
-      expect(yield* messagesOf(b, "ftjob-abandoned")).toContain("The server restarted: the job is queued to continue from its latest checkpoint")
+      const requeued = "The replica training the job stopped renewing its claim: the job is queued to continue from its latest checkpoint"
+      yield* messagesOf(b, "ftjob-abandoned").pipe(Effect.repeat({ schedule: Schedule.spaced("100 millis"), until: (messages) => messages.includes(requeued) }))
       expect(yield* messagesOf(b, "ftjob-alive")).toEqual([])
       expect(yield* store.claimOf("ftjob-alive")).toEqual(Option.some({ status: "running", claimedBy: "alive", heartbeatAt: expect.any(Number), pauseRequested: false }))
     }), 120_000)

@@ -392,10 +392,10 @@ export class FineTuningJobs extends Effect.Service<FineTuningJobs>()("weft/FineT
         Effect.zipRight(Effect.logInfo("fine-tuning: the job's claim is gone (cancelled, or taken over); its run stops").pipe(Effect.annotateLogs({ job: id })))
       )
 
-    /** Queues again the running jobs whose replica stopped renewing their claim (and, on start, this replica's own). */
-    const requeueAbandoned = (restarted: string | null, message: string) =>
+    /** Queues again the running jobs whose replica stopped renewing their claim before `staleBefore` (and `restarted`'s). */
+    const requeueAbandoned = (restarted: string | null, message: string, staleBefore?: number) =>
       Effect.gen(function*() {
-        const ids = yield* store.requeueAbandoned((yield* Clock.currentTimeMillis) - staleAfterMs, restarted)
+        const ids = yield* store.requeueAbandoned(staleBefore ?? (yield* Clock.currentTimeMillis) - staleAfterMs, restarted)
         yield* Effect.forEach(ids, (id) => store.addEvent(id, { message }), { discard: true })
       })
 
@@ -479,7 +479,8 @@ export class FineTuningJobs extends Effect.Service<FineTuningJobs>()("weft/FineT
 
     // On start: jobs this replica was training when it stopped, and jobs whose replica stopped renewing their claim,
     // continue from their checkpoints (not the jobs other live replicas train); the models of succeeded jobs are served again.
-    yield* requeueAbandoned(replica, "The server restarted: the job is queued to continue from its latest checkpoint").pipe(Effect.orDie)
+    // (Here only this replica's own, and unclaimed ones from before claims; the first dispatch takes the stale ones.)
+    yield* requeueAbandoned(replica, "The server restarted: the job is queued to continue from its latest checkpoint", 0).pipe(Effect.orDie)
     for (const job of yield* store.jobsIn(["succeeded"]).pipe(Effect.orDie)) {
       if (job.output_path !== null) yield* registry.register(servedAs(job, job.output_path))
     }
