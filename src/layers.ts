@@ -242,13 +242,15 @@ export const WeftLive: Layer.Layer<HttpServer.HttpServer | ModelRegistry, HttpSe
     }))
 )
 
-/** Fine-tuning of `weft serve`: files and jobs in the data dir; the `--model` model and local deployments can be trained. */
+/** Fine-tuning of `weft serve`: files and jobs in the data dir (in the cluster's Postgres with --cluster); the `--model` model and local deployments can be trained. */
 export const fineTuningSettings = (settings: WeftSettings): FineTuningInput => {
   const configured = Object.entries(settings.models).flatMap(([modelId, model]) =>
     model.deployments.flatMap((deployment, index) => (isLocalDeployment(deployment) ? [[localEngineId(modelId, model, index), deployment.gguf] as const] : []))
   )
   return {
     dataDir: settings.dataDir,
+    // Clustered, files and jobs are shared in Postgres: any replica serves them and trains a queued job.
+    database: settings.cluster,
     concurrency: settings.fineTuningConcurrency,
     trainingThreads: settings.trainingThreads ?? defaultTrainingThreads(),
     maxUploadBytes: settings.maxUploadBytes,

@@ -1,7 +1,6 @@
 import { HttpRouter, HttpServerRequest, HttpServerResponse, Multipart } from "@effect/platform"
 import { NodeContext } from "@effect/platform-node"
 import { Duration, Effect, Option, Ref, Schema, Stream } from "effect"
-import * as fs from "node:fs/promises"
 import { FineTuningDisabled } from "../training/jobs/FineTuningErrors.js"
 import { fineTunedModelId, FineTuningJobs } from "../training/jobs/FineTuningJobs.js"
 import type { JobRequest } from "../training/jobs/FineTuningJobs.js"
@@ -130,8 +129,7 @@ const fileRoutes = HttpRouter.empty.pipe(
     return HttpServerResponse.unsafeJson({ id, object: "file", deleted: true }, { headers: noStore })
   })),
   HttpRouter.get("/v1/files/:id/content", Effect.gen(function*() {
-    const file = yield* (yield* service).getFile(yield* idParam)
-    const bytes = yield* Effect.promise(() => fs.readFile(file.path))
+    const bytes = yield* (yield* service).fileContent(yield* idParam)
     return HttpServerResponse.uint8Array(bytes, { contentType: "application/octet-stream", headers: noStore })
   }))
 )

@@ -2,7 +2,7 @@ import * as fs from "node:fs/promises"
 import { randomBytes } from "node:crypto"
 import * as os from "node:os"
 import * as path from "node:path"
-import { Cause, Clock, Context, Deferred, Effect, Either, Fiber, HashMap, Layer, Option, Queue, Ref } from "effect"
+import { Cause, Clock, Context, Deferred, Effect, Either, Fiber, HashMap, Layer, Option, Queue, Ref, Schedule } from "effect"
 import type { ModelDefinition } from "../../host/ModelRegistry.js"
 import { ModelRegistry } from "../../host/ModelRegistry.js"
 import { formatLocation } from "../datasets/DatasetRecord.js"
@@ -19,7 +19,15 @@ import type { FileRecord, JobRecord, JobStatus } from "./FineTuningStore.js"
 export interface FineTuningSettings {
   /** Uploaded files go under `<dataDir>/files`, each job's checkpoints and result under `<dataDir>/fine_tuning/<job>`. */
   readonly dataDir: string
-  /** Jobs that train at once; the rest wait in the queue. */
+  /** Where files and jobs are recorded: a cluster's `postgres://` URL (shared by its replicas); default `<dataDir>/fine_tuning.sqlite`. */
+  readonly database?: string | undefined
+  /** This replica's name in job claims; default: one kept in `<dataDir>/fine_tuning/replica-id.<host>`, so a restart knows its jobs. */
+  readonly replicaId?: string | undefined
+  /** How often a training replica renews its claim on a job, and looks for jobs queued elsewhere (default 5 s). */
+  readonly heartbeatMs?: number | undefined
+  /** A running job whose claim was not renewed for this long is queued again, for any replica (default 30 s). */
+  readonly staleAfterMs?: number | undefined
+  /** Jobs that train at once on this replica; the rest wait in the queue. */
   readonly concurrency: number
   /** CPU threads one training job uses. */
   readonly trainingThreads: number
@@ -68,13 +76,29 @@ interface Running {
 
 const problemLimit = 5
 
+/** The replica id kept in `dir`, made on first use; named by host, so replicas whose data dirs are shared storage differ. */
+const persistentReplicaId = async (dir: string): Promise<string> => {
+  const file = path.join(dir, `replica-id.${os.hostname()}`)
+  await fs.mkdir(dir, { recursive: true })
+  const existing = await fs.readFile(file, "utf8").then((text) => text.trim(), () => "")
+  if (existing !== "") return existing
+  const made = `${os.hostname()}-${randomBytes(6).toString("hex")}`
+  await fs.writeFile(file, made)
+  return made
+}
+
 /**
  * Fine-tuning: uploaded datasets, and jobs that wait in a priority queue (FIFO within a priority) and train as fibers,
  * `concurrency` at a time, persisted in `FineTuningStore`. A job that succeeds is served at once under its `ft:` id.
- * A job that was running when the process stopped is queued again on start and resumes from its latest checkpoint.
+ * The store may be shared by a cluster's replicas: a replica trains a queued job only once it has claimed it (one
+ * conditional UPDATE, so exactly one replica wins), renews the claim every `heartbeatMs` while training, and queues
+ * again the running jobs whose claim went stale (their replica stopped), and on start its own. They resume from their
+ * latest checkpoint. Cancel and pause asked of another replica's job are written to the job's row; the training replica
+ * reads the row at every step boundary.
  *
- * Invariant: `running` holds exactly the jobs whose run fiber is alive; only `start` adds to it and only the run's own
- * finalizer removes from it, and only the run fiber writes `running`/`succeeded`/`failed`/`paused` of its job.
+ * Invariant: `running` holds exactly the jobs whose run fiber is alive; only `start` (after a won claim) adds to it and
+ * only the run's own finalizer removes from it, and only the run fiber writes `succeeded`/`failed`/`paused` of its job,
+ * and only while its claim holds.
  */
 export class FineTuningJobs extends Effect.Service<FineTuningJobs>()("weft/FineTuningJobs", {
   scoped: Effect.gen(function*() {
@@ -88,6 +112,12 @@ export class FineTuningJobs extends Effect.Service<FineTuningJobs>()("weft/FineT
     const running = yield* Ref.make(HashMap.empty<string, Running>())
     const wake = yield* Queue.sliding<void>(1)
     const now = Effect.map(Clock.currentTimeMillis, (millis) => Math.floor(millis / 1000))
+    const replica = settings.replicaId ?? (yield* Effect.promise(() => persistentReplicaId(jobsDir)))
+    const heartbeatMs = settings.heartbeatMs ?? 5_000
+    const staleAfterMs = settings.staleAfterMs ?? 30_000
+    /** Whether this replica still trains the job: it holds the claim and nobody asked it to stop. */
+    const claimHeld = (id: string) =>
+      Effect.map(store.claimOf(id), Option.match({ onNone: () => false, onSome: (claim) => claim.status === "running" && claim.claimedBy === replica }))
 
     const getFile = (id: string) =>
       Effect.flatMap(store.getFile(id), Option.match({ onNone: () => Effect.fail(new FineTuningObjectNotFound({ kind: "file", id })), onSome: Effect.succeed }))
@@ -114,16 +144,39 @@ export class FineTuningJobs extends Effect.Service<FineTuningJobs>()("weft/FineT
         const problems = report.problems.map((problem) => `${formatLocation(problem.location)} ${problem.field}: ${problem.message}`)
         return yield* new DatasetRejected({ filename: upload.filename, problems: problems.slice(0, problemLimit), total: problems.length })
       }
-      const bytes = (yield* Effect.promise(() => fs.stat(target))).size
-      return yield* store.addFile({ id, filename: upload.filename, bytes, purpose: upload.purpose, path: target, records: report.valid }).pipe(
+      const content = yield* Effect.promise(() => fs.readFile(target))
+      return yield* store.addFile({ id, filename: upload.filename, bytes: content.length, purpose: upload.purpose, path: target, records: report.valid }, content).pipe(
         Effect.tapError(() => removeTarget)
       )
     })
 
+    /** A file's bytes: from the database, or for a file recorded before it kept them, from its path. */
+    const fileContent = Effect.fn("FineTuningJobs.fileContent")(function*(id: string) {
+      const file = yield* getFile(id)
+      const stored = yield* store.fileContent(id)
+      return Option.isSome(stored) ? stored.value : new Uint8Array(yield* Effect.promise(() => fs.readFile(file.path)))
+    })
+
+    /**
+     * Where this replica reads a file: its copy under `<dataDir>/files`, written from the database first when the file
+     * was uploaded to another replica of the cluster.
+     */
+    const localPath = (file: FileRecord) =>
+      Effect.gen(function*() {
+        const local = path.join(filesDir, path.basename(file.path))
+        if (yield* Effect.promise(() => fs.access(local).then(() => true, () => false))) return local
+        const stored = yield* store.fileContent(file.id)
+        if (Option.isNone(stored)) return file.path
+        // Written under a temporary name and renamed, so a concurrent reader never sees a partial copy.
+        const partial = `${local}.${randomBytes(6).toString("hex")}.partial`
+        yield* Effect.promise(() => fs.writeFile(partial, stored.value).then(() => fs.rename(partial, local)))
+        return local
+      })
+
     const deleteFile = Effect.fn("FineTuningJobs.deleteFile")(function*(id: string) {
       const file = yield* getFile(id)
       yield* store.removeFile(id)
-      yield* Effect.promise(() => fs.rm(file.path, { force: true }))
+      yield* Effect.promise(() => fs.rm(path.join(filesDir, path.basename(file.path)), { force: true }))
     })
 
     const trainingFileOf = (id: string, param: string) =>
@@ -187,7 +240,7 @@ export class FineTuningJobs extends Effect.Service<FineTuningJobs>()("weft/FineT
     })
 
     const examplesOf = (file: FileRecord) =>
-      Effect.map(validateDataset(file.path, { format: "auto" }), (report) => report.examples)
+      Effect.flatMap(localPath(file), (local) => Effect.map(validateDataset(local, { format: "auto" }), (report) => report.examples))
 
     const onProgress = (job: JobRecord, started: number) => {
       let lastLoss = 0
@@ -256,7 +309,6 @@ export class FineTuningJobs extends Effect.Service<FineTuningJobs>()("weft/FineT
     const run = (job: JobRecord, pauseRequested: Ref.Ref<boolean>) =>
       Effect.gen(function*() {
         const latest = yield* latestSoundCheckpoint(job)
-        yield* store.updateJob(job.id, { status: "running" })
         yield* store.addEvent(job.id, {
           message: latest === undefined ? "Fine-tuning job started" : `Fine-tuning job resumed from the checkpoint at step ${latest.step}`,
           data: latest === undefined ? null : { resumed_from_step: latest.step }
@@ -279,15 +331,22 @@ export class FineTuningJobs extends Effect.Service<FineTuningJobs>()("weft/FineT
           checkpointEvery: settings.checkpointEvery,
           minDelta: 0,
           resumeFrom: latest === undefined ? undefined : { checkpoint: latest.path, step: latest.step },
-          stopRequested: Ref.get(pauseRequested),
+          // A pause asked here, or through the job's row by another replica (pause, cancel, or the claim taken over).
+          stopRequested: Effect.gen(function*() {
+            if (yield* Ref.get(pauseRequested)) return true
+            const claim = yield* store.claimOf(job.id)
+            return Option.isNone(claim) || claim.value.pauseRequested || claim.value.status !== "running" || claim.value.claimedBy !== replica
+          }).pipe(Effect.catchAll((unreadable) => Effect.as(Effect.logWarning("fine-tuning: reading the job's row failed; training goes on", unreadable), false))),
           onProgress: onProgress(job, yield* now)
         })
         const model = fineTunedModelId(job)
+        // Cancelled (or taken over) during the last step: the run's result is not the job's.
+        if (!(yield* claimHeld(job.id))) return
         yield* registry.load(servedAs(job, result.out))
         // Events first, then the status: a live event stream that sees the final status has seen every event.
         yield* store.addEvent(job.id, { message: `New fine-tuned model created: ${model}`, data: { steps: result.steps, stopped_because: result.stoppedBecause } })
         yield* store.addEvent(job.id, { message: "The job has successfully completed" })
-        yield* store.updateJob(job.id, { status: "succeeded", fine_tuned_model: model, output_path: result.out, finished_at: yield* now, estimated_finish: null })
+        yield* store.finishClaimed(job.id, replica, { status: "succeeded", fine_tuned_model: model, output_path: result.out, finished_at: yield* now, estimated_finish: null })
       }).pipe(
         Effect.catchAllCause((cause) =>
           Cause.isInterruptedOnly(cause)
@@ -295,14 +354,16 @@ export class FineTuningJobs extends Effect.Service<FineTuningJobs>()("weft/FineT
             : Effect.gen(function*() {
               const failure = Cause.squash(cause)
               if (failure instanceof TrainingStopped) {
+                // Stopped because the job was cancelled or taken over elsewhere: whoever did that wrote its state.
+                if (!(yield* claimHeld(job.id))) return
                 yield* store.addEvent(job.id, { message: `Job paused at step ${failure.step}`, data: { step: failure.step } })
-                yield* store.updateJob(job.id, { status: "paused", estimated_finish: null })
+                yield* store.finishClaimed(job.id, replica, { status: "paused", estimated_finish: null })
                 return
               }
               const message = failure instanceof Error ? failure.message : String(failure)
               yield* Effect.logError("fine-tuning job failed", cause).pipe(Effect.annotateLogs({ job: job.id }))
               yield* store.addEvent(job.id, { level: "error", message: `Job failed: ${message}` })
-              yield* store.updateJob(job.id, { status: "failed", error: { code: "training_failed", message, param: null }, finished_at: yield* now, estimated_finish: null })
+              yield* store.finishClaimed(job.id, replica, { status: "failed", error: { code: "training_failed", message, param: null }, finished_at: yield* now, estimated_finish: null })
             }).pipe(Effect.orDie)
         )
       )
@@ -312,7 +373,8 @@ export class FineTuningJobs extends Effect.Service<FineTuningJobs>()("weft/FineT
         const pauseRequested = yield* Ref.make(false)
         const registered = yield* Deferred.make<void>()
         const fiber = yield* Deferred.await(registered).pipe(
-          Effect.zipRight(run(job, pauseRequested)),
+          // The claim is renewed while the run lasts; once it is lost (cancelled elsewhere, taken over), the run stops.
+          Effect.zipRight(Effect.raceFirst(run(job, pauseRequested), keepClaim(job.id))),
           Effect.ensuring(Effect.zipRight(Ref.update(running, HashMap.remove(job.id)), Queue.offer(wake, undefined))),
           Effect.catchAllDefect((defect) => Effect.logError("fine-tuning job died", defect)),
           Effect.forkIn(scope)
@@ -321,13 +383,35 @@ export class FineTuningJobs extends Effect.Service<FineTuningJobs>()("weft/FineT
         yield* Deferred.succeed(registered, undefined)
       })
 
-    /** Starts queued jobs, by priority then age, while fewer than `concurrency` run. */
+    /** Renews the claim every `heartbeatMs`; returns once the claim is lost. */
+    const keepClaim = (id: string) =>
+      Effect.sleep(heartbeatMs).pipe(
+        Effect.zipRight(Effect.flatMap(Clock.currentTimeMillis, (at) => store.heartbeat(id, replica, at))),
+        Effect.catchAll((unwritten) => Effect.as(Effect.logWarning("fine-tuning: renewing a job's claim failed; trying again", unwritten), true)),
+        Effect.repeat({ while: (held) => held }),
+        Effect.zipRight(Effect.logInfo("fine-tuning: the job's claim is gone (cancelled, or taken over); its run stops").pipe(Effect.annotateLogs({ job: id })))
+      )
+
+    /** Queues again the running jobs whose replica stopped renewing their claim before `staleBefore` (and `restarted`'s). */
+    const requeueAbandoned = (restarted: string | null, message: string, staleBefore?: number) =>
+      Effect.gen(function*() {
+        const ids = yield* store.requeueAbandoned(staleBefore ?? (yield* Clock.currentTimeMillis) - staleAfterMs, restarted)
+        yield* Effect.forEach(ids, (id) => store.addEvent(id, { message }), { discard: true })
+      })
+
+    /** Claims and starts queued jobs, by priority then age, while fewer than `concurrency` run here. */
     const dispatch = Effect.gen(function*() {
+      yield* requeueAbandoned(null, "The replica training the job stopped renewing its claim: the job is queued to continue from its latest checkpoint")
       const active = yield* Ref.get(running)
-      const free = settings.concurrency - HashMap.size(active)
-      if (free <= 0) return
-      const queued = (yield* store.jobsIn(["queued"])).filter((job) => !HashMap.has(active, job.id))
-      yield* Effect.forEach(queued.slice(0, free), start, { discard: true })
+      let free = settings.concurrency - HashMap.size(active)
+      for (const job of yield* store.jobsIn(["queued"])) {
+        if (free <= 0) return
+        if (HashMap.has(active, job.id)) continue
+        if (yield* store.claim(job.id, replica, yield* Clock.currentTimeMillis)) {
+          yield* start({ ...job, status: "running" })
+          free -= 1
+        }
+      }
     })
 
     /** Stops a running job's fiber (its step in flight finishes first); false when it was not running. */
@@ -344,24 +428,42 @@ export class FineTuningJobs extends Effect.Service<FineTuningJobs>()("weft/FineT
         return true
       })
 
+    /** The job refused `action` in the state it is in now (it changed since it was read, e.g. on another replica). */
+    const conflictNow = (id: string, action: "cancel" | "pause" | "resume") =>
+      Effect.flatMap(getJob(id), (job) => Effect.fail(new JobStateConflict({ jobId: id, status: job.status, action })))
+
+    const unfinished: ReadonlyArray<JobStatus> = ["validating_files", "queued", "running", "paused"]
+
+    // A job training on another replica is cancelled by its row: that replica reads it at its next step boundary (or
+    // heartbeat) and drops the run without writing an outcome.
     const cancel = Effect.fn("FineTuningJobs.cancel")(function*(id: string) {
       const job = yield* getJob(id)
       if (isFinished(job.status)) return yield* new JobStateConflict({ jobId: id, status: job.status, action: "cancel" })
       yield* stopRun(id, false)
       yield* store.addEvent(id, { message: "Job cancelled" })
-      yield* store.updateJob(id, { status: "cancelled", finished_at: yield* now, estimated_finish: null })
+      if (!(yield* store.transition(id, unfinished, { status: "cancelled", finished_at: yield* now, estimated_finish: null }))) return yield* conflictNow(id, "cancel")
       return yield* getJob(id)
     })
+
+    /** Waits (up to `staleAfterMs`) for another replica to stop a job it was asked to pause. */
+    const awaitStopped = (id: string) =>
+      getJob(id).pipe(
+        Effect.repeat({ schedule: Schedule.spaced("100 millis"), while: (job) => job.status === "running" }),
+        Effect.timeoutOption(staleAfterMs),
+        Effect.zipRight(getJob(id))
+      )
 
     const pause = Effect.fn("FineTuningJobs.pause")(function*(id: string) {
       const job = yield* getJob(id)
       if (job.status !== "running" && job.status !== "queued") return yield* new JobStateConflict({ jobId: id, status: job.status, action: "pause" })
       // A running job stops at its next step boundary and writes `paused` itself; a queued one is paused here.
-      if (!(yield* stopRun(id, true))) {
+      if (yield* stopRun(id, true)) return yield* getJob(id)
+      if (yield* store.transition(id, ["queued"], { status: "paused" })) {
         yield* store.addEvent(id, { message: "Job paused" })
-        yield* store.updateJob(id, { status: "paused" })
+        return yield* getJob(id)
       }
-      return yield* getJob(id)
+      if (yield* store.requestPause(id)) return yield* awaitStopped(id)
+      return yield* conflictNow(id, "pause")
     })
 
     /** Queues a paused (or cancelled, or failed) job again; it continues from its latest checkpoint. */
@@ -369,22 +471,21 @@ export class FineTuningJobs extends Effect.Service<FineTuningJobs>()("weft/FineT
       const job = yield* getJob(id)
       const resumable: ReadonlyArray<JobStatus> = ["paused", "cancelled", "failed"]
       if (!resumable.includes(job.status)) return yield* new JobStateConflict({ jobId: id, status: job.status, action: "resume" })
-      yield* store.updateJob(id, { status: "queued", finished_at: null, error: null })
+      if (!(yield* store.transition(id, resumable, { status: "queued", finished_at: null, error: null }))) return yield* conflictNow(id, "resume")
       yield* store.addEvent(id, { message: "Job resumed: queued to continue from its latest checkpoint" })
       yield* Queue.offer(wake, undefined)
       return yield* getJob(id)
     })
 
-    // On start: jobs that were running when the process stopped continue from their checkpoints, and the models of
-    // succeeded jobs are served again.
-    for (const job of yield* store.jobsIn(["running", "validating_files"]).pipe(Effect.orDie)) {
-      yield* store.updateJob(job.id, { status: "queued" }).pipe(Effect.orDie)
-      yield* store.addEvent(job.id, { message: "The server restarted: the job is queued to continue from its latest checkpoint" }).pipe(Effect.orDie)
-    }
+    // On start: jobs this replica was training when it stopped, and jobs whose replica stopped renewing their claim,
+    // continue from their checkpoints (not the jobs other live replicas train); the models of succeeded jobs are served again.
+    // (Here only this replica's own, and unclaimed ones from before claims; the first dispatch takes the stale ones.)
+    yield* requeueAbandoned(replica, "The server restarted: the job is queued to continue from its latest checkpoint", 0).pipe(Effect.orDie)
     for (const job of yield* store.jobsIn(["succeeded"]).pipe(Effect.orDie)) {
       if (job.output_path !== null) yield* registry.register(servedAs(job, job.output_path))
     }
-    yield* Queue.take(wake).pipe(
+    // Woken by this replica's own changes, and every `heartbeatMs` for jobs queued or abandoned on other replicas.
+    yield* Effect.race(Queue.take(wake), Effect.sleep(heartbeatMs)).pipe(
       Effect.zipRight(dispatch),
       Effect.catchAllCause((cause) => Effect.logError("fine-tuning dispatch failed", cause)),
       Effect.forever,
@@ -400,6 +501,7 @@ export class FineTuningJobs extends Effect.Service<FineTuningJobs>()("weft/FineT
       settings,
       uploadFile,
       getFile,
+      fileContent,
       listFiles: store.listFiles,
       deleteFile,
       createJob,
@@ -414,14 +516,14 @@ export class FineTuningJobs extends Effect.Service<FineTuningJobs>()("weft/FineT
     } as const
   })
 }) {
-  /** Fine-tuning on `<dataDir>/fine_tuning.sqlite`, serving its models through the `ModelRegistry`. */
+  /** Fine-tuning on `settings.database` (default `<dataDir>/fine_tuning.sqlite`), serving its models through the `ModelRegistry`. */
   static readonly layer = (settings: FineTuningSettings): Layer.Layer<FineTuningJobs, never, ModelRegistry> =>
     Layer.unwrapEffect(
       // The database's folder must exist before SQLite opens the file in it.
       Effect.as(
         Effect.promise(() => fs.mkdir(settings.dataDir, { recursive: true })),
         FineTuningJobs.Default.pipe(
-          Layer.provide(Layer.orDie(FineTuningStore.layerSqlite(path.join(settings.dataDir, "fine_tuning.sqlite")))),
+          Layer.provide(Layer.orDie(FineTuningStore.layer(settings.database ?? path.join(settings.dataDir, "fine_tuning.sqlite")))),
           Layer.provide(Layer.succeed(FineTuningConfig, settings))
         )
       )
