@@ -81,9 +81,10 @@ const routing = (silence: Duration.Duration) =>
         const forwarded = { path, headers, body: JSON.stringify(body) }
         const sessionId = sessionIdOf(path, body, headers)
         if (sessionId !== undefined) return Option.some(yield* forwardedResponse(sessionTurn(sessionId, forwarded), silence))
-        const peer = yield* load.pick
+        const model = typeof body === "object" && body !== null && "model" in body && typeof body.model === "string" ? body.model : undefined
+        const peer = yield* load.pick(model)
         if (Option.isNone(peer)) return Option.none()
-        // A less busy peer that does not take the request leaves it to this replica.
+        // A peer that does not take the request leaves it to this replica (a 404 when the model is nowhere else).
         const answer = yield* answerOf(peer.value.url, peer.value.replica, forwarded)
         if (Option.isNone(answer)) return Option.none()
         return Option.some(yield* forwardedResponse(answer.value, silence))

@@ -1,6 +1,7 @@
 import { SqlClient } from "@effect/sql"
 import { Effect, Option, Ref, Schedule } from "effect"
 import { ModelRegistry } from "../host/ModelRegistry.js"
+import { adapterOf } from "../http/ModelRoute.js"
 
 /** How busy a replica is: requests waiting for a slot, and slots free. */
 export interface Load {
@@ -12,15 +13,39 @@ export interface Load {
 export interface PeerLoad extends Load {
   readonly replica: string
   readonly url: string
+  /** The ids of the models it serves. */
+  readonly models: ReadonlyArray<string>
+}
+
+/** Whether a replica serving `models` serves a request for `model`: itself, or as `base:adapter` on a model it serves. */
+export const serves = (models: ReadonlyArray<string>, model: string): boolean => {
+  if (models.includes(model)) return true
+  const adapter = adapterOf(model)
+  return adapter !== undefined && models.includes(adapter.model)
 }
 
 /** Lower is less busy: a waiting request counts against a replica as much as a free slot counts for it. */
 const pressure = (load: Load) => load.queued - load.free
 
+const leastBusy = (peers: ReadonlyArray<PeerLoad>) =>
+  peers.reduce<PeerLoad | undefined>((least, peer) => (least === undefined || pressure(peer) < pressure(least) ? peer : least), undefined)
+
 /** The less busy of the peers than `local`, least busy first; none when this replica is (one of) the least busy. */
 export const lessBusyPeer = (local: Load, peers: ReadonlyArray<PeerLoad>): Option.Option<PeerLoad> => {
-  const best = peers.reduce<PeerLoad | undefined>((least, peer) => (least === undefined || pressure(peer) < pressure(least) ? peer : least), undefined)
+  const best = leastBusy(peers)
   return best !== undefined && pressure(best) < pressure(local) ? Option.some(best) : Option.none()
+}
+
+/**
+ * Where a request for `model` (none: the default model) goes, from a replica serving `localModels` under `local` load:
+ * the least busy peer serving it when this replica does not serve it (a model loaded on one replica, a fine-tuned model
+ * on the replica that trained it), else a less busy peer serving it too, else none (served here).
+ */
+export const peerFor = (model: string | undefined, local: Load, localModels: ReadonlyArray<string>, peers: ReadonlyArray<PeerLoad>): Option.Option<PeerLoad> => {
+  if (model === undefined) return lessBusyPeer(local, peers)
+  const holders = peers.filter((peer) => serves(peer.models, model))
+  if (serves(localModels, model)) return lessBusyPeer(local, holders)
+  return Option.fromNullable(leastBusy(holders))
 }
 
 /** This replica's load: the queues and free slots of the engines it serves. */
@@ -28,6 +53,16 @@ const localLoad = Effect.flatMap(ModelRegistry, (registry) =>
   Effect.flatMap(registry.engines, (engines) =>
     Effect.map(Effect.forEach(engines, (engine) => engine.scheduler.stats), (stats) =>
       stats.reduce<Load>((sum, one) => ({ queued: sum.queued + one.queued, free: sum.free + one.slots.free }), { queued: 0, free: 0 }))))
+
+/** The model ids a replica published; none when the row is not a JSON list of strings. */
+const modelIdsOf = (json: string): ReadonlyArray<string> => {
+  try {
+    const parsed: unknown = JSON.parse(json)
+    return Array.isArray(parsed) ? parsed.filter((id): id is string => typeof id === "string") : []
+  } catch {
+    return []
+  }
+}
 
 /** A published row older than this is a replica that stopped (or cannot reach Postgres): it gets no requests. */
 const staleAfterMs = 5000
@@ -48,19 +83,24 @@ export class ReplicaLoad extends Effect.Service<ReplicaLoad>()("weft/ReplicaLoad
       free_slots INTEGER NOT NULL,
       updated_at TIMESTAMPTZ NOT NULL
     )`.pipe(Effect.retry(Schedule.recurs(3)), Effect.orDie)
+    // Tables made before replicas published their models get the column.
+    yield* sql`ALTER TABLE weft_replica_load ADD COLUMN IF NOT EXISTS models TEXT NOT NULL DEFAULT '[]'`.pipe(Effect.retry(Schedule.recurs(3)), Effect.orDie)
     /** The other replicas' last published load; written by the refresh loop and by `pick`. */
     const peers = yield* Ref.make<ReadonlyArray<PeerLoad>>([])
     const current = Effect.provideService(localLoad, ModelRegistry, registry)
+    /** The models this replica serves (loaded or loading), by id. */
+    const localModels = Effect.map(registry.models, (models) => models.flatMap((model) => (model.id === undefined ? [] : [model.id])))
 
     const refresh = Effect.gen(function*() {
       const load = yield* current
-      yield* sql`INSERT INTO weft_replica_load (replica, url, queued, free_slots, updated_at)
-        VALUES (${self.replica}, ${self.url}, ${load.queued}, ${load.free}, now())
-        ON CONFLICT (replica) DO UPDATE SET url = EXCLUDED.url, queued = EXCLUDED.queued, free_slots = EXCLUDED.free_slots, updated_at = now()`
-      const rows = yield* sql<{ replica: string; url: string; queued: number; free_slots: number }>`
-        SELECT replica, url, queued, free_slots FROM weft_replica_load
+      const models = JSON.stringify(yield* localModels)
+      yield* sql`INSERT INTO weft_replica_load (replica, url, queued, free_slots, models, updated_at)
+        VALUES (${self.replica}, ${self.url}, ${load.queued}, ${load.free}, ${models}, now())
+        ON CONFLICT (replica) DO UPDATE SET url = EXCLUDED.url, queued = EXCLUDED.queued, free_slots = EXCLUDED.free_slots, models = EXCLUDED.models, updated_at = now()`
+      const rows = yield* sql<{ replica: string; url: string; queued: number; free_slots: number; models: string }>`
+        SELECT replica, url, queued, free_slots, models FROM weft_replica_load
         WHERE replica <> ${self.replica} AND updated_at > now() - make_interval(secs => ${staleAfterMs / 1000})`
-      yield* Ref.set(peers, rows.map((row) => ({ replica: row.replica, url: row.url, queued: Number(row.queued), free: Number(row.free_slots) })))
+      yield* Ref.set(peers, rows.map((row) => ({ replica: row.replica, url: row.url, queued: Number(row.queued), free: Number(row.free_slots), models: modelIdsOf(row.models) })))
     })
     yield* refresh.pipe(
       Effect.catchAll((error) => Effect.logWarning("Publishing this replica's load failed", error)),
@@ -69,10 +109,9 @@ export class ReplicaLoad extends Effect.Service<ReplicaLoad>()("weft/ReplicaLoad
     )
     yield* Effect.addFinalizer(() => Effect.ignore(sql`DELETE FROM weft_replica_load WHERE replica = ${self.replica}`))
 
-    /** The peer a request without a session should go to, when one is less busy than this replica. */
-    const pick = Effect.gen(function*() {
-      const local = yield* current
-      const chosen = lessBusyPeer(local, yield* Ref.get(peers))
+    /** The peer a request for `model` without a session should go to (`peerFor`); none: serve it here. */
+    const pick = (model: string | undefined) => Effect.gen(function*() {
+      const chosen = peerFor(model, yield* current, yield* localModels, yield* Ref.get(peers))
       if (Option.isSome(chosen)) {
         const sent = chosen.value
         yield* Ref.update(peers, (list) =>

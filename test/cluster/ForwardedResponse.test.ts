@@ -4,7 +4,7 @@ import { Cause, Chunk, Effect, Fiber, FiberId, Option, Stream, TestClock } from 
 import { ReplicaUnavailable } from "../../src/cluster/ClusterErrors.js"
 import { forwardedResponse, ResponseBytes, ResponseHead } from "../../src/cluster/ForwardedResponse.js"
 import type { ForwardedChunk } from "../../src/cluster/ForwardedResponse.js"
-import { lessBusyPeer } from "../../src/cluster/ReplicaLoad.js"
+import { lessBusyPeer, peerFor } from "../../src/cluster/ReplicaLoad.js"
 
 const sseHead = new ResponseHead({ status: 200, headers: { "content-type": "text/event-stream", "x-session-id": "s" } })
 const jsonHead = new ResponseHead({ status: 200, headers: { "content-type": "application/json" } })
@@ -62,12 +62,30 @@ describe("forwardedResponse", () => {
     }))
 })
 
-describe("lessBusyPeer", () => {
-  const peer = (replica: string, queued: number, free: number) => ({ replica, url: `http://${replica}`, queued, free })
+describe("lessBusyPeer and peerFor", () => {
+  const peer = (replica: string, queued: number, free: number, models: ReadonlyArray<string> = ["tiny"]) => ({ replica, url: `http://${replica}`, queued, free, models })
 
   it("keeps a request here unless a peer is less busy, and then picks the least busy", () => {
     expect(lessBusyPeer({ queued: 0, free: 2 }, [peer("a", 0, 2), peer("b", 0, 1)])).toEqual(Option.none())
     expect(lessBusyPeer({ queued: 3, free: 0 }, [peer("a", 1, 0), peer("b", 0, 2)])).toEqual(Option.some(peer("b", 0, 2)))
     expect(lessBusyPeer({ queued: 0, free: 0 }, [])).toEqual(Option.none())
+  })
+
+  it("sends a request for a model this replica does not serve to the least busy replica that does, however busy", () => {
+    const tuned = "ft:tiny:x:ftjob-1"
+    const holders = [peer("a", 5, 0, ["tiny", tuned]), peer("b", 2, 0, ["tiny", tuned]), peer("c", 0, 4)]
+    expect(peerFor(tuned, { queued: 0, free: 2 }, ["tiny"], holders)).toEqual(Option.some(holders[1]))
+    // Nowhere in the cluster: served here, which answers 404.
+    expect(peerFor("other", { queued: 0, free: 2 }, ["tiny"], holders)).toEqual(Option.none())
+  })
+
+  it("spreads a model this replica serves only to less busy replicas that serve it too", () => {
+    const peers = [peer("a", 0, 4, ["other"]), peer("b", 0, 1, ["tiny"])]
+    expect(peerFor("tiny", { queued: 2, free: 0 }, ["tiny"], peers)).toEqual(Option.some(peers[1]))
+    expect(peerFor("tiny", { queued: 0, free: 2 }, ["tiny"], peers)).toEqual(Option.none())
+    // An adapter on a model: where the model is.
+    expect(peerFor("other:style", { queued: 0, free: 2 }, ["tiny"], peers)).toEqual(Option.some(peers[0]))
+    // No model named: the default, spread by load alone.
+    expect(peerFor(undefined, { queued: 2, free: 0 }, ["tiny"], peers)).toEqual(Option.some(peers[0]))
   })
 })

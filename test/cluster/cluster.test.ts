@@ -107,6 +107,31 @@ describe.skipIf(!postgresAvailable() && process.env.CI === undefined)("three rep
     expect(elsewhere.length).toBeGreaterThan(0)
   }, 120_000)
 
+  it("a model loaded on one replica is served through every replica (as a fine-tuned one is by the replica that trained it)", async () => {
+    const loaded = await fetch(`${replicas[0]!.url}/admin/models`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ id: "only-on-r0", gguf: model, parallel: 1, ctxSize: 256 })
+    })
+    expect(loaded.status).toBe(201)
+    try {
+      const ask = (slot: number) => streamChat(replicas[slot]!.url, { model: "only-on-r0", messages: [{ role: "user", content: "where" }], max_tokens: 4 })
+      // The others learn of it at r0's next publication (every second).
+      let seen = await ask(1)
+      for (let attempt = 0; attempt < 20 && seen.outcome !== "ok"; attempt++) {
+        await new Promise((resolve) => setTimeout(resolve, 500))
+        seen = await ask(1)
+      }
+      const viaOthers = [seen, await ask(2)]
+      expect(viaOthers.map((one) => [one.outcome, one.servedBy])).toEqual([["ok", idOf(replicas[0]!)], ["ok", idOf(replicas[0]!)]])
+      // A model nowhere in the cluster is still a plain 404 where the request entered.
+      const nowhere = await streamChat(replicas[1]!.url, { model: "nowhere", messages: [{ role: "user", content: "x" }], max_tokens: 1 })
+      expect([nowhere.status, nowhere.code]).toEqual([404, "model_not_found"])
+    } finally {
+      await fetch(`${replicas[0]!.url}/admin/models/only-on-r0`, { method: "DELETE" })
+    }
+  }, 120_000)
+
   // Found by this test: a turn that entered through the victim, owned by a survivor, used to leave the survivor's
   // entity stream waiting for the victim's acknowledgements forever, and the session took no other turn again.
   it("killing a replica mid-load loses no completed turn, and every request in flight ends", async () => {
