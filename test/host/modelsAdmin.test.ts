@@ -147,7 +147,10 @@ describe("several local models, loaded and unloaded at run time, within a memory
     expect(account.reservations.map((held) => held.label).sort()).toEqual(["model alpha", "model beta"])
     expect(account.committedBytes).toBe(account.reservations.reduce((sum, held) => sum + held.bytes, 0))
     expect(account.reservations.every((held) => held.parts["weights"]! > 0 && held.parts["context"]! > 0)).toBe(true)
-    expect(account.rssBytes).toBeGreaterThan(account.baselineRssBytes)
+    // Live process figures: the RSS now and at start (not compared: test files share one process, and what earlier
+    // files left for the garbage collector can make the RSS fall below its baseline).
+    expect(account.rssBytes).toBeGreaterThan(0)
+    expect(account.baselineRssBytes).toBeGreaterThan(0)
     const metrics = await (await fetch(`${url}/metrics`)).text()
     expect(metrics).toContain(`weft_memory_committed_bytes ${account.committedBytes}`)
     expect(metrics).toMatch(/weft_memory_reserved_bytes\{holder="model alpha",part="weights"\} \d+/)
