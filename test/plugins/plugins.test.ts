@@ -56,9 +56,13 @@ describe("the example plugins over HTTP", () => {
     expect(streamed.errors).toEqual([])
     expect(streamed.text).toBe(redactedText)
     expect(streamed.frames.at(-1)).toBe("[DONE]")
-    // Many deltas, none of them carrying a piece of an address.
+    // Many deltas, none of them carrying a piece of an address. Only the deltas' text is searched: the frames' random
+    // completion id once held "555" (a test that failed about one run in a hundred).
     expect(streamed.frames.length).toBeGreaterThan(10)
-    expect(streamed.frames.join("")).not.toMatch(/john|example|555|4567/)
+    const deltas = streamed.frames.filter((frame) => frame !== "[DONE]").map((frame) =>
+      (JSON.parse(frame) as { choices: Array<{ delta?: { content?: string } }> }).choices[0]?.delta?.content ?? "")
+    expect(deltas.filter((delta) => delta !== "").length).toBeGreaterThan(5)
+    expect(deltas.join("\n")).not.toMatch(/john|example|555|4567/)
 
     const completion = (await (await postJson(server, "/v1/completions", { model: "sim", prompt: "x", max_tokens: 200 })).json()) as { choices: Array<{ text: string }> }
     expect(completion.choices[0]!.text).toBe(redactedText)
