@@ -42,11 +42,20 @@ describe.skipIf(!postgresAvailable() && process.env.CI === undefined)("three rep
     await settled()
   }, 600_000)
 
-  /** Waits until a session turn through each replica succeeds: the runners have found each other and split the shards. */
+  /**
+   * Waits until the runners have found each other and the shards have stopped moving: twelve probe sessions, each
+   * asked through a different replica in turn, are served by the same owners two rounds running, and every replica owns
+   * some. (A session whose shard moves after its first turn legitimately loses its cache: the affinity test measures
+   * the settled cluster, and once ran while the third replica's shards were still arriving.)
+   */
   const settled = async () => {
-    for (let round = 0; round < 60; round++) {
-      const probes = await Promise.all(replicas.map((replica, slot) => streamChat(replica.url, { session_id: `probe-${round}-${slot}`, messages: [{ role: "user", content: "ping" }], max_tokens: 1 })))
-      if (probes.every((probe) => probe.outcome === "ok")) return
+    let previous = ""
+    for (let round = 0; round < 40; round++) {
+      const probes = await Promise.all(Array.from({ length: 12 }, (_, probe) =>
+        streamChat(replicas[(probe + round) % replicas.length]!.url, { session_id: `probe-${probe}`, messages: [{ role: "user", content: "ping" }], max_tokens: 1 })))
+      const owners = probes.map((probe) => (probe.outcome === "ok" ? probe.servedBy : "-")).join(" ")
+      if (probes.every((probe) => probe.outcome === "ok") && owners === previous && new Set(probes.map((probe) => probe.servedBy)).size === replicas.length) return
+      previous = owners
       await new Promise((resolve) => setTimeout(resolve, 1000))
     }
     throw new Error("the cluster did not settle")
