@@ -45,8 +45,8 @@ const routing = (silence: Duration.Duration) =>
     const client = yield* HttpClient.HttpClient
     const locate = (sessionId: string) =>
       sessions(sessionId).Locate().pipe(
-        Effect.timeoutFail({ duration: locateLimit, onTimeout: () => new TurnNotRelayed({ message: `no replica took session ${sessionId} within ${Duration.format(locateLimit)}` }) }),
-        Effect.catchAll((error) => Effect.fail(new TurnNotRelayed({ message: error.message })))
+        Effect.mapError((error) => new TurnNotRelayed({ message: error.message })),
+        Effect.timeoutFail({ duration: locateLimit, onTimeout: () => new TurnNotRelayed({ message: `no replica took session ${sessionId} within ${Duration.format(locateLimit)}` }) })
       )
     /**
      * What `replica` at `url` answers to `forwarded`, from its head on; none when it did not run the request: it could

@@ -1,5 +1,5 @@
 import { SqlClient } from "@effect/sql"
-import { Effect, Option, Ref, Schedule } from "effect"
+import { Effect, Option, Ref, Schedule, Schema } from "effect"
 import { ModelRegistry } from "../host/ModelRegistry.js"
 import { adapterOf } from "../http/ModelRoute.js"
 
@@ -54,15 +54,10 @@ const localLoad = Effect.flatMap(ModelRegistry, (registry) =>
     Effect.map(Effect.forEach(engines, (engine) => engine.scheduler.stats), (stats) =>
       stats.reduce<Load>((sum, one) => ({ queued: sum.queued + one.queued, free: sum.free + one.slots.free }), { queued: 0, free: 0 }))))
 
+const decodeModelIds = Schema.decodeUnknownOption(Schema.parseJson(Schema.Array(Schema.String)))
+
 /** The model ids a replica published; none when the row is not a JSON list of strings. */
-const modelIdsOf = (json: string): ReadonlyArray<string> => {
-  try {
-    const parsed: unknown = JSON.parse(json)
-    return Array.isArray(parsed) ? parsed.filter((id): id is string => typeof id === "string") : []
-  } catch {
-    return []
-  }
-}
+const modelIdsOf = (json: string): ReadonlyArray<string> => Option.getOrElse(decodeModelIds(json), () => [])
 
 /** A published row older than this is a replica that stopped (or cannot reach Postgres): it gets no requests. */
 const staleAfterMs = 5000

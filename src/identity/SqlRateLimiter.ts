@@ -4,6 +4,7 @@ import { Clock, Duration, Effect, Layer, Ref, Schedule, Schema } from "effect"
 import { randomBytes } from "node:crypto"
 import { isPostgresUrl, postgresClientLayer, type PostgresClientOptions } from "../storage/postgresClient.js"
 import { createSchema } from "../storage/createSchema.js"
+import { lockForTransaction } from "../storage/pgAdvisoryLocks.js"
 import { SqlInteger } from "../storage/SqlInteger.js"
 import type { Principal, UsageLimits } from "./Principal.js"
 import {
@@ -80,7 +81,7 @@ export const makeSqlRateLimiter = Effect.gen(function*() {
 
   const lockBuckets = (keys: ReadonlyArray<string>) =>
     sql.onDialectOrElse({
-      pg: () => Effect.forEach([...keys].sort(), (key) => sql`SELECT pg_advisory_xact_lock(hashtextextended(${key}, 0))`, { discard: true }),
+      pg: () => Effect.forEach([...keys].sort(), (key) => lockForTransaction(sql, key), { discard: true }),
       orElse: () => Effect.void
     })
 

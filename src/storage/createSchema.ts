@@ -1,6 +1,7 @@
 import type { SqlClient } from "@effect/sql"
 import type { Statement } from "@effect/sql/Statement"
 import { Effect } from "effect"
+import { lockForTransaction } from "./pgAdvisoryLocks.js"
 
 /**
  * Runs a store's `CREATE … IF NOT EXISTS` statements. On Postgres, replicas starting together on an empty database
@@ -9,6 +10,6 @@ import { Effect } from "effect"
  */
 export const createSchema = (sql: SqlClient.SqlClient, statements: ReadonlyArray<Statement<unknown>>): Effect.Effect<void> =>
   sql.onDialectOrElse({
-    pg: () => sql.withTransaction(Effect.zipRight(sql`SELECT pg_advisory_xact_lock(hashtextextended('weft/schema', 0))`, Effect.all(statements, { discard: true }))),
+    pg: () => sql.withTransaction(Effect.zipRight(lockForTransaction(sql, "weft/schema"), Effect.all(statements, { discard: true }))),
     orElse: () => Effect.all(statements, { discard: true })
   }).pipe(Effect.orDie)

@@ -3,6 +3,12 @@ import type { Connection } from "@effect/sql/SqlConnection"
 import type { SqlError } from "@effect/sql/SqlError"
 import { Duration, Effect, Exit, Option, Schedule, Scope, SynchronizedRef } from "effect"
 
+/**
+ * Takes Postgres's transaction-level advisory lock `name`: run inside a transaction, it waits while another
+ * transaction holds it and is released when this one ends.
+ */
+export const lockForTransaction = (sql: SqlClient.SqlClient, name: string) => sql`SELECT pg_advisory_xact_lock(hashtextextended(${name}, 0))`
+
 /** Locks held across replicas, by name. */
 export interface AdvisoryLocks {
   /** Holds lock `name` until the caller's scope closes, waiting while another replica holds it. */

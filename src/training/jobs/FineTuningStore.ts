@@ -5,6 +5,7 @@ import { Clock, Effect, Layer, Option, Schema } from "effect"
 import type { ConfigError, ParseResult } from "effect"
 import { createSchema } from "../../storage/createSchema.js"
 import { nulSafeText } from "../../storage/nulSafeText.js"
+import { lockForTransaction } from "../../storage/pgAdvisoryLocks.js"
 import { isPostgresUrl, postgresClientLayer } from "../../storage/postgresClient.js"
 import { SqlInteger } from "../../storage/SqlInteger.js"
 
@@ -171,7 +172,7 @@ export class FineTuningStore extends Effect.Service<FineTuningStore>()("weft/Fin
     const inProcess = yield* Effect.makeSemaphore(1)
     const sequence = <A, E>(take: Effect.Effect<A, E>): Effect.Effect<A, E | SqlError> =>
       inProcess.withPermits(1)(sql.onDialectOrElse({
-        pg: () => sql.withTransaction(Effect.zipRight(sql`SELECT pg_advisory_xact_lock(hashtextextended('weft/ft-sequence', 0))`, take)),
+        pg: () => sql.withTransaction(Effect.zipRight(lockForTransaction(sql, "weft/ft-sequence"), take)),
         orElse: () => take
       }))
     const now = Effect.map(Clock.currentTimeMillis, (millis) => Math.floor(millis / 1000))
