@@ -134,7 +134,7 @@ export const serveCeiling = (
     )
   })
 
-const decodeSteps = async (
+export const decodeSteps = async (
   context: LlamaContext,
   contextSize: number,
   concurrency: number,

@@ -1,8 +1,10 @@
 import { Command, Options } from "@effect/cli"
 import { Command as Process } from "@effect/platform"
 import { Console, Effect, Schema } from "effect"
+import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
+import { fileURLToPath } from "node:url"
 import { findNativeBuild, loadLlamaBinary, nativeCmakeOptions, nodeLlamaCppRoot } from "../engine/llama/LlamaBinary.js"
 import { ensureModel } from "../model/generateModel.js"
 
@@ -33,6 +35,45 @@ const runNodeLlamaCpp = (step: string, args: ReadonlyArray<string>) =>
     Effect.mapError((error) => new NativeBuildFailed({ step, reason: error.message })),
     Effect.filterOrFail((code) => code === 0, (code) => new NativeBuildFailed({ step, reason: `exit code ${code}` }))
   )
+
+/** Weft's patches to node-llama-cpp's native addon (`llama/addon`), applied in name order before `source build`. */
+export const addonPatchesDirectory = (): string => fileURLToPath(new URL("../../native/node-llama-cpp", import.meta.url))
+
+/** Runs `git apply ARGS` on node-llama-cpp's addon folder as a plain patch tool, never on an enclosing repository. */
+const gitApply = (addonDirectory: string, args: ReadonlyArray<string>) =>
+  Process.make("git", "apply", ...args).pipe(
+    Process.workingDirectory(addonDirectory),
+    // The addon folder sits inside whatever repository holds node_modules; without a ceiling git would apply the
+    // patch's paths from that repository's root.
+    Process.env({ GIT_CEILING_DIRECTORIES: path.dirname(addonDirectory) }),
+    Process.exitCode,
+    Effect.orElseSucceed(() => -1)
+  )
+
+/**
+ * Applies each patch in `patchesDirectory` to `addonDirectory` unless it is already there (its reverse applies), so a
+ * second build, or one after `--force`, finds the addon as the first one left it. A patch that neither applies nor is
+ * there fails the build: it was written for another node-llama-cpp.
+ */
+export const applyAddonPatches = (addonDirectory: string, patchesDirectory: string = addonPatchesDirectory()) =>
+  Effect.gen(function*() {
+    const patches = fs.existsSync(patchesDirectory)
+      ? fs.readdirSync(patchesDirectory).filter((name) => name.endsWith(".patch")).sort()
+      : []
+    const applied: Array<string> = []
+    for (const name of patches) {
+      const file = path.join(patchesDirectory, name)
+      if ((yield* gitApply(addonDirectory, ["--reverse", "--check", file])) === 0) continue
+      if ((yield* gitApply(addonDirectory, ["--check", file])) !== 0) {
+        return yield* new NativeBuildFailed({ step: "patch", reason: `${name} does not apply to ${addonDirectory}` })
+      }
+      if ((yield* gitApply(addonDirectory, [file])) !== 0) {
+        return yield* new NativeBuildFailed({ step: "patch", reason: `git apply ${name} failed in ${addonDirectory}` })
+      }
+      applied.push(name)
+    }
+    return { patches, applied }
+  })
 
 /** Loads the native build and decodes a few tokens of the tiny model with it: what "it works" means here. */
 const verifyNativeBuild = (dataDir: string) =>
@@ -65,8 +106,9 @@ const verifyNativeBuild = (dataDir: string) =>
 
 /**
  * `weft build-native`: compiles the llama.cpp source node-llama-cpp ships (offline, from its git bundle) for this
- * CPU with OpenMP, through node-llama-cpp's own `source download --skipBuild` and `source build`, then checks that
- * the result loads and decodes. Idempotent: a finished build is only verified unless `--force`.
+ * CPU's instruction-set extensions (see `nativeCmakeOptionsFor`), with Weft's addon patches (a persistent ggml
+ * threadpool), through node-llama-cpp's own `source download --skipBuild` and `source build`, then checks that the
+ * result loads and decodes. Idempotent: a finished build is only verified unless `--force`.
  */
 export const buildNativeCommand = Command.make("build-native", { force }, (options) =>
   Effect.gen(function*() {
@@ -76,6 +118,10 @@ export const buildNativeCommand = Command.make("build-native", { force }, (optio
     } else {
       yield* Console.log(`weft: building llama.cpp natively (${Object.entries(nativeCmakeOptions).map(([k, v]) => `${k}=${v}`).join(" ")}); a few minutes on 2 cores`)
       yield* runNodeLlamaCpp("source download", ["source", "download", "--skipBuild", "--gpu", "false", "--noUsageExample"])
+      const { applied, patches } = yield* applyAddonPatches(path.join(nodeLlamaCppRoot(), "llama", "addon"))
+      if (patches.length > 0) {
+        yield* Console.log(`weft: addon patches ${patches.join(", ")} (${applied.length === 0 ? "already applied" : `applied ${applied.join(", ")}`})`)
+      }
       yield* runNodeLlamaCpp("source build", ["source", "build", "--gpu", "false", "--noUsageExample"])
     }
     const folder = findNativeBuild()

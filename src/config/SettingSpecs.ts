@@ -79,7 +79,7 @@ export const settingSpecs = [
     "openMpWait",
     "openmp-wait",
     openMpWaitSetting,
-    "How the native build's OpenMP threads wait: passive (sleep at once; holds up when other processes share the cores), active (spin), or a spin count. Default: OMP_WAIT_POLICY/GOMP_SPINCOUNT from the environment if set, else passive"
+    "How an OpenMP build's threads wait: passive (sleep at once; holds up when other processes share the cores), active (spin), or a spin count. Default: OMP_WAIT_POLICY/GOMP_SPINCOUNT from the environment if set, else passive. Weft's own native build has no OpenMP (its ggml threadpool's idle polling is WEFT_GGML_POLL)"
   ),
   spec("maxQueue", "max-queue", integerBetween(0, 1_000_000), "Requests that may wait for a slot before 429 (default 64)"),
   spec("timeoutQueueMs", "timeout-queue", optionalDuration, "Longest wait for a slot before 408 (default 60s)"),

@@ -6,6 +6,7 @@ import * as path from "node:path"
 import { describe, expect, it } from "vitest"
 import { findNativeBuild, loadLlamaBinary, nativeCmakeOptions } from "../../src/engine/llama/LlamaBinary.js"
 import type { BinaryLoader } from "../../src/engine/llama/LlamaBinary.js"
+import { nativeCmakeOptionsFor, readCpuFlags } from "../../src/engine/llama/NativeCpuOptions.js"
 
 const fakeLlama = (buildType: "localBuild" | "prebuilt"): Llama =>
   ({ buildType, llamaCppRelease: { repo: "ggml-org/llama.cpp", release: "v0.5.0" }, cmakeOptions: buildType === "localBuild" ? nativeCmakeOptions : {} }) as unknown as Llama
@@ -31,8 +32,7 @@ describe("LlamaBinary", () => {
       kind: "native",
       release: "v0.5.0",
       cmakeOptions: nativeCmakeOptions,
-      fallbackReason: undefined,
-      openMpWait: expect.stringMatching(/^(OMP_WAIT_POLICY|GOMP_SPINCOUNT)=/)
+      fallbackReason: undefined
     })
     expect(withNative.tried).toEqual(["native"])
 
@@ -72,5 +72,58 @@ describe("LlamaBinary", () => {
     } finally {
       fs.rmSync(dir, { recursive: true, force: true })
     }
+  })
+})
+
+describe("nativeCmakeOptionsFor", () => {
+  const sapphireRapids = new Set(
+    "fpu sse4_2 avx f16c fma avx2 bmi2 avx512f avx512dq avx512cd avx512bw avx512vl avx_vnni avx512_bf16 avx512vbmi avx512_vnni amx_bf16 amx_tile amx_int8"
+      .split(" ")
+  )
+
+  it("names every extension the CPU has, without -march=native or OpenMP", () => {
+    expect(nativeCmakeOptionsFor("x64", sapphireRapids)).toEqual({
+      GGML_NATIVE: "OFF",
+      GGML_SSE42: "ON",
+      GGML_AVX: "ON",
+      GGML_F16C: "ON",
+      GGML_FMA: "ON",
+      GGML_AVX2: "ON",
+      GGML_BMI2: "ON",
+      GGML_AVX_VNNI: "ON",
+      GGML_AVX512: "ON",
+      GGML_AVX512_VBMI: "ON",
+      GGML_AVX512_VNNI: "ON",
+      GGML_AVX512_BF16: "ON",
+      GGML_AMX_TILE: "ON",
+      GGML_AMX_INT8: "ON",
+      GGML_AMX_BF16: "ON",
+      GGML_OPENMP: "OFF",
+      WEFT_NATIVE_BUILD: "2"
+    })
+  })
+
+  it("switches an extension off when any flag it compiles with is missing", () => {
+    const partialAvx512 = new Set([...sapphireRapids].filter((flag) => flag !== "avx512vl" && !flag.startsWith("amx")))
+    const options = nativeCmakeOptionsFor("x64", partialAvx512)
+    expect(options.GGML_AVX512).toBe("OFF")
+    expect(options.GGML_AVX2).toBe("ON")
+    expect([options.GGML_AMX_TILE, options.GGML_AMX_INT8, options.GGML_AMX_BF16]).toEqual(["OFF", "OFF", "OFF"])
+  })
+
+  it("leaves the CPU to -march=native where its flags cannot be read or it is not x86-64", () => {
+    const fallback = { GGML_NATIVE: "ON", GGML_OPENMP: "OFF", WEFT_NATIVE_BUILD: "2" }
+    expect(nativeCmakeOptionsFor("arm64", sapphireRapids)).toEqual(fallback)
+    expect(nativeCmakeOptionsFor("x64", undefined)).toEqual(fallback)
+  })
+
+  it("reads the flags of /proc/cpuinfo's first processor, and nothing from a file that has none", () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "weft-cpuinfo-"))
+    const cpuinfo = path.join(dir, "cpuinfo")
+    fs.writeFileSync(cpuinfo, "processor\t: 0\nflags\t\t: fpu avx2 fma\n\nprocessor\t: 1\nflags\t\t: fpu\n")
+    expect(readCpuFlags(cpuinfo)).toEqual(new Set(["fpu", "avx2", "fma"]))
+    fs.writeFileSync(cpuinfo, "processor\t: 0\n")
+    expect(readCpuFlags(cpuinfo)).toBeUndefined()
+    expect(readCpuFlags(path.join(dir, "missing"))).toBeUndefined()
   })
 })

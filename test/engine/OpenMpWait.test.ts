@@ -1,4 +1,4 @@
-import { Effect } from "effect"
+import { Effect, Logger } from "effect"
 import * as fc from "effect/FastCheck"
 import type { Llama } from "node-llama-cpp"
 import { afterEach, describe, expect, it } from "vitest"
@@ -20,8 +20,13 @@ const clear = () => {
   for (const name of openMpVariables) delete process.env[name]
 }
 
+/** A local build made with OpenMP (as Weft's were before the ggml threadpool), or the prebuilt binary. */
 const fakeLlama = (buildType: "localBuild" | "prebuilt"): Llama =>
-  ({ buildType, llamaCppRelease: { repo: "ggml-org/llama.cpp", release: "v0.5.0" }, cmakeOptions: buildType === "localBuild" ? nativeCmakeOptions : {} }) as unknown as Llama
+  ({
+    buildType,
+    llamaCppRelease: { repo: "ggml-org/llama.cpp", release: "v0.5.0" },
+    cmakeOptions: buildType === "localBuild" ? { ...nativeCmakeOptions, GGML_OPENMP: "ON" } : {}
+  }) as unknown as Llama
 
 /** A loader whose native build loads; records the OpenMP variables each load saw. */
 const recordingLoader = () => {
@@ -63,6 +68,26 @@ describe("OpenMpWait", () => {
     const result = await Effect.runPromise(loadLlamaBinary("prebuilt", { gpu: false, maxThreads: 2, openMpWait: "active" }, prebuilt.load))
     expect(prebuilt.seen).toEqual([{ kind: "prebuilt", env: { OMP_WAIT_POLICY: undefined, GOMP_SPINCOUNT: undefined } }])
     expect(result.binary.openMpWait).toBeUndefined()
+  })
+
+  it("a native build without OpenMP (Weft's own) reports no wait policy, and a configured one is only warned about", async () => {
+    clear()
+    const warnings: Array<string> = []
+    const logger = Logger.make(({ logLevel, message }) => {
+      if (logLevel._tag === "Warning") warnings.push(String(message))
+    })
+    const threadpoolBuild: BinaryLoader = () =>
+      Effect.succeed({ buildType: "localBuild", llamaCppRelease: { repo: "ggml-org/llama.cpp", release: "v0.5.0" }, cmakeOptions: nativeCmakeOptions } as unknown as Llama)
+    const { binary } = await Effect.runPromise(
+      loadLlamaBinary("native", { gpu: false, maxThreads: 2, openMpWait: "active" }, threadpoolBuild).pipe(
+        Effect.provide(Logger.replace(Logger.defaultLogger, logger))
+      )
+    )
+    expect(nativeCmakeOptions.GGML_OPENMP).toBe("OFF")
+    expect(binary.kind).toBe("native")
+    expect(binary.openMpWait).toBeUndefined()
+    expect(warnings.join("\n")).toMatch(/--openmp-wait has no effect: this native build runs without OpenMP/)
+    clear()
   })
 
   it("a setting always decides; without one, variables the user set are never changed", () => {

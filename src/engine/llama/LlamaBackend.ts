@@ -12,6 +12,7 @@ import { stepLogprobs } from "../StepLogprobs.js"
 import { defaultThreadTunerOptions, ThreadTuner } from "../ThreadTuner.js"
 import { makeBoundedTokenizer } from "./BoundedTokenizer.js"
 import { chatRenderer } from "./ChatRenderer.js"
+import { dispatchOnceStepQueued } from "./DecodeDispatch.js"
 import { makeLlamaEmbedder } from "./Embeddings.js"
 import { errorMessage } from "./errorMessage.js"
 import { evaluateOptions } from "./EvaluateOptions.js"
@@ -136,6 +137,11 @@ const contextBackend = (
     const loadFailed = (error: unknown) =>
       new ModelLoadFailed({ path: adapter?.path ?? config.modelPath, message: errorMessage(error), cause: error })
     let created: LlamaContext | undefined
+    const batcher = new StepBatcher({ maxWaitMs: stepWaitMs })
+    const dispatchSchedule = dispatchOnceStepQueued({
+      queued: () => (created === undefined ? 0 : queuedDecodesOf(created).length),
+      released: () => batcher.stats().inflight
+    })
     const context = yield* Effect.acquireRelease(
       Effect.tryPromise({
         try: () =>
@@ -145,7 +151,7 @@ const contextBackend = (
             threads,
             flashAttention: config.flashAttention ?? true,
             batchSize: config.batchSize ?? Math.min(512, config.contextSize * config.parallel),
-            batching: { itemPrioritizationStrategy: sequenceOrderStrategy(() => created) },
+            batching: { itemPrioritizationStrategy: sequenceOrderStrategy(() => created), dispatchSchedule },
             ...(adapter === undefined ? {} : { lora: { adapters: [{ filePath: adapter.path, scale: adapter.scale }] } })
           }),
         catch: loadFailed
@@ -154,7 +160,7 @@ const contextBackend = (
     )
     created = context
     if (config.tuneThreads !== false) interceptDecodes(context, new ThreadTuner(defaultThreadTunerOptions(threads)))
-    const arrivals = yield* makeSlotArrivals(new StepBatcher({ maxWaitMs: stepWaitMs }), arrivalGraceMs)
+    const arrivals = yield* makeSlotArrivals(batcher, arrivalGraceMs)
     const sequences: Array<LlamaContextSequence> = Array.from({ length: config.parallel }, () =>
       context.getSequence({
         // The scheduler ends a full sequence with `length`; a shift here would be a scheduler bug, never silent.

@@ -4,6 +4,7 @@ import { createRequire } from "node:module"
 import * as path from "node:path"
 import type { Llama } from "node-llama-cpp"
 import { errorMessage } from "./errorMessage.js"
+import { nativeCmakeOptionsFor, readCpuFlags } from "./NativeCpuOptions.js"
 import { applyOpenMpWait } from "./OpenMpWait.js"
 import type { OpenMpWait } from "./OpenMpWait.js"
 
@@ -12,15 +13,11 @@ export const binaryPreferences = ["auto", "native", "prebuilt"] as const
 export type BinaryPreference = (typeof binaryPreferences)[number]
 
 /**
- * The cmake options of `weft build-native`. node-llama-cpp names a local build's folder after its custom cmake
- * options, so asking `getLlama` for exactly these finds exactly that build, never a differently configured one.
- * `WEFT_NATIVE_BUILD` is only that marker; cmake ignores it.
+ * The cmake options of `weft build-native` on this machine (see `nativeCmakeOptionsFor`). node-llama-cpp names a local
+ * build's folder after its custom cmake options, so asking `getLlama` for exactly these finds exactly that build, never
+ * a differently configured one (an earlier Weft's OpenMP build included).
  */
-export const nativeCmakeOptions: Readonly<Record<string, string>> = {
-  GGML_NATIVE: "ON",
-  GGML_OPENMP: "ON",
-  WEFT_NATIVE_BUILD: "1"
-}
+export const nativeCmakeOptions: Readonly<Record<string, string>> = nativeCmakeOptionsFor(process.arch, readCpuFlags())
 
 /** A marker no local build is made with, so `getLlama` skips local builds and loads the prebuilt binary. */
 const prebuiltOnlyCmakeOptions: Readonly<Record<string, string>> = { WEFT_PREBUILT_ONLY: "1" }
@@ -34,7 +31,7 @@ export interface LlamaBinaryInfo {
   readonly cmakeOptions: Readonly<Record<string, string>>
   /** Why a native build present or asked for is not the one in use. */
   readonly fallbackReason?: string | undefined
-  /** A native build's OpenMP wait policy and where it came from, e.g. `OMP_WAIT_POLICY=PASSIVE (default)`. */
+  /** An OpenMP build's wait policy and where it came from, e.g. `OMP_WAIT_POLICY=PASSIVE (default)`; absent without OpenMP. */
   readonly openMpWait?: string | undefined
 }
 
@@ -90,12 +87,15 @@ export const nodeLlamaCppLoader: BinaryLoader = (kind, options) =>
     )
   )
 
+/** Whether `llama` is a local build made with OpenMP (Weft's own builds are not; see `nativeCmakeOptionsFor`). */
+const usesOpenMp = (llama: Llama): boolean => llama.buildType === "localBuild" && llama.cmakeOptions.GGML_OPENMP === "ON"
+
 const infoOf = (llama: Llama, fallbackReason: string | undefined, openMpWait?: string): LlamaBinaryInfo => ({
   kind: llama.buildType === "localBuild" ? "native" : "prebuilt",
   release: llama.llamaCppRelease.release,
   cmakeOptions: llama.buildType === "localBuild" ? { ...llama.cmakeOptions } : {},
   fallbackReason,
-  ...(llama.buildType === "localBuild" && openMpWait !== undefined ? { openMpWait } : {})
+  ...(usesOpenMp(llama) && openMpWait !== undefined ? { openMpWait } : {})
 })
 
 /**
@@ -118,6 +118,9 @@ export const loadLlamaBinary = (
     const openMp = yield* Effect.sync(() => applyOpenMpWait(options.openMpWait))
     const native = yield* Effect.either(loader("native", options))
     if (native._tag === "Right") {
+      if (options.openMpWait !== undefined && !usesOpenMp(native.right)) {
+        yield* Effect.logWarning("--openmp-wait has no effect: this native build runs without OpenMP, on a ggml threadpool (WEFT_GGML_POLL sets how long its idle threads poll)")
+      }
       return { llama: native.right, binary: infoOf(native.right, undefined, `${openMp.description} (${openMp.source})`) }
     }
     if (preference === "native") return yield* new NativeBinaryUnavailable({ reason: native.left })
