@@ -27,7 +27,7 @@ describe("weft build-native's addon patches", () => {
     expect(first).toEqual(Either.right({ patches: shipped, applied: shipped }))
     const context = fs.readFileSync(path.join(addon, "AddonContext.cpp"), "utf8")
     expect(context).toContain("llama_attach_threadpool(ctx, threadpool, threadpool)")
-    expect(context).toContain("threadpoolFree(threadpool)")
+    expect(context).toContain("threadpoolFree(currentThreadpool)")
 
     const second = await apply(addon)
     expect(second).toEqual(Either.right({ patches: shipped, applied: [] }))
