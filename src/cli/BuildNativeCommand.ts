@@ -65,7 +65,11 @@ export const applyAddonPatches = (addonDirectory: string, patchesDirectory: stri
       const file = path.join(patchesDirectory, name)
       if ((yield* gitApply(addonDirectory, ["--reverse", "--check", file])) === 0) continue
       if ((yield* gitApply(addonDirectory, ["--check", file])) !== 0) {
-        return yield* new NativeBuildFailed({ step: "patch", reason: `${name} does not apply to ${addonDirectory}` })
+        return yield* new NativeBuildFailed({
+          step: "patch",
+          reason: `${name} does not apply to ${addonDirectory} (another node-llama-cpp, or an earlier version of the patch ` +
+            "applied there: `npm ci` restores the addon's sources; then build again)"
+        })
       }
       if ((yield* gitApply(addonDirectory, [file])) !== 0) {
         return yield* new NativeBuildFailed({ step: "patch", reason: `git apply ${name} failed in ${addonDirectory}` })
