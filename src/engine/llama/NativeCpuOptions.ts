@@ -27,7 +27,7 @@ const x86Extensions: ReadonlyArray<readonly [option: string, flags: ReadonlyArra
  *
  * - Every instruction-set extension of this CPU that ggml knows is switched on by name (`GGML_NATIVE=OFF`), as ggml's
  *   own per-CPU variants are built, rather than with `-march=native`: on the 2-core Xeon (AVX-512, AMX) this was
- *   measured on, GCC 12's `-march=native` (which it resolves to `cooperlake`) gave code 15–25% slower per decode step
+ *   measured on, GCC 12's `-march=native` (which it resolves to `cooperlake`) gave code 15–35% slower per decode step
  *   than the same extensions named one by one (docs/performance.md, "Native build, round two"). Elsewhere (not
  *   x86-64 on Linux) `GGML_NATIVE=ON` is all there is.
  * - No OpenMP: ggml runs each decode on its own threadpool, which Weft's addon patch keeps for the context's life
