@@ -11,6 +11,7 @@ import { Effect } from "effect"
 import * as path from "node:path"
 import { nodeLlamaCppLoader } from "../engine/llama/LlamaBinary.js"
 import { ensureModel } from "../model/generateModel.js"
+import { defaultBenchSettings } from "./BenchSettings.js"
 import { decodeSteps } from "./DecodeCeiling.js"
 
 const [kind, threadsArg = "2", concurrencyArg = "1", secondsArg = "4"] = process.argv.slice(2)
@@ -25,8 +26,9 @@ const seconds = Number(secondsArg)
 const modelPath = await Effect.runPromise(ensureModel("bench", path.resolve(".weft")))
 const llama = await Effect.runPromise(nodeLlamaCppLoader(kind, { gpu: false, maxThreads: threads }))
 const model = await llama.loadModel({ modelPath })
-const context = await model.createContext({ sequences: 16, contextSize: 2560, threads, batchSize: 512, flashAttention: true })
-const { msPerStep, tokensPerSecond } = await decodeSteps(context, 2560, concurrency, seconds, 1)
+const { contextSize } = defaultBenchSettings
+const context = await model.createContext({ sequences: 16, contextSize, threads, batchSize: 512, flashAttention: true })
+const { msPerStep, tokensPerSecond } = await decodeSteps(context, contextSize, concurrency, seconds, 1)
 console.log(
   `${kind} (${llama.buildType}) threads ${threads}, ${concurrency} sequences: ${msPerStep.toFixed(2)} ms per step, ` +
     `${tokensPerSecond.toFixed(1)} tok/s`

@@ -23,12 +23,13 @@ const force = Options.boolean("force").pipe(Options.withDescription("Build again
 const nodeLlamaCppCli = (): string => path.join(nodeLlamaCppRoot(), "dist", "cli", "cli.js")
 
 /** node-llama-cpp reads a build's custom cmake options from `NODE_LLAMA_CPP_CMAKE_OPTION_<NAME>`. */
-const cmakeOptionEnv = Object.fromEntries(Object.entries(nativeCmakeOptions).map(([name, value]) => [`NODE_LLAMA_CPP_CMAKE_OPTION_${name}`, value]))
+const cmakeOptionEnv = () =>
+  Object.fromEntries(Object.entries(nativeCmakeOptions()).map(([name, value]) => [`NODE_LLAMA_CPP_CMAKE_OPTION_${name}`, value]))
 
 /** Runs node-llama-cpp's own CLI with its output on this terminal (cmake's progress). */
 const runNodeLlamaCpp = (step: string, args: ReadonlyArray<string>) =>
   Process.make(process.execPath, nodeLlamaCppCli(), ...args).pipe(
-    Process.env(cmakeOptionEnv),
+    Process.env(cmakeOptionEnv()),
     Process.stdout("inherit"),
     Process.stderr("inherit"),
     Process.exitCode,
@@ -39,7 +40,10 @@ const runNodeLlamaCpp = (step: string, args: ReadonlyArray<string>) =>
 /** Weft's patches to node-llama-cpp's native addon (`llama/addon`), applied in name order before `source build`. */
 export const addonPatchesDirectory = (): string => fileURLToPath(new URL("../../native/node-llama-cpp", import.meta.url))
 
-/** Runs `git apply ARGS` on node-llama-cpp's addon folder as a plain patch tool, never on an enclosing repository. */
+/**
+ * Runs `git apply ARGS` on node-llama-cpp's addon folder as a plain patch tool, never on an enclosing repository; its
+ * exit code. A git that cannot be started fails the build as such, not as a patch that does not apply.
+ */
 const gitApply = (addonDirectory: string, args: ReadonlyArray<string>) =>
   Process.make("git", "apply", ...args).pipe(
     Process.workingDirectory(addonDirectory),
@@ -47,7 +51,7 @@ const gitApply = (addonDirectory: string, args: ReadonlyArray<string>) =>
     // patch's paths from that repository's root.
     Process.env({ GIT_CEILING_DIRECTORIES: path.dirname(addonDirectory) }),
     Process.exitCode,
-    Effect.orElseSucceed(() => -1)
+    Effect.mapError((error) => new NativeBuildFailed({ step: "patch", reason: `git apply could not run: ${error.message}` }))
   )
 
 /**
@@ -120,7 +124,7 @@ export const buildNativeCommand = Command.make("build-native", { force }, (optio
     if (existing !== undefined && !options.force) {
       yield* Console.log(`weft: a native build is already at ${existing}; verifying it (--force rebuilds)`)
     } else {
-      yield* Console.log(`weft: building llama.cpp natively (${Object.entries(nativeCmakeOptions).map(([k, v]) => `${k}=${v}`).join(" ")}); a few minutes on 2 cores`)
+      yield* Console.log(`weft: building llama.cpp natively (${Object.entries(nativeCmakeOptions()).map(([k, v]) => `${k}=${v}`).join(" ")}); a few minutes on 2 cores`)
       yield* runNodeLlamaCpp("source download", ["source", "download", "--skipBuild", "--gpu", "false", "--noUsageExample"])
       const { applied, patches } = yield* applyAddonPatches(path.join(nodeLlamaCppRoot(), "llama", "addon"))
       if (patches.length > 0) {

@@ -9,7 +9,7 @@ import type { BinaryLoader } from "../../src/engine/llama/LlamaBinary.js"
 import { nativeCmakeOptionsFor, readCpuFlags } from "../../src/engine/llama/NativeCpuOptions.js"
 
 const fakeLlama = (buildType: "localBuild" | "prebuilt"): Llama =>
-  ({ buildType, llamaCppRelease: { repo: "ggml-org/llama.cpp", release: "v0.5.0" }, cmakeOptions: buildType === "localBuild" ? nativeCmakeOptions : {} }) as unknown as Llama
+  ({ buildType, llamaCppRelease: { repo: "ggml-org/llama.cpp", release: "v0.5.0" }, cmakeOptions: buildType === "localBuild" ? nativeCmakeOptions() : {} }) as unknown as Llama
 
 /** A loader whose native build loads, fails to load, or is missing; records what was tried. */
 const loader = (native: "loads" | "fails") => {
@@ -31,7 +31,7 @@ describe("LlamaBinary", () => {
     expect(native.binary).toEqual({
       kind: "native",
       release: "v0.5.0",
-      cmakeOptions: nativeCmakeOptions,
+      cmakeOptions: nativeCmakeOptions(),
       fallbackReason: undefined
     })
     expect(withNative.tried).toEqual(["native"])
@@ -65,9 +65,9 @@ describe("LlamaBinary", () => {
       }
       expect(findNativeBuild(path.join(dir, "missing"))).toBeUndefined()
       build("linux-x64", {}, true)
-      build("linux-x64-unfinished", nativeCmakeOptions, false)
+      build("linux-x64-unfinished", nativeCmakeOptions(), false)
       expect(findNativeBuild(dir)).toBeUndefined()
-      build("linux-x64-abc123", nativeCmakeOptions, true)
+      build("linux-x64-abc123", nativeCmakeOptions(), true)
       expect(findNativeBuild(dir)).toBe(path.join(dir, "linux-x64-abc123"))
     } finally {
       fs.rmSync(dir, { recursive: true, force: true })

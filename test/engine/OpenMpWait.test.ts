@@ -25,7 +25,7 @@ const fakeLlama = (buildType: "localBuild" | "prebuilt"): Llama =>
   ({
     buildType,
     llamaCppRelease: { repo: "ggml-org/llama.cpp", release: "v0.5.0" },
-    cmakeOptions: buildType === "localBuild" ? { ...nativeCmakeOptions, GGML_OPENMP: "ON" } : {}
+    cmakeOptions: buildType === "localBuild" ? { ...nativeCmakeOptions(), GGML_OPENMP: "ON" } : {}
   }) as unknown as Llama
 
 /** A loader whose native build loads; records the OpenMP variables each load saw. */
@@ -77,13 +77,13 @@ describe("OpenMpWait", () => {
       if (logLevel._tag === "Warning") warnings.push(String(message))
     })
     const threadpoolBuild: BinaryLoader = () =>
-      Effect.succeed({ buildType: "localBuild", llamaCppRelease: { repo: "ggml-org/llama.cpp", release: "v0.5.0" }, cmakeOptions: nativeCmakeOptions } as unknown as Llama)
+      Effect.succeed({ buildType: "localBuild", llamaCppRelease: { repo: "ggml-org/llama.cpp", release: "v0.5.0" }, cmakeOptions: nativeCmakeOptions() } as unknown as Llama)
     const { binary } = await Effect.runPromise(
       loadLlamaBinary("native", { gpu: false, maxThreads: 2, openMpWait: "active" }, threadpoolBuild).pipe(
         Effect.provide(Logger.replace(Logger.defaultLogger, logger))
       )
     )
-    expect(nativeCmakeOptions.GGML_OPENMP).toBe("OFF")
+    expect(nativeCmakeOptions().GGML_OPENMP).toBe("OFF")
     expect(binary.kind).toBe("native")
     expect(binary.openMpWait).toBeUndefined()
     expect(warnings.join("\n")).toMatch(/--openmp-wait has no effect: this native build runs without OpenMP/)

@@ -19,7 +19,7 @@ const maxChecks = 64
  * (the previous token's HTTP write, the other fibers), on the critical path of every token. Each released step reaches
  * node-llama-cpp's queue a few microtasks after its release, so the schedule checks again over the following
  * microtasks. The next-turn dispatch is kept as the fallback (a step that queues no decode, a decode not released by
- * the batcher); node-llama-cpp ignores whichever dispatch of one schedule comes second.
+ * the batcher), scheduled only when the first check could not dispatch; each schedule dispatches once.
  */
 export const dispatchOnceStepQueued = (steps: QueuedSteps): CustomBatchingDispatchSchedule => (dispatch) => {
   let checks = 0
@@ -34,6 +34,7 @@ export const dispatchOnceStepQueued = (steps: QueuedSteps): CustomBatchingDispat
     }
   }
   check()
+  if (dispatched) return
   setImmediate(() => {
     if (dispatched) return
     dispatched = true

@@ -12,12 +12,16 @@ import type { OpenMpWait } from "./OpenMpWait.js"
 export const binaryPreferences = ["auto", "native", "prebuilt"] as const
 export type BinaryPreference = (typeof binaryPreferences)[number]
 
+/** Read from `/proc/cpuinfo` once, when a native build is first looked for, not by every command that imports this. */
+let thisMachine: Readonly<Record<string, string>> | undefined
+
 /**
  * The cmake options of `weft build-native` on this machine (see `nativeCmakeOptionsFor`). node-llama-cpp names a local
  * build's folder after its custom cmake options, so asking `getLlama` for exactly these finds exactly that build, never
  * a differently configured one (an earlier Weft's OpenMP build included).
  */
-export const nativeCmakeOptions: Readonly<Record<string, string>> = nativeCmakeOptionsFor(process.arch, readCpuFlags())
+export const nativeCmakeOptions = (): Readonly<Record<string, string>> =>
+  (thisMachine ??= nativeCmakeOptionsFor(process.arch, readCpuFlags()))
 
 /** A marker no local build is made with, so `getLlama` skips local builds and loads the prebuilt binary. */
 const prebuiltOnlyCmakeOptions: Readonly<Record<string, string>> = { WEFT_PREBUILT_ONLY: "1" }
@@ -73,7 +77,7 @@ export const nodeLlamaCppLoader: BinaryLoader = (kind, options) =>
         // The native build is CPU-only (`source build --gpu false`).
         gpu: kind === "native" ? false : options.gpu,
         usePrebuiltBinaries: kind === "prebuilt",
-        cmakeOptions: kind === "native" ? { ...nativeCmakeOptions } : { ...prebuiltOnlyCmakeOptions },
+        cmakeOptions: kind === "native" ? { ...nativeCmakeOptions() } : { ...prebuiltOnlyCmakeOptions },
         maxThreads: options.maxThreads,
         logLevel: LlamaLogLevel.error,
         progressLogs: false
@@ -144,7 +148,7 @@ export const findNativeBuild = (localBuilds: string = localBuildsDirectory()): s
     try {
       const options = (JSON.parse(fs.readFileSync(metadata, "utf8")) as { buildOptions?: { customCmakeOptions?: Record<string, string> } })
         .buildOptions?.customCmakeOptions ?? {}
-      return Object.entries(nativeCmakeOptions).every(([key, value]) => options[key] === value)
+      return Object.entries(nativeCmakeOptions()).every(([key, value]) => options[key] === value)
     } catch {
       return false
     }
