@@ -4,13 +4,11 @@
 //   WEFT_GUARD_MAX_CHARS the most characters of input text a request may carry (default 8000)
 // The client gets OpenAI's error shape: 400 `input_blocked` or 400 `input_too_long`.
 
-const blocked = (process.env.WEFT_GUARD_BLOCKED ?? "")
-  .split(",")
-  .map((word) => word.trim().toLowerCase())
-  .filter((word) => word !== "")
-const maxChars = Number(process.env.WEFT_GUARD_MAX_CHARS ?? 8000)
-
-const counts = { checked: 0, blocked: 0, tooLong: 0, completionTokens: 0 }
+// Read by `setup`, when a server starts with the plugin, not when the file is imported: a process imports a module
+// once, and a later server in it (an embedding program, a test) would otherwise keep the first one's settings.
+let blocked = []
+let maxChars = 8000
+let counts = { checked: 0, blocked: 0, tooLong: 0, completionTokens: 0 }
 
 /** Every piece of input text in a chat or completions body. */
 const textsOf = (body) => {
@@ -29,6 +27,14 @@ export default {
   name: "input-guard",
   version: "1.0.0",
   timeoutMs: 100,
+  setup() {
+    blocked = (process.env.WEFT_GUARD_BLOCKED ?? "")
+      .split(",")
+      .map((word) => word.trim().toLowerCase())
+      .filter((word) => word !== "")
+    maxChars = Number(process.env.WEFT_GUARD_MAX_CHARS ?? 8000)
+    counts = { checked: 0, blocked: 0, tooLong: 0, completionTokens: 0 }
+  },
   beforeRequest({ body }) {
     counts.checked++
     const texts = textsOf(body)

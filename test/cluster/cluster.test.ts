@@ -42,23 +42,30 @@ describe.skipIf(!postgresAvailable() && process.env.CI === undefined)("three rep
     await settled()
   }, 600_000)
 
+  // Which replica owns a session's shard depends on the runners' addresses (random ports). With 12 probe sessions a
+  // replica can own none of them (3 × (2/3)^12, about 2% of runs if the shards fall evenly), and then the cluster never
+  // counts as settled: the likely cause of a `beforeAll` that once failed with "the cluster did not settle".
+  const probeSessions = 36
+
   /**
-   * Waits until the runners have found each other and the shards have stopped moving: twelve probe sessions, each
+   * Waits until the runners have found each other and the shards have stopped moving: the probe sessions, each
    * asked through a different replica in turn, are served by the same owners two rounds running, and every replica owns
    * some. (A session whose shard moves after its first turn legitimately loses its cache: the affinity test measures
    * the settled cluster, and once ran while the third replica's shards were still arriving.)
    */
   const settled = async () => {
     let previous = ""
+    const seen: Array<string> = []
     for (let round = 0; round < 40; round++) {
-      const probes = await Promise.all(Array.from({ length: 12 }, (_, probe) =>
+      const probes = await Promise.all(Array.from({ length: probeSessions }, (_, probe) =>
         streamChat(replicas[(probe + round) % replicas.length]!.url, { session_id: `probe-${probe}`, messages: [{ role: "user", content: "ping" }], max_tokens: 1 })))
       const owners = probes.map((probe) => (probe.outcome === "ok" ? probe.servedBy : "-")).join(" ")
       if (probes.every((probe) => probe.outcome === "ok") && owners === previous && new Set(probes.map((probe) => probe.servedBy)).size === replicas.length) return
       previous = owners
+      seen.push(`round ${round}: ${probes.map((probe) => (probe.outcome === "ok" ? probe.servedBy : `${probe.outcome} ${probe.code ?? ""}`)).join(", ")}`)
       await new Promise((resolve) => setTimeout(resolve, 1000))
     }
-    throw new Error("the cluster did not settle")
+    throw new Error(`the cluster did not settle; the probes' owners in the last rounds:\n${seen.slice(-3).join("\n")}`)
   }
   afterAll(async () => {
     await Promise.all(replicas.map((replica) => replica.stop("SIGKILL")))

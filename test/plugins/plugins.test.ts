@@ -97,11 +97,34 @@ describe("the example plugins over HTTP", () => {
   it("lists both with their hooks, routes and timings", async () => {
     const plugins = await listed(server)
     expect(plugins.map((plugin) => plugin.name)).toEqual(["input-guard", "pii-redaction"])
-    expect(plugins[0]).toMatchObject({ failClosed: false, hooks: ["beforeRequest", "afterRequest"], routes: ["GET /stats"] })
+    expect(plugins[0]).toMatchObject({ failClosed: false, hooks: ["beforeRequest", "afterRequest", "setup"], routes: ["GET /stats"] })
     expect(plugins[1]).toMatchObject({ failClosed: true, hooks: ["transformText"] })
     expect(plugins[0]!.stats["beforeRequest"]).toMatchObject({ errors: 0, timeouts: 0 })
     expect(plugins[0]!.stats["beforeRequest"]!.calls).toBeGreaterThan(0)
     expect(plugins[1]!.stats["write"]!.calls).toBeGreaterThan(10)
+  })
+})
+
+describe("the input-guard example", () => {
+  // A process imports a plugin's file once: a second server in it (another test file, an embedding program) must get
+  // the settings of its own start, not those of the first import.
+  it("reads its settings when a server sets it up, not when its file is imported", async () => {
+    const guard = ((await import(path.join(examples, "input-guard.mjs"))) as { default: WeftPlugin }).default
+    const verdict = (content: string) => guard.beforeRequest!({ endpoint: "chat", body: { messages: [{ role: "user", content }] }, tenant: null })
+    const previous = process.env["WEFT_GUARD_BLOCKED"]
+    try {
+      process.env["WEFT_GUARD_BLOCKED"] = "alpha"
+      guard.setup!()
+      expect(verdict("say Alpha")).toMatchObject({ reject: { code: "input_blocked" } })
+      expect(verdict("say beta")).toBeUndefined()
+      process.env["WEFT_GUARD_BLOCKED"] = "beta"
+      guard.setup!()
+      expect(verdict("say alpha")).toBeUndefined()
+      expect(verdict("say Beta")).toMatchObject({ reject: { code: "input_blocked" } })
+    } finally {
+      if (previous === undefined) delete process.env["WEFT_GUARD_BLOCKED"]
+      else process.env["WEFT_GUARD_BLOCKED"] = previous
+    }
   })
 })
 

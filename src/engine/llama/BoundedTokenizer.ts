@@ -3,8 +3,9 @@ import type { Scope } from "effect"
 import type { LlamaModel } from "node-llama-cpp"
 import { ChatTemplateFailed, PromptTooLarge } from "../Backend.js"
 import type { BackendShape, ChatMessage } from "../Backend.js"
+import { chatRenderer } from "./ChatRenderer.js"
 import { errorMessage } from "./errorMessage.js"
-import { makeOffThreadTokenizer } from "./OffThreadTokenizer.js"
+import { startOffThreadTokenizer } from "./OffThreadTokenizer.js"
 import type { TokenizerWorkerFailed } from "./OffThreadTokenizer.js"
 import { makeVocabTokenizer } from "./VocabTokenizer.js"
 
@@ -38,7 +39,11 @@ export const makeBoundedTokenizer = (
   config: BoundedTokenizerConfig
 ): Effect.Effect<Pick<BackendShape, "tokenize" | "renderChat">, TokenizerWorkerFailed, Scope.Scope> =>
   Effect.gen(function*() {
-    const offThread = yield* makeOffThreadTokenizer({ modelPath: config.modelPath, vocabSize: config.vocabSize, binary: config.binary })
+    const loading = yield* startOffThreadTokenizer({ modelPath: config.modelPath, vocabSize: config.vocabSize, binary: config.binary })
+    // Resolving the chat template takes about a second: done here while the worker loads, not after (it is kept per
+    // model, so `makeVocabTokenizer` below finds it resolved).
+    chatRenderer(model)
+    const offThread = yield* loading
     const tables = offThread.tables
     const local = makeVocabTokenizer(model, tables.specials)
     const maxBytes = config.contextSize * tables.longestTokenBytes + marginBytes

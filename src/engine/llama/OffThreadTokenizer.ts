@@ -26,6 +26,11 @@ export type TokenizerRequest =
     readonly tools: ReadonlyArray<ToolFunction> | undefined
   }
 
+/** Asks the tokenizer worker to end once it has answered the requests before it. */
+export interface TokenizerClose {
+  readonly _tag: "Close"
+}
+
 /** The tokenizer worker's answer to the request with the same id. */
 export type TokenizerReply =
   | { readonly _tag: "Tokens"; readonly id: number; readonly tokens: Uint32Array }
@@ -37,24 +42,42 @@ export type TokenizerStatus = { readonly _tag: "Ready"; readonly tables: VocabTa
 
 const workerEntry = new URL("./TokenizerWorker.mjs", import.meta.url)
 
+/** How long a closing backend waits for its tokenizer worker to end itself before terminating it. */
+const closeGraceMs = 10_000
+
 /**
  * Tokenization on a worker thread that loads the model vocabulary-only: llama.cpp's tokenizer is superlinear on some
  * texts (2^20 newlines took 97 s), and on the main thread that would stop every stream and `/health`. Requests are
  * answered in order, so a slow one delays the large ones behind it (never the small ones, tokenized on the main
  * thread); one that is interrupted still runs to its end in the worker, its answer dropped.
+ *
+ * Starts the worker and gives back the wait for it to load, so the caller can do its own part of a model's load
+ * meanwhile (the worker's takes a second or more, on another core).
  */
-export const makeOffThreadTokenizer = (
+export const startOffThreadTokenizer = (
   data: TokenizerWorkerData
-): Effect.Effect<OffThreadTokenizer, TokenizerWorkerFailed, Scope.Scope> =>
+): Effect.Effect<Effect.Effect<OffThreadTokenizer, TokenizerWorkerFailed>, never, Scope.Scope> =>
   Effect.gen(function*() {
     const pending = new Map<number, (reply: TokenizerReply) => void>()
     let nextId = 0
     let gone: string | undefined
     const started = yield* Deferred.make<TokenizerStatus>()
+    // The worker ends itself (see TokenizerWorker); terminated only when it has not within `closeGraceMs`, e.g. in a
+    // tokenization of minutes.
+    const close = (worker: Worker) =>
+      new Promise<void>((resolve) => {
+        if (gone !== undefined) return resolve()
+        const timer = setTimeout(() => void worker.terminate().then(() => resolve()), closeGraceMs)
+        worker.once("exit", () => {
+          clearTimeout(timer)
+          resolve()
+        })
+        worker.postMessage({ _tag: "Close" } satisfies TokenizerClose)
+      })
     const worker = yield* Effect.acquireRelease(
       Effect.sync(() => {
         const worker = new Worker(workerEntry, { workerData: data })
-        // An idle worker must not keep the process alive; it is terminated with the backend's scope anyway.
+        // An idle worker must not keep the process alive; it is closed with the backend's scope anyway.
         worker.unref()
         worker.on("message", (reply: TokenizerReply | TokenizerStatus) => {
           if (!("id" in reply)) return Deferred.unsafeDone(started, Effect.succeed(reply))
@@ -72,12 +95,8 @@ export const makeOffThreadTokenizer = (
         worker.on("exit", (code) => fail(`the tokenizer worker exited (${code})`))
         return worker
       }),
-      (worker) => Effect.promise(() => worker.terminate())
+      (worker) => Effect.promise(() => close(worker))
     )
-    // Loading happens before the backend is ready, so no request waits for it (or measures it as a stall).
-    const status = yield* Deferred.await(started)
-    if (status._tag === "LoadFailed") return yield* new TokenizerWorkerFailed({ message: status.message })
-
     const ask = (request: (id: number) => TokenizerRequest) =>
       Effect.async<TokenizerReply>((resume) => {
         const id = nextId++
@@ -95,13 +114,19 @@ export const makeOffThreadTokenizer = (
         ? new ChatTemplateFailed({ message: reply.message })
         : Effect.dieMessage(reply.message)
 
-    return {
+    const tokenizer = (tables: VocabTables): OffThreadTokenizer => ({
+      tables,
       tokenize: (text, special) =>
         // A tokenize request is never answered TemplateFailed.
         Effect.orDie(Effect.flatMap(ask((id) => ({ _tag: "Tokenize", id, text, special })), tokensOf)),
-      renderChat: (messages, tools) => Effect.flatMap(ask((id) => ({ _tag: "RenderChat", id, messages, tools })), tokensOf),
-      tables: status.tables
-    } satisfies OffThreadTokenizer
+      renderChat: (messages, tools) => Effect.flatMap(ask((id) => ({ _tag: "RenderChat", id, messages, tools })), tokensOf)
+    })
+
+    // Loading happens before the backend is ready, so no request waits for it (or measures it as a stall).
+    return Effect.flatMap(Deferred.await(started), (status) =>
+      status._tag === "LoadFailed"
+        ? new TokenizerWorkerFailed({ message: status.message })
+        : Effect.succeed(tokenizer(status.tables)))
   })
 
 /** Tokenization on the worker thread. */
