@@ -60,7 +60,13 @@ describe.skipIf(!postgresAvailable() && process.env.CI === undefined)("three rep
       const probes = await Promise.all(Array.from({ length: probeSessions }, (_, probe) =>
         streamChat(replicas[(probe + round) % replicas.length]!.url, { session_id: `probe-${probe}`, messages: [{ role: "user", content: "ping" }], max_tokens: 1 })))
       const owners = probes.map((probe) => (probe.outcome === "ok" ? probe.servedBy : "-")).join(" ")
-      if (probes.every((probe) => probe.outcome === "ok") && owners === previous && new Set(probes.map((probe) => probe.servedBy)).size === replicas.length) return
+      if (probes.every((probe) => probe.outcome === "ok") && owners === previous && new Set(probes.map((probe) => probe.servedBy)).size === replicas.length) {
+        // Each replica publishes its load every second and routes by what the others last published: the probes'
+        // queues stay in those numbers until the next publications, and a test routing by load right after (the
+        // spread test) would see idle peers as busy.
+        await new Promise((resolve) => setTimeout(resolve, 3000))
+        return
+      }
       previous = owners
       seen.push(`round ${round}: ${probes.map((probe) => (probe.outcome === "ok" ? probe.servedBy : `${probe.outcome} ${probe.code ?? ""}`)).join(", ")}`)
       await new Promise((resolve) => setTimeout(resolve, 1000))
