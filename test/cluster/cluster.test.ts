@@ -59,7 +59,7 @@ describe.skipIf(!postgresAvailable() && process.env.CI === undefined)("three rep
     for (let round = 0; round < 40; round++) {
       const probes = await Promise.all(Array.from({ length: probeSessions }, (_, probe) =>
         streamChat(replicas[(probe + round) % replicas.length]!.url, { session_id: `probe-${probe}`, messages: [{ role: "user", content: "ping" }], max_tokens: 1 })))
-      const owners = probes.map((probe) => (probe.outcome === "ok" ? probe.servedBy : "-")).join(" ")
+      const owners = probes.map((probe) => (probe.outcome === "ok" ? probe.servedBy : `${probe.outcome} ${probe.code ?? ""}`)).join(", ")
       if (probes.every((probe) => probe.outcome === "ok") && owners === previous && new Set(probes.map((probe) => probe.servedBy)).size === replicas.length) {
         // Each replica publishes its load every second and routes by what the others last published: the probes'
         // queues stay in those numbers until the next publications, and a test routing by load right after (the
@@ -68,7 +68,7 @@ describe.skipIf(!postgresAvailable() && process.env.CI === undefined)("three rep
         return
       }
       previous = owners
-      seen.push(`round ${round}: ${probes.map((probe) => (probe.outcome === "ok" ? probe.servedBy : `${probe.outcome} ${probe.code ?? ""}`)).join(", ")}`)
+      seen.push(`round ${round}: ${owners}`)
       await new Promise((resolve) => setTimeout(resolve, 1000))
     }
     throw new Error(`the cluster did not settle; the probes' owners in the last rounds:\n${seen.slice(-3).join("\n")}`)

@@ -20,12 +20,12 @@ const clear = () => {
   for (const name of openMpVariables) delete process.env[name]
 }
 
-/** A local build made with OpenMP (as Weft's were before the ggml threadpool), or the prebuilt binary. */
-const fakeLlama = (buildType: "localBuild" | "prebuilt"): Llama =>
+/** A local build, made with OpenMP (as Weft's were before the ggml threadpool) unless `openMp` is false, or the prebuilt binary. */
+const fakeLlama = (buildType: "localBuild" | "prebuilt", openMp = true): Llama =>
   ({
     buildType,
     llamaCppRelease: { repo: "ggml-org/llama.cpp", release: "v0.5.0" },
-    cmakeOptions: buildType === "localBuild" ? { ...nativeCmakeOptions(), GGML_OPENMP: "ON" } : {}
+    cmakeOptions: buildType === "localBuild" ? { ...nativeCmakeOptions(), ...(openMp ? { GGML_OPENMP: "ON" } : {}) } : {}
   }) as unknown as Llama
 
 /** A loader whose native build loads; records the OpenMP variables each load saw. */
@@ -76,8 +76,7 @@ describe("OpenMpWait", () => {
     const logger = Logger.make(({ logLevel, message }) => {
       if (logLevel._tag === "Warning") warnings.push(String(message))
     })
-    const threadpoolBuild: BinaryLoader = () =>
-      Effect.succeed({ buildType: "localBuild", llamaCppRelease: { repo: "ggml-org/llama.cpp", release: "v0.5.0" }, cmakeOptions: nativeCmakeOptions() } as unknown as Llama)
+    const threadpoolBuild: BinaryLoader = () => Effect.succeed(fakeLlama("localBuild", false))
     const { binary } = await Effect.runPromise(
       loadLlamaBinary("native", { gpu: false, maxThreads: 2, openMpWait: "active" }, threadpoolBuild).pipe(
         Effect.provide(Logger.replace(Logger.defaultLogger, logger))

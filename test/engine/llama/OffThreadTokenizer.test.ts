@@ -1,6 +1,7 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Exit, Fiber, Scope } from "effect"
 import { startOffThreadTokenizer } from "../../../src/engine/llama/OffThreadTokenizer.js"
+import { ModelPresets } from "../../../src/model/ModelPresets.js"
 import { tinyModelPath } from "../../support/tinyModel.js"
 
 describe("the tokenizer worker", () => {
@@ -10,7 +11,7 @@ describe("the tokenizer worker", () => {
     Effect.gen(function*() {
       const modelPath = yield* Effect.promise(tinyModelPath)
       const scope = yield* Scope.make()
-      const loading = yield* Scope.extend(startOffThreadTokenizer({ modelPath, vocabSize: 3072, binary: "prebuilt" }), scope)
+      const loading = yield* Scope.extend(startOffThreadTokenizer({ modelPath, vocabSize: ModelPresets.tiny.vocabSize, binary: "prebuilt" }), scope)
       const tokenizer = yield* loading
       expect(tokenizer.tables.longestTokenBytes).toBeGreaterThan(0)
       // Runs of newlines are llama.cpp's slow case (quadratic): about a second of native code for this many.
