@@ -21,23 +21,23 @@ type Outcome =
   | { readonly _tag: "Failed"; readonly failure: ApiFailure }
 
 /** How a finished generation is answered: its OpenAI finish reason, or the failure it ended with. */
-export const outcomeOf = (finished: Finished): Effect.Effect<Outcome> => {
+export const finishedOutcome = (finished: Finished): Outcome => {
   switch (finished.finishReason) {
     case "stop":
     case "length":
-      return Effect.succeed({ _tag: "Done", reason: finished.finishReason })
+      return { _tag: "Done", reason: finished.finishReason }
     case "timeout":
     case "error":
-      if (finished.error !== undefined) return Effect.succeed({ _tag: "Failed", failure: finished.error })
+      if (finished.error !== undefined) return { _tag: "Failed", failure: finished.error }
       break
     case "cancelled":
       break
   }
-  return Effect.succeed({
-    _tag: "Failed",
-    failure: new GenerationCancelled({ shuttingDown: finished.cancelReason === "shutdown" })
-  })
+  return { _tag: "Failed", failure: new GenerationCancelled({ shuttingDown: finished.cancelReason === "shutdown" }) }
 }
+
+/** `finishedOutcome` as an effect. */
+export const outcomeOf = (finished: Finished): Effect.Effect<Outcome> => Effect.succeed(finishedOutcome(finished))
 
 /** OpenAI's id of a tool call. */
 export const newCallId = () => `call_${randomUUID().replaceAll("-", "").slice(0, 24)}`
@@ -185,57 +185,71 @@ const sseFrames = (run: GenerationRun, includeUsage: boolean) => {
           : { _tag: "ToolCallArguments", index, call: event.index, text: event.text }
       )
     )
-  return ({ event, index }: ChoiceEvent): Effect.Effect<ReadonlyArray<string>> => {
+  return ({ event, index }: ChoiceEvent): ReadonlyArray<string> => {
     const parser = parsers[index]
     switch (event._tag) {
       case "Started":
-        return Effect.succeed(meta.kind === "chat" ? [chunk({ _tag: "Role", index })] : [])
+        return meta.kind === "chat" ? [chunk({ _tag: "Role", index })] : []
       case "Delta": {
         // Logprobs are refused together with tools (see `planOf`), so a parsed choice has none to carry.
-        if (parser !== undefined) return Effect.succeed(event.text === "" ? [] : toolFrames(index, parser.push(event.text)))
-        if (event.text === "" && (event.logprobs === undefined || event.logprobs.length === 0)) return Effect.succeed([])
+        if (parser !== undefined) return event.text === "" ? [] : toolFrames(index, parser.push(event.text))
+        if (event.text === "" && (event.logprobs === undefined || event.logprobs.length === 0)) return []
         const offset = sent[index]!
         sent[index] = offset + characterCount(event.text)
-        return Effect.succeed([chunk({ _tag: "Content", index, text: event.text, finishReason: null, logprobs: event.logprobs, offset })])
+        return [chunk({ _tag: "Content", index, text: event.text, finishReason: null, logprobs: event.logprobs, offset })]
       }
-      case "Finished":
-        return Effect.flatMap(outcomeOf(event), (outcome) => {
-          if (outcome._tag === "Done") {
-            tally.add(index, event.usage)
-            const rest = parser === undefined ? [] : toolFrames(index, parser.finish())
-            const reason = withToolCalls(outcome.reason, parser?.calls ?? 0)
-            const frames = [...rest, chunk({ _tag: "Content", index, text: "", finishReason: reason })]
-            if (tally.finished < run.choices) return Effect.succeed(frames)
-            if (includeUsage) frames.push(chunk({ _tag: "Usage", usage: tally.total }))
-            frames.push("data: [DONE]\n\n")
-            return Effect.succeed(frames)
-          }
-          const frames = [frame({ error: errorReply(outcome.failure).error })]
-          const log = outcome.failure._tag === "DecodeFailed"
-            ? Effect.logError("Generation failed mid-stream", outcome.failure)
-            : Effect.void
-          return Effect.as(log, frames)
-        })
+      case "Finished": {
+        const outcome = finishedOutcome(event)
+        if (outcome._tag === "Failed") return [frame({ error: errorReply(outcome.failure).error })]
+        tally.add(index, event.usage)
+        const rest = parser === undefined ? [] : toolFrames(index, parser.finish())
+        const reason = withToolCalls(outcome.reason, parser?.calls ?? 0)
+        const frames = [...rest, chunk({ _tag: "Content", index, text: "", finishReason: reason })]
+        if (tally.finished < run.choices) return frames
+        if (includeUsage) frames.push(chunk({ _tag: "Usage", usage: tally.total }))
+        frames.push("data: [DONE]\n\n")
+        return frames
+      }
     }
   }
 }
 
+/** A generation that failed after its stream started is logged; the client gets the failure in-band. */
+const midStreamFailureLog = ({ event }: ChoiceEvent): Option.Option<Effect.Effect<void>> => {
+  if (event._tag !== "Finished") return Option.none()
+  const outcome = finishedOutcome(event)
+  return outcome._tag === "Failed" && outcome.failure._tag === "DecodeFailed"
+    ? Option.some(Effect.logError("Generation failed mid-stream", outcome.failure))
+    : Option.none()
+}
+
+const utf8 = new TextEncoder()
+
+/** `frames` as one write: nothing for none. */
+const encodedFrames = (frames: ReadonlyArray<string>): Chunk.Chunk<Uint8Array> =>
+  frames.length === 0 ? Chunk.empty() : Chunk.of(utf8.encode(frames.join("")))
+
 /**
  * Answers with Server-Sent Events. Headers go out only once the request holds a slot, so admission failures and
  * queue timeouts still get their own status codes; later failures arrive as an in-band `data: {"error": …}` frame.
+ * Each chunk of events goes out as one write; a stage per event (frame, flatten, encode) costs more than the frames.
  */
 export const sseResponse = (run: GenerationRun, includeUsage: boolean) =>
-  Effect.map(startedEvents(untilFailure(run.events), ({ event }) => event), (events) =>
-    HttpServerResponse.stream(
+  Effect.map(startedEvents(untilFailure(run.events), ({ event }) => event), (events) => {
+    const framesOf = sseFrames(run, includeUsage)
+    return HttpServerResponse.stream(
       events.pipe(
-        Stream.mapEffect(sseFrames(run, includeUsage)),
-        Stream.flattenIterables,
+        Stream.mapChunksEffect((chunk) => {
+          const body = encodedFrames(Chunk.toReadonlyArray(chunk).flatMap(framesOf))
+          const logs = Chunk.filterMap(chunk, midStreamFailureLog)
+          return Chunk.isEmpty(logs) ? Effect.succeed(body) : Effect.as(Effect.all(logs, { discard: true }), body)
+        }),
         // Another choice may still be refused (its queue place, its prompt) after the first one started.
-        Stream.catchAll((failure) => Stream.make(frame({ error: errorReply(failure).error }))),
-        Stream.encodeText
+        Stream.catchAll((failure) => Stream.succeed(utf8.encode(frame({ error: errorReply(failure).error }))))
       ),
       sseHeaders
-    ))
+    )
+  })
 
 /** How every event stream is answered. */
 export const sseHeaders = {

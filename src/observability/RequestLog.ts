@@ -51,25 +51,25 @@ export class RequestLog extends Effect.Service<RequestLog>()("weft/RequestLog", 
     const backend = yield* Backend
     const settings = Option.getOrElse(yield* Effect.serviceOption(RequestLogConfig), () => RequestLogConfig.defaults)
     const model = scheduler.modelInfo.id
-    /** Prompt and generated tokens of live requests, kept only when text is logged. */
-    const texts = new Map<string, { readonly prompt: ReadonlyArray<number>; readonly completion: Array<number> }>()
+    // Prompt and generated tokens of live requests, kept only when text is logged. A request's tokens may come before
+    // its admission event does (see `TokenObserver`), so each has a map of its own.
+    const prompts = new Map<string, ReadonlyArray<number>>()
+    const completions = new Map<string, Array<number>>()
 
     const textFields = (id: string) => {
-      const text = texts.get(id)
-      texts.delete(id)
-      if (text === undefined) return {}
-      return { promptText: backend.detokenize(text.prompt), completionText: backend.detokenize(text.completion) }
+      const prompt = prompts.get(id)
+      const completion = completions.get(id) ?? []
+      prompts.delete(id)
+      completions.delete(id)
+      if (prompt === undefined) return {}
+      return { promptText: backend.detokenize(prompt), completionText: backend.detokenize(completion) }
     }
 
     const handle = (event: SchedulerEvent): Effect.Effect<void> => {
-      if (event._tag === "Token") {
-        texts.get(event.requestId)?.completion.push(event.token)
-        return Effect.void
-      }
       if (event._tag !== "Transition") return Effect.void
       const { record } = event
       if (settings.logText && event.prompt !== undefined && event.to === "Queued") {
-        texts.set(record.id, { prompt: event.prompt, completion: [] })
+        prompts.set(record.id, event.prompt)
       }
       if (event.to === "Queued" || event.to === "Running") return Effect.void
       const fields = {
@@ -88,6 +88,13 @@ export class RequestLog extends Effect.Service<RequestLog>()("weft/RequestLog", 
       return Effect.annotateLogs(log, fields)
     }
 
+    if (settings.logText) {
+      yield* scheduler.observeTokens(({ record, token }) => {
+        const completion = completions.get(record.id)
+        if (completion === undefined) completions.set(record.id, [token])
+        else completion.push(token)
+      })
+    }
     const subscription = yield* PubSub.subscribe(scheduler.events)
     yield* Queue.takeBetween(subscription, 1, 1024).pipe(
       Effect.flatMap((batch) => Effect.forEach(batch, handle, { discard: true })),

@@ -1,4 +1,4 @@
-import { Clock, Effect, Metric, PubSub, Queue } from "effect"
+import { Clock, Effect, Metric, MetricLabel, PubSub, Queue } from "effect"
 import type { PrefixCacheStats } from "../engine/SeqPool.js"
 import type { SchedulerEvent } from "../scheduler/RequestScheduler.js"
 import { RequestScheduler } from "../scheduler/RequestScheduler.js"
@@ -47,7 +47,6 @@ export class SchedulerMetrics extends Effect.Service<SchedulerMetrics>()("weft/S
       timeToFirstToken: byModel(WeftMetrics.timeToFirstToken),
       interTokenLatency: byModel(WeftMetrics.interTokenLatency),
       promptTokens: byModel(WeftMetrics.promptTokens),
-      generationTokens: byModel(WeftMetrics.generationTokens),
       rejections: byModel(WeftMetrics.rejections),
       timeouts: byModel(WeftMetrics.timeouts),
       cancellations: byModel(WeftMetrics.cancellations)
@@ -71,6 +70,18 @@ export class SchedulerMetrics extends Effect.Service<SchedulerMetrics>()("weft/S
       evictedTokens: byModel(WeftMetrics.prefixCacheEvictedTokens)
     } satisfies Record<keyof PrefixCacheStats, unknown>
 
+    // Labelled once per tenant: a metric tagged twice (model, then tenant) builds a new label set, and looks its series
+    // up again, on every update, and this one counts every generated token.
+    const generationTokensByTenant = new Map<string, typeof WeftMetrics.generationTokens>()
+    const generationTokensOf = (tenant: string) => {
+      let counter = generationTokensByTenant.get(tenant)
+      if (counter === undefined) {
+        counter = Metric.taggedWithLabels(WeftMetrics.generationTokens, [MetricLabel.make("model", model), MetricLabel.make("tenant", tenant)])
+        generationTokensByTenant.set(tenant, counter)
+      }
+      return counter
+    }
+
     // Every label value known up front starts at zero, so rates and alerts see the series before its first event.
     yield* Effect.all(
       [
@@ -80,7 +91,7 @@ export class SchedulerMetrics extends Effect.Service<SchedulerMetrics>()("weft/S
         ...cancelReasons.map((reason) => Metric.incrementBy(Metric.tagged(m.cancellations, "reason", reason), 0)),
         ...Object.values(cacheCounters).map((counter) => Metric.incrementBy(counter, 0)),
         Metric.incrementBy(Metric.tagged(m.promptTokens, "tenant", ""), 0),
-        Metric.incrementBy(Metric.tagged(m.generationTokens, "tenant", ""), 0)
+        Metric.incrementBy(generationTokensOf(""), 0)
       ],
       { discard: true }
     )
@@ -89,8 +100,10 @@ export class SchedulerMetrics extends Effect.Service<SchedulerMetrics>()("weft/S
     const rates = makeStatsRates()
     const finished: Record<OutcomeLabel, number> = { completed: 0, failed: 0, timed_out: 0, cancelled: 0, rejected: 0 }
     let promptTokensStarted = 0
-    /** Admission time and last token time of each live request. */
-    const live = new Map<string, { readonly enqueuedAt: number; readonly tenant: string; lastTokenAt: number | undefined }>()
+    /** Admission time of each live request. */
+    const live = new Map<string, { readonly enqueuedAt: number }>()
+    /** When each running request's latest token came, from the token observer; gone once the request ends. */
+    const lastTokenAt = new Map<string, number>()
 
     const observeQueueWait = (at: number, ms: number) =>
       Effect.suspend(() => {
@@ -107,22 +120,11 @@ export class SchedulerMetrics extends Effect.Service<SchedulerMetrics>()("weft/S
           windows.timeToFirstToken.add(event.at, ms)
           return Metric.update(m.timeToFirstToken, ms / 1000)
         }
-        case "Token": {
-          const request = live.get(event.requestId)
-          rates.generationTokens.add(event.at, 1)
-          const count = Metric.increment(Metric.tagged(m.generationTokens, "tenant", request?.tenant ?? ""))
-          if (request === undefined) return count
-          const previous = request.lastTokenAt
-          request.lastTokenAt = event.at
-          if (previous === undefined) return count
-          windows.interToken.add(event.at, event.at - previous)
-          return Effect.zipRight(count, Metric.update(m.interTokenLatency, (event.at - previous) / 1000))
-        }
         case "Transition": {
           const { record } = event
           switch (event.to) {
             case "Queued":
-              live.set(record.id, { enqueuedAt: record.enqueuedAt, tenant: tenantOf(record), lastTokenAt: undefined })
+              live.set(record.id, { enqueuedAt: record.enqueuedAt })
               rates.requests.add(event.at, 1)
               return Effect.void
             case "Running":
@@ -146,6 +148,7 @@ export class SchedulerMetrics extends Effect.Service<SchedulerMetrics>()("weft/S
             case "TimedOut":
             case "Cancelled": {
               live.delete(record.id)
+              lastTokenAt.delete(record.id)
               const outcome = outcomeLabels[event.to]
               finished[outcome] += 1
               const totalMs = event.at - record.enqueuedAt
@@ -168,6 +171,16 @@ export class SchedulerMetrics extends Effect.Service<SchedulerMetrics>()("weft/S
         }
       }
     }
+
+    yield* scheduler.observeTokens(({ at, record }) => {
+      rates.generationTokens.add(at, 1)
+      generationTokensOf(tenantOf(record)).unsafeUpdate(1, [])
+      const previous = lastTokenAt.get(record.id)
+      lastTokenAt.set(record.id, at)
+      if (previous === undefined) return
+      windows.interToken.add(at, at - previous)
+      m.interTokenLatency.unsafeUpdate((at - previous) / 1000, [])
+    })
 
     // Subscribed before the service is built, so no event published after that is missed.
     const subscription = yield* PubSub.subscribe(scheduler.events)

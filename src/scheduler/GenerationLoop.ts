@@ -9,7 +9,10 @@ import type { Outcome } from "./RequestOutcome.js"
 import type { RequestRegistry } from "./RequestRegistry.js"
 import { StageTimedOut } from "./SchedulerErrors.js"
 
-/** A request's progress, written only by its own generation fiber and read when that fiber ends, however it ends. */
+/**
+ * A request's progress, written only by its own generation fiber; read when that fiber ends, however it ends, and by
+ * the scheduler's `inspect` meanwhile.
+ */
 export interface Progress {
   completionTokens: number
   /** Prompt tokens whose KV was reused from the prefix cache. */
@@ -68,7 +71,7 @@ export const runGeneration = (
       limits.queueMs
     )
     progress.cachedTokens = lease.reusedTokens
-    yield* registry.moveTo(request.id, "Running", (now) => ({ startedAt: now, slot: lease.slot, cachedTokens: lease.reusedTokens }))
+    const running = yield* registry.moveTo(request.id, "Running", (now) => ({ startedAt: now, slot: lease.slot, cachedTokens: lease.reusedTokens }))
     yield* mailbox.offer(
       GenerationEvent.Started({
         requestId: request.id,
@@ -133,11 +136,7 @@ export const runGeneration = (
         if (step._tag === "EndOfGeneration") return yield* finishWithRest("stop")
         progress.completionTokens += 1
         unreportedTokens += 1
-        const completionTokens = progress.completionTokens
-        yield* registry.patch(request.id, () => ({ completionTokens }))
-        yield* Effect.flatMap(Clock.currentTimeMillis, (now) =>
-          registry.publish({ _tag: "Token", requestId: request.id, at: now, token: step.token })
-        )
+        yield* Effect.flatMap(Clock.currentTimeMillis, (now) => registry.tokenGenerated({ record: running, at: now, token: step.token }))
         logprobs?.add(step.token, step.logprobs)
         const out = assembler.push(step.token)
         yield* emit(out.text)

@@ -3,13 +3,28 @@ import { isTerminal, transition } from "./RequestLifecycle.js"
 import type { CancelReason, LifecycleTransition, RequestRecord, RequestState } from "./RequestLifecycle.js"
 
 /**
- * What the scheduler publishes as requests move: every state change (admission's carries the prompt), the first
- * step of each request, and every generated token.
+ * What the scheduler publishes as requests move: every state change (admission's carries the prompt) and the first
+ * step of each request. Generated tokens go to token observers instead (see `TokenObserver`).
  */
 export type SchedulerEvent =
   | ({ readonly _tag: "Transition"; readonly prompt?: ReadonlyArray<number> | undefined } & LifecycleTransition)
   | { readonly _tag: "FirstToken"; readonly requestId: string; readonly at: number }
-  | { readonly _tag: "Token"; readonly requestId: string; readonly at: number; readonly token: number }
+
+/** One generated token, as token observers are told of it. */
+export interface GeneratedToken {
+  /** The request's record as it started running. */
+  readonly record: RequestRecord
+  readonly at: number
+  readonly token: number
+}
+
+/**
+ * Told of every generated token, synchronously, on the generating fiber, before the request's next step: an event per
+ * token on `events` woke every subscriber's fiber once per token, a large part of what a token cost. Observers keep
+ * to quick bookkeeping and do not throw. Everything published about a request before its token (its admission and
+ * start) may still be on its way to subscribers; everything after (its end) comes after the observers have seen it.
+ */
+export type TokenObserver = (token: GeneratedToken) => void
 
 /** Everything the registry knows, replaced as a whole on every change. */
 export interface RegistryState {
@@ -52,6 +67,7 @@ export const makeRequestRegistry = (recentCapacity: number) =>
       secondsPerRequest: secondsPerRequestPrior
     })
     const events = yield* PubSub.unbounded<SchedulerEvent>()
+    const tokenObservers = new Set<TokenObserver>()
     const liveCount = yield* SubscriptionRef.make(0)
 
     const remember = (recent: ReadonlyArray<RequestRecord>, record: RequestRecord) => {
@@ -92,7 +108,10 @@ export const makeRequestRegistry = (recentCapacity: number) =>
             : publishTransition(undefined, decided.record, now, prompt))
       })
 
-    /** Moves a live request to `to`; a terminal state takes it out of the live set and into `recent`. */
+    /**
+     * Moves a live request to `to`, giving back its record as it is now; a terminal state takes it out of the live set
+     * and into `recent`.
+     */
     const moveTo = (id: string, to: RequestState, changes: (now: number) => Partial<RequestRecord> = () => ({})) =>
       Effect.flatMap(Clock.currentTimeMillis, (now) =>
         Effect.flatMap(
@@ -113,7 +132,7 @@ export const makeRequestRegistry = (recentCapacity: number) =>
           ([before, after]) =>
             Effect.zipRight(
               isTerminal(to) ? SubscriptionRef.update(liveCount, (count) => count - 1) : Effect.void,
-              publishTransition(before.state, after, now)
+              Effect.as(publishTransition(before.state, after, now), after)
             )
         ))
 
@@ -139,7 +158,18 @@ export const makeRequestRegistry = (recentCapacity: number) =>
       drain: Ref.update(state, (current) => ({ ...current, draining: true })),
       /** Completes once no request is queued or running. */
       awaitIdle: liveCount.changes.pipe(Stream.takeUntil((count) => count === 0), Stream.runDrain),
-      publish: (event: SchedulerEvent) => PubSub.publish(events, event)
+      publish: (event: SchedulerEvent) => PubSub.publish(events, event),
+      /** Tells every token observer of `token`. */
+      tokenGenerated: (token: GeneratedToken) =>
+        Effect.sync(() => {
+          for (const observer of tokenObservers) observer(token)
+        }),
+      /** Adds `observer` for as long as the scope lasts. */
+      observeTokens: (observer: TokenObserver) =>
+        Effect.acquireRelease(
+          Effect.sync(() => tokenObservers.add(observer)),
+          () => Effect.sync(() => tokenObservers.delete(observer))
+        ).pipe(Effect.asVoid)
     } as const
   })
 

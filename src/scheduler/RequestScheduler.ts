@@ -16,7 +16,7 @@ import { makeRequestRegistry, queuedIn } from "./RequestRegistry.js"
 import { SchedulerConfig } from "./SchedulerConfig.js"
 import type { AdmissionRejected, StageTimedOut } from "./SchedulerErrors.js"
 
-export type { SchedulerEvent } from "./RequestRegistry.js"
+export type { GeneratedToken, SchedulerEvent, TokenObserver } from "./RequestRegistry.js"
 
 /** A queued or running request as `inspect()` shows it. */
 export interface LiveRequest {
@@ -58,6 +58,9 @@ export class RequestScheduler extends Effect.Service<RequestScheduler>()("weft/R
     const registry = yield* makeRequestRegistry(settings.recentCapacity)
     const admission = yield* makeAdmission(settings, backend.info, pool, registry)
     const context = { backend, pool, registry, leaveQueue: admission.leaveQueue }
+    // Each admitted request's progress, until its stream closes: a live record's token count is read from here rather
+    // than written into the registry on every token.
+    const progressOf = new Map<string, Progress>()
     const embeddings = yield* makeEmbeddingGate(settings, Effect.map(registry.state, (state) => state.draining))
 
     const finish = (
@@ -99,6 +102,7 @@ export class RequestScheduler extends Effect.Service<RequestScheduler>()("weft/R
           const limits = effectiveTimeouts(settings.timeouts, request.timeouts)
           const mailbox = yield* Mailbox.make<GenerationEvent>()
           const progress: Progress = { completionTokens: 0, cachedTokens: 0 }
+          progressOf.set(request.id, progress)
           const run = Effect.scoped(runGeneration(context, request, seed, limits, turn, mailbox, progress)).pipe(
             Effect.withSpan("RequestScheduler.generation", {
               attributes: { "weft.request_id": request.id, "weft.prompt_tokens": request.prompt.length }
@@ -111,7 +115,9 @@ export class RequestScheduler extends Effect.Service<RequestScheduler>()("weft/R
           )
           yield* FiberMap.run(fibers, request.id, run)
           yield* Effect.addFinalizer(() =>
-            Effect.zipRight(registry.markCancelReason(request.id, "client"), FiberMap.remove(fibers, request.id))
+            Effect.zipRight(registry.markCancelReason(request.id, "client"), FiberMap.remove(fibers, request.id)).pipe(
+              Effect.ensuring(Effect.sync(() => progressOf.delete(request.id)))
+            )
           )
           return Mailbox.toStream(mailbox)
         })
@@ -141,7 +147,7 @@ export class RequestScheduler extends Effect.Service<RequestScheduler>()("weft/R
         priority: record.priority,
         slot: record.slot,
         ageMs: now - record.enqueuedAt,
-        completionTokens: record.completionTokens
+        completionTokens: progressOf.get(record.id)?.completionTokens ?? record.completionTokens
       })
       const records = [...HashMap.values(state.live)]
       return {
@@ -170,6 +176,8 @@ export class RequestScheduler extends Effect.Service<RequestScheduler>()("weft/R
       stats,
       /** Lifecycle events; subscribe before submitting to see every one. */
       events: registry.events,
+      /** Tells `observer` of every generated token while the scope lasts (see `TokenObserver`). */
+      observeTokens: registry.observeTokens,
       isDraining: Effect.map(registry.state, (state) => state.draining),
       /** Erases the cached prefixes kept in free slots (memory pressure); running requests keep theirs. */
       evictCachedPrefixes: pool.evictCached,
