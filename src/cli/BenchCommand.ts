@@ -1,5 +1,5 @@
 import { Command, Options } from "@effect/cli"
-import { Effect, Option, Schema } from "effect"
+import { Console, Effect, Option, Schema } from "effect"
 import { defaultBenchSettings } from "../bench/BenchSettings.js"
 import type { BenchMode, BenchSettings } from "../bench/BenchSettings.js"
 import { SpawnVariantFromString } from "../bench/SpawnVariant.js"
@@ -109,6 +109,12 @@ const options = {
     Options.optional
   ),
   replicas: positive("replicas", 3, "Cluster scenario: replicas"),
+  jsCost: Options.boolean("js-cost").pipe(
+    Options.withDescription(
+      "Run only the JS-cost probe: server CPU per streamed token and per request of Weft's own code (the whole HTTP API over the simulated backend, no model)"
+    )
+  ),
+  jsCostRequests: positive("js-cost-requests", 200, "JS-cost probe: 16-token completions measured (and a quarter as many of 256 tokens)"),
   rounds: positive("rounds", defaultBenchSettings.rounds, "Measure every level this many times per mode, modes interleaved"),
   quietBelow: Options.integer("quiet-below").pipe(
     Options.withDefault(defaultBenchSettings.quietBelow),
@@ -159,6 +165,17 @@ export const benchCommand = Command.make("bench", options, (flags) =>
       const modelPath = Option.isSome(flags.model) ? flags.model.value : yield* Effect.orDie(ensureModel("bench", flags.dataDir))
       const engine = { modelPath, parallel: Option.getOrElse(flags.parallel, () => 2), contextSize: flags.contextSize, threads: flags.threads, flashAttention: flags.flashAttention === "on", gpu: flags.gpu === "off" ? false as const : "auto" as const }
       yield* Effect.orDie(runClusterAffinity(engine, { clusterUrl: flags.clusterAffinity.value, replicas: flags.replicas, turns: flags.chatTurns, systemRepeat: flags.chatSystemRepeat }))
+      return
+    }
+    if (flags.jsCost) {
+      const { measureJsCost } = yield* Effect.promise(() => import("../bench/JsCost.js"))
+      const cost = yield* Effect.orDie(measureJsCost(flags.jsCostRequests))
+      yield* Console.log(
+        `Weft's own JS, server CPU (all threads) over the simulated backend, ${cost.shortRequests} × 16-token and ${cost.longRequests} × 256-token streamed completions:\n` +
+          `  per token    ${cost.perTokenMs.toFixed(3)} ms\n` +
+          `  per request  ${cost.perRequestMs.toFixed(2)} ms (besides its tokens)\n` +
+          `  GET /health  ${cost.healthMs.toFixed(2)} ms`
+      )
       return
     }
     const modeNamed = url !== undefined || flags.spawn || flags.spawnNative || flags.inProcess || flags.naive || flags.variant.length > 0

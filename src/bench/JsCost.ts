@@ -1,0 +1,115 @@
+import { fork } from "node:child_process"
+import { fileURLToPath } from "node:url"
+import { Effect, Schema } from "effect"
+import { scopedChild } from "./ScopedChild.js"
+
+/** What the JS-cost server tells the bench: its URL once, then its CPU time for each ask. */
+export type JsCostReply =
+  | { readonly _tag: "Listening"; readonly url: string }
+  | { readonly _tag: "Cpu"; readonly usage: NodeJS.CpuUsage }
+
+/** Server CPU time (all of its threads: the JS thread and V8's GC helpers) spent on Weft's own code. */
+export interface JsCostResult {
+  /** Per streamed token, ms. */
+  readonly perTokenMs: number
+  /** Per streamed completion besides its tokens (parsing, admission, response, logs, metrics), ms. */
+  readonly perRequestMs: number
+  /** Per `GET /health`, ms: what any request costs in routing and middleware. */
+  readonly healthMs: number
+  /** Completions measured of each length. */
+  readonly shortRequests: number
+  readonly longRequests: number
+}
+
+/** The JS-cost server failed or is gone, or a request to it failed. */
+export class JsCostFailed extends Schema.TaggedError<JsCostFailed>()("JsCostFailed", { message: Schema.String }) {}
+
+const serverEntry = fileURLToPath(new URL("./JsCostServer.ts", import.meta.url))
+const shortTokens = 16
+const longTokens = 256
+
+const failed = (error: unknown) => new JsCostFailed({ message: error instanceof Error ? error.message : String(error) })
+
+/** `count` streamed completions of `maxTokens` tokens each, one after another. */
+const completions = (url: string, count: number, maxTokens: number) =>
+  Effect.tryPromise({
+    try: async () => {
+      for (let index = 0; index < count; index++) {
+        const response = await fetch(`${url}/v1/completions`, {
+          method: "POST",
+          headers: { "content-type": "application/json" },
+          body: JSON.stringify({ model: "sim", prompt: `request ${index}: hello`, max_tokens: maxTokens, stream: true, ignore_eos: true, temperature: 0.8 })
+        })
+        const body = await response.text()
+        if (!response.ok || !body.endsWith("data: [DONE]\n\n")) throw new Error(`completion ${index} answered ${response.status}: ${body.slice(0, 200)}`)
+      }
+    },
+    catch: failed
+  })
+
+const healthChecks = (url: string, count: number) =>
+  Effect.tryPromise({
+    try: async () => {
+      for (let index = 0; index < count; index++) {
+        const response = await fetch(`${url}/health`)
+        await response.text()
+        if (!response.ok) throw new Error(`/health answered ${response.status}`)
+      }
+    },
+    catch: failed
+  })
+
+/**
+ * What Weft's own JavaScript costs per token and per request, without llama.cpp: Weft's whole HTTP API (the same
+ * `serverLayer` as `weft serve`, with its metrics, request log and middleware) over `SimBackend`, in a child process,
+ * and sequential streamed completions from this one. The child's CPU time is read around `requests` completions of
+ * 16 tokens and a quarter as many of 256; per token is the slope between the two, per request what is left.
+ *
+ * On a machine where llama.cpp's threads want every core, this is time taken from them: it shows in tokens per second
+ * long before the JS thread is busy.
+ */
+export const measureJsCost = (requests: number): Effect.Effect<JsCostResult, JsCostFailed> =>
+  Effect.scoped(Effect.gen(function*() {
+    const { child, output } = yield* scopedChild(
+      () => fork(serverEntry, [], { execArgv: ["--import", "tsx"], stdio: ["ignore", "pipe", "pipe", "ipc"] }),
+      2000
+    )
+    const reply = <Tag extends JsCostReply["_tag"]>(tag: Tag, ask: boolean) =>
+      Effect.async<Extract<JsCostReply, { readonly _tag: Tag }>, JsCostFailed>((resume) => {
+        const onMessage = (message: JsCostReply) => {
+          if (message._tag !== tag) return
+          cleanup()
+          resume(Effect.succeed(message as Extract<JsCostReply, { readonly _tag: Tag }>))
+        }
+        const onExit = (code: number | null) => {
+          cleanup()
+          resume(new JsCostFailed({ message: `the JS-cost server exited (${code}): ${output().trim()}` }))
+        }
+        const cleanup = () => {
+          child.off("message", onMessage)
+          child.off("exit", onExit)
+        }
+        child.on("message", onMessage)
+        child.on("exit", onExit)
+        if (ask) child.send("cpu")
+        return Effect.sync(cleanup)
+      })
+    const { url } = yield* reply("Listening", false)
+    const cpuMs = Effect.map(reply("Cpu", true), ({ usage }) => (usage.user + usage.system) / 1000)
+    const cpuOf = <E>(work: Effect.Effect<void, E>) =>
+      Effect.gen(function*() {
+        const before = yield* cpuMs
+        yield* work
+        return (yield* cpuMs) - before
+      })
+
+    // Warm-up: the JIT, the prefix cache's slots, SQLite's statements.
+    yield* completions(url, 20, shortTokens)
+    yield* healthChecks(url, 20)
+    const longRequests = Math.max(1, Math.ceil(requests / 4))
+    const shortCost = (yield* cpuOf(completions(url, requests, shortTokens))) / requests
+    const longCost = (yield* cpuOf(completions(url, longRequests, longTokens))) / longRequests
+    const healthMs = (yield* cpuOf(healthChecks(url, requests))) / requests
+    const perTokenMs = (longCost - shortCost) / (longTokens - shortTokens)
+    return { perTokenMs, perRequestMs: shortCost - shortTokens * perTokenMs, healthMs, shortRequests: requests, longRequests }
+  }))
