@@ -4,8 +4,14 @@ export interface ThreadTunerOptions {
   readonly maxThreads: number
   /** Steps measured with each candidate before the tuner starts choosing (per batch-size class). */
   readonly warmupSamples: number
-  /** Weight of the newest measurement in each running average. */
+  /** Weight of the newest measurement in the running average of the candidate in use. */
   readonly smoothing: number
+  /**
+   * Weight of a probe's measurement in the running average of the candidate not in use. Its estimate is as old as its
+   * last probe, so a probe counts for more than a step of the one in use: otherwise an estimate taken while another
+   * process held the cores (say during warm-up) outlives that load by thousands of steps.
+   */
+  readonly probeSmoothing: number
   /** One step in this many re-measures the candidate not chosen, when it was close (within 1.5×). */
   readonly probeEvery: number
   /** The same for a candidate that was far behind. */
@@ -16,6 +22,7 @@ export const defaultThreadTunerOptions = (maxThreads: number): ThreadTunerOption
   maxThreads,
   warmupSamples: 6,
   smoothing: 0.1,
+  probeSmoothing: 0.5,
   probeEvery: 32,
   probeRarelyEvery: 256
 })
@@ -85,7 +92,11 @@ export class ThreadTuner {
     }
     estimate.samples += 1
     // A plain mean while warming up, then a running average that follows the machine's load.
-    const weight = estimate.samples <= this.options.warmupSamples ? 1 / estimate.samples : this.options.smoothing
+    const weight = estimate.samples <= this.options.warmupSamples
+      ? 1 / estimate.samples
+      : this.inUse(sizeClass) === threads
+      ? this.options.smoothing
+      : this.options.probeSmoothing
     estimate.msPerToken += weight * (perToken - estimate.msPerToken)
   }
 
@@ -99,6 +110,17 @@ export class ThreadTuner {
         samples: estimate.samples
       }))
     )
+  }
+
+  /** The candidate with the best estimate, once every candidate has one. */
+  private inUse(sizeClass: SizeClass): number | undefined {
+    let best: { readonly threads: number; readonly msPerToken: number } | undefined
+    for (const threads of this.candidates) {
+      const estimate = sizeClass.estimates.get(threads)
+      if (estimate === undefined) return undefined
+      if (best === undefined || estimate.msPerToken < best.msPerToken) best = { threads, msPerToken: estimate.msPerToken }
+    }
+    return best?.threads
   }
 
   private classFor(tokens: number): SizeClass {

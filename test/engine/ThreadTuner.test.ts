@@ -1,0 +1,48 @@
+import { describe, expect, it } from "@effect/vitest"
+import { defaultThreadTunerOptions, ThreadTuner } from "../../src/engine/ThreadTuner.js"
+
+/** Runs `steps` one-token steps through `tuner`, each taking what `msOf` says for its thread count; the counts chosen. */
+const run = (tuner: ThreadTuner, steps: number, msOf: (threads: number, step: number) => number): Array<number> =>
+  Array.from({ length: steps }, (_, step) => {
+    const threads = tuner.choose(1)
+    tuner.record(1, threads, msOf(threads, step))
+    return threads
+  })
+
+const share = (chosen: ReadonlyArray<number>, threads: number) => chosen.filter((one) => one === threads).length / chosen.length
+
+// Two threads decode a one-token step in 12 ms, one thread in 24 ms: the native build on 2 idle cores.
+const idle = (threads: number) => (threads === 2 ? 12 : 24)
+
+describe("ThreadTuner", () => {
+  it("measures both candidates during warm-up, then keeps to the faster one and probes the other rarely", () => {
+    const options = defaultThreadTunerOptions(2)
+    const tuner = new ThreadTuner(options)
+    const warmup = run(tuner, 2 * options.warmupSamples, idle)
+    expect(share(warmup, 1)).toBe(0.5)
+    const after = run(tuner, 2560, idle)
+    expect(share(after, 2)).toBeGreaterThan(0.99)
+    expect(share(after, 1)).toBeGreaterThan(0)
+  })
+
+  it("goes back to two threads soon after a load that made them look slow during warm-up has gone", () => {
+    const options = defaultThreadTunerOptions(2)
+    const tuner = new ThreadTuner(options)
+    // Another process holds a core for the first 200 steps: two threads then collide at every barrier.
+    const loaded = (threads: number) => (threads === 2 ? 60 : 26)
+    const during = run(tuner, 200, loaded)
+    expect(during.slice(-50).every((threads) => threads === 1)).toBe(true)
+    // Once the load is gone, the first rare probe of two threads finds them fast, and the close ones after it confirm.
+    const after = run(tuner, options.probeRarelyEvery + 4 * options.probeEvery, idle)
+    expect(after.slice(-options.probeEvery).filter((threads) => threads === 2).length).toBeGreaterThan(options.probeEvery - 2)
+  })
+
+  it("does not switch on one lucky probe of the slower candidate", () => {
+    const options = defaultThreadTunerOptions(2)
+    const tuner = new ThreadTuner(options)
+    run(tuner, 600, idle)
+    // Every probe of one thread comes in at 14 ms, still slower than two threads' 12.
+    const after = run(tuner, 2560, (threads) => (threads === 2 ? 12 : 14))
+    expect(share(after, 2)).toBeGreaterThan(0.9)
+  })
+})
