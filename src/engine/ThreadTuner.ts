@@ -33,6 +33,12 @@ interface Estimate {
   msPerToken: number
 }
 
+/** A candidate and its estimate. */
+interface Ranked {
+  readonly threads: number
+  readonly msPerToken: number
+}
+
 interface SizeClass {
   readonly estimates: Map<number, Estimate>
   choices: number
@@ -72,10 +78,11 @@ export class ThreadTuner {
       .filter(({ estimate }) => (estimate?.samples ?? 0) < this.options.warmupSamples)
       .sort((a, b) => (a.estimate?.samples ?? 0) - (b.estimate?.samples ?? 0))
     if (unsure.length > 0) return unsure[0]!.threads
-    const ranked = [...measured].sort((a, b) => a.estimate!.msPerToken - b.estimate!.msPerToken)
+    // Every candidate has its warm-up samples, so each has an estimate.
+    const ranked = this.ranked(sizeClass)!
     const best = ranked[0]!
     const other = ranked[1]!
-    const close = other.estimate!.msPerToken <= 1.5 * best.estimate!.msPerToken
+    const close = other.msPerToken <= 1.5 * best.msPerToken
     const interval = close ? this.options.probeEvery : this.options.probeRarelyEvery
     return sizeClass.choices % interval === 0 ? other.threads : best.threads
   }
@@ -94,7 +101,7 @@ export class ThreadTuner {
     // A plain mean while warming up, then a running average that follows the machine's load.
     const weight = estimate.samples <= this.options.warmupSamples
       ? 1 / estimate.samples
-      : this.inUse(sizeClass) === threads
+      : this.ranked(sizeClass)?.[0]?.threads === threads
       ? this.options.smoothing
       : this.options.probeSmoothing
     estimate.msPerToken += weight * (perToken - estimate.msPerToken)
@@ -112,15 +119,18 @@ export class ThreadTuner {
     )
   }
 
-  /** The candidate with the best estimate, once every candidate has one. */
-  private inUse(sizeClass: SizeClass): number | undefined {
-    let best: { readonly threads: number; readonly msPerToken: number } | undefined
+  /**
+   * The candidates by estimate, fastest first (in candidate order where equal), once every one has an estimate: the
+   * first is the one in use, the others are probed.
+   */
+  private ranked(sizeClass: SizeClass): ReadonlyArray<Ranked> | undefined {
+    const ranked: Array<Ranked> = []
     for (const threads of this.candidates) {
       const estimate = sizeClass.estimates.get(threads)
       if (estimate === undefined) return undefined
-      if (best === undefined || estimate.msPerToken < best.msPerToken) best = { threads, msPerToken: estimate.msPerToken }
+      ranked.push({ threads, msPerToken: estimate.msPerToken })
     }
-    return best?.threads
+    return ranked.sort((a, b) => a.msPerToken - b.msPerToken)
   }
 
   private classFor(tokens: number): SizeClass {
