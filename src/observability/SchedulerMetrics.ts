@@ -46,7 +46,6 @@ export class SchedulerMetrics extends Effect.Service<SchedulerMetrics>()("weft/S
       queueWait: byModel(WeftMetrics.queueWait),
       timeToFirstToken: byModel(WeftMetrics.timeToFirstToken),
       interTokenLatency: byModel(WeftMetrics.interTokenLatency),
-      promptTokens: byModel(WeftMetrics.promptTokens),
       rejections: byModel(WeftMetrics.rejections),
       timeouts: byModel(WeftMetrics.timeouts),
       cancellations: byModel(WeftMetrics.cancellations)
@@ -71,16 +70,20 @@ export class SchedulerMetrics extends Effect.Service<SchedulerMetrics>()("weft/S
     } satisfies Record<keyof PrefixCacheStats, unknown>
 
     // Labelled once per tenant: a metric tagged twice (model, then tenant) builds a new label set, and looks its series
-    // up again, on every update, and this one counts every generated token.
-    const generationTokensByTenant = new Map<string, typeof WeftMetrics.generationTokens>()
-    const generationTokensOf = (tenant: string) => {
-      let counter = generationTokensByTenant.get(tenant)
-      if (counter === undefined) {
-        counter = Metric.taggedWithLabels(WeftMetrics.generationTokens, [MetricLabel.make("model", model), MetricLabel.make("tenant", tenant)])
-        generationTokensByTenant.set(tenant, counter)
+    // up again, on every update; the token counter is updated on every generated token.
+    const perTenant = <Type, In, Out>(metric: Metric.Metric<Type, In, Out>) => {
+      const byTenant = new Map<string, Metric.Metric<Type, In, Out>>()
+      return (tenant: string) => {
+        let labelled = byTenant.get(tenant)
+        if (labelled === undefined) {
+          labelled = Metric.taggedWithLabels(metric, [MetricLabel.make("model", model), MetricLabel.make("tenant", tenant)])
+          byTenant.set(tenant, labelled)
+        }
+        return labelled
       }
-      return counter
     }
+    const promptTokensOf = perTenant(WeftMetrics.promptTokens)
+    const generationTokensOf = perTenant(WeftMetrics.generationTokens)
 
     // Every label value known up front starts at zero, so rates and alerts see the series before its first event.
     yield* Effect.all(
@@ -90,7 +93,7 @@ export class SchedulerMetrics extends Effect.Service<SchedulerMetrics>()("weft/S
         ...Object.values(timeoutStages).map((stage) => Metric.incrementBy(Metric.tagged(m.timeouts, "stage", stage), 0)),
         ...cancelReasons.map((reason) => Metric.incrementBy(Metric.tagged(m.cancellations, "reason", reason), 0)),
         ...Object.values(cacheCounters).map((counter) => Metric.incrementBy(counter, 0)),
-        Metric.incrementBy(Metric.tagged(m.promptTokens, "tenant", ""), 0),
+        Metric.incrementBy(promptTokensOf(""), 0),
         Metric.incrementBy(generationTokensOf(""), 0)
       ],
       { discard: true }
@@ -132,7 +135,7 @@ export class SchedulerMetrics extends Effect.Service<SchedulerMetrics>()("weft/S
               rates.promptTokens.add(event.at, record.promptTokens)
               return Effect.zipRight(
                 observeQueueWait(event.at, event.at - record.enqueuedAt),
-                Metric.incrementBy(Metric.tagged(m.promptTokens, "tenant", tenantOf(record)), record.promptTokens)
+                Metric.incrementBy(promptTokensOf(tenantOf(record)), record.promptTokens)
               )
             case "Rejected": {
               finished.rejected += 1
