@@ -6,7 +6,7 @@ import type { LlamaContext } from "node-llama-cpp"
 import { nativeContextOf } from "../engine/llama/LlamaInternals.js"
 import { loadBenchModel } from "./BenchModel.js"
 import type { EngineBenchConfig } from "./InProcessTarget.js"
-import { scopedChild } from "./ScopedChild.js"
+import { replyFrom, scopedChild } from "./ScopedChild.js"
 
 /** What `llama_decode` alone sustains at one level through node-llama-cpp: the most a server on its prebuilt binary streams. */
 export interface CeilingResult {
@@ -59,7 +59,7 @@ const workerEntry = fileURLToPath(new URL("./CeilingWorker.ts", import.meta.url)
  */
 export const makeDecodeCeiling = (config: EngineBenchConfig): Effect.Effect<MeasureCeiling, never, Scope.Scope> =>
   Effect.gen(function*() {
-    const { child, output } = yield* scopedChild(
+    const ceiling = yield* scopedChild(
       () =>
         fork(workerEntry, [JSON.stringify(config)], {
           env: { ...process.env, UV_THREADPOOL_SIZE: "1" },
@@ -69,32 +69,15 @@ export const makeDecodeCeiling = (config: EngineBenchConfig): Effect.Effect<Meas
         }),
       2000
     )
-    const gone = (code: number | null) =>
-      new DecodeCeilingFailed({ message: `the decode-ceiling process has exited (${code}): ${output().trim()}` })
     const ask = (request: CeilingRequest) =>
-      Effect.async<CeilingResult, DecodeCeilingFailed>((resume) => {
-        const onMessage = (reply: CeilingReply) => {
-          cleanup()
-          resume("result" in reply ? Effect.succeed(reply.result) : new DecodeCeilingFailed({ message: reply.error }))
-        }
-        const onClose = (code: number | null) => {
-          cleanup()
-          resume(gone(code))
-        }
-        const cleanup = () => {
-          child.off("message", onMessage)
-          child.off("close", onClose)
-        }
-        if (!child.connected) return resume(gone(child.exitCode))
-        child.on("message", onMessage)
-        child.on("close", onClose)
-        child.send(request, (error) => {
-          if (error === null) return
-          cleanup()
-          resume(new DecodeCeilingFailed({ message: error.message }))
-        })
-        return Effect.sync(cleanup)
-      })
+      replyFrom(ceiling, {
+        name: "decode-ceiling",
+        accept: (reply) => reply as CeilingReply,
+        failed: (message) => new DecodeCeilingFailed({ message }),
+        request
+      }).pipe(
+        Effect.flatMap((reply) => "result" in reply ? Effect.succeed(reply.result) : new DecodeCeilingFailed({ message: reply.error }))
+      )
     return (concurrency, seconds, round) => ask({ concurrency, seconds, round })
   })
 

@@ -1,7 +1,7 @@
 import { fork } from "node:child_process"
 import { fileURLToPath } from "node:url"
 import { Effect, Schema } from "effect"
-import { scopedChild } from "./ScopedChild.js"
+import { replyFrom, scopedChild } from "./ScopedChild.js"
 
 /** What the JS-cost server tells the bench: its URL once, then its CPU time for each ask. */
 export type JsCostReply =
@@ -70,32 +70,19 @@ const healthChecks = (url: string, count: number) =>
  */
 export const measureJsCost = (requests: number): Effect.Effect<JsCostResult, JsCostFailed> =>
   Effect.scoped(Effect.gen(function*() {
-    const { child, output } = yield* scopedChild(
+    const server = yield* scopedChild(
       () => fork(serverEntry, [], { execArgv: ["--import", "tsx"], stdio: ["ignore", "pipe", "pipe", "ipc"] }),
       2000
     )
-    const reply = <Tag extends JsCostReply["_tag"]>(tag: Tag, ask: boolean) =>
-      Effect.async<Extract<JsCostReply, { readonly _tag: Tag }>, JsCostFailed>((resume) => {
-        const onMessage = (message: JsCostReply) => {
-          if (message._tag !== tag) return
-          cleanup()
-          resume(Effect.succeed(message as Extract<JsCostReply, { readonly _tag: Tag }>))
-        }
-        const onExit = (code: number | null) => {
-          cleanup()
-          resume(new JsCostFailed({ message: `the JS-cost server exited (${code}): ${output().trim()}` }))
-        }
-        const cleanup = () => {
-          child.off("message", onMessage)
-          child.off("exit", onExit)
-        }
-        child.on("message", onMessage)
-        child.on("exit", onExit)
-        if (ask) child.send("cpu")
-        return Effect.sync(cleanup)
+    const reply = <Tag extends JsCostReply["_tag"]>(tag: Tag, request?: "cpu") =>
+      replyFrom(server, {
+        name: "JS-cost server",
+        accept: (message) => (message as JsCostReply)._tag === tag ? message as Extract<JsCostReply, { readonly _tag: Tag }> : undefined,
+        failed: (message) => new JsCostFailed({ message }),
+        request
       })
-    const { url } = yield* reply("Listening", false)
-    const cpuMs = Effect.map(reply("Cpu", true), ({ usage }) => (usage.user + usage.system) / 1000)
+    const { url } = yield* reply("Listening")
+    const cpuMs = Effect.map(reply("Cpu", "cpu"), ({ usage }) => (usage.user + usage.system) / 1000)
     const cpuOf = <E>(work: Effect.Effect<void, E>) =>
       Effect.gen(function*() {
         const before = yield* cpuMs

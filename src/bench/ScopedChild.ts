@@ -1,4 +1,4 @@
-import type { ChildProcess } from "node:child_process"
+import type { ChildProcess, Serializable } from "node:child_process"
 import { Effect } from "effect"
 import type { Scope } from "effect"
 
@@ -41,3 +41,45 @@ export const scopedChild = (start: () => ChildProcess, keepChars: number): Effec
         clearTimeout(timer)
       })
   )
+
+/**
+ * The first message of a child (`name` in errors) that `accept` takes, over its IPC channel, sending `request` first
+ * when given; `failed` makes the error for a child that is gone or a request that cannot be sent.
+ */
+export const replyFrom = <A, E>(
+  { child, output }: ScopedChild,
+  options: {
+    readonly name: string
+    readonly accept: (message: unknown) => A | undefined
+    readonly failed: (message: string) => E
+    readonly request?: Serializable | undefined
+  }
+): Effect.Effect<A, E> =>
+  Effect.async<A, E>((resume) => {
+    const gone = (code: number | null) => options.failed(`the ${options.name} process has exited (${code}): ${output().trim()}`)
+    const onMessage = (message: unknown) => {
+      const accepted = options.accept(message)
+      if (accepted === undefined) return
+      cleanup()
+      resume(Effect.succeed(accepted))
+    }
+    const onClose = (code: number | null) => {
+      cleanup()
+      resume(Effect.fail(gone(code)))
+    }
+    const cleanup = () => {
+      child.off("message", onMessage)
+      child.off("close", onClose)
+    }
+    if (!child.connected) return resume(Effect.fail(gone(child.exitCode)))
+    child.on("message", onMessage)
+    child.on("close", onClose)
+    if (options.request !== undefined) {
+      child.send(options.request, (error) => {
+        if (error === null) return
+        cleanup()
+        resume(Effect.fail(options.failed(error.message)))
+      })
+    }
+    return Effect.sync(cleanup)
+  })
