@@ -12,6 +12,11 @@ export interface ThreadTunerOptions {
    * process held the cores (say during warm-up) outlives that load by thousands of steps.
    */
   readonly probeSmoothing: number
+  /**
+   * A measurement counts for at most this multiple of its candidate's estimate. A decode that a stall of the machine
+   * (a vCPU descheduled, page faults) held up for 80 ms is not what that thread count costs.
+   */
+  readonly outlierCap: number
   /** One step in this many re-measures the candidate not chosen, when it was close (within 1.5×). */
   readonly probeEvery: number
   /** The same for a candidate that was far behind. */
@@ -23,6 +28,7 @@ export const defaultThreadTunerOptions = (maxThreads: number): ThreadTunerOption
   warmupSamples: 6,
   smoothing: 0.1,
   probeSmoothing: 0.5,
+  outlierCap: 1.5,
   probeEvery: 32,
   probeRarelyEvery: 256
 })
@@ -42,6 +48,8 @@ interface Ranked {
 interface SizeClass {
   readonly estimates: Map<number, Estimate>
   choices: number
+  /** The candidate steps use, chosen again after each probe; unset until every candidate is warmed up. */
+  inUse: number | undefined
 }
 
 /** Batch-size classes: steps of similar width share what was learnt (1, 2–3, 4–7, 8–15, …). */
@@ -57,7 +65,9 @@ const classOf = (tokens: number): number => Math.floor(Math.log2(Math.max(1, tok
  * decodes a single stream faster on average than two (llama.cpp itself has a separate `n_threads` for one-token
  * steps). Wide batches are compute-bound and want every core. Which one wins depends on the machine and on its load,
  * so it is measured, not assumed: each class keeps a running average per candidate, and the candidate not in use is
- * re-measured now and then, often when it was close, rarely when it was far behind.
+ * re-measured now and then, often when it was close, rarely when it was far behind. The choice changes only after such
+ * a probe, and a measurement counts for at most 1.5× its candidate's estimate: two threads on 2 cores are faster on
+ * average, yet one of their steps in ten is slow, and switching on each of those cost more than the probes.
  */
 export class ThreadTuner {
   private readonly classes = new Map<number, SizeClass>()
@@ -80,11 +90,12 @@ export class ThreadTuner {
     if (unsure.length > 0) return unsure[0]!.threads
     // Every candidate has its warm-up samples, so each has an estimate.
     const ranked = this.ranked(sizeClass)!
-    const best = ranked[0]!
-    const other = ranked[1]!
-    const close = other.msPerToken <= 1.5 * best.msPerToken
+    const inUse = sizeClass.inUse ??= ranked[0]!.threads
+    const current = ranked.find((candidate) => candidate.threads === inUse)!
+    const other = ranked.find((candidate) => candidate.threads !== inUse)!
+    const close = other.msPerToken <= 1.5 * current.msPerToken
     const interval = close ? this.options.probeEvery : this.options.probeRarelyEvery
-    return sizeClass.choices % interval === 0 ? other.threads : best.threads
+    return sizeClass.choices % interval === 0 ? other.threads : inUse
   }
 
   /** Records how long a step of `tokens` tokens took with `threads` threads. */
@@ -99,12 +110,20 @@ export class ThreadTuner {
     }
     estimate.samples += 1
     // A plain mean while warming up, then a running average that follows the machine's load.
-    const weight = estimate.samples <= this.options.warmupSamples
-      ? 1 / estimate.samples
-      : this.ranked(sizeClass)?.[0]?.threads === threads
-      ? this.options.smoothing
-      : this.options.probeSmoothing
-    estimate.msPerToken += weight * (perToken - estimate.msPerToken)
+    if (estimate.samples <= this.options.warmupSamples) {
+      estimate.msPerToken += (perToken - estimate.msPerToken) / estimate.samples
+      return
+    }
+    const inUse = sizeClass.inUse ??= this.ranked(sizeClass)?.[0]?.threads
+    const measured = Math.min(perToken, this.options.outlierCap * estimate.msPerToken)
+    if (threads === inUse) {
+      estimate.msPerToken += this.options.smoothing * (measured - estimate.msPerToken)
+      return
+    }
+    estimate.msPerToken += this.options.probeSmoothing * (measured - estimate.msPerToken)
+    // The choice is made again after a probe only: between probes one slow step of the candidate in use, measured
+    // at every step, would otherwise switch away from it on noise.
+    sizeClass.inUse = this.ranked(sizeClass)?.[0]?.threads ?? inUse
   }
 
   /** What was learnt, per batch-size class (for diagnostics and tests). */
@@ -120,8 +139,8 @@ export class ThreadTuner {
   }
 
   /**
-   * The candidates by estimate, fastest first (in candidate order where equal), once every one has an estimate: the
-   * first is the one in use, the others are probed.
+   * The candidates by estimate, fastest first (in candidate order where equal), once every one has an estimate: after
+   * a probe the first becomes the one in use.
    */
   private ranked(sizeClass: SizeClass): ReadonlyArray<Ranked> | undefined {
     const ranked: Array<Ranked> = []
@@ -137,7 +156,7 @@ export class ThreadTuner {
     const key = classOf(tokens)
     let sizeClass = this.classes.get(key)
     if (sizeClass === undefined) {
-      sizeClass = { estimates: new Map(), choices: 0 }
+      sizeClass = { estimates: new Map(), choices: 0, inUse: undefined }
       this.classes.set(key, sizeClass)
     }
     return sizeClass

@@ -1,7 +1,7 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Context, Effect, Exit, Layer, Ref, Scope } from "effect"
 import { errorReply } from "../../src/http/OpenAiErrors.js"
-import { MemoryBudgetExceeded, MemoryManager, MemoryPressure } from "../../src/memory/MemoryManager.js"
+import { MemoryBudgetExceeded, MemoryManager, MemoryPressure, recentRss } from "../../src/memory/MemoryManager.js"
 
 const MiB = 1024 * 1024
 
@@ -68,4 +68,21 @@ describe("MemoryManager", () => {
       yield* Ref.set(rss, 950)
       yield* memory.admit
     }))
+
+  it("reads the process's RSS at most once per interval, and again once it has passed", () => {
+    let clock = 0
+    const reads: Array<number> = []
+    const rss = recentRss(100, () => {
+      reads.push(clock)
+      return 1000 + clock
+    }, () => clock)
+    expect(rss()).toBe(1000)
+    clock = 99
+    expect(rss()).toBe(1000)
+    clock = 100
+    expect(rss()).toBe(1100)
+    clock = 150
+    expect(rss()).toBe(1100)
+    expect(reads).toEqual([0, 100])
+  })
 })
