@@ -37,6 +37,15 @@ describe("ThreadTuner", () => {
     expect(after.slice(-options.probeEvery).filter((threads) => threads === 2).length).toBeGreaterThan(options.probeEvery - 2)
   })
 
+  it("moves to one thread within a few probes when a load arrives after warm-up", () => {
+    const options = defaultThreadTunerOptions(2)
+    const tuner = new ThreadTuner(options)
+    run(tuner, 600, idle)
+    // Another process takes a core: two threads now collide at every barrier, one thread is barely slower than before.
+    const loaded = run(tuner, 4 * options.probeEvery, (threads) => (threads === 2 ? 60 : 26))
+    expect(loaded.slice(-2 * options.probeEvery).filter((threads) => threads === 1).length).toBeGreaterThan(2 * options.probeEvery - 2)
+  })
+
   it("does not switch on one lucky probe of the slower candidate", () => {
     const options = defaultThreadTunerOptions(2)
     const tuner = new ThreadTuner(options)

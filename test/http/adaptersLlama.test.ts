@@ -15,8 +15,8 @@ afterAll(() => fs.rmSync(dir, { recursive: true, force: true }))
 
 const models = [tinyModelId, `${tinyModelId}:a`, `${tinyModelId}:b`]
 
-const completion = async (server: TestServer, model: string, prompt: string) => {
-  const response = await postJson(server, "/v1/completions", { model, prompt, max_tokens: 16, seed: 11, temperature: 0.9, ignore_eos: true })
+const completion = async (server: TestServer, model: string, prompt: string, temperature = 0.9) => {
+  const response = await postJson(server, "/v1/completions", { model, prompt, max_tokens: 16, seed: 11, temperature, ignore_eos: true })
   expect(response.status).toBe(200)
   const body = (await response.json()) as { model: string; choices: ReadonlyArray<{ text: string }> }
   expect(body.model).toBe(model)
@@ -62,10 +62,16 @@ describe("LoRA adapters on a generated model", () => {
 
   it("gives each of concurrent requests interleaved across base and both adapters exactly its text alone", async () => {
     const prompts = ["the quick brown fox", "once upon a time"]
+    // Greedy: llama.cpp's logits depend slightly on what else shares the decode (the CPU kernels round differently
+    // for one row than for several), so a sampled draw that lands that close to a boundary between two tokens can
+    // differ between solo and concurrent runs. With the prebuilt binary on an AMD EPYC, seed 11 at temperature 0.9
+    // did so at the eighth token of one request in every run; a greedy choice changes only at a near-tie.
     const expected = new Map<string, string>()
-    for (const model of models) for (const prompt of prompts) expected.set(`${model}|${prompt}`, await completion(server, model, prompt))
+    for (const model of models) for (const prompt of prompts) expected.set(`${model}|${prompt}`, await completion(server, model, prompt, 0))
     const order = [0, 1, 2, 0, 1, 2, 2, 1, 0].flatMap((at, index) => [{ model: models[at]!, prompt: prompts[index % 2]! }])
-    const texts = await Promise.all(order.map(({ model, prompt }) => completion(server, model, prompt)))
+    const texts = await Promise.all(order.map(({ model, prompt }) => completion(server, model, prompt, 0)))
+    // Every model answers each prompt differently, so a request served by the wrong context or slot shows.
+    expect(new Set(expected.values()).size).toBe(6)
     expect(texts).toEqual(order.map(({ model, prompt }) => expected.get(`${model}|${prompt}`)))
   }, 120_000)
 
