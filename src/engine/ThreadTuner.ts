@@ -114,16 +114,15 @@ export class ThreadTuner {
       estimate.msPerToken += (perToken - estimate.msPerToken) / estimate.samples
       return
     }
-    const inUse = sizeClass.inUse ??= this.ranked(sizeClass)?.[0]?.threads
     const measured = Math.min(perToken, this.options.outlierCap * estimate.msPerToken)
-    if (threads === inUse) {
+    if (threads === sizeClass.inUse) {
       estimate.msPerToken += this.options.smoothing * (measured - estimate.msPerToken)
       return
     }
     estimate.msPerToken += this.options.probeSmoothing * (measured - estimate.msPerToken)
     // The choice is made again after a probe only: between probes one slow step of the candidate in use, measured
     // at every step, would otherwise switch away from it on noise.
-    sizeClass.inUse = this.ranked(sizeClass)?.[0]?.threads ?? inUse
+    sizeClass.inUse = this.ranked(sizeClass)?.[0]?.threads
   }
 
   /** What was learnt, per batch-size class (for diagnostics and tests). */
