@@ -238,6 +238,9 @@ export const originList = nameList(
 /** API-key authentication: `on`, `off` or `auto`. */
 export const binarySetting = choice(Schema.Literal("auto", "native", "prebuilt"), sameWords(["auto", "native", "prebuilt"] as const), "auto, native or prebuilt")
 
+/** How decode steps reach llama.cpp: `direct` (Weft's own steps on the native context) or `evaluate` (node-llama-cpp's). */
+export const decodePathSetting = choice(Schema.Literal("direct", "evaluate"), sameWords(["direct", "evaluate"] as const), "direct or evaluate")
+
 /** `--openmp-wait`: `passive`, `active`, or a spin count (libgomp's `GOMP_SPINCOUNT`). */
 export const openMpWaitSetting: SettingGrammar<OpenMpWait | undefined> = {
   schema: Schema.transformOrFail(Schema.String, Schema.UndefinedOr(OpenMpWaitSchema), {

@@ -2,6 +2,7 @@ import { logLevelNames } from "../observability/JsonLogger.js"
 import {
   authSetting,
   binarySetting,
+  decodePathSetting,
   byteSize,
   gpuSetting,
   hostList,
@@ -74,6 +75,12 @@ export const settingSpecs = [
     "binary",
     binarySetting,
     "llama.cpp binary: native (the build of `weft build-native`, CPU only), prebuilt, or auto = native when it loads (default auto)"
+  ),
+  spec(
+    "decodePath",
+    "decode-path",
+    decodePathSetting,
+    "How decode steps reach llama.cpp: direct (Weft issues each step's batch and sampling to the native context) or evaluate (through node-llama-cpp's sequence.evaluate, slower per token). Models that need node-llama-cpp's KV checkpoints (sliding-window, hybrid, recurrent) always use evaluate (default direct)"
   ),
   spec(
     "openMpWait",

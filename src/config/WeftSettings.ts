@@ -26,6 +26,8 @@ export const WeftSettings = Schema.Struct({
   gpu: Schema.Union(Schema.Literal("auto"), Schema.Literal(false)),
   /** Which llama.cpp binary to load; see `LlamaBinary`. */
   binary: Schema.Literal("auto", "native", "prebuilt"),
+  /** How decode steps reach llama.cpp; see `LlamaBackendConfig.directSteps`. */
+  decodePath: Schema.Literal("direct", "evaluate"),
   /** How a native build's OpenMP threads wait; `undefined`: the environment's OMP_WAIT_POLICY/GOMP_SPINCOUNT, else passive. */
   openMpWait: Schema.UndefinedOr(OpenMpWaitSchema),
   maxQueue: Schema.Int,
@@ -103,6 +105,7 @@ export const defaultSettings: WeftSettings = {
   flashAttention: true,
   gpu: "auto",
   binary: "auto",
+  decodePath: "direct",
   openMpWait: undefined,
   maxQueue: 64,
   timeoutQueueMs: 60_000,

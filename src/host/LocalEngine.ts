@@ -88,6 +88,7 @@ export const llamaEngineLayer = (settings: WeftSettings) =>
           flashAttention: settings.flashAttention,
           gpu: settings.gpu,
           binary: settings.binary,
+          directSteps: settings.decodePath === "direct",
           openMpWait: settings.openMpWait
         }))
     ),

@@ -105,6 +105,13 @@ describe("WeftConfig", () => {
     expect(await errorOf({ flags: { "openmp-wait": "spin" } })).toBe("--openmp-wait: expected passive, active, or a spin count (a whole number), got \"spin\"")
   })
 
+  it("reads --decode-path as direct or evaluate, direct by default", async () => {
+    expect((await settingsOf({})).decodePath).toBe("direct")
+    expect((await settingsOf({ flags: { "decode-path": "evaluate" } })).decodePath).toBe("evaluate")
+    expect((await settingsOf({}, { WEFT_DECODE_PATH: "Direct" })).decodePath).toBe("direct")
+    expect(await errorOf({ flags: { "decode-path": "fast" } })).toBe("--decode-path: expected direct or evaluate, got \"fast\"")
+  })
+
   it("quotes at most a short prefix of an invalid value", async () => {
     const message = await errorOf({}, { WEFT_PORT: "9".repeat(100_000) })
     expect(message.length).toBeLessThan(300)

@@ -21,7 +21,20 @@ import type { GrammarCacheLimits } from "./GrammarCache.js"
 import { loadLlamaBinary } from "./LlamaBinary.js"
 import type { BinaryPreference, LlamaBinaryInfo } from "./LlamaBinary.js"
 import type { OpenMpWait } from "./OpenMpWait.js"
-import { copySequencePrefix, endOfGenerationBan, interceptDecodes, loadLoraOnto, queuedDecodesOf } from "./LlamaInternals.js"
+import { DirectSteps } from "./DirectSteps.js"
+import type { SampledToken } from "./DirectSteps.js"
+import {
+  copySequencePrefix,
+  endOfGenerationBan,
+  interceptDecodes,
+  loadLoraOnto,
+  nativeContextOf,
+  newNativeSampler,
+  queuedDecodesOf,
+  samplerConfigOf,
+  sequenceStateOf,
+  withContextLock
+} from "./LlamaInternals.js"
 import { llamaModelInfo, llamaVocabSize } from "./LlamaModelInfo.js"
 import { estimateLlamaMemory } from "./MemoryEstimate.js"
 import { MemoryManager } from "../../memory/MemoryManager.js"
@@ -62,6 +75,12 @@ export interface LlamaBackendConfig {
   readonly openMpWait?: OpenMpWait | undefined
   /** Bounds of the cache of JSON-schema grammars (client input); defaults to 256 entries and 64 MiB. */
   readonly grammarCache?: GrammarCacheLimits | undefined
+  /**
+   * Issue decode steps straight to the native context (`DirectSteps`) rather than through node-llama-cpp's
+   * `sequence.evaluate`. Defaults to true; models whose KV needs node-llama-cpp's checkpoints (sliding-window,
+   * hybrid and recurrent ones) always go through `evaluate`.
+   */
+  readonly directSteps?: boolean | undefined
 }
 
 /** The model file could not be loaded, or its context could not be created. */
@@ -179,6 +198,97 @@ const contextBackend = (
       binary: loaded.binary
     }
 
+    const direct = config.directSteps !== false && sequences.every((sequence) => !sequence.needsCheckpoints)
+      ? new DirectSteps(nativeContextOf(context), {
+        batchSize: context.batchSize,
+        contextSize: context.contextSize,
+        exclusive: (use) => withContextLock(context, use)
+      })
+      : undefined
+
+    /** A sampled token and the cells its sequence then holds. */
+    type Stepped = SampledToken & { readonly cells: number }
+
+    /** What `start` hands each way of stepping a generation. */
+    interface Stepping {
+      readonly sequence: LlamaContextSequence
+      readonly chunks: ReadonlyArray<ReadonlyArray<Token>>
+      readonly options: ReturnType<typeof evaluateOptions>
+      readonly participant: ReturnType<typeof arrivals.claim>
+      readonly probabilities: boolean
+    }
+
+    /**
+     * Steps through node-llama-cpp's `sequence.evaluate`. Every chunk but the last is evaluated without sampling, one
+     * per step; the last one samples the first token. The first chunk goes out at once rather than waiting for the
+     * running generations' next step: it is decoded right after the step in flight, and they wait for it just as they
+     * would have in a shared step (llama.cpp splits a prompt from single-token decodes into a micro-batch of its own
+     * anyway), while the new request gets its first token a step sooner.
+     */
+    const evaluateStepper = (
+      { chunks, options, participant, probabilities, sequence }: Stepping
+    ): Effect.Effect<() => Promise<Stepped | undefined>, never, Scope.Scope> =>
+      Effect.gen(function*() {
+        let iterator:
+          | AsyncGenerator<{ readonly token: Token; readonly probabilities?: Map<Token, number> }, void, void | Token | Array<Token>>
+          | undefined
+        yield* Effect.addFinalizer(() => Effect.promise(async () => void (await iterator?.return())))
+        return async () => {
+          let eager = true
+          if (iterator === undefined) {
+            for (const chunk of chunks.slice(0, -1)) {
+              await participant.step(() => sequence.evaluateWithoutGeneratingNewTokens(chunk as Array<Token>), { eager })
+              eager = false
+            }
+            iterator = sequence.evaluateWithMetadata(chunks[chunks.length - 1] as Array<Token>, { probabilities }, options)
+          } else {
+            eager = false
+          }
+          const current = iterator
+          const result = await participant.step(() => current.next(), { eager })
+          return result.done === true
+            ? undefined
+            : { token: result.value.token, probabilities: result.value.probabilities, cells: sequence.nextTokenIndex }
+        }
+      })
+
+    /** Steps through `DirectSteps`, in the same order and with the same sampler config as `evaluateStepper`. */
+    const directStepper = (
+      steps: DirectSteps,
+      { chunks, options, participant, probabilities, sequence }: Stepping
+    ): Effect.Effect<() => Promise<Stepped | undefined>, never, Scope.Scope> =>
+      Effect.gen(function*() {
+        const sampler = yield* Effect.acquireRelease(
+          Effect.sync(() => newNativeSampler(model)),
+          // Never while one of its samples runs: a step is uninterruptible until its token is in.
+          (sampler) => Effect.sync(() => sampler.dispose())
+        )
+        // Once: node-llama-cpp applies it again before every token, where the only change, the penalties' window of
+        // the tokens so far, is what the sampler's own accepting of each token already keeps (AddonSampler.cpp
+        // `acceptToken`), so each later application finds nothing to change.
+        sampler.applyConfig(samplerConfigOf(sequence, options))
+        const state = sequenceStateOf(sequence)
+        const sample = { sampler, probabilities }
+        let input: ReadonlyArray<Token> | undefined
+        return async () => {
+          let eager = true
+          if (input === undefined) {
+            for (const chunk of chunks.slice(0, -1)) {
+              await participant.step(() => steps.step({ sequence: state, tokens: chunk }), { eager })
+              eager = false
+            }
+            input = chunks[chunks.length - 1]!
+          } else {
+            eager = false
+          }
+          const tokens = input
+          const sampled = await participant.step(() => steps.step({ sequence: state, tokens, sample }), { eager })
+          if (sampled === undefined) return undefined
+          input = [sampled.token]
+          return { ...sampled, cells: state.nextTokenIndex }
+        }
+      })
+
     const start: BackendShape["start"] = (slot, prompt, sampling) =>
       Effect.gen(function*() {
         const sequence = sequences[slot]!
@@ -189,39 +299,17 @@ const contextBackend = (
             (error) => new DecodeFailed({ slot, stage: "prefill", message: `grammar: ${error.message}`, cause: error })
           )
         const generated: Array<Token> = []
-        const options = evaluateOptions(model, loaded.banEndOfGeneration, sampling, generated, grammar)
-        const chunks = chunksOf(prompt as ReadonlyArray<Token>, prefillChunk)
         const participant = arrivals.claim(slot)
-        // Probabilities cost a copy of the sampler's candidates per step: asked for only with `logprobs`.
-        const metadata = { probabilities: sampling.logprobs !== undefined }
-        let iterator:
-          | AsyncGenerator<{ readonly token: Token; readonly probabilities?: Map<Token, number> }, void, void | Token | Array<Token>>
-          | undefined
-        yield* Effect.addFinalizer(() =>
-          Effect.promise(async () => {
-            participant.leave()
-            await iterator?.return()
-          })
-        )
-        // Every chunk but the last is evaluated without sampling, one per step; the last one samples the first token.
-        // The first chunk goes out at once rather than waiting for the running generations' next step: it is
-        // decoded right after the step in flight, and they wait for it just as they would have in a shared step
-        // (llama.cpp splits a prompt from single-token decodes into a micro-batch of its own anyway), while the
-        // new request gets its first token a step sooner.
-        const step = async () => {
-          let eager = true
-          if (iterator === undefined) {
-            for (const chunk of chunks.slice(0, -1)) {
-              await participant.step(() => sequence.evaluateWithoutGeneratingNewTokens(chunk), { eager })
-              eager = false
-            }
-            iterator = sequence.evaluateWithMetadata(chunks[chunks.length - 1]!, metadata, options)
-          } else {
-            eager = false
-          }
-          const current = iterator
-          return participant.step(() => current.next(), { eager })
+        yield* Effect.addFinalizer(() => Effect.sync(() => participant.leave()))
+        const stepping: Stepping = {
+          sequence,
+          chunks: chunksOf(prompt as ReadonlyArray<Token>, Math.min(prefillChunk, context.batchSize)),
+          options: evaluateOptions(model, loaded.banEndOfGeneration, sampling, generated, grammar),
+          participant,
+          // Probabilities cost a copy of the sampler's candidates per step: asked for only with `logprobs`.
+          probabilities: sampling.logprobs !== undefined
         }
+        const step = direct === undefined ? yield* evaluateStepper(stepping) : yield* directStepper(direct, stepping)
         let prefilled = false
         const next = Effect.tryPromise({
           try: step,
@@ -230,11 +318,10 @@ const contextBackend = (
         }).pipe(
           Effect.flatMap((result): Effect.Effect<StepResult, DecodeFailed> => {
             prefilled = true
-            if (result.done === true) {
+            if (result === undefined) {
               return new DecodeFailed({ slot, stage: "decode", message: "the sampler produced no token" })
             }
-            const { probabilities, token } = result.value
-            const cells = sequence.nextTokenIndex
+            const { cells, probabilities, token } = result
             if (model.isEogToken(token)) return Effect.succeed({ _tag: "EndOfGeneration", token, cells })
             generated.push(token)
             const logprobs = probabilities === undefined || sampling.logprobs === undefined

@@ -2,8 +2,9 @@
  * Every reach into node-llama-cpp's internals (3.22.1), in one place: each cast names the internal it touches and the
  * node-llama-cpp source that shows its shape. Nothing else in Weft casts a node-llama-cpp object.
  */
+import { withLock } from "lifecycle-utils"
 import { TokenBias } from "node-llama-cpp"
-import type { LlamaContext, LlamaContextSequence, LlamaModel, Token } from "node-llama-cpp"
+import type { LlamaContext, LlamaContextSequence, LlamaModel, SequenceEvaluateOptions, Token } from "node-llama-cpp"
 
 /**
  * The native AddonContext behind a LlamaContext, as far as Weft drives it: node-llama-cpp's dispatch loop
@@ -15,7 +16,80 @@ export interface NativeContext {
   addToBatch(sequenceId: number, firstPosition: number, tokens: Uint32Array, logitIndexes: Uint32Array): Uint32Array
   setThreads(threads: number): void
   decodeBatch(): Promise<void>
+  /**
+   * Samples the logits at `batchLogitIndex` of the last decode with `sampler` and accepts the token into the sampler
+   * (its grammar and penalties). A token, or -1; `[token, probabilities]` when asked for probabilities, the
+   * probabilities as a flat `[token, probability, ...]` array (AddonContext.cpp `AddonContextSampleTokenWorker`).
+   */
+  sampleToken(batchLogitIndex: number, sampler: NativeSampler): Promise<number>
+  sampleToken(batchLogitIndex: number, sampler: NativeSampler, probabilities: boolean): Promise<number | [number, Array<number>?]>
 }
+
+/** node-llama-cpp's native AddonSampler: one generation's sampler chain (AddonSampler.cpp). */
+export interface NativeSampler {
+  /** Rebuilds only what changed since the last config (AddonSampler.cpp `ApplyConfig`). */
+  applyConfig(config: NativeSamplerConfig): void
+  dispose(): void
+}
+
+/** The addon's sampler config, as node-llama-cpp resolves it from a sequence's evaluate options. */
+export type NativeSamplerConfig = Record<string, unknown>
+
+/**
+ * A new native sampler for `model`. node-llama-cpp internal: LlamaModel#_llama._bindings.AddonSampler and
+ * LlamaModel#_model, what its own LlamaSampler constructs (dist/evaluator/LlamaContext/LlamaSampler.js).
+ */
+export const newNativeSampler = (model: LlamaModel): NativeSampler => {
+  const internals = model as unknown as {
+    _llama: { _bindings: { AddonSampler: new(model: unknown) => NativeSampler } }
+    _model: unknown
+  }
+  return new internals._llama._bindings.AddonSampler(internals._model)
+}
+
+/**
+ * The native sampler config node-llama-cpp would apply for `options` on `sequence`, for every token it samples.
+ * node-llama-cpp internal: LlamaContextSequence#_resolveSamplerConfig (LlamaContext.js).
+ */
+export const samplerConfigOf = (sequence: LlamaContextSequence, options: SequenceEvaluateOptions): NativeSamplerConfig =>
+  // node-llama-cpp internal: LlamaContextSequence#_resolveSamplerConfig.
+  (sequence as unknown as { _resolveSamplerConfig(options: SequenceEvaluateOptions): NativeSamplerConfig })._resolveSamplerConfig(options)
+
+/** What a decode issued outside node-llama-cpp's evaluation must read and update of a sequence. */
+export interface SequenceState {
+  readonly sequenceId: number
+  /** The KV position the next token goes to. */
+  readonly nextTokenIndex: number
+  /** Records `tokens` as decoded after the sequence's current tokens. */
+  readonly advance: (tokens: ReadonlyArray<Token>) => void
+}
+
+/**
+ * `sequence`'s id and token bookkeeping. node-llama-cpp internal: LlamaContextSequence#_sequenceId, #_nextTokenIndex
+ * and #_contextTokens, which its own `_decodeTokens` advances after each decode (LlamaContext.js); the
+ * `contextTokens` getter hands out copies, so the array is the sequence's own.
+ */
+export const sequenceStateOf = (sequence: LlamaContextSequence): SequenceState => {
+  const internals = sequence as unknown as { _sequenceId: number; _nextTokenIndex: number; _contextTokens: Array<Token> }
+  return {
+    sequenceId: internals._sequenceId,
+    get nextTokenIndex() {
+      return internals._nextTokenIndex
+    },
+    advance: (tokens) => {
+      internals._nextTokenIndex += tokens.length
+      for (const token of tokens) internals._contextTokens.push(token)
+    }
+  }
+}
+
+/**
+ * Runs `use` holding `context`'s lock: the one node-llama-cpp's batch dispatch and its KV edits (erase, copy, state
+ * load) take, so a decode issued outside it never interleaves with them. node-llama-cpp internal: the lock
+ * `withLock([context, "context"])` of lifecycle-utils, the same module instance node-llama-cpp imports.
+ */
+export const withContextLock = <A>(context: LlamaContext, use: () => Promise<A>): Promise<A> =>
+  withLock([context, "context"], use)
 
 /** The native context `context` decodes with. node-llama-cpp internal: LlamaContext#_ctx (AddonContext). */
 export const nativeContextOf = (context: LlamaContext): NativeContext =>

@@ -1,0 +1,161 @@
+import type { Token } from "node-llama-cpp"
+import type { NativeContext, NativeSampler, SequenceState } from "./LlamaInternals.js"
+
+/** One sequence's part of a decode step: tokens to evaluate after its current ones, and what to sample after them. */
+export interface DirectStep {
+  readonly sequence: SequenceState
+  readonly tokens: ReadonlyArray<Token>
+  /** Samples the next token after the last one; none evaluates only. */
+  readonly sample?: { readonly sampler: NativeSampler; readonly probabilities: boolean } | undefined
+}
+
+/** A sampled token, with the sampler's candidates' probabilities when they were asked for. */
+export interface SampledToken {
+  readonly token: Token
+  readonly probabilities: Map<Token, number> | undefined
+}
+
+export interface DirectStepsOptions {
+  /** Most tokens one decode holds (the context's batch size). */
+  readonly batchSize: number
+  /** KV cells per sequence; a sequence never writes its last one (as node-llama-cpp keeps it free). */
+  readonly contextSize: number
+  /** Runs a whole step (its decodes and their sampling) exclusively of any other use of the context. */
+  readonly exclusive: <A>(use: () => Promise<A>) => Promise<A>
+}
+
+interface Pending {
+  readonly step: DirectStep
+  readonly resolve: (sampled: SampledToken | undefined) => void
+  readonly reject: (error: unknown) => void
+}
+
+/**
+ * Decode steps issued straight to the native context: every step queued in the same event-loop turn goes out as one
+ * `llama_decode` (several when they exceed the batch size), single tokens first, and each sequence's token is sampled
+ * on its own sampler as soon as that decode is done. This is what node-llama-cpp's `sequence.evaluate` does per token,
+ * without its per-token async generator, evaluation lock, decode queue, prioritization and sampler-config rebuild:
+ * about 0.15 ms of the JS thread's CPU per token at one stream on the 2-core bench machine, more at 16 streams.
+ *
+ * Steps queued while one runs go out together once it is done. A failed decode fails every step in it and leaves
+ * their sequences as they were.
+ */
+export class DirectSteps {
+  private pending: Array<Pending> = []
+  private scheduled = false
+  private running = false
+
+  constructor(private readonly native: NativeContext, private readonly options: DirectStepsOptions) {}
+
+  /** Queues `step` for the next decode; resolves with its sampled token (undefined when it samples none). */
+  step(step: DirectStep): Promise<SampledToken | undefined> {
+    return new Promise((resolve, reject) => {
+      this.pending.push({ step, resolve, reject })
+      this.schedule()
+    })
+  }
+
+  /** Steps queued and not yet decoded (for tests and diagnostics). */
+  get queued(): number {
+    return this.pending.length
+  }
+
+  // A microtask later, so every step released in the same turn (the step batcher releases them in one loop, each
+  // queued from a promise reaction) is in.
+  private schedule() {
+    if (this.scheduled || this.running) return
+    this.scheduled = true
+    queueMicrotask(() => {
+      this.scheduled = false
+      void this.run()
+    })
+  }
+
+  private async run() {
+    if (this.running || this.pending.length === 0) return
+    this.running = true
+    const taken = this.pending
+    this.pending = []
+    try {
+      await this.options.exclusive(() => this.decodeAll(taken))
+    } catch (error) {
+      for (const pending of taken) pending.reject(error)
+    } finally {
+      this.running = false
+      if (this.pending.length > 0) this.schedule()
+    }
+  }
+
+  private async decodeAll(taken: ReadonlyArray<Pending>) {
+    const { batchSize, contextSize } = this.options
+    const admitted: Array<Pending> = []
+    for (const pending of taken) {
+      const { sequence, tokens } = pending.step
+      if (tokens.length === 0) pending.reject(new Error("nothing to evaluate"))
+      else if (tokens.length > batchSize) pending.reject(new Error(`${tokens.length} tokens exceed the batch size of ${batchSize}`))
+      else if (sequence.nextTokenIndex + tokens.length > contextSize - 1) {
+        pending.reject(new Error(`the sequence is full: ${sequence.nextTokenIndex} + ${tokens.length} tokens exceed ${contextSize - 1} cells`))
+      } else admitted.push(pending)
+    }
+    // Single tokens first (one micro-batch of running generations, prompt chunks after), then by sequence.
+    admitted.sort((a, b) =>
+      Number(a.step.tokens.length > 1) - Number(b.step.tokens.length > 1) || a.step.sequence.sequenceId - b.step.sequence.sequenceId
+    )
+    let start = 0
+    while (start < admitted.length) {
+      let end = start
+      let size = 0
+      while (end < admitted.length && size + admitted[end]!.step.tokens.length <= batchSize) {
+        size += admitted[end]!.step.tokens.length
+        end += 1
+      }
+      await this.decode(admitted.slice(start, end), size)
+      start = end
+    }
+  }
+
+  /** One `llama_decode` of `batch` (`size` tokens), then its sampling; settles every step in it. */
+  private async decode(batch: ReadonlyArray<Pending>, size: number) {
+    const { native } = this
+    const logitIndexes: Array<number> = []
+    try {
+      native.initBatch(size)
+      for (const { step } of batch) {
+        const sampled = step.sample === undefined ? noLogits : Uint32Array.of(step.tokens.length - 1)
+        const indexes = native.addToBatch(step.sequence.sequenceId, step.sequence.nextTokenIndex, Uint32Array.from(step.tokens), sampled)
+        logitIndexes.push(indexes[0] ?? -1)
+      }
+      await native.decodeBatch()
+    } catch (error) {
+      for (const pending of batch) pending.reject(error)
+      return
+    }
+    for (const { step } of batch) step.sequence.advance(step.tokens)
+    // All of them before the next decode overwrites the logits; each settles as soon as its own token is in.
+    await Promise.all(batch.map((pending, index) => this.sample(pending, logitIndexes[index]!)))
+  }
+
+  private async sample({ reject, resolve, step }: Pending, logitIndex: number) {
+    const { sample } = step
+    if (sample === undefined) return resolve(undefined)
+    try {
+      const result = sample.probabilities
+        ? await this.native.sampleToken(logitIndex, sample.sampler, true)
+        : await this.native.sampleToken(logitIndex, sample.sampler)
+      const [token, probabilities] = typeof result === "number" ? [result, undefined] : result
+      if (token === -1) return reject(new Error("failed to sample the next token"))
+      resolve({ token: token as Token, probabilities: probabilities === undefined ? undefined : tokenValuePairs(probabilities) })
+    } catch (error) {
+      reject(error)
+    }
+  }
+}
+
+const noLogits = new Uint32Array(0)
+
+/** node-llama-cpp's flat `[token, value, token, value, ...]` as a map. */
+const tokenValuePairs = (flat: ReadonlyArray<number>): Map<Token, number> => {
+  const pairs = new Map<Token, number>()
+  for (let index = 1; index < flat.length; index += 2) pairs.set(flat[index - 1] as Token, flat[index]!)
+  return pairs
+}

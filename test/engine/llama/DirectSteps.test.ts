@@ -1,0 +1,163 @@
+import { describe, expect, it } from "vitest"
+import type { Token } from "node-llama-cpp"
+import { DirectSteps } from "../../../src/engine/llama/DirectSteps.js"
+import type { NativeContext, NativeSampler, SequenceState } from "../../../src/engine/llama/LlamaInternals.js"
+
+/** A native context that logs what it is asked and samples `100 × sequence + position` of the sampled token. */
+const fakeNative = (options: { readonly failDecode?: (decode: number) => boolean; readonly failSample?: (sequence: number) => boolean } = {}) => {
+  const log: Array<string> = []
+  let decodes = 0
+  let batch: Array<{ sequence: number; position: number }> = []
+  let logits: Array<{ sequence: number; position: number }> = []
+  const native: NativeContext = {
+    initBatch: (size) => {
+      batch = []
+      log.push(`init ${size}`)
+    },
+    addToBatch: (sequenceId, firstPosition, tokens, logitIndexes) => {
+      log.push(`add ${sequenceId}@${firstPosition}:${tokens.length}${logitIndexes.length > 0 ? "+" : ""}`)
+      const indexes = Array.from(logitIndexes, (index) => batch.length + index)
+      for (let index = 0; index < tokens.length; index++) batch.push({ sequence: sequenceId, position: firstPosition + index })
+      return Uint32Array.from(indexes)
+    },
+    setThreads: () => undefined,
+    decodeBatch: () => {
+      decodes += 1
+      log.push("decode")
+      if (options.failDecode?.(decodes) === true) return Promise.reject(new Error("decode failed"))
+      logits = batch
+      return Promise.resolve()
+    },
+    sampleToken: ((index: number, _sampler: NativeSampler, probabilities?: boolean) => {
+      const { position, sequence } = logits[index]!
+      log.push(`sample ${sequence}`)
+      const token = options.failSample?.(sequence) === true ? -1 : 100 * sequence + position
+      return Promise.resolve(probabilities === true ? [token, [token, 0.5, 7, 0.25]] : token)
+    }) as NativeContext["sampleToken"]
+  }
+  return { native, log }
+}
+
+const sequence = (sequenceId: number, start = 0): SequenceState & { tokens: Array<number> } => {
+  const tokens: Array<number> = Array.from({ length: start }, () => 0)
+  return {
+    sequenceId,
+    tokens,
+    get nextTokenIndex() {
+      return tokens.length
+    },
+    advance: (added) => void tokens.push(...added)
+  }
+}
+
+const sampler: NativeSampler = { applyConfig: () => undefined, dispose: () => undefined }
+const sample = { sampler, probabilities: false }
+const tokens = (count: number) => Array.from({ length: count }, (_, index) => (index + 1) as Token)
+
+let exclusiveRuns = 0
+const stepsOn = (native: NativeContext, batchSize = 512, contextSize = 64) =>
+  new DirectSteps(native, {
+    batchSize,
+    contextSize,
+    exclusive: (use) => {
+      exclusiveRuns += 1
+      return use()
+    }
+  })
+
+describe("DirectSteps", () => {
+  it("sends the steps queued in one turn as one decode, single tokens first, and samples each after it", async () => {
+    const { log, native } = fakeNative()
+    const steps = stepsOn(native)
+    const [a, b, c] = [sequence(2, 5), sequence(0), sequence(1, 3)]
+    const runsBefore = exclusiveRuns
+    const results = await Promise.all([
+      steps.step({ sequence: a, tokens: tokens(1), sample }),
+      steps.step({ sequence: b, tokens: tokens(4), sample }),
+      steps.step({ sequence: c, tokens: tokens(1), sample })
+    ])
+    expect(log).toEqual(["init 6", "add 1@3:1+", "add 2@5:1+", "add 0@0:4+", "decode", "sample 1", "sample 2", "sample 0"])
+    expect(results.map((result) => result?.token)).toEqual([205, 3, 103])
+    expect([a.nextTokenIndex, b.nextTokenIndex, c.nextTokenIndex]).toEqual([6, 4, 4])
+    expect(exclusiveRuns).toBe(runsBefore + 1)
+  })
+
+  it("evaluates without sampling, and passes the probabilities on when asked for", async () => {
+    const { log, native } = fakeNative()
+    const steps = stepsOn(native)
+    const a = sequence(0)
+    expect(await steps.step({ sequence: a, tokens: tokens(3) })).toBeUndefined()
+    const sampled = await steps.step({ sequence: a, tokens: tokens(1), sample: { sampler, probabilities: true } })
+    expect(sampled).toEqual({ token: 3, probabilities: new Map([[3, 0.5], [7, 0.25]]) })
+    expect(log).toEqual(["init 3", "add 0@0:3", "decode", "init 1", "add 0@3:1+", "decode", "sample 0"])
+  })
+
+  it("splits a step larger than the batch into decodes in order, each sampled before the next", async () => {
+    const { log, native } = fakeNative()
+    const steps = stepsOn(native, 8)
+    const [a, b, c] = [sequence(0), sequence(1), sequence(2)]
+    await Promise.all([
+      steps.step({ sequence: a, tokens: tokens(5), sample }),
+      steps.step({ sequence: b, tokens: tokens(5), sample }),
+      steps.step({ sequence: c, tokens: tokens(1), sample })
+    ])
+    expect(log).toEqual([
+      "init 6", "add 2@0:1+", "add 0@0:5+", "decode", "sample 2", "sample 0",
+      "init 5", "add 1@0:5+", "decode", "sample 1"
+    ])
+  })
+
+  it("fails every step of a failed decode, leaves their sequences as they were, and goes on decoding", async () => {
+    const { native } = fakeNative({ failDecode: (decode) => decode === 1 })
+    const steps = stepsOn(native)
+    const [a, b] = [sequence(0, 2), sequence(1, 2)]
+    const failed = await Promise.allSettled([
+      steps.step({ sequence: a, tokens: tokens(1), sample }),
+      steps.step({ sequence: b, tokens: tokens(1), sample })
+    ])
+    expect(failed.map((result) => result.status)).toEqual(["rejected", "rejected"])
+    expect([a.nextTokenIndex, b.nextTokenIndex]).toEqual([2, 2])
+    expect((await steps.step({ sequence: a, tokens: tokens(1), sample }))?.token).toBe(2)
+  })
+
+  it("refuses a step that would fill its sequence, an empty one and one beyond the batch, and decodes the rest", async () => {
+    const { log, native } = fakeNative()
+    const steps = stepsOn(native, 8, 10)
+    const [full, empty, large, fine] = [sequence(0, 8), sequence(1), sequence(2), sequence(3, 8)]
+    const results = await Promise.allSettled([
+      // The last cell stays free: 8 + 2 tokens reach it.
+      steps.step({ sequence: full, tokens: tokens(2), sample }),
+      steps.step({ sequence: empty, tokens: [], sample }),
+      steps.step({ sequence: large, tokens: tokens(9), sample }),
+      steps.step({ sequence: fine, tokens: tokens(1), sample })
+    ])
+    expect(results.map((result) => result.status)).toEqual(["rejected", "rejected", "rejected", "fulfilled"])
+    expect(String((results[0] as PromiseRejectedResult).reason)).toContain("the sequence is full")
+    expect(log).toEqual(["init 1", "add 3@8:1+", "decode", "sample 3"])
+    expect(full.nextTokenIndex).toBe(8)
+  })
+
+  it("fails only the step whose sampling fails", async () => {
+    const { native } = fakeNative({ failSample: (sequenceId) => sequenceId === 1 })
+    const steps = stepsOn(native)
+    const results = await Promise.allSettled([
+      steps.step({ sequence: sequence(0), tokens: tokens(1), sample }),
+      steps.step({ sequence: sequence(1), tokens: tokens(1), sample })
+    ])
+    expect(results.map((result) => result.status)).toEqual(["fulfilled", "rejected"])
+  })
+
+  it("sends the steps queued while a decode runs together once it is done", async () => {
+    const { log, native } = fakeNative()
+    const steps = stepsOn(native)
+    const [a, b, c] = [sequence(0), sequence(1), sequence(2)]
+    const first = steps.step({ sequence: a, tokens: tokens(2), sample })
+    await Promise.resolve()
+    await Promise.resolve()
+    // The first decode is under way: these two wait for it and then go out as one.
+    const later = [steps.step({ sequence: b, tokens: tokens(1), sample }), steps.step({ sequence: c, tokens: tokens(1), sample })]
+    expect(steps.queued).toBe(2)
+    await Promise.all([first, ...later])
+    expect(log).toEqual(["init 2", "add 0@0:2+", "decode", "sample 0", "init 2", "add 1@0:1+", "add 2@0:1+", "decode", "sample 1", "sample 2"])
+  })
+})
