@@ -1,7 +1,10 @@
 import { describe, expect, it } from "vitest"
+import { getLlama, LlamaLogLevel } from "node-llama-cpp"
 import type { Token } from "node-llama-cpp"
 import { DirectSteps } from "../../../src/engine/llama/DirectSteps.js"
+import { withContextLock } from "../../../src/engine/llama/LlamaInternals.js"
 import type { NativeContext, NativeSampler, SequenceState } from "../../../src/engine/llama/LlamaInternals.js"
+import { tinyModelPath } from "../../support/tinyModel.js"
 
 /** A native context that logs what it is asked and samples `100 × sequence + position` of the sampled token. */
 const fakeNative = (options: { readonly failDecode?: (decode: number) => boolean; readonly failSample?: (sequence: number) => boolean } = {}) => {
@@ -159,5 +162,33 @@ describe("DirectSteps", () => {
     expect(steps.queued).toBe(2)
     await Promise.all([first, ...later])
     expect(log).toEqual(["init 2", "add 0@0:2+", "decode", "sample 0", "init 2", "add 1@0:1+", "add 2@0:1+", "decode", "sample 1", "sample 2"])
+  })
+})
+
+describe("withContextLock", () => {
+  // Were lifecycle-utils resolved to another copy than node-llama-cpp's, the lock would be a different one and direct
+  // steps could interleave with node-llama-cpp's KV edits.
+  it("is the lock node-llama-cpp's own KV edits take", async () => {
+    const llama = await getLlama({ build: "never", gpu: false, logLevel: LlamaLogLevel.error })
+    const model = await llama.loadModel({ modelPath: await tinyModelPath() })
+    const context = await model.createContext({ sequences: 1, contextSize: 64 })
+    try {
+      const sequence = context.getSequence()
+      await sequence.evaluateWithoutGeneratingNewTokens([1, 20, 21, 22] as Array<Token>)
+      const order: Array<string> = []
+      const held = withContextLock(context, async () => {
+        order.push("held")
+        await new Promise((resolve) => setTimeout(resolve, 50))
+        order.push("released")
+      })
+      const erased = sequence.eraseContextTokenRanges([{ start: 2, end: 4 }]).then(() => order.push("erased"))
+      await Promise.all([held, erased])
+      expect(order).toEqual(["held", "released", "erased"])
+      expect(sequence.contextTokens).toEqual([1, 20])
+    } finally {
+      await context.dispose()
+      await model.dispose()
+      await llama.dispose()
+    }
   })
 })
