@@ -3,11 +3,12 @@ import { availableParallelism } from "node:os"
 import { basename } from "node:path"
 import { Effect, Layer, Option, Schema } from "effect"
 import type { Scope } from "effect"
-import type { CustomBatchingPrioritizationStrategy, LlamaContext, LlamaContextSequence, LlamaModel, Token, TokenBias } from "node-llama-cpp"
+import type { CustomBatchingPrioritizationStrategy, LlamaContext, LlamaContextSequence, LlamaModel, SequenceEvaluateOptions, Token, TokenBias } from "node-llama-cpp"
 import { AdapterLoadFailed, Backend, DecodeFailed, KvEraseFailed, KvFileFailed } from "../Backend.js"
 import type { AdapterSpec, BackendShape, Generation, StepResult } from "../Backend.js"
 import { prioritizeBySequence } from "../BatchPlan.js"
 import { StepBatcher } from "../StepBatcher.js"
+import type { StepParticipant } from "../StepBatcher.js"
 import { stepLogprobs } from "../StepLogprobs.js"
 import { defaultThreadTunerOptions, ThreadTuner } from "../ThreadTuner.js"
 import { makeBoundedTokenizer } from "./BoundedTokenizer.js"
@@ -127,6 +128,36 @@ const chunksOf = (prompt: ReadonlyArray<Token>, chunk: number): Array<Array<Toke
   return chunks.length === 0 ? [[]] : chunks
 }
 
+/**
+ * A generation's steps, in the order both ways of stepping take them: the first call evaluates every chunk of the
+ * prompt but the last without sampling, one per step, then `sample(last chunk)`; later calls `sample(undefined)`, which
+ * samples after the previous token. The first chunk goes out at once rather than waiting for the running generations'
+ * next step: it is decoded right after the step in flight, and they wait for it just as they would have in a shared
+ * step (llama.cpp splits a prompt from single-token decodes into a micro-batch of its own anyway), while the new
+ * request gets its first token a step sooner.
+ */
+const promptThenTokens = <A>(
+  participant: StepParticipant,
+  chunks: ReadonlyArray<ReadonlyArray<Token>>,
+  evaluate: (chunk: ReadonlyArray<Token>) => Promise<unknown>,
+  sample: (last: ReadonlyArray<Token> | undefined) => Promise<A>
+): () => Promise<A> => {
+  let prefilled = false
+  return async () => {
+    let eager = !prefilled
+    let last: ReadonlyArray<Token> | undefined
+    if (!prefilled) {
+      for (const chunk of chunks.slice(0, -1)) {
+        await participant.step(() => evaluate(chunk), { eager })
+        eager = false
+      }
+      prefilled = true
+      last = chunks[chunks.length - 1]!
+    }
+    return participant.step(() => sample(last), { eager })
+  }
+}
+
 /** What every context on one loaded model shares: the model, its tokenizer, grammars and embedder. */
 interface LoadedModel {
   readonly model: LlamaModel
@@ -213,18 +244,12 @@ const contextBackend = (
     interface Stepping {
       readonly sequence: LlamaContextSequence
       readonly chunks: ReadonlyArray<ReadonlyArray<Token>>
-      readonly options: ReturnType<typeof evaluateOptions>
-      readonly participant: ReturnType<typeof arrivals.claim>
+      readonly options: SequenceEvaluateOptions
+      readonly participant: StepParticipant
       readonly probabilities: boolean
     }
 
-    /**
-     * Steps through node-llama-cpp's `sequence.evaluate`. Every chunk but the last is evaluated without sampling, one
-     * per step; the last one samples the first token. The first chunk goes out at once rather than waiting for the
-     * running generations' next step: it is decoded right after the step in flight, and they wait for it just as they
-     * would have in a shared step (llama.cpp splits a prompt from single-token decodes into a micro-batch of its own
-     * anyway), while the new request gets its first token a step sooner.
-     */
+    /** Steps through node-llama-cpp's `sequence.evaluate`. */
     const evaluateStepper = (
       { chunks, options, participant, probabilities, sequence }: Stepping
     ): Effect.Effect<() => Promise<Stepped | undefined>, never, Scope.Scope> =>
@@ -233,19 +258,17 @@ const contextBackend = (
           | AsyncGenerator<{ readonly token: Token; readonly probabilities?: Map<Token, number> }, void, void | Token | Array<Token>>
           | undefined
         yield* Effect.addFinalizer(() => Effect.promise(async () => void (await iterator?.return())))
-        return async () => {
-          let eager = true
-          if (iterator === undefined) {
-            for (const chunk of chunks.slice(0, -1)) {
-              await participant.step(() => sequence.evaluateWithoutGeneratingNewTokens(chunk as Array<Token>), { eager })
-              eager = false
-            }
-            iterator = sequence.evaluateWithMetadata(chunks[chunks.length - 1] as Array<Token>, { probabilities }, options)
-          } else {
-            eager = false
+        const step = promptThenTokens(
+          participant,
+          chunks,
+          (chunk) => sequence.evaluateWithoutGeneratingNewTokens(chunk as Array<Token>),
+          (last) => {
+            if (last !== undefined) iterator = sequence.evaluateWithMetadata(last as Array<Token>, { probabilities }, options)
+            return iterator!.next()
           }
-          const current = iterator
-          const result = await participant.step(() => current.next(), { eager })
+        )
+        return async () => {
+          const result = await step()
           return result.done === true
             ? undefined
             : { token: result.value.token, probabilities: result.value.probabilities, cells: sequence.nextTokenIndex }
@@ -269,20 +292,18 @@ const contextBackend = (
         sampler.applyConfig(samplerConfigOf(sequence, options))
         const state = sequenceStateOf(sequence)
         const sample = { sampler, probabilities }
-        let input: ReadonlyArray<Token> | undefined
-        return async () => {
-          let eager = true
-          if (input === undefined) {
-            for (const chunk of chunks.slice(0, -1)) {
-              await participant.step(() => steps.step({ sequence: state, tokens: chunk }), { eager })
-              eager = false
-            }
-            input = chunks[chunks.length - 1]!
-          } else {
-            eager = false
+        let input: ReadonlyArray<Token> = []
+        const step = promptThenTokens(
+          participant,
+          chunks,
+          (chunk) => steps.step({ sequence: state, tokens: chunk }),
+          (last) => {
+            if (last !== undefined) input = last
+            return steps.step({ sequence: state, tokens: input, sample })
           }
-          const tokens = input
-          const sampled = await participant.step(() => steps.step({ sequence: state, tokens, sample }), { eager })
+        )
+        return async () => {
+          const sampled = await step()
           if (sampled === undefined) return undefined
           input = [sampled.token]
           return { ...sampled, cells: state.nextTokenIndex }
