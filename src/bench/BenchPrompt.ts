@@ -9,6 +9,13 @@ const words = [
   "find", "long", "down", "day", "did", "get", "come", "made", "may", "part"
 ]
 
+/** Request `index`'s completion length: uniform in `mean` ± `spread`, deterministic per index. */
+export const benchCompletionTokens = (index: number, mean: number, spread: number): number => {
+  if (spread === 0) return mean
+  const state = (Math.imul(index + 1, 0x85ebca6b) ^ 0xc2b2ae35) >>> 0
+  return mean - spread + (Math.imul(state, 1664525) + 1013904223 >>> 0) % (2 * spread + 1)
+}
+
 /**
  * The prompt text of request `index`: `length` words, different for every index from the first word on, so no
  * server can answer a request from another's cached prefix. On the synthetic models each word is one token.

@@ -185,7 +185,8 @@ export const renderReport = (run: BenchRun): string => {
     `\`${run.command}\``,
     "",
     `${run.machine.cpus} cores (${run.machine.cpuModel}), ${run.machine.memoryGiB} GiB, Node ${run.machine.node}, ${run.machine.platform}. ` +
-    `Model ${settings.modelPath ?? settings.url ?? "?"}; prompt ${settings.promptTokens} tokens, ${settings.completionTokens} completion ` +
+    `Model ${settings.modelPath ?? settings.url ?? "?"}; prompt ${settings.promptTokens} tokens, ${settings.completionTokens}` +
+    `${settings.completionSpread === 0 ? "" : ` ± ${settings.completionSpread}`} completion ` +
     `tokens, ignore_eos, streaming, temperature ${settings.temperature}; ${settings.seconds} s closed-loop window per level, ` +
     `${settings.rounds} round${settings.rounds === 1 ? "" : "s"} (medians); threads ${settings.threads}, ` +
     `context ${settings.contextSize} per sequence${settings.batchSize === undefined ? "" : `, batch ${settings.batchSize}`}, flash attention ${settings.flashAttention ? "on" : "off"} (Weft modes). ` +

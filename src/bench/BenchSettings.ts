@@ -44,6 +44,12 @@ export interface BenchSettings {
   /** Prompt length in tokens, BOS included (on the synthetic models every prompt word is one token). */
   readonly promptTokens: number
   readonly completionTokens: number
+  /**
+   * Each request's completion length is drawn from `completionTokens` ± this, by request index (the same lengths in
+   * every mode); 0 makes them all equal. Requests of different lengths end at different times, as real ones do, which
+   * is what scatters a pool's running sequences over its slots.
+   */
+  readonly completionSpread: number
   /** Length of each level's measurement window. */
   readonly seconds: number
   readonly temperature: number
@@ -82,6 +88,7 @@ export const defaultBenchSettings: BenchSettings = {
   levels: [1, 4, 8, 16],
   promptTokens: 16,
   completionTokens: 64,
+  completionSpread: 0,
   seconds: 6,
   temperature: 0.8,
   threads: os.availableParallelism(),

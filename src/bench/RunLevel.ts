@@ -1,7 +1,7 @@
 import { Effect } from "effect"
 import type { BenchSettings } from "./BenchSettings.js"
 import type { BenchTarget } from "./BenchTarget.js"
-import { benchPromptText } from "./BenchPrompt.js"
+import { benchCompletionTokens, benchPromptText } from "./BenchPrompt.js"
 import { backgroundLoad, cpuSnapshot } from "./CpuLoad.js"
 import { summarize } from "./LevelResult.js"
 import type { LevelResult, RequestSample } from "./LevelResult.js"
@@ -45,7 +45,8 @@ export const runLevel = (target: BenchTarget, settings: BenchSettings, concurren
         Effect.gen(function*() {
           yield* Effect.sleep(Math.round((stream * duration) / concurrency))
           while (performance.now() < window.end) {
-            samples.push(yield* target.send(call(next++, settings.completionTokens)))
+            const index = next++
+            samples.push(yield* target.send(call(index, benchCompletionTokens(index, settings.completionTokens, settings.completionSpread))))
           }
         }),
       { concurrency: "unbounded", discard: true }

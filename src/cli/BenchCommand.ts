@@ -14,6 +14,9 @@ const LevelList = Schema.String.pipe(
   })
 )
 
+/** Flags that each parse but do not fit together. */
+export class BenchFlagsInvalid extends Schema.TaggedError<BenchFlagsInvalid>()("BenchFlagsInvalid", { message: Schema.String }) {}
+
 const positive = (name: string, fallback: number, description: string) =>
   Options.integer(name).pipe(
     Options.withSchema(Schema.Int.pipe(Schema.greaterThanOrEqualTo(1))),
@@ -76,6 +79,13 @@ const options = {
   ),
   promptTokens: positive("prompt-tokens", defaultBenchSettings.promptTokens, "Prompt length in tokens, BOS included"),
   completionTokens: positive("completion-tokens", defaultBenchSettings.completionTokens, "Tokens generated per request (ignore_eos)"),
+  completionSpread: Options.integer("completion-spread").pipe(
+    Options.withSchema(Schema.Int.pipe(Schema.greaterThanOrEqualTo(0))),
+    Options.withDefault(defaultBenchSettings.completionSpread),
+    Options.withDescription(
+      "Vary each request's completion length uniformly by up to this many tokens around --completion-tokens (the same lengths in every mode), so requests end at different times"
+    )
+  ),
   seconds: positive("seconds", defaultBenchSettings.seconds, "Measurement window per level, after the streams have ramped up"),
   threads: positive("threads", defaultBenchSettings.threads, "llama.cpp threads (default: the cores)"),
   parallel: Options.integer("parallel").pipe(
@@ -178,6 +188,11 @@ export const benchCommand = Command.make("bench", options, (flags) =>
       )
       return
     }
+    if (flags.completionSpread >= flags.completionTokens) {
+      return yield* new BenchFlagsInvalid({
+        message: `--completion-spread (${flags.completionSpread}) must be less than --completion-tokens (${flags.completionTokens})`
+      })
+    }
     const modeNamed = url !== undefined || flags.spawn || flags.spawnNative || flags.inProcess || flags.naive || flags.variant.length > 0
     // `--chat-reuse` alone runs only the chat scenario; with a mode or `--ceiling` it runs after them.
     const onlyChat = flags.chatReuse && !modeNamed && !flags.ceiling
@@ -203,6 +218,7 @@ export const benchCommand = Command.make("bench", options, (flags) =>
       levels: flags.levels,
       promptTokens: flags.promptTokens,
       completionTokens: flags.completionTokens,
+      completionSpread: flags.completionSpread,
       seconds: flags.seconds,
       temperature: flags.temperature,
       threads: flags.threads,

@@ -26,12 +26,12 @@ const sharedPrefix = (a: ReadonlyArray<number>, b: ReadonlyArray<number>) => {
   return index
 }
 
-const parallel = 3
+const parallel = 4
 
-const runOperations = (operations: ReadonlyArray<Operation>, maxCachedTokens: number | undefined) => {
+const runOperations = (operations: ReadonlyArray<Operation>, maxCachedTokens: number | undefined, reuseOverContiguity: number) => {
   const sim = makeSimBackend({ parallel, contextSize: 64, tokenLatency: 0 })
   const layer = SeqPool.Default.pipe(
-    Layer.provide(PrefixCacheConfig.layer({ maxCachedTokens })),
+    Layer.provide(PrefixCacheConfig.layer({ maxCachedTokens, reuseOverContiguity })),
     Layer.provide(Layer.succeed(Backend, sim))
   )
   return Effect.gen(function*() {
@@ -54,17 +54,28 @@ const runOperations = (operations: ReadonlyArray<Operation>, maxCachedTokens: nu
       if (op._tag === "Acquire") {
         if (held.length === parallel) continue
         const heldSlots = new Set(held.map(({ lease }) => lease.slot))
-        let best = 0
-        for (let slot = 0; slot < parallel; slot++) {
-          if (heldSlots.has(slot) || slotKey[slot] !== op.key) continue
-          best = Math.max(best, Math.min(sharedPrefix(sim.tokensOf(slot), op.prompt), op.prompt.length - 1))
-        }
+        // Each free slot: the prompt tokens it would reuse, and how many more runs of consecutive held ids it makes.
+        const free = Array.from({ length: parallel }, (_, slot) => slot).filter((slot) => !heldSlots.has(slot)).map((slot) => ({
+          slot,
+          shared: slotKey[slot] === op.key ? Math.min(sharedPrefix(sim.tokensOf(slot), op.prompt), op.prompt.length - 1) : 0,
+          newRuns: 1 - Number(heldSlots.has(slot - 1)) - Number(heldSlots.has(slot + 1))
+        }))
+        const best = Math.max(...free.map(({ shared }) => shared))
         const scope = yield* Scope.make()
         const lease = yield* Scope.extend(pool.acquire(`r${held.length}`, { prompt: op.prompt, cacheKey: op.key }), scope)
-        // The chosen slot shares a maximal prefix with the prompt, and holds exactly that prefix now.
-        expect(lease.reusedTokens).toBe(best)
-        expect(sim.tokensOf(lease.slot)).toEqual(op.prompt.slice(0, best))
-        if (best > 0) cacheHits++
+        const chosen = free.find(({ slot }) => slot === lease.slot)!
+        if (best >= reuseOverContiguity) {
+          // A long enough prefix is reused whole, wherever it is.
+          expect(lease.reusedTokens).toBe(best)
+        } else {
+          // Otherwise the ids stay as contiguous as they can, and the longest prefix among those slots is reused.
+          const fewestRuns = Math.min(...free.map(({ newRuns }) => newRuns))
+          expect(chosen.newRuns).toBe(fewestRuns)
+          expect(lease.reusedTokens).toBe(Math.max(...free.filter(({ newRuns }) => newRuns === fewestRuns).map(({ shared }) => shared)))
+        }
+        // The slot holds exactly the prefix it reuses now.
+        expect(sim.tokensOf(lease.slot)).toEqual(op.prompt.slice(0, lease.reusedTokens))
+        if (lease.reusedTokens > 0) cacheHits++
         slotKey[lease.slot] = op.key
         const generation = yield* Scope.extend(
           sim.start(lease.slot, op.prompt.slice(lease.reusedTokens), { ...defaultSampling, seed: 1 }),
@@ -94,7 +105,7 @@ const runOperations = (operations: ReadonlyArray<Operation>, maxCachedTokens: nu
 }
 
 describe("SeqPool prefix cache properties (SimBackend)", () => {
-  it.live("maximal shared prefix, running cells never evicted, accounting equals the backend", () =>
+  it.live("a long shared prefix or else contiguous ids, running cells never evicted, accounting equals the backend", () =>
     Effect.gen(function*() {
       let hits = 0
       yield* Effect.promise(() =>
@@ -102,12 +113,62 @@ describe("SeqPool prefix cache properties (SimBackend)", () => {
           fc.asyncProperty(
             fc.array(operation, { minLength: 1, maxLength: 40 }),
             fc.option(fc.integer({ min: 0, max: 30 }), { nil: undefined }),
-            (operations, maxCachedTokens) =>
-              Effect.runPromise(Effect.map(runOperations(operations, maxCachedTokens), (count) => void (hits += count)))
+            fc.integer({ min: 1, max: 5 }),
+            (operations, maxCachedTokens, reuseOverContiguity) =>
+              Effect.runPromise(Effect.map(runOperations(operations, maxCachedTokens, reuseOverContiguity), (count) => void (hits += count)))
           ),
           { numRuns: 300 }
         )
       )
       expect(hits).toBeGreaterThan(0)
     }))
+})
+
+describe("SeqPool slot choice", () => {
+  /** Acquires a slot for `prompt` and evaluates what it does not reuse, with one generated token. */
+  const runPrompt = (sim: ReturnType<typeof makeSimBackend>, prompt: ReadonlyArray<number>) =>
+    Effect.gen(function*() {
+      const pool = yield* SeqPool
+      const scope = yield* Scope.make()
+      const lease = yield* Scope.extend(pool.acquire(`r${prompt.join("-")}`, { prompt }), scope)
+      const generation = yield* Scope.extend(sim.start(lease.slot, prompt.slice(lease.reusedTokens), { ...defaultSampling, seed: 1 }), scope)
+      yield* lease.setCells((yield* generation.next).cells)
+      return { lease, scope }
+    })
+
+  const withPool = <A, E>(slots: number, use: (run: (prompt: ReadonlyArray<number>) => ReturnType<typeof runPrompt>) => Effect.Effect<A, E, SeqPool>) => {
+    const sim = makeSimBackend({ parallel: slots, contextSize: 64, tokenLatency: 0 })
+    return use((prompt) => runPrompt(sim, prompt)).pipe(
+      Effect.provide(SeqPool.Default.pipe(
+        Layer.provide(PrefixCacheConfig.layer({ reuseOverContiguity: 3 })),
+        Layer.provide(Layer.succeed(Backend, sim))
+      ))
+    )
+  }
+
+  it.effect("fills a gap between running sequences before it takes an empty slot", () =>
+    withPool(6, (run) =>
+      Effect.gen(function*() {
+        const running = yield* Effect.forEach([20, 21, 22, 23], (token) => run([1, token, 5]))
+        expect(running.map(({ lease }) => lease.slot)).toEqual([0, 1, 2, 3])
+        // Slot 1 keeps [1, 21, 5, …] cached; slots 4 and 5 were never used.
+        yield* Scope.close(running[1]!.scope, Exit.void)
+        const unrelated = yield* run([2, 30, 31])
+        expect([unrelated.lease.slot, unrelated.lease.reusedTokens]).toEqual([1, 0])
+      })))
+
+  it.effect("reuses a cached prefix of reuseOverContiguity tokens wherever it is, and a shorter one only where it keeps ids contiguous", () =>
+    withPool(6, (run) =>
+      Effect.gen(function*() {
+        const running = yield* Effect.forEach([20, 21, 22, 23, 24, 25], (token) => run([1, token, 5]))
+        yield* Scope.close(running[5]!.scope, Exit.void)
+        yield* Scope.close(running[2]!.scope, Exit.void)
+        // Slot 2 would join two runs, but slot 5 holds three of this prompt's tokens.
+        const continued = yield* run([1, 25, 5, 6])
+        expect([continued.lease.slot, continued.lease.reusedTokens]).toEqual([5, 3])
+        yield* Scope.close(continued.scope, Exit.void)
+        // Two shared tokens do not outweigh the gap: slot 2, sharing only the first.
+        const shorter = yield* run([1, 25, 9])
+        expect([shorter.lease.slot, shorter.lease.reusedTokens]).toEqual([2, 1])
+      })))
 })

@@ -97,10 +97,9 @@ export class DirectSteps {
         pending.reject(new Error(`the sequence is full: ${sequence.nextTokenIndex} + ${tokens.length} tokens exceed ${contextSize - 1} cells`))
       } else admitted.push(pending)
     }
-    // Single tokens first (one micro-batch of running generations, prompt chunks after), then by sequence.
-    admitted.sort((a, b) =>
-      Number(a.step.tokens.length > 1) - Number(b.step.tokens.length > 1) || a.step.sequence.sequenceId - b.step.sequence.sequenceId
-    )
+    // By sequence id: llama.cpp splits a batch into micro-batches of consecutive sequence ids, each sequence's tokens
+    // evenly, so in id order one micro-batch takes a token of every sequence and the rest of the prompt chunks follow.
+    admitted.sort((a, b) => a.step.sequence.sequenceId - b.step.sequence.sequenceId)
     let start = 0
     while (start < admitted.length) {
       let end = start

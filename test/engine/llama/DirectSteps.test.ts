@@ -69,7 +69,7 @@ const stepsOn = (native: NativeContext, batchSize = 512, contextSize = 64) =>
   })
 
 describe("DirectSteps", () => {
-  it("sends the steps queued in one turn as one decode, single tokens first, and samples each after it", async () => {
+  it("sends the steps queued in one turn as one decode, in sequence id order, and samples each after it", async () => {
     const { log, native } = fakeNative()
     const steps = stepsOn(native)
     const [a, b, c] = [sequence(2, 5), sequence(0), sequence(1, 3)]
@@ -79,7 +79,8 @@ describe("DirectSteps", () => {
       steps.step({ sequence: b, tokens: tokens(4), sample }),
       steps.step({ sequence: c, tokens: tokens(1), sample })
     ])
-    expect(log).toEqual(["init 6", "add 1@3:1+", "add 2@5:1+", "add 0@0:4+", "decode", "sample 1", "sample 2", "sample 0"])
+    // llama.cpp makes a micro-batch of each run of consecutive ids: in id order, one takes a token of every sequence.
+    expect(log).toEqual(["init 6", "add 0@0:4+", "add 1@3:1+", "add 2@5:1+", "decode", "sample 0", "sample 1", "sample 2"])
     expect(results.map((result) => result?.token)).toEqual([205, 3, 103])
     expect([a.nextTokenIndex, b.nextTokenIndex, c.nextTokenIndex]).toEqual([6, 4, 4])
     expect(exclusiveRuns).toBe(runsBefore + 1)
@@ -105,8 +106,8 @@ describe("DirectSteps", () => {
       steps.step({ sequence: c, tokens: tokens(1), sample })
     ])
     expect(log).toEqual([
-      "init 6", "add 2@0:1+", "add 0@0:5+", "decode", "sample 2", "sample 0",
-      "init 5", "add 1@0:5+", "decode", "sample 1"
+      "init 5", "add 0@0:5+", "decode", "sample 0",
+      "init 6", "add 1@0:5+", "add 2@0:1+", "decode", "sample 1", "sample 2"
     ])
   })
 
