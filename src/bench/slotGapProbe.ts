@@ -20,7 +20,7 @@ if (kind !== "native" && kind !== "prebuilt") {
 const modelPath = await Effect.runPromise(ensureModel("bench", path.resolve(".weft")))
 const llama = await Effect.runPromise(nodeLlamaCppLoader(kind, { gpu: false, maxThreads: 2 }))
 const model = await llama.loadModel({ modelPath })
-const context = await model.createContext({ sequences: 16, contextSize: 2560 * 16, threads: 2, batchSize: 512, flashAttention: true })
+const context = await model.createContext({ sequences: 16, contextSize: 2560, threads: 2, batchSize: 512, flashAttention: true })
 for (let sequence = 0; sequence < 16; sequence++) context.getSequence()
 const native = nativeContextOf(context)
 // An 8-token prompt in each sequence, then one-token steps.
