@@ -1,4 +1,4 @@
-import { Cause, Context, Effect, Exit, Layer, Option, Schedule } from "effect"
+import { Cause, Context, Effect, Exit, Layer, Option, Order, Schedule } from "effect"
 import { restoreSession, saveSession, savedTokens, SessionKvConfig } from "../sessions/SessionKvFiles.js"
 import { Backend, DecodeFailed } from "./Backend.js"
 
@@ -84,10 +84,8 @@ type SlotState =
 
 const eraseRetries = Schedule.recurs(2)
 
-const lexicographicallyLess = (a: ReadonlyArray<number>, b: ReadonlyArray<number>): boolean => {
-  for (let index = 0; index < a.length; index++) if (a[index] !== b[index]) return a[index]! < b[index]!
-  return false
-}
+/** Whether one slot's ranking key comes before another's, element by element. */
+const ranksBefore = Order.lessThan(Order.array(Order.number))
 
 const sharedPrefixLength = (a: ReadonlyArray<number>, b: ReadonlyArray<number>): number => {
   const limit = Math.min(a.length, b.length)
@@ -205,6 +203,7 @@ export class SeqPool extends Effect.Service<SeqPool>()("weft/SeqPool", {
      */
     const chooseSlot = (request: SlotRequest, cacheKey: string) => {
       let best = -1
+      let bestShared = 0
       let bestKey: ReadonlyArray<number> = []
       slots.forEach((state, slot) => {
         if (state._tag !== "Empty" && state._tag !== "Cached") return
@@ -216,12 +215,13 @@ export class SeqPool extends Effect.Service<SeqPool>()("weft/SeqPool", {
         const newRuns = 1 - Number(held(slot - 1)) - Number(held(slot + 1))
         const lastUsed = state._tag === "Cached" ? state.lastUsed : -1
         const key = [shared >= cacheSettings.reuseOverContiguity ? -shared : 0, newRuns, -shared, lastUsed]
-        if (best === -1 || lexicographicallyLess(key, bestKey)) {
+        if (best === -1 || ranksBefore(key, bestKey)) {
           best = slot
+          bestShared = shared
           bestKey = key
         }
       })
-      return { slot: best, reused: best === -1 ? 0 : -bestKey[2]! }
+      return { slot: best, reused: bestShared }
     }
 
     type HeldState = Extract<SlotState, { _tag: "Held" }>
