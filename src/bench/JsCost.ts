@@ -60,18 +60,13 @@ const healthChecks = (url: string, count: number) =>
   })
 
 /**
- * What Weft's own JavaScript costs per token and per request, without llama.cpp: Weft's whole HTTP API (the same
- * `serverLayer` as `weft serve`, with its metrics, request log and middleware) over `SimBackend`, in a child process,
- * and sequential streamed completions from this one. The child's CPU time is read around `requests` completions of
- * 16 tokens and a quarter as many of 256; per token is the slope between the two, per request what is left.
- *
- * On a machine where llama.cpp's threads want every core, this is time taken from them: it shows in tokens per second
- * long before the JS thread is busy.
+ * The JS-cost server, started in a child process for the scope, its simulated backend taking `tokenMs` per token: its
+ * URL, and its CPU time so far (all its threads), in ms.
  */
-export const measureJsCost = (requests: number): Effect.Effect<JsCostResult, JsCostFailed> =>
-  Effect.scoped(Effect.gen(function*() {
+export const jsCostServer = (tokenMs: number) =>
+  Effect.gen(function*() {
     const server = yield* scopedChild(
-      () => fork(serverEntry, [], { execArgv: ["--import", "tsx"], stdio: ["ignore", "pipe", "pipe", "ipc"] }),
+      () => fork(serverEntry, [String(tokenMs)], { execArgv: ["--import", "tsx"], stdio: ["ignore", "pipe", "pipe", "ipc"] }),
       2000
     )
     const reply = <Tag extends JsCostReply["_tag"]>(tag: Tag, request?: "cpu") =>
@@ -83,6 +78,23 @@ export const measureJsCost = (requests: number): Effect.Effect<JsCostResult, JsC
       })
     const { url } = yield* reply("Listening")
     const cpuMs = Effect.map(reply("Cpu", "cpu"), ({ usage }) => (usage.user + usage.system) / 1000)
+    return { url, cpuMs }
+  })
+
+/**
+ * What Weft's own JavaScript costs per token and per request, without llama.cpp: Weft's whole HTTP API (the same
+ * `serverLayer` as `weft serve`, with its metrics, request log and middleware) over `SimBackend`, in a child process,
+ * and sequential streamed completions from this one. The child's CPU time is read around `requests` completions of
+ * 16 tokens and a quarter as many of 256; per token is the slope between the two, per request what is left. The
+ * backend takes `tokenMs` per token: at a real decode's several ms the JS thread idles between tokens, and the same JS
+ * then costs more CPU per token (2.5× on the 2-core VM; docs/performance.md, "Idle between tokens").
+ *
+ * On a machine where llama.cpp's threads want every core, this is time taken from them: it shows in tokens per second
+ * long before the JS thread is busy.
+ */
+export const measureJsCost = (requests: number, tokenMs = 1): Effect.Effect<JsCostResult, JsCostFailed> =>
+  Effect.scoped(Effect.gen(function*() {
+    const { cpuMs, url } = yield* jsCostServer(tokenMs)
     const cpuOf = <E>(work: Effect.Effect<void, E>) =>
       Effect.gen(function*() {
         const before = yield* cpuMs

@@ -6,10 +6,12 @@ import { schedulerLayer } from "../host/LocalEngine.js"
 import { serverLayer } from "../layers.js"
 import type { JsCostReply } from "./JsCost.js"
 
-// The JS-cost server (see `measureJsCost`): Weft's whole HTTP API over SimBackend, forked by the bench; it tells its
-// URL once listening, then its CPU time whenever asked, and ends with the bench.
+// The JS-cost server (see `measureJsCost`): Weft's whole HTTP API over SimBackend, forked by the bench with the
+// backend's ms per token as its argument; it tells its URL once listening, then its CPU time whenever asked, and ends
+// with the bench.
+const tokenLatency = Number(process.argv[2] ?? "1")
 const server = serverLayer(
-  [{ engine: schedulerLayer(SimBackend.layer({ parallel: 4, contextSize: 4096, tokenLatency: 1 })) }],
+  [{ engine: schedulerLayer(SimBackend.layer({ parallel: 4, contextSize: 4096, tokenLatency })) }],
   { host: "127.0.0.1", port: 0, maxBodyBytes: 4 * 1024 * 1024, shutdownGraceMs: 0 },
   { databasePath: ":memory:" }
 ).pipe(Layer.provide(Logger.minimumLogLevel(LogLevel.Warning)))

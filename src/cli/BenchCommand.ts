@@ -125,6 +125,11 @@ const options = {
     )
   ),
   jsCostRequests: positive("js-cost-requests", 200, "JS-cost probe: 16-token completions measured (and a quarter as many of 256 tokens)"),
+  jsCostTokenMs: positive(
+    "js-cost-token-ms",
+    1,
+    "JS-cost probe: ms the simulated backend takes per token. A real decode takes several; the JS thread then idles between tokens"
+  ),
   rounds: positive("rounds", defaultBenchSettings.rounds, "Measure every level this many times per mode, modes interleaved"),
   quietBelow: Options.integer("quiet-below").pipe(
     Options.withDefault(defaultBenchSettings.quietBelow),
@@ -179,9 +184,9 @@ export const benchCommand = Command.make("bench", options, (flags) =>
     }
     if (flags.jsCost) {
       const { measureJsCost } = yield* Effect.promise(() => import("../bench/JsCost.js"))
-      const cost = yield* Effect.orDie(measureJsCost(flags.jsCostRequests))
+      const cost = yield* Effect.orDie(measureJsCost(flags.jsCostRequests, flags.jsCostTokenMs))
       yield* Console.log(
-        `Weft's own JS, server CPU (all threads) over the simulated backend, ${cost.shortRequests} × 16-token and ${cost.longRequests} × 256-token streamed completions:\n` +
+        `Weft's own JS, server CPU (all threads) over the simulated backend, ${cost.shortRequests} × 16-token and ${cost.longRequests} × 256-token streamed completions, ${flags.jsCostTokenMs} ms per token:\n` +
           `  per token    ${cost.perTokenMs.toFixed(3)} ms\n` +
           `  per request  ${cost.perRequestMs.toFixed(2)} ms (besides its tokens)\n` +
           `  GET /health  ${cost.healthMs.toFixed(2)} ms`

@@ -3,6 +3,7 @@ import { Effect, Either } from "effect"
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
+import { spawnSync } from "node:child_process"
 import { describe, expect, it } from "vitest"
 import { addonPatchesDirectory, applyAddonPatches } from "../../src/cli/BuildNativeCommand.js"
 import { nodeLlamaCppRoot } from "../../src/engine/llama/LlamaBinary.js"
@@ -10,10 +11,20 @@ import { nodeLlamaCppRoot } from "../../src/engine/llama/LlamaBinary.js"
 const apply = (addon: string, patches?: string) =>
   Effect.runPromise(Effect.either(applyAddonPatches(addon, patches)).pipe(Effect.provide(NodeContext.layer)))
 
-/** A copy of the installed node-llama-cpp's addon sources, to patch without touching node_modules. */
+/**
+ * A copy of the installed node-llama-cpp's addon sources as the package ships them, to patch without touching
+ * node_modules. Where `weft build-native` ran, the installed sources carry Weft's patches: the copy has them taken out.
+ */
 const addonCopy = () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "weft-addon-"))
   fs.cpSync(path.join(nodeLlamaCppRoot(), "llama", "addon"), dir, { recursive: true })
+  const shipped = fs.readdirSync(addonPatchesDirectory()).filter((name) => name.endsWith(".patch")).sort().reverse()
+  const git = (...args: Array<string>) =>
+    spawnSync("git", ["apply", ...args], { cwd: dir, env: { ...process.env, GIT_CEILING_DIRECTORIES: path.dirname(dir) } }).status
+  for (const name of shipped) {
+    const file = path.join(addonPatchesDirectory(), name)
+    if (git("--reverse", "--check", file) === 0) expect(git("--reverse", file)).toBe(0)
+  }
   return dir
 }
 
