@@ -31,7 +31,7 @@ const longTokens = 256
 const failed = (error: unknown) => new JsCostFailed({ message: error instanceof Error ? error.message : String(error) })
 
 /** `count` streamed completions of `maxTokens` tokens each, one after another. */
-const completions = (url: string, count: number, maxTokens: number) =>
+export const completions = (url: string, count: number, maxTokens: number) =>
   Effect.tryPromise({
     try: async () => {
       for (let index = 0; index < count; index++) {

@@ -40,11 +40,15 @@ const runNodeLlamaCpp = (step: string, args: ReadonlyArray<string>) =>
 /** Weft's patches to node-llama-cpp's native addon (`llama/addon`), applied in name order before `source build`. */
 export const addonPatchesDirectory = (): string => fileURLToPath(new URL("../../native/node-llama-cpp", import.meta.url))
 
+/** The patches in `patchesDirectory`, in the order they apply (none when it does not exist). */
+export const addonPatchNames = (patchesDirectory: string = addonPatchesDirectory()): Array<string> =>
+  fs.existsSync(patchesDirectory) ? fs.readdirSync(patchesDirectory).filter((name) => name.endsWith(".patch")).sort() : []
+
 /**
  * Runs `git apply ARGS` on node-llama-cpp's addon folder as a plain patch tool, never on an enclosing repository; its
  * exit code. A git that cannot be started fails the build as such, not as a patch that does not apply.
  */
-const gitApply = (addonDirectory: string, args: ReadonlyArray<string>) =>
+export const gitApply = (addonDirectory: string, args: ReadonlyArray<string>) =>
   Process.make("git", "apply", ...args).pipe(
     Process.workingDirectory(addonDirectory),
     // The addon folder sits inside whatever repository holds node_modules; without a ceiling git would apply the
@@ -61,9 +65,7 @@ const gitApply = (addonDirectory: string, args: ReadonlyArray<string>) =>
  */
 export const applyAddonPatches = (addonDirectory: string, patchesDirectory: string = addonPatchesDirectory()) =>
   Effect.gen(function*() {
-    const patches = fs.existsSync(patchesDirectory)
-      ? fs.readdirSync(patchesDirectory).filter((name) => name.endsWith(".patch")).sort()
-      : []
+    const patches = addonPatchNames(patchesDirectory)
     const applied: Array<string> = []
     for (const name of patches) {
       const file = path.join(patchesDirectory, name)

@@ -1,6 +1,6 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Effect } from "effect"
-import { jsCostServer, measureJsCost } from "../../src/bench/JsCost.js"
+import { completions, jsCostServer, measureJsCost } from "../../src/bench/JsCost.js"
 
 describe("measureJsCost", () => {
   it.live("serves streamed completions and /health from its child and reports the CPU they cost", () =>
@@ -19,15 +19,8 @@ describe("measureJsCost", () => {
     Effect.scoped(Effect.gen(function*() {
       const { url } = yield* jsCostServer(40)
       const started = Date.now()
-      const body = yield* Effect.promise(async () => {
-        const response = await fetch(`${url}/v1/completions`, {
-          method: "POST",
-          headers: { "content-type": "application/json" },
-          body: JSON.stringify({ model: "sim", prompt: "hello", max_tokens: 16, stream: true, ignore_eos: true })
-        })
-        return response.text()
-      })
-      expect(body.endsWith("data: [DONE]\n\n")).toBe(true)
+      // Checks each answer: 200, ending with `[DONE]`.
+      yield* completions(url, 1, 16)
       // 16 tokens, each no sooner than 40 ms after the one before (at the default 1 ms they take a few ms in all).
       expect(Date.now() - started).toBeGreaterThanOrEqual(16 * 40)
     })), 60_000)

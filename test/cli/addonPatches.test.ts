@@ -3,9 +3,8 @@ import { Effect, Either } from "effect"
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
-import { spawnSync } from "node:child_process"
 import { describe, expect, it } from "vitest"
-import { addonPatchesDirectory, applyAddonPatches } from "../../src/cli/BuildNativeCommand.js"
+import { addonPatchesDirectory, addonPatchNames, applyAddonPatches, gitApply } from "../../src/cli/BuildNativeCommand.js"
 import { nodeLlamaCppRoot } from "../../src/engine/llama/LlamaBinary.js"
 
 const apply = (addon: string, patches?: string) =>
@@ -15,22 +14,21 @@ const apply = (addon: string, patches?: string) =>
  * A copy of the installed node-llama-cpp's addon sources as the package ships them, to patch without touching
  * node_modules. Where `weft build-native` ran, the installed sources carry Weft's patches: the copy has them taken out.
  */
-const addonCopy = () => {
+const addonCopy = async () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "weft-addon-"))
   fs.cpSync(path.join(nodeLlamaCppRoot(), "llama", "addon"), dir, { recursive: true })
-  const shipped = fs.readdirSync(addonPatchesDirectory()).filter((name) => name.endsWith(".patch")).sort().reverse()
-  const git = (...args: Array<string>) =>
-    spawnSync("git", ["apply", ...args], { cwd: dir, env: { ...process.env, GIT_CEILING_DIRECTORIES: path.dirname(dir) } }).status
-  for (const name of shipped) {
+  for (const name of addonPatchNames().reverse()) {
     const file = path.join(addonPatchesDirectory(), name)
-    if (git("--reverse", "--check", file) === 0) expect(git("--reverse", file)).toBe(0)
+    await Effect.runPromise(Effect.gen(function*() {
+      if ((yield* gitApply(dir, ["--reverse", "--check", file])) === 0) expect(yield* gitApply(dir, ["--reverse", file])).toBe(0)
+    }).pipe(Effect.provide(NodeContext.layer)))
   }
   return dir
 }
 
 describe("weft build-native's addon patches", () => {
   it("Weft's patches apply to the installed node-llama-cpp's addon, once: a second run finds them applied", async () => {
-    const addon = addonCopy()
+    const addon = await addonCopy()
     const shipped = fs.readdirSync(addonPatchesDirectory()).filter((name) => name.endsWith(".patch")).sort()
     expect(shipped.length).toBeGreaterThan(0)
 
@@ -46,7 +44,7 @@ describe("weft build-native's addon patches", () => {
   })
 
   it("a patch written for other sources fails the build with its name, and changes nothing", async () => {
-    const addon = addonCopy()
+    const addon = await addonCopy()
     const before = fs.readFileSync(path.join(addon, "AddonContext.cpp"), "utf8")
     const patches = fs.mkdtempSync(path.join(os.tmpdir(), "weft-patches-"))
     fs.writeFileSync(
@@ -72,7 +70,7 @@ describe("weft build-native's addon patches", () => {
   })
 
   it("without a patches folder there is nothing to apply", async () => {
-    const addon = addonCopy()
+    const addon = await addonCopy()
     expect(await apply(addon, path.join(addon, "no-patches-here"))).toEqual(Either.right({ patches: [], applied: [] }))
   })
 })

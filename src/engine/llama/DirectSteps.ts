@@ -32,7 +32,7 @@ interface Pending {
 
 /**
  * Decode steps issued straight to the native context: the steps queued before the run the first of them schedules (a
- * microtask later) go out as one `llama_decode` (several when they exceed the batch size), single tokens first, and
+ * microtask later) go out as one `llama_decode` (several when they exceed the batch size), in sequence id order, and
  * each sequence's token is sampled on its own sampler as soon as that decode is done. This is what node-llama-cpp's `sequence.evaluate` does per token,
  * without its per-token async generator, evaluation lock, decode queue, prioritization and sampler-config rebuild:
  * about 0.15 ms (12%) of the JS thread's CPU per token at one stream on the 2-core bench machine.
