@@ -239,7 +239,11 @@ export const originList = nameList(
 export const binarySetting = choice(Schema.Literal("auto", "native", "prebuilt"), sameWords(["auto", "native", "prebuilt"] as const), "auto, native or prebuilt")
 
 /** How decode steps reach llama.cpp: `direct` (Weft's own steps on the native context) or `evaluate` (node-llama-cpp's). */
-export const decodePathSetting = choice(Schema.Literal("direct", "evaluate"), sameWords(["direct", "evaluate"] as const), "direct or evaluate")
+export const decodePathSetting = choice(
+  Schema.Literal("direct", "direct-async", "evaluate"),
+  sameWords(["direct", "direct-async", "evaluate"] as const),
+  "direct, direct-async or evaluate"
+)
 
 /** `--openmp-wait`: `passive`, `active`, or a spin count (libgomp's `GOMP_SPINCOUNT`). */
 export const openMpWaitSetting: SettingGrammar<OpenMpWait | undefined> = {

@@ -27,7 +27,7 @@ export const WeftSettings = Schema.Struct({
   /** Which llama.cpp binary to load; see `LlamaBinary`. */
   binary: Schema.Literal("auto", "native", "prebuilt"),
   /** How decode steps reach llama.cpp; see `LlamaBackendConfig.directSteps`. */
-  decodePath: Schema.Literal("direct", "evaluate"),
+  decodePath: Schema.Literal("direct", "direct-async", "evaluate"),
   /** How a native build's OpenMP threads wait; `undefined`: the environment's OMP_WAIT_POLICY/GOMP_SPINCOUNT, else passive. */
   openMpWait: Schema.UndefinedOr(OpenMpWaitSchema),
   maxQueue: Schema.Int,

@@ -88,7 +88,8 @@ export const llamaEngineLayer = (settings: WeftSettings) =>
           flashAttention: settings.flashAttention,
           gpu: settings.gpu,
           binary: settings.binary,
-          directSteps: settings.decodePath === "direct",
+          directSteps: settings.decodePath !== "evaluate",
+          synchronousSteps: settings.decodePath === "direct",
           openMpWait: settings.openMpWait
         }))
     ),

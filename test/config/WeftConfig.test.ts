@@ -105,11 +105,12 @@ describe("WeftConfig", () => {
     expect(await errorOf({ flags: { "openmp-wait": "spin" } })).toBe("--openmp-wait: expected passive, active, or a spin count (a whole number), got \"spin\"")
   })
 
-  it("reads --decode-path as direct or evaluate, direct by default", async () => {
+  it("reads --decode-path as direct, direct-async or evaluate, direct by default", async () => {
     expect((await settingsOf({})).decodePath).toBe("direct")
     expect((await settingsOf({ flags: { "decode-path": "evaluate" } })).decodePath).toBe("evaluate")
+    expect((await settingsOf({ flags: { "decode-path": "direct-async" } })).decodePath).toBe("direct-async")
     expect((await settingsOf({}, { WEFT_DECODE_PATH: "Direct" })).decodePath).toBe("direct")
-    expect(await errorOf({ flags: { "decode-path": "fast" } })).toBe("--decode-path: expected direct or evaluate, got \"fast\"")
+    expect(await errorOf({ flags: { "decode-path": "fast" } })).toBe("--decode-path: expected direct, direct-async or evaluate, got \"fast\"")
   })
 
   it("quotes at most a short prefix of an invalid value", async () => {

@@ -99,7 +99,7 @@ describe("nativeCmakeOptionsFor", () => {
       GGML_AMX_INT8: "ON",
       GGML_AMX_BF16: "ON",
       GGML_OPENMP: "OFF",
-      WEFT_NATIVE_BUILD: "2"
+      WEFT_NATIVE_BUILD: "3"
     })
   })
 
@@ -112,7 +112,7 @@ describe("nativeCmakeOptionsFor", () => {
   })
 
   it("leaves the CPU to -march=native where its flags cannot be read or it is not x86-64", () => {
-    const fallback = { GGML_NATIVE: "ON", GGML_OPENMP: "OFF", WEFT_NATIVE_BUILD: "2" }
+    const fallback = { GGML_NATIVE: "ON", GGML_OPENMP: "OFF", WEFT_NATIVE_BUILD: "3" }
     expect(nativeCmakeOptionsFor("arm64", sapphireRapids)).toEqual(fallback)
     expect(nativeCmakeOptionsFor("x64", undefined)).toEqual(fallback)
   })

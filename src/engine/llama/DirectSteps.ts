@@ -22,7 +22,19 @@ export interface DirectStepsOptions {
   readonly contextSize: number
   /** Runs a whole step (its decodes and their sampling) exclusively of any other use of the context. */
   readonly exclusive: <A>(use: () => Promise<A>) => Promise<A>
+  /**
+   * Decode and sample on the JS thread where the native context can (`decodeBatchSync`): small decodes and all
+   * sampling then cost no libuv job and no wake-up of the JS thread, which waits for them anyway. Steps then go out a
+   * macrotask later (`setImmediate`), so the event loop handles I/O (the tokens' writes, new requests) between them.
+   */
+  readonly synchronous?: boolean | undefined
 }
+
+/**
+ * Most tokens a synchronous step decodes on the JS thread; a bigger decode (a prompt chunk) goes to a libuv thread, so
+ * the event loop is never held for longer than a step of single tokens takes.
+ */
+export const synchronousDecodeMaxTokens = 64
 
 interface Pending {
   readonly step: DirectStep
@@ -39,13 +51,28 @@ interface Pending {
  *
  * Steps queued while one runs go out together once it is done. A failed decode fails every step in it and leaves
  * their sequences as they were.
+ *
+ * Synchronous (Weft's native build): the JS thread runs each decode of up to `synchronousDecodeMaxTokens` tokens and
+ * each sampling itself, as llama-server's loop does, instead of handing them to a libuv thread and sleeping until it
+ * wakes it. On the 2-core
+ * bench machine that was 13-20% more tokens per second at one stream and 18% at 16 ("Synchronous steps (stop 33)" in
+ * docs/performance.md).
  */
 export class DirectSteps {
   private pending: Array<Pending> = []
   private scheduled = false
   private running = false
+  private readonly synchronous: boolean
 
-  constructor(private readonly native: NativeContext, private readonly options: DirectStepsOptions) {}
+  constructor(private readonly native: NativeContext, private readonly options: DirectStepsOptions) {
+    this.synchronous = options.synchronous === true && native.decodeBatchSync !== undefined &&
+      native.sampleTokenSync !== undefined
+  }
+
+  /** Whether steps decode and sample on the JS thread (asked for, and the native context can). */
+  get isSynchronous(): boolean {
+    return this.synchronous
+  }
 
   /** Queues `step` for the next decode; resolves with its sampled token (undefined when it samples none). */
   step(step: DirectStep): Promise<SampledToken | undefined> {
@@ -61,11 +88,11 @@ export class DirectSteps {
   }
 
   // A microtask later, so every step released in the same turn (the step batcher releases them in one loop, each
-  // queued from a promise reaction) is in.
+  // queued from a promise reaction) is in; a macrotask later when synchronous, which also lets I/O run first.
   private schedule() {
     if (this.scheduled || this.running) return
     this.scheduled = true
-    queueMicrotask(() => {
+    ;(this.synchronous ? setImmediate : queueMicrotask)(() => {
       this.scheduled = false
       void this.run()
     })
@@ -124,7 +151,8 @@ export class DirectSteps {
         const indexes = native.addToBatch(step.sequence.sequenceId, step.sequence.nextTokenIndex, Uint32Array.from(step.tokens), sampled)
         logitIndexes.push(indexes[0] ?? -1)
       }
-      await native.decodeBatch()
+      if (this.synchronous && size <= synchronousDecodeMaxTokens) native.decodeBatchSync!()
+      else await native.decodeBatch()
     } catch (error) {
       for (const pending of batch) pending.reject(error)
       return
@@ -138,15 +166,22 @@ export class DirectSteps {
     const { sample } = step
     if (sample === undefined) return resolve(undefined)
     try {
-      const result = sample.probabilities
-        ? await this.native.sampleToken(logitIndex, sample.sampler, true)
-        : await this.native.sampleToken(logitIndex, sample.sampler)
+      const result = await this.sampleToken(logitIndex, sample)
       const [token, probabilities] = typeof result === "number" ? [result, undefined] : result
       if (token === -1) return reject(new Error("failed to sample the next token"))
       resolve({ token: token as Token, probabilities: probabilities === undefined ? undefined : tokenValuePairs(probabilities) })
     } catch (error) {
       reject(error)
     }
+  }
+
+  /** Samples at `logitIndex` of the last decode, on the JS thread when synchronous. */
+  private sampleToken(logitIndex: number, { probabilities, sampler }: NonNullable<DirectStep["sample"]>) {
+    const { native } = this
+    if (this.synchronous) {
+      return probabilities ? native.sampleTokenSync!(logitIndex, sampler, true) : native.sampleTokenSync!(logitIndex, sampler)
+    }
+    return probabilities ? native.sampleToken(logitIndex, sampler, true) : native.sampleToken(logitIndex, sampler)
   }
 }
 

@@ -82,6 +82,11 @@ export interface LlamaBackendConfig {
    * hybrid and recurrent ones) always go through `evaluate`.
    */
   readonly directSteps?: boolean | undefined
+  /**
+   * Direct steps decode and sample on the JS thread when the binary can (Weft's native build); see
+   * `DirectStepsOptions.synchronous`. Defaults to true.
+   */
+  readonly synchronousSteps?: boolean | undefined
 }
 
 /** The model file could not be loaded, or its context could not be created. */
@@ -233,7 +238,8 @@ const contextBackend = (
       ? new DirectSteps(nativeContextOf(context), {
         batchSize: context.batchSize,
         contextSize: context.contextSize,
-        exclusive: (use) => withContextLock(context, use)
+        exclusive: (use) => withContextLock(context, use),
+        synchronous: config.synchronousSteps !== false
       })
       : undefined
 

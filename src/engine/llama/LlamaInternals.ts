@@ -23,6 +23,14 @@ export interface NativeContext {
    */
   sampleToken(batchLogitIndex: number, sampler: NativeSampler): Promise<number>
   sampleToken(batchLogitIndex: number, sampler: NativeSampler, probabilities: boolean): Promise<number | [number, Array<number>?]>
+  /**
+   * `decodeBatch` and `sampleToken` done on the calling thread, returning (or throwing) once done; `sampleTokenSync`'s
+   * promise is already settled. Only in Weft's native build
+   * (`native/node-llama-cpp/0002-synchronous-decode-and-sample.patch`).
+   */
+  decodeBatchSync?(): void
+  sampleTokenSync?(batchLogitIndex: number, sampler: NativeSampler): Promise<number>
+  sampleTokenSync?(batchLogitIndex: number, sampler: NativeSampler, probabilities: boolean): Promise<number | [number, Array<number>?]>
 }
 
 /** node-llama-cpp's native AddonSampler: one generation's sampler chain (AddonSampler.cpp). */
@@ -119,8 +127,8 @@ export interface DecodeThreads {
 
 /**
  * Routes every decode step of `context` through `threads`: the thread count is set right before the native
- * `decodeBatch` and the step is timed. node-llama-cpp internal: LlamaContext#_ctx (AddonContext) is replaced by a
- * proxy, because the native object's methods are read-only and cannot be overridden on it.
+ * `decodeBatch` (or `decodeBatchSync`) and the step is timed. node-llama-cpp internal: LlamaContext#_ctx (AddonContext)
+ * is replaced by a proxy, because the native object's methods are read-only and cannot be overridden on it.
  */
 export const interceptDecodes = (context: LlamaContext, threads: DecodeThreads): void => {
   const native = nativeContextOf(context) as NativeContext & Record<PropertyKey, unknown>
@@ -130,20 +138,32 @@ export const interceptDecodes = (context: LlamaContext, threads: DecodeThreads):
     tokens = size
     return native.initBatch(size)
   }
-  const decodeBatch = () => {
+  /** Sets the step's threads and hands back what records its time once it is done. */
+  const start = () => {
     const chosen = threads.choose(tokens)
     native.setThreads(chosen)
     const started = performance.now()
     const measured = tokens
+    return () => threads.record(measured, chosen, performance.now() - started)
+  }
+  const decodeBatch = () => {
+    const done = start()
     return native.decodeBatch().then((result) => {
-      threads.record(measured, chosen, performance.now() - started)
+      done()
       return result
     })
+  }
+  // Only where the binary has it (Weft's native build): without, the proxy has none either.
+  const decodeBatchSync = native.decodeBatchSync === undefined ? undefined : () => {
+    const done = start()
+    native.decodeBatchSync!()
+    done()
   }
   const proxy = new Proxy(native, {
     get: (target, key) => {
       if (key === "initBatch") return initBatch
       if (key === "decodeBatch") return decodeBatch
+      if (key === "decodeBatchSync") return decodeBatchSync
       const value = target[key]
       if (typeof value !== "function") return value
       let method = bound.get(key)

@@ -1,13 +1,22 @@
 import { describe, expect, it } from "vitest"
 import { getLlama, LlamaLogLevel } from "node-llama-cpp"
 import type { Token } from "node-llama-cpp"
-import { DirectSteps } from "../../../src/engine/llama/DirectSteps.js"
+import { DirectSteps, synchronousDecodeMaxTokens } from "../../../src/engine/llama/DirectSteps.js"
 import { withContextLock } from "../../../src/engine/llama/LlamaInternals.js"
 import type { NativeContext, NativeSampler, SequenceState } from "../../../src/engine/llama/LlamaInternals.js"
 import { tinyModelPath } from "../../support/tinyModel.js"
 
-/** A native context that logs what it is asked and samples `100 × sequence + position` of the sampled token. */
-const fakeNative = (options: { readonly failDecode?: (decode: number) => boolean; readonly failSample?: (sequence: number) => boolean } = {}) => {
+/**
+ * A native context that logs what it is asked and samples `100 × sequence + position` of the sampled token; with
+ * `synchronous`, it also has the native build's `decodeBatchSync` and `sampleTokenSync`, logged with "sync".
+ */
+const fakeNative = (
+  options: {
+    readonly failDecode?: (decode: number) => boolean
+    readonly failSample?: (sequence: number) => boolean
+    readonly synchronous?: boolean
+  } = {}
+) => {
   const log: Array<string> = []
   let decodes = 0
   let batch: Array<{ sequence: number; position: number }> = []
@@ -25,18 +34,34 @@ const fakeNative = (options: { readonly failDecode?: (decode: number) => boolean
     },
     setThreads: () => undefined,
     decodeBatch: () => {
-      decodes += 1
-      log.push("decode")
-      if (options.failDecode?.(decodes) === true) return Promise.reject(new Error("decode failed"))
-      logits = batch
-      return Promise.resolve()
+      try {
+        decode("decode")
+        return Promise.resolve()
+      } catch (error) {
+        return Promise.reject(error)
+      }
     },
-    sampleToken: ((index: number, _sampler: NativeSampler, probabilities?: boolean) => {
-      const { position, sequence } = logits[index]!
-      log.push(`sample ${sequence}`)
-      const token = options.failSample?.(sequence) === true ? -1 : 100 * sequence + position
-      return Promise.resolve(probabilities === true ? [token, [token, 0.5, 7, 0.25]] : token)
-    }) as NativeContext["sampleToken"]
+    sampleToken: ((index: number, _sampler: NativeSampler, probabilities?: boolean) =>
+      Promise.resolve(sampled("sample", index, probabilities))) as NativeContext["sampleToken"],
+    ...(options.synchronous === true
+      ? {
+        decodeBatchSync: () => decode("decode sync"),
+        sampleTokenSync: ((index: number, _sampler: NativeSampler, probabilities?: boolean) =>
+          Promise.resolve(sampled("sample sync", index, probabilities))) as NativeContext["sampleToken"]
+      }
+      : {})
+  }
+  function decode(entry: string) {
+    decodes += 1
+    log.push(entry)
+    if (options.failDecode?.(decodes) === true) throw new Error("decode failed")
+    logits = batch
+  }
+  function sampled(entry: string, index: number, probabilities: boolean | undefined) {
+    const { position, sequence } = logits[index]!
+    log.push(`${entry} ${sequence}`)
+    const token = options.failSample?.(sequence) === true ? -1 : 100 * sequence + position
+    return probabilities === true ? [token, [token, 0.5, 7, 0.25]] : token
   }
   return { native, log }
 }
@@ -58,14 +83,15 @@ const sample = { sampler, probabilities: false }
 const tokens = (count: number) => Array.from({ length: count }, (_, index) => (index + 1) as Token)
 
 let exclusiveRuns = 0
-const stepsOn = (native: NativeContext, batchSize = 512, contextSize = 64) =>
+const stepsOn = (native: NativeContext, batchSize = 512, contextSize = 64, synchronous?: boolean) =>
   new DirectSteps(native, {
     batchSize,
     contextSize,
     exclusive: (use) => {
       exclusiveRuns += 1
       return use()
-    }
+    },
+    synchronous
   })
 
 describe("DirectSteps", () => {
@@ -163,6 +189,70 @@ describe("DirectSteps", () => {
     expect(steps.queued).toBe(2)
     await Promise.all([first, ...later])
     expect(log).toEqual(["init 2", "add 0@0:2+", "decode", "sample 0", "init 2", "add 1@0:1+", "add 2@0:1+", "decode", "sample 1", "sample 2"])
+  })
+})
+
+describe("DirectSteps, synchronous", () => {
+  it("decodes single tokens and samples on the JS thread, and a decode over 64 tokens on a libuv thread", async () => {
+    const { log, native } = fakeNative({ synchronous: true })
+    const steps = stepsOn(native, 512, 256, true)
+    expect(steps.isSynchronous).toBe(true)
+    const [a, b] = [sequence(0, 4), sequence(1)]
+    expect((await steps.step({ sequence: a, tokens: tokens(1), sample }))?.token).toBe(4)
+    expect((await steps.step({ sequence: b, tokens: tokens(synchronousDecodeMaxTokens + 1), sample }))?.token).toBe(164)
+    const sampled = await steps.step({ sequence: a, tokens: [4 as Token], sample: { sampler, probabilities: true } })
+    expect(sampled).toEqual({ token: 5, probabilities: new Map([[5, 0.5], [7, 0.25]]) })
+    expect(log).toEqual([
+      "init 1", "add 0@4:1+", "decode sync", "sample sync 0",
+      "init 65", "add 1@0:65+", "decode", "sample sync 1",
+      "init 1", "add 0@5:1+", "decode sync", "sample sync 0"
+    ])
+  })
+
+  it("uses the libuv calls when not asked to, or when the binary has no synchronous ones", async () => {
+    const notAsked = fakeNative({ synchronous: true })
+    const unasked = stepsOn(notAsked.native, 512, 64, false)
+    await unasked.step({ sequence: sequence(0), tokens: tokens(1), sample })
+    expect(unasked.isSynchronous).toBe(false)
+    expect(notAsked.log).toEqual(["init 1", "add 0@0:1+", "decode", "sample 0"])
+    const prebuilt = fakeNative()
+    const unable = stepsOn(prebuilt.native, 512, 64, true)
+    await unable.step({ sequence: sequence(0), tokens: tokens(1), sample })
+    expect(unable.isSynchronous).toBe(false)
+    expect(prebuilt.log).toEqual(["init 1", "add 0@0:1+", "decode", "sample 0"])
+  })
+
+  it("lets the event loop run before each synchronous step, and still sends the steps of one turn as one decode", async () => {
+    const { log, native } = fakeNative({ synchronous: true })
+    const original = native.decodeBatchSync!
+    let ioRan = false
+    native.decodeBatchSync = () => {
+      log.push(`io ran: ${ioRan}`)
+      original()
+    }
+    const steps = stepsOn(native, 512, 64, true)
+    const [a, b] = [sequence(0), sequence(1)]
+    await Promise.all([steps.step({ sequence: a, tokens: tokens(1), sample }), steps.step({ sequence: b, tokens: tokens(1), sample })])
+    // Queued before the next step: it runs before that step's decode blocks the thread.
+    setImmediate(() => {
+      ioRan = true
+    })
+    await steps.step({ sequence: a, tokens: tokens(1), sample })
+    expect(log).toEqual([
+      "init 2", "add 0@0:1+", "add 1@0:1+", "io ran: false", "decode sync", "sample sync 0", "sample sync 1",
+      "init 1", "add 0@1:1+", "io ran: true", "decode sync", "sample sync 0"
+    ])
+  })
+
+  it("fails every step of a failed synchronous decode and only the step whose synchronous sampling fails", async () => {
+    const { native } = fakeNative({ synchronous: true, failDecode: (decode) => decode === 1, failSample: (sequenceId) => sequenceId === 1 })
+    const steps = stepsOn(native, 512, 64, true)
+    const [a, b] = [sequence(0, 2), sequence(1, 2)]
+    const failed = await Promise.allSettled([steps.step({ sequence: a, tokens: tokens(1), sample }), steps.step({ sequence: b, tokens: tokens(1), sample })])
+    expect(failed.map((result) => result.status)).toEqual(["rejected", "rejected"])
+    expect([a.nextTokenIndex, b.nextTokenIndex]).toEqual([2, 2])
+    const next = await Promise.allSettled([steps.step({ sequence: a, tokens: tokens(1), sample }), steps.step({ sequence: b, tokens: tokens(1), sample })])
+    expect(next.map((result) => result.status)).toEqual(["fulfilled", "rejected"])
   })
 })
 
