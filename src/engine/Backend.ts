@@ -29,6 +29,8 @@ export interface ModelInfo {
     readonly fallbackReason?: string | undefined
     /** A native build's OpenMP wait policy, e.g. `OMP_WAIT_POLICY=PASSIVE (default)`. */
     readonly openMpWait?: string | undefined
+    /** How decode steps reach the binary: on the JS thread, on libuv threads, or through node-llama-cpp's `evaluate`. */
+    readonly decodeSteps?: "synchronous" | "libuv" | "evaluate" | undefined
   } | undefined
 }
 

@@ -41,8 +41,12 @@ describe("openai client against the tiny model", () => {
     const kind = findNativeBuild() === undefined ? "prebuilt" : "native"
     const health = await (await fetch(`${server.url}/health`)).json() as { binary?: string }
     expect(health.binary).toBe(kind)
-    const stats = await (await fetch(`${server.url}/admin/stats`)).json() as { binary?: { kind: string; release: string } }
+    const stats = await (await fetch(`${server.url}/admin/stats`)).json() as {
+      binary?: { kind: string; release: string; decodeSteps?: string }
+    }
     expect(stats.binary?.kind).toBe(kind)
+    // The native build has the synchronous calls (its patch 0002); the prebuilt one decodes on libuv threads.
+    expect(stats.binary?.decodeSteps).toBe(kind === "native" ? "synchronous" : "libuv")
     expect(stats.binary?.release).toMatch(/\S/)
     const metrics = await (await fetch(`${server.url}/metrics`)).text()
     expect(metrics).toMatch(new RegExp(`^weft_build_info\\{.*binary="${kind}".*\\} 1$`, "m"))

@@ -25,7 +25,8 @@ export interface DirectStepsOptions {
   /**
    * Decode and sample on the JS thread where the native context can (`decodeBatchSync`): small decodes and all
    * sampling then cost no libuv job and no wake-up of the JS thread, which waits for them anyway. Steps then go out a
-   * macrotask later (`setImmediate`), so the event loop handles I/O (the tokens' writes, new requests) between them.
+   * macrotask later (`setImmediate`), so the event loop handles I/O (the tokens' writes, new requests) between them;
+   * during one, it handles nothing.
    */
   readonly synchronous?: boolean | undefined
 }
@@ -54,9 +55,8 @@ interface Pending {
  *
  * Synchronous (Weft's native build): the JS thread runs each decode of up to `synchronousDecodeMaxTokens` tokens and
  * each sampling itself, as llama-server's loop does, instead of handing them to a libuv thread and sleeping until it
- * wakes it. On the 2-core
- * bench machine that was 13-20% more tokens per second at one stream and 18% at 16 ("Synchronous steps (stop 33)" in
- * docs/performance.md).
+ * wakes it. In stop 33's interleaved runs on the 2-core bench machine that was 4–20% more tokens per second at one
+ * stream and 5–18% at 16 ("Synchronous steps (stop 33)" in docs/performance.md).
  */
 export class DirectSteps {
   private pending: Array<Pending> = []

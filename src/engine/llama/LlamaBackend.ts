@@ -227,13 +227,6 @@ const contextBackend = (
       })
     )
     const { embedder, grammars, tokenizer } = loaded
-    const info = {
-      ...llamaModelInfo(loaded.id, config.parallel, model, context),
-      embeddingSize: embedder.size,
-      maxEmbeddingTokens: embedder.maxInputTokens,
-      binary: loaded.binary
-    }
-
     const direct = config.directSteps !== false && sequences.every((sequence) => !sequence.needsCheckpoints)
       ? new DirectSteps(nativeContextOf(context), {
         batchSize: context.batchSize,
@@ -242,6 +235,16 @@ const contextBackend = (
         synchronous: config.synchronousSteps !== false
       })
       : undefined
+
+    const info = {
+      ...llamaModelInfo(loaded.id, config.parallel, model, context),
+      embeddingSize: embedder.size,
+      maxEmbeddingTokens: embedder.maxInputTokens,
+      binary: {
+        ...loaded.binary,
+        decodeSteps: direct === undefined ? "evaluate" : direct.isSynchronous ? "synchronous" : "libuv"
+      } satisfies LlamaBinaryInfo
+    }
 
     /** A sampled token and the cells its sequence then holds. */
     type Stepped = SampledToken & { readonly cells: number }
