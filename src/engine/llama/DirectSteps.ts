@@ -55,8 +55,8 @@ interface Pending {
  *
  * Synchronous (Weft's native build): the JS thread runs each decode of up to `synchronousDecodeMaxTokens` tokens and
  * each sampling itself, as llama-server's loop does, instead of handing them to a libuv thread and sleeping until it
- * wakes it. In stop 33's interleaved runs on the 2-core bench machine that was 4–20% more tokens per second at one
- * stream and 5–18% at 16 ("Synchronous steps (stop 33)" in docs/performance.md).
+ * wakes it. In stop 33's interleaved runs on the 2-core bench machine that was 4–21% more tokens per second at one
+ * stream and 3–20% at 16 ("Synchronous steps (stop 33)" in docs/performance.md).
  */
 export class DirectSteps {
   private pending: Array<Pending> = []
