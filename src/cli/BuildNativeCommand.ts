@@ -117,8 +117,8 @@ const verifyNativeBuild = (dataDir: string) =>
 /**
  * `weft build-native`: compiles the llama.cpp source node-llama-cpp ships (offline, from its git bundle) for this
  * CPU's instruction-set extensions (see `nativeCmakeOptionsFor`), with Weft's addon patches (a persistent ggml
- * threadpool; synchronous decode and sampling calls), through node-llama-cpp's own `source download --skipBuild` and `source build`, then checks that the
- * result loads and decodes. Idempotent: a finished build is only verified unless `--force`.
+ * threadpool; synchronous decode and sampling calls), through node-llama-cpp's own `source download --skipBuild` and
+ * `source build`, then checks that the result loads and decodes. Idempotent: a finished build is only verified unless `--force`.
  */
 export const buildNativeCommand = Command.make("build-native", { force }, (options) =>
   Effect.gen(function*() {

@@ -80,7 +80,7 @@ export const settingSpecs = [
     "decodePath",
     "decode-path",
     decodePathSetting,
-    "How decode steps reach llama.cpp: direct (Weft issues each step's batch and sampling to the native context; with the native build, on the JS thread itself for steps of single tokens), direct-async (the same, always on libuv threads), or evaluate (through node-llama-cpp's sequence.evaluate, slower per token). Models that need node-llama-cpp's KV checkpoints (sliding-window, hybrid, recurrent) always use evaluate (default direct)"
+    "How decode steps reach llama.cpp: direct (Weft issues each step's batch and sampling to the native context; with the native build, decodes of up to 64 tokens and all sampling on the JS thread itself), direct-async (the same, always on libuv threads), or evaluate (through node-llama-cpp's sequence.evaluate, slower per token). Models that need node-llama-cpp's KV checkpoints (sliding-window, hybrid, recurrent) always use evaluate (default direct)"
   ),
   spec(
     "openMpWait",

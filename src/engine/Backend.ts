@@ -29,10 +29,15 @@ export interface ModelInfo {
     readonly fallbackReason?: string | undefined
     /** A native build's OpenMP wait policy, e.g. `OMP_WAIT_POLICY=PASSIVE (default)`. */
     readonly openMpWait?: string | undefined
-    /** How decode steps reach the binary: on the JS thread, on libuv threads, or through node-llama-cpp's `evaluate`. */
-    readonly decodeSteps?: "synchronous" | "libuv" | "evaluate" | undefined
+    readonly decodeSteps?: DecodeSteps | undefined
   } | undefined
 }
+
+/**
+ * How a llama.cpp backend's decode steps reach the binary: `synchronous` (on the JS thread, Weft's native build),
+ * `libuv` (node-llama-cpp's libuv jobs) or `evaluate` (node-llama-cpp's `sequence.evaluate`); see `--decode-path`.
+ */
+export type DecodeSteps = "synchronous" | "libuv" | "evaluate"
 
 /** A token's log probability under the distribution it was sampled from. */
 export interface TokenLogprob {

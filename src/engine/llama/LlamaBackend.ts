@@ -5,7 +5,7 @@ import { Effect, Layer, Option, Schema } from "effect"
 import type { Scope } from "effect"
 import type { CustomBatchingPrioritizationStrategy, LlamaContext, LlamaContextSequence, LlamaModel, SequenceEvaluateOptions, Token, TokenBias } from "node-llama-cpp"
 import { AdapterLoadFailed, Backend, DecodeFailed, KvEraseFailed, KvFileFailed } from "../Backend.js"
-import type { AdapterSpec, BackendShape, Generation, StepResult } from "../Backend.js"
+import type { AdapterSpec, BackendShape, DecodeSteps, Generation, StepResult } from "../Backend.js"
 import { prioritizeBySequence } from "../BatchPlan.js"
 import { StepBatcher } from "../StepBatcher.js"
 import type { StepParticipant } from "../StepBatcher.js"
@@ -236,14 +236,12 @@ const contextBackend = (
       })
       : undefined
 
+    const decodeSteps: DecodeSteps = direct === undefined ? "evaluate" : direct.isSynchronous ? "synchronous" : "libuv"
     const info = {
       ...llamaModelInfo(loaded.id, config.parallel, model, context),
       embeddingSize: embedder.size,
       maxEmbeddingTokens: embedder.maxInputTokens,
-      binary: {
-        ...loaded.binary,
-        decodeSteps: direct === undefined ? "evaluate" : direct.isSynchronous ? "synchronous" : "libuv"
-      } satisfies LlamaBinaryInfo
+      binary: { ...loaded.binary, decodeSteps }
     }
 
     /** A sampled token and the cells its sequence then holds. */

@@ -37,11 +37,6 @@ export interface LlamaBinaryInfo {
   readonly fallbackReason?: string | undefined
   /** An OpenMP build's wait policy and where it came from, e.g. `OMP_WAIT_POLICY=PASSIVE (default)`; absent without OpenMP. */
   readonly openMpWait?: string | undefined
-  /**
-   * How a served context's decode steps reach this binary: `synchronous` (on the JS thread, Weft's native build),
-   * `libuv` (node-llama-cpp's libuv jobs) or `evaluate` (node-llama-cpp's `sequence.evaluate`); see `--decode-path`.
-   */
-  readonly decodeSteps?: "synchronous" | "libuv" | "evaluate" | undefined
 }
 
 /** `--binary native` was asked for, and no native build loads. */
