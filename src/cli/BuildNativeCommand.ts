@@ -40,45 +40,49 @@ const runNodeLlamaCpp = (step: string, args: ReadonlyArray<string>) =>
 /** Weft's patches to node-llama-cpp's native addon (`llama/addon`), applied in name order before `source build`. */
 export const addonPatchesDirectory = (): string => fileURLToPath(new URL("../../native/node-llama-cpp", import.meta.url))
 
+/** Weft's patches to the llama.cpp source `source download` clones (`llama/llama.cpp`), applied the same way. */
+export const llamaCppPatchesDirectory = (): string => fileURLToPath(new URL("../../native/llama.cpp", import.meta.url))
+
 /** The patches in `patchesDirectory`, in the order they apply (none when it does not exist). */
-export const addonPatchNames = (patchesDirectory: string = addonPatchesDirectory()): Array<string> =>
+export const patchNames = (patchesDirectory: string): Array<string> =>
   fs.existsSync(patchesDirectory) ? fs.readdirSync(patchesDirectory).filter((name) => name.endsWith(".patch")).sort() : []
 
 /**
- * Runs `git apply ARGS` on node-llama-cpp's addon folder as a plain patch tool, never on an enclosing repository; its
- * exit code. A git that cannot be started fails the build as such, not as a patch that does not apply.
+ * Runs `git apply ARGS` on a source folder (node-llama-cpp's addon, or its llama.cpp clone, a repository of its own),
+ * never on an enclosing repository; its exit code. A git that cannot be started fails the build as such, not as a
+ * patch that does not apply.
  */
-export const gitApply = (addonDirectory: string, args: ReadonlyArray<string>) =>
+export const gitApply = (sourceDirectory: string, args: ReadonlyArray<string>) =>
   Process.make("git", "apply", ...args).pipe(
-    Process.workingDirectory(addonDirectory),
+    Process.workingDirectory(sourceDirectory),
     // The addon folder sits inside whatever repository holds node_modules; without a ceiling git would apply the
     // patch's paths from that repository's root.
-    Process.env({ GIT_CEILING_DIRECTORIES: path.dirname(addonDirectory) }),
+    Process.env({ GIT_CEILING_DIRECTORIES: path.dirname(sourceDirectory) }),
     Process.exitCode,
     Effect.mapError((error) => new NativeBuildFailed({ step: "patch", reason: `git apply could not run: ${error.message}` }))
   )
 
 /**
- * Applies each patch in `patchesDirectory` to `addonDirectory` unless it is already there (its reverse applies), so a
- * second build, or one after `--force`, finds the addon as the first one left it. A patch that neither applies nor is
- * there fails the build: it was written for another node-llama-cpp.
+ * Applies each patch in `patchesDirectory` to `sourceDirectory` unless it is already there (its reverse applies), so a
+ * second build, or one after `--force`, finds the sources as the first one left them. A patch that neither applies nor
+ * is there fails the build: it was written for another node-llama-cpp.
  */
-export const applyAddonPatches = (addonDirectory: string, patchesDirectory: string = addonPatchesDirectory()) =>
+export const applyPatches = (sourceDirectory: string, patchesDirectory: string) =>
   Effect.gen(function*() {
-    const patches = addonPatchNames(patchesDirectory)
+    const patches = patchNames(patchesDirectory)
     const applied: Array<string> = []
     for (const name of patches) {
       const file = path.join(patchesDirectory, name)
-      if ((yield* gitApply(addonDirectory, ["--reverse", "--check", file])) === 0) continue
-      if ((yield* gitApply(addonDirectory, ["--check", file])) !== 0) {
+      if ((yield* gitApply(sourceDirectory, ["--reverse", "--check", file])) === 0) continue
+      if ((yield* gitApply(sourceDirectory, ["--check", file])) !== 0) {
         return yield* new NativeBuildFailed({
           step: "patch",
-          reason: `${name} does not apply to ${addonDirectory} (another node-llama-cpp, or an earlier version of the patch ` +
-            "applied there: `npm ci` restores the addon's sources; then build again)"
+          reason: `${name} does not apply to ${sourceDirectory} (another node-llama-cpp, or an earlier version of the patch ` +
+            "applied there: `npm ci` restores the sources; then build again)"
         })
       }
-      if ((yield* gitApply(addonDirectory, [file])) !== 0) {
-        return yield* new NativeBuildFailed({ step: "patch", reason: `git apply ${name} failed in ${addonDirectory}` })
+      if ((yield* gitApply(sourceDirectory, [file])) !== 0) {
+        return yield* new NativeBuildFailed({ step: "patch", reason: `git apply ${name} failed in ${sourceDirectory}` })
       }
       applied.push(name)
     }
@@ -117,8 +121,9 @@ const verifyNativeBuild = (dataDir: string) =>
 /**
  * `weft build-native`: compiles the llama.cpp source node-llama-cpp ships (offline, from its git bundle) for this
  * CPU's instruction-set extensions (see `nativeCmakeOptionsFor`), with Weft's addon patches (a persistent ggml
- * threadpool; synchronous decode and sampling calls), through node-llama-cpp's own `source download --skipBuild` and
- * `source build`, then checks that the result loads and decodes. Idempotent: a finished build is only verified unless `--force`.
+ * threadpool; synchronous decode and sampling calls) and llama.cpp patch (large buffers on transparent huge pages),
+ * through node-llama-cpp's own `source download --skipBuild` and `source build`, then checks that the result loads
+ * and decodes. Idempotent: a finished build is only verified unless `--force`.
  */
 export const buildNativeCommand = Command.make("build-native", { force }, (options) =>
   Effect.gen(function*() {
@@ -128,9 +133,14 @@ export const buildNativeCommand = Command.make("build-native", { force }, (optio
     } else {
       yield* Console.log(`weft: building llama.cpp natively (${Object.entries(nativeCmakeOptions()).map(([k, v]) => `${k}=${v}`).join(" ")}); a few minutes on 2 cores`)
       yield* runNodeLlamaCpp("source download", ["source", "download", "--skipBuild", "--gpu", "false", "--noUsageExample"])
-      const { applied, patches } = yield* applyAddonPatches(path.join(nodeLlamaCppRoot(), "llama", "addon"))
-      if (patches.length > 0) {
-        yield* Console.log(`weft: addon patches ${patches.join(", ")} (${applied.length === 0 ? "already applied" : `applied ${applied.join(", ")}`})`)
+      for (const [what, folder, patchesDirectory] of [
+        ["addon", "addon", addonPatchesDirectory()],
+        ["llama.cpp", "llama.cpp", llamaCppPatchesDirectory()]
+      ] as const) {
+        const { applied, patches } = yield* applyPatches(path.join(nodeLlamaCppRoot(), "llama", folder), patchesDirectory)
+        if (patches.length > 0) {
+          yield* Console.log(`weft: ${what} patches ${patches.join(", ")} (${applied.length === 0 ? "already applied" : `applied ${applied.join(", ")}`})`)
+        }
       }
       yield* runNodeLlamaCpp("source build", ["source", "build", "--gpu", "false", "--noUsageExample"])
     }

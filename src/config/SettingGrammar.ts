@@ -245,6 +245,9 @@ export const decodePathSetting = choice(
   "direct, direct-async or evaluate"
 )
 
+/** How model weights are loaded: `auto`, `on` (mapped from the file) or `off` (read into memory). */
+export const mmapSetting = choice(Schema.Literal("auto", "on", "off"), sameWords(["auto", "on", "off"] as const), "auto, on or off")
+
 /** `--openmp-wait`: `passive`, `active`, or a spin count (libgomp's `GOMP_SPINCOUNT`). */
 export const openMpWaitSetting: SettingGrammar<OpenMpWait | undefined> = {
   schema: Schema.transformOrFail(Schema.String, Schema.UndefinedOr(OpenMpWaitSchema), {

@@ -28,6 +28,8 @@ export const WeftSettings = Schema.Struct({
   binary: Schema.Literal("auto", "native", "prebuilt"),
   /** How decode steps reach llama.cpp; see `LlamaBackendConfig.directSteps`. */
   decodePath: Schema.Literal("direct", "direct-async", "evaluate"),
+  /** How model weights are loaded; see `LlamaBackendConfig.mmap`. */
+  mmap: Schema.Literal("auto", "on", "off"),
   /** How a native build's OpenMP threads wait; `undefined`: the environment's OMP_WAIT_POLICY/GOMP_SPINCOUNT, else passive. */
   openMpWait: Schema.UndefinedOr(OpenMpWaitSchema),
   maxQueue: Schema.Int,
@@ -106,6 +108,7 @@ export const defaultSettings: WeftSettings = {
   gpu: "auto",
   binary: "auto",
   decodePath: "direct",
+  mmap: "auto",
   openMpWait: undefined,
   maxQueue: 64,
   timeoutQueueMs: 60_000,

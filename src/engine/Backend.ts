@@ -30,6 +30,7 @@ export interface ModelInfo {
     /** A native build's OpenMP wait policy, e.g. `OMP_WAIT_POLICY=PASSIVE (default)`. */
     readonly openMpWait?: string | undefined
     readonly decodeSteps?: DecodeSteps | undefined
+    readonly weights?: WeightsPlacement | undefined
   } | undefined
 }
 
@@ -38,6 +39,9 @@ export interface ModelInfo {
  * `libuv` (node-llama-cpp's libuv jobs) or `evaluate` (node-llama-cpp's `sequence.evaluate`); see `--decode-path`.
  */
 export type DecodeSteps = "synchronous" | "libuv" | "evaluate"
+
+/** Where a llama.cpp backend's weights are: `mmap` (mapped from the file) or `memory` (read in); see `--mmap`. */
+export type WeightsPlacement = "mmap" | "memory"
 
 /** A token's log probability under the distribution it was sampled from. */
 export interface TokenLogprob {

@@ -90,6 +90,7 @@ export const llamaEngineLayer = (settings: WeftSettings) =>
           binary: settings.binary,
           directSteps: settings.decodePath !== "evaluate",
           synchronousSteps: settings.decodePath === "direct",
+          mmap: settings.mmap,
           openMpWait: settings.openMpWait
         }))
     ),

@@ -115,7 +115,7 @@ export class ModelRegistry extends Context.Tag("weft/ModelRegistry")<ModelRegist
                     model: info.id,
                     parallel: info.parallel,
                     contextSize: info.contextSize,
-                    ...(info.binary === undefined ? {} : { binary: info.binary.kind, decodeSteps: info.binary.decodeSteps })
+                    ...(info.binary === undefined ? {} : { binary: info.binary.kind, decodeSteps: info.binary.decodeSteps, weights: info.binary.weights })
                   })
                 )
               }),

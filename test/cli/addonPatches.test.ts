@@ -4,11 +4,12 @@ import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
 import { describe, expect, it } from "vitest"
-import { addonPatchesDirectory, addonPatchNames, applyAddonPatches, gitApply } from "../../src/cli/BuildNativeCommand.js"
+import { execFileSync } from "node:child_process"
+import { addonPatchesDirectory, applyPatches, gitApply, llamaCppPatchesDirectory, patchNames } from "../../src/cli/BuildNativeCommand.js"
 import { nodeLlamaCppRoot } from "../../src/engine/llama/LlamaBinary.js"
 
-const apply = (addon: string, patches?: string) =>
-  Effect.runPromise(Effect.either(applyAddonPatches(addon, patches)).pipe(Effect.provide(NodeContext.layer)))
+const apply = (sources: string, patches: string = addonPatchesDirectory()) =>
+  Effect.runPromise(Effect.either(applyPatches(sources, patches)).pipe(Effect.provide(NodeContext.layer)))
 
 /**
  * A copy of the installed node-llama-cpp's addon sources as the package ships them, to patch without touching
@@ -17,7 +18,7 @@ const apply = (addon: string, patches?: string) =>
 const addonCopy = async () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "weft-addon-"))
   fs.cpSync(path.join(nodeLlamaCppRoot(), "llama", "addon"), dir, { recursive: true })
-  for (const name of addonPatchNames().reverse()) {
+  for (const name of patchNames(addonPatchesDirectory()).reverse()) {
     const file = path.join(addonPatchesDirectory(), name)
     await Effect.runPromise(Effect.gen(function*() {
       if ((yield* gitApply(dir, ["--reverse", "--check", file])) === 0) expect(yield* gitApply(dir, ["--reverse", file])).toBe(0)
@@ -72,5 +73,23 @@ describe("weft build-native's addon patches", () => {
   it("without a patches folder there is nothing to apply", async () => {
     const addon = await addonCopy()
     expect(await apply(addon, path.join(addon, "no-patches-here"))).toEqual(Either.right({ patches: [], applied: [] }))
+  })
+
+  it("Weft's llama.cpp patch applies to the source node-llama-cpp ships (its git bundle), once", async () => {
+    // What `source download --skipBuild` clones, as far as the patches reach: ggml's sources, from the bundle.
+    const source = fs.mkdtempSync(path.join(os.tmpdir(), "weft-llama-cpp-"))
+    const git = (...args: Array<string>) => execFileSync("git", args, { cwd: source, stdio: "pipe" })
+    git("init", "-q")
+    git("fetch", "-q", path.join(nodeLlamaCppRoot(), "llama", "gitRelease.bundle"))
+    git("checkout", "-q", "FETCH_HEAD", "--", "ggml/src")
+    const shipped = patchNames(llamaCppPatchesDirectory())
+    expect(shipped).toEqual(["0001-huge-pages-for-large-buffers.patch"])
+
+    expect(await apply(source, llamaCppPatchesDirectory())).toEqual(Either.right({ patches: shipped, applied: shipped }))
+    const ggml = fs.readFileSync(path.join(source, "ggml", "src", "ggml.c"), "utf8")
+    expect(ggml).toContain("madvise(aligned_memory, size, MADV_HUGEPAGE)")
+
+    expect(await apply(source, llamaCppPatchesDirectory())).toEqual(Either.right({ patches: shipped, applied: [] }))
+    expect(fs.readFileSync(path.join(source, "ggml", "src", "ggml.c"), "utf8")).toBe(ggml)
   })
 })

@@ -113,6 +113,14 @@ describe("WeftConfig", () => {
     expect(await errorOf({ flags: { "decode-path": "fast" } })).toBe("--decode-path: expected direct, direct-async or evaluate, got \"fast\"")
   })
 
+  it("reads --mmap as auto, on or off, auto by default", async () => {
+    expect((await settingsOf({})).mmap).toBe("auto")
+    expect((await settingsOf({ flags: { mmap: "off" } })).mmap).toBe("off")
+    expect((await settingsOf({}, { WEFT_MMAP: "On" })).mmap).toBe("on")
+    expect((await settingsOf({ configPath: writeJson("mmap.json", { mmap: "off" }) })).mmap).toBe("off")
+    expect(await errorOf({ flags: { mmap: "yes" } })).toBe("--mmap: expected auto, on or off, got \"yes\"")
+  })
+
   it("quotes at most a short prefix of an invalid value", async () => {
     const message = await errorOf({}, { WEFT_PORT: "9".repeat(100_000) })
     expect(message.length).toBeLessThan(300)

@@ -4,7 +4,7 @@ import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
 import { describe, expect, it } from "vitest"
-import { findNativeBuild, loadLlamaBinary, nativeCmakeOptions } from "../../src/engine/llama/LlamaBinary.js"
+import { findNativeBuild, loadLlamaBinary, mapsWeights, nativeCmakeOptions } from "../../src/engine/llama/LlamaBinary.js"
 import type { BinaryLoader } from "../../src/engine/llama/LlamaBinary.js"
 import { nativeCmakeOptionsFor, readCpuFlags } from "../../src/engine/llama/NativeCpuOptions.js"
 
@@ -25,6 +25,15 @@ const loader = (native: "loads" | "fails") => {
 const options = { gpu: false, maxThreads: 2 } as const
 
 describe("LlamaBinary", () => {
+  it("--mmap auto reads the weights into memory on the native build and maps them on the prebuilt one; on and off are kept", () => {
+    expect(mapsWeights("auto", { kind: "native" })).toBe(false)
+    expect(mapsWeights("auto", { kind: "prebuilt" })).toBe(true)
+    for (const kind of ["native", "prebuilt"] as const) {
+      expect(mapsWeights("on", { kind })).toBe(true)
+      expect(mapsWeights("off", { kind })).toBe(false)
+    }
+  })
+
   it("auto takes the native build when it loads, and the prebuilt one otherwise", async () => {
     const withNative = loader("loads")
     const native = await Effect.runPromise(loadLlamaBinary("auto", options, withNative.load))
@@ -99,7 +108,7 @@ describe("nativeCmakeOptionsFor", () => {
       GGML_AMX_INT8: "ON",
       GGML_AMX_BF16: "ON",
       GGML_OPENMP: "OFF",
-      WEFT_NATIVE_BUILD: "3"
+      WEFT_NATIVE_BUILD: "4"
     })
   })
 
@@ -112,7 +121,7 @@ describe("nativeCmakeOptionsFor", () => {
   })
 
   it("leaves the CPU to -march=native where its flags cannot be read or it is not x86-64", () => {
-    const fallback = { GGML_NATIVE: "ON", GGML_OPENMP: "OFF", WEFT_NATIVE_BUILD: "3" }
+    const fallback = { GGML_NATIVE: "ON", GGML_OPENMP: "OFF", WEFT_NATIVE_BUILD: "4" }
     expect(nativeCmakeOptionsFor("arm64", sapphireRapids)).toEqual(fallback)
     expect(nativeCmakeOptionsFor("x64", undefined)).toEqual(fallback)
   })

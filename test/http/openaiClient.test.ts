@@ -42,11 +42,14 @@ describe("openai client against the tiny model", () => {
     const health = await (await fetch(`${server.url}/health`)).json() as { binary?: string }
     expect(health.binary).toBe(kind)
     const stats = await (await fetch(`${server.url}/admin/stats`)).json() as {
-      binary?: { kind: string; release: string; decodeSteps?: string }
+      binary?: { kind: string; release: string; decodeSteps?: string; weights?: string }
     }
     expect(stats.binary?.kind).toBe(kind)
     // The native build has the synchronous calls (its patch 0002); the prebuilt one decodes on libuv threads.
     expect(stats.binary?.decodeSteps).toBe(kind === "native" ? "synchronous" : "libuv")
+    // `--mmap auto`: the native build reads the weights into memory (on huge pages, its llama.cpp patch); the prebuilt
+    // binary maps the file.
+    expect(stats.binary?.weights).toBe(kind === "native" ? "memory" : "mmap")
     expect(stats.binary?.release).toMatch(/\S/)
     const metrics = await (await fetch(`${server.url}/metrics`)).text()
     expect(metrics).toMatch(new RegExp(`^weft_build_info\\{.*binary="${kind}".*\\} 1$`, "m"))

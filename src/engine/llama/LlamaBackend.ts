@@ -5,7 +5,7 @@ import { Effect, Layer, Option, Schema } from "effect"
 import type { Scope } from "effect"
 import type { CustomBatchingPrioritizationStrategy, LlamaContext, LlamaContextSequence, LlamaModel, SequenceEvaluateOptions, Token, TokenBias } from "node-llama-cpp"
 import { AdapterLoadFailed, Backend, DecodeFailed, KvEraseFailed, KvFileFailed } from "../Backend.js"
-import type { AdapterSpec, BackendShape, DecodeSteps, Generation, StepResult } from "../Backend.js"
+import type { AdapterSpec, BackendShape, DecodeSteps, Generation, StepResult, WeightsPlacement } from "../Backend.js"
 import { prioritizeBySequence } from "../BatchPlan.js"
 import { StepBatcher } from "../StepBatcher.js"
 import type { StepParticipant } from "../StepBatcher.js"
@@ -19,8 +19,8 @@ import { errorMessage } from "./errorMessage.js"
 import { evaluateOptions } from "./EvaluateOptions.js"
 import { GrammarCache } from "./GrammarCache.js"
 import type { GrammarCacheLimits } from "./GrammarCache.js"
-import { loadLlamaBinary } from "./LlamaBinary.js"
-import type { BinaryPreference, LlamaBinaryInfo } from "./LlamaBinary.js"
+import { loadLlamaBinary, mapsWeights } from "./LlamaBinary.js"
+import type { BinaryPreference, LlamaBinaryInfo, MmapPreference } from "./LlamaBinary.js"
 import type { OpenMpWait } from "./OpenMpWait.js"
 import { DirectSteps } from "./DirectSteps.js"
 import type { SampledToken } from "./DirectSteps.js"
@@ -74,6 +74,8 @@ export interface LlamaBackendConfig {
   readonly binary?: BinaryPreference | undefined
   /** How a native build's OpenMP threads wait (see `OpenMpWait`); the environment's variables, else passive, when unset. */
   readonly openMpWait?: OpenMpWait | undefined
+  /** Whether weights are mapped from the file or read into memory (see `mapsWeights`); defaults to `auto`. */
+  readonly mmap?: MmapPreference | undefined
   /** Bounds of the cache of JSON-schema grammars (client input); defaults to 256 entries and 64 MiB. */
   readonly grammarCache?: GrammarCacheLimits | undefined
   /**
@@ -174,7 +176,7 @@ interface LoadedModel {
   readonly grammars: GrammarCache
   readonly banEndOfGeneration: TokenBias
   readonly id: string
-  readonly binary: LlamaBinaryInfo
+  readonly binary: LlamaBinaryInfo & { readonly weights: WeightsPlacement }
   /** node-llama-cpp's estimate of one context's RAM (KV cache and compute buffers); known when memory is accounted. */
   readonly contextBytes: number | undefined
 }
@@ -498,8 +500,10 @@ export const LlamaBackend = {
             )
           )
         }
+        // node-llama-cpp maps only where the system can; it reads the file otherwise.
+        const weightsMapped = mapsWeights(config.mmap ?? "auto", binary) && llama.supportsMmap
         const model = yield* Effect.acquireRelease(
-          Effect.tryPromise({ try: () => llama.loadModel({ modelPath: config.modelPath }), catch: loadFailed }),
+          Effect.tryPromise({ try: () => llama.loadModel({ modelPath: config.modelPath, useMmap: weightsMapped }), catch: loadFailed }),
           (model) => Effect.promise(() => model.dispose())
         )
         const id = modelId
@@ -522,7 +526,7 @@ export const LlamaBackend = {
           grammars: new GrammarCache(llama, id, config.grammarCache),
           banEndOfGeneration: endOfGenerationBan(model, llamaVocabSize(model)),
           id,
-          binary,
+          binary: { ...binary, weights: weightsMapped ? "mmap" : "memory" },
           contextBytes
         }, undefined)
       })

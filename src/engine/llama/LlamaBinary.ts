@@ -39,6 +39,18 @@ export interface LlamaBinaryInfo {
   readonly openMpWait?: string | undefined
 }
 
+/** How model weights are loaded: `on` maps the file, `off` reads it into memory, `auto` decides by binary. */
+export type MmapPreference = "auto" | "on" | "off"
+
+/**
+ * Whether weights are mapped from the file. `auto` reads them into memory on the native build, whose ggml puts large
+ * buffers on transparent huge pages (`native/llama.cpp/0001-huge-pages-for-large-buffers.patch`): a decode reads every
+ * weight, and on 4 KiB pages of a mapped file the TLB misses on each page. The prebuilt binary gains nothing from
+ * reading, so it maps: lazily loaded, shared with other processes, evictable.
+ */
+export const mapsWeights = (preference: MmapPreference, binary: Pick<LlamaBinaryInfo, "kind">): boolean =>
+  preference === "auto" ? binary.kind !== "native" : preference === "on"
+
 /** `--binary native` was asked for, and no native build loads. */
 export class NativeBinaryUnavailable extends Schema.TaggedError<NativeBinaryUnavailable>()("NativeBinaryUnavailable", {
   reason: Schema.String

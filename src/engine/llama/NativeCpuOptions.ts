@@ -33,14 +33,14 @@ const x86Extensions: ReadonlyArray<readonly [option: string, flags: ReadonlyArra
  * - No OpenMP: ggml runs each decode on its own threadpool, which Weft's addon patch keeps for the context's life
  *   (`native/node-llama-cpp/`). Its barrier spins only while a graph runs and its threads sleep between decodes,
  *   where OpenMP's team either spins between decodes (collapsing on a shared machine) or sleeps at every barrier.
- * - `WEFT_NATIVE_BUILD` only marks the build as Weft's, in this configuration and with these addon patches (3: the
- *   threadpool and the synchronous calls), so a build an earlier Weft made is not picked up; cmake ignores it.
+ * - `WEFT_NATIVE_BUILD` only marks the build as Weft's, in this configuration and with these patches (4: the
+ *   threadpool, the synchronous calls and huge pages), so a build an earlier Weft made is not picked up; cmake ignores it.
  */
 export const nativeCmakeOptionsFor = (
   arch: string,
   cpuFlags: ReadonlySet<string> | undefined
 ): Readonly<Record<string, string>> => {
-  const common = { GGML_OPENMP: "OFF", WEFT_NATIVE_BUILD: "3" }
+  const common = { GGML_OPENMP: "OFF", WEFT_NATIVE_BUILD: "4" }
   if (arch !== "x64" || cpuFlags === undefined) return { GGML_NATIVE: "ON", ...common }
   const extensions = x86Extensions.map(([option, flags]) => [option, flags.every((flag) => cpuFlags.has(flag)) ? "ON" : "OFF"])
   return { GGML_NATIVE: "OFF", ...Object.fromEntries(extensions), ...common }
