@@ -133,13 +133,11 @@ export const buildNativeCommand = Command.make("build-native", { force }, (optio
     } else {
       yield* Console.log(`weft: building llama.cpp natively (${Object.entries(nativeCmakeOptions()).map(([k, v]) => `${k}=${v}`).join(" ")}); a few minutes on 2 cores`)
       yield* runNodeLlamaCpp("source download", ["source", "download", "--skipBuild", "--gpu", "false", "--noUsageExample"])
-      for (const [what, folder, patchesDirectory] of [
-        ["addon", "addon", addonPatchesDirectory()],
-        ["llama.cpp", "llama.cpp", llamaCppPatchesDirectory()]
-      ] as const) {
+      const patched = [["addon", addonPatchesDirectory()], ["llama.cpp", llamaCppPatchesDirectory()]] as const
+      for (const [folder, patchesDirectory] of patched) {
         const { applied, patches } = yield* applyPatches(path.join(nodeLlamaCppRoot(), "llama", folder), patchesDirectory)
         if (patches.length > 0) {
-          yield* Console.log(`weft: ${what} patches ${patches.join(", ")} (${applied.length === 0 ? "already applied" : `applied ${applied.join(", ")}`})`)
+          yield* Console.log(`weft: ${folder} patches ${patches.join(", ")} (${applied.length === 0 ? "already applied" : `applied ${applied.join(", ")}`})`)
         }
       }
       yield* runNodeLlamaCpp("source build", ["source", "build", "--gpu", "false", "--noUsageExample"])
