@@ -1,5 +1,6 @@
 import { ParseResult, Schema } from "effect"
 import { logLevelNames } from "../observability/JsonLogger.js"
+import { binaryPreferences, mmapPreferences } from "../engine/llama/LlamaBinary.js"
 import type { OpenMpWait } from "../engine/llama/OpenMpWait.js"
 
 /** A native build's OpenMP wait policy, as settings hold it (see `OpenMpWait`). */
@@ -235,8 +236,8 @@ export const originList = nameList(
   { noneAllowed: true }
 )
 
-/** API-key authentication: `on`, `off` or `auto`. */
-export const binarySetting = choice(Schema.Literal("auto", "native", "prebuilt"), sameWords(["auto", "native", "prebuilt"] as const), "auto, native or prebuilt")
+/** `--binary`: which llama.cpp binary to load, `auto`, `native` or `prebuilt`. */
+export const binarySetting = choice(Schema.Literal(...binaryPreferences), sameWords(binaryPreferences), "auto, native or prebuilt")
 
 /** How decode steps reach llama.cpp: `direct` (Weft's own steps on the native context) or `evaluate` (node-llama-cpp's). */
 export const decodePathSetting = choice(
@@ -246,7 +247,7 @@ export const decodePathSetting = choice(
 )
 
 /** How model weights are loaded: `auto`, `on` (mapped from the file) or `off` (read into memory). */
-export const mmapSetting = choice(Schema.Literal("auto", "on", "off"), sameWords(["auto", "on", "off"] as const), "auto, on or off")
+export const mmapSetting = choice(Schema.Literal(...mmapPreferences), sameWords(mmapPreferences), "auto, on or off")
 
 /** `--openmp-wait`: `passive`, `active`, or a spin count (libgomp's `GOMP_SPINCOUNT`). */
 export const openMpWaitSetting: SettingGrammar<OpenMpWait | undefined> = {

@@ -2,6 +2,7 @@ import { Schema } from "effect"
 import { logLevelNames } from "../observability/JsonLogger.js"
 import { ModelsConfig } from "./ModelsConfig.js"
 import { logFormats, OpenMpWaitSchema } from "./SettingGrammar.js"
+import { binaryPreferences, mmapPreferences } from "../engine/llama/LlamaBinary.js"
 import { AlertSettings } from "../observability/AlertRules.js"
 
 /** Everything `weft serve` needs, validated and defaulted. Durations are milliseconds; `undefined` means no limit. */
@@ -25,11 +26,11 @@ export const WeftSettings = Schema.Struct({
   flashAttention: Schema.Boolean,
   gpu: Schema.Union(Schema.Literal("auto"), Schema.Literal(false)),
   /** Which llama.cpp binary to load; see `LlamaBinary`. */
-  binary: Schema.Literal("auto", "native", "prebuilt"),
+  binary: Schema.Literal(...binaryPreferences),
   /** How decode steps reach llama.cpp; see `LlamaBackendConfig.directSteps`. */
   decodePath: Schema.Literal("direct", "direct-async", "evaluate"),
   /** How model weights are loaded; see `LlamaBackendConfig.mmap`. */
-  mmap: Schema.Literal("auto", "on", "off"),
+  mmap: Schema.Literal(...mmapPreferences),
   /** How a native build's OpenMP threads wait; `undefined`: the environment's OMP_WAIT_POLICY/GOMP_SPINCOUNT, else passive. */
   openMpWait: Schema.UndefinedOr(OpenMpWaitSchema),
   maxQueue: Schema.Int,

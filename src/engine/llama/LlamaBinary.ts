@@ -40,7 +40,8 @@ export interface LlamaBinaryInfo {
 }
 
 /** How model weights are loaded: `on` maps the file, `off` reads it into memory, `auto` decides by binary. */
-export type MmapPreference = "auto" | "on" | "off"
+export const mmapPreferences = ["auto", "on", "off"] as const
+export type MmapPreference = (typeof mmapPreferences)[number]
 
 /**
  * Whether weights are mapped from the file. `auto` reads them into memory on the native build, whose ggml puts large
