@@ -1,4 +1,5 @@
 import type { BenchRun } from "./BenchSettings.js"
+import { percentiles } from "./LevelResult.js"
 import type { LevelResult, Percentiles } from "./LevelResult.js"
 import type { PrefillProbeResult } from "./PrefillProbe.js"
 import { chatReuseTable } from "./ChatReuse.js"
@@ -20,7 +21,20 @@ const medianPercentiles = (all: ReadonlyArray<Percentiles>): Percentiles => ({
   max: median(all.map((value) => value.max))
 })
 
-/** One mode at one level over all its rounds: medians of each figure. */
+/**
+ * Percentiles over every round's requests together where each round kept them, else the median of the rounds' own.
+ * A round's p99 over a few dozen requests is its slowest one or two, and their median is no steadier.
+ */
+const pooledPercentiles = (
+  rows: ReadonlyArray<LevelResult>,
+  of: (row: LevelResult) => Percentiles,
+  samplesOf: (samples: NonNullable<LevelResult["latencySamples"]>) => ReadonlyArray<number>
+): Percentiles =>
+  rows.every((row) => row.latencySamples !== undefined)
+    ? percentiles(rows.flatMap((row) => samplesOf(row.latencySamples!)))
+    : medianPercentiles(rows.map(of))
+
+/** One mode at one level over all its rounds: medians of each figure, TTFT and E2E percentiles over all requests. */
 export interface LevelSummary {
   readonly mode: string
   readonly concurrency: number
@@ -60,9 +74,9 @@ export const summarizeRun = (results: ReadonlyArray<LevelResult>): Array<LevelSu
       rounds: rows.length,
       tokensPerSecond: median(rows.map((row) => row.tokensPerSecond)),
       vsNaive: ratios.length === 0 ? undefined : median(ratios),
-      ttftMs: medianPercentiles(rows.map((row) => row.ttftMs)),
+      ttftMs: pooledPercentiles(rows, (row) => row.ttftMs, (samples) => samples.ttftMs),
       itlMs: medianPercentiles(rows.map((row) => row.itlMs)),
-      e2eMs: medianPercentiles(rows.map((row) => row.e2eMs)),
+      e2eMs: pooledPercentiles(rows, (row) => row.e2eMs, (samples) => samples.e2eMs),
       errors: rows.reduce((sum, row) => sum + row.errors, 0),
       backgroundLoad: loads.length === 0 ? undefined : median(loads)
     }
@@ -172,7 +186,7 @@ export const prefillTable = (probes: ReadonlyArray<PrefillProbeResult>): string 
   ].join("\n")
 }
 
-/** The whole run as markdown: settings, the levels (medians over rounds), the targets and the prefill probe. */
+/** The whole run as markdown: settings, the levels over all rounds, the targets and the prefill probe. */
 export const renderReport = (run: BenchRun): string => {
   const settings = run.settings
   const summaries = summarizeRun(run.results)
@@ -188,7 +202,7 @@ export const renderReport = (run: BenchRun): string => {
     `Model ${settings.modelPath ?? settings.url ?? "?"}; prompt ${settings.promptTokens} tokens, ${settings.completionTokens}` +
     `${settings.completionSpread === 0 ? "" : ` ± ${settings.completionSpread}`} completion ` +
     `tokens, ignore_eos, streaming, temperature ${settings.temperature}; ${settings.seconds} s closed-loop window per level, ` +
-    `${settings.rounds} round${settings.rounds === 1 ? "" : "s"} (medians); threads ${settings.threads}, ` +
+    `${settings.rounds} round${settings.rounds === 1 ? "" : "s"} (tok/s and ITL: medians of the rounds; TTFT and E2E: percentiles over all rounds' requests); threads ${settings.threads}, ` +
     `context ${settings.contextSize} per sequence${settings.batchSize === undefined ? "" : `, batch ${settings.batchSize}`}, flash attention ${settings.flashAttention ? "on" : "off"} (Weft modes). ` +
     "“other load”: CPU share used by other processes meanwhile" +
       (settings.busy > 0 ? ` (including the ${settings.busy} busy process${settings.busy === 1 ? "" : "es"} of \`--busy\`).` : "."),

@@ -33,6 +33,11 @@ export interface LevelResult {
   /** Time between consecutive text chunks of one request. */
   readonly itlMs: Percentiles
   readonly e2eMs: Percentiles
+  /**
+   * Each measured request's TTFT and end-to-end time, so a run's percentiles can be taken over all its rounds'
+   * requests: one round at 16 streams measures a few dozen requests, and its own p99 is its slowest one or two.
+   */
+  readonly latencySamples?: { readonly ttftMs: ReadonlyArray<number>; readonly e2eMs: ReadonlyArray<number> } | undefined
   /** Share of the machine's CPU other processes used meanwhile (Linux only): runs are comparable only when it is low. */
   readonly backgroundLoad?: number | undefined
   /** Which repetition of this mode and level it was. */
@@ -44,6 +49,8 @@ const noSamples: Percentiles = { p50: Number.NaN, p95: Number.NaN, p99: Number.N
 /** p50, p95, p99 and max of `values` (any order). */
 export const percentiles = (values: ReadonlyArray<number>): Percentiles =>
   quantilesOfSorted([...values].sort((a, b) => a - b)) ?? noSamples
+
+const tenthOfMs = (ms: number) => Math.round(ms * 10) / 10
 
 /** Inter-chunk gaps of one request (its first chunk's wait is TTFT, not a gap). */
 export const gapsOf = (sample: RequestSample): Array<number> => {
@@ -85,6 +92,8 @@ export const summarize = (
   const seconds = (window.end - window.start) / 1000
   const completionTokens = Math.round(samples.reduce((sum, sample) => sum + tokensInWindow(sample, window), 0))
   const prompt = succeeded.find((sample) => sample.promptTokens !== undefined)?.promptTokens
+  const ttfts = succeeded.filter((sample) => sample.chunkTimes.length > 0).map((sample) => sample.chunkTimes[0]! - sample.startedAt)
+  const e2es = succeeded.map((sample) => sample.endedAt - sample.startedAt)
   return {
     mode,
     concurrency,
@@ -95,10 +104,9 @@ export const summarize = (
     completionTokens,
     tokensPerSecond: seconds > 0 ? completionTokens / seconds : 0,
     promptTokens: prompt,
-    ttftMs: percentiles(
-      succeeded.filter((sample) => sample.chunkTimes.length > 0).map((sample) => sample.chunkTimes[0]! - sample.startedAt)
-    ),
+    ttftMs: percentiles(ttfts),
     itlMs: percentiles(succeeded.flatMap(gapsOf)),
-    e2eMs: percentiles(succeeded.map((sample) => sample.endedAt - sample.startedAt))
+    e2eMs: percentiles(e2es),
+    latencySamples: { ttftMs: ttfts.map(tenthOfMs), e2eMs: e2es.map(tenthOfMs) }
   }
 }

@@ -1,5 +1,6 @@
+import * as net from "node:net"
 import { Deferred, Effect, Layer } from "effect"
-import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest"
 import { SimBackend } from "../../src/engine/SimBackend.js"
 import { firstSseFrame, health, postJson, rawExchange, rawStatus, readAll, sseData, startListening, startServer, waitForHealth } from "../support/testServer.js"
 import type { TestServer } from "../support/testServer.js"
@@ -57,6 +58,42 @@ describe("body limits, load and stage timeouts", () => {
     const head = "POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nConnection: close\r\n" +
       `Transfer-Encoding: chunked\r\n\r\n${body.length.toString(16)}\r\n${body}\r\n0\r\n\r\n`
     expect(rawStatus(await rawExchange(server.port, head))).toBe(200)
+  })
+
+  it("reads a body that arrives in pieces, and serves on after a client leaves in the middle of one", async () => {
+    const body = JSON.stringify(long({ max_tokens: 2 }))
+    const head = "POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nConnection: close\r\n" +
+      `Content-Length: ${body.length}\r\n\r\n`
+    const inPieces = new Promise<string>((resolve, reject) => {
+      const socket = net.connect(server.port, "127.0.0.1")
+      let received = ""
+      socket.on("data", (data) => (received += data.toString("latin1")))
+      socket.on("close", () => resolve(received))
+      socket.on("error", reject)
+      socket.write(head + body.slice(0, 10))
+      setTimeout(() => socket.write(body.slice(10)), 50)
+    })
+    expect(rawStatus(await inPieces)).toBe(200)
+
+    const goneAway = async () => {
+      const metrics = await (await fetch(`http://127.0.0.1:${server.port}/metrics`)).text()
+      return Number(/weft_requests_total\{endpoint="\/v1\/chat\/completions",[^}]*status="499"[^}]*\} (\d+)/.exec(metrics)?.[1] ?? 0)
+    }
+    const goneBefore = await goneAway()
+    const left = await new Promise<void>((resolve, reject) => {
+      const socket = net.connect(server.port, "127.0.0.1", () => {
+        socket.write(head + body.slice(0, 10))
+        setTimeout(() => socket.destroy(), 50)
+      })
+      socket.on("close", () => resolve())
+      socket.on("error", reject)
+    })
+    expect(left).toBeUndefined()
+    // Its handler ended (counted as 499) rather than waiting on for the rest of the body.
+    await vi.waitFor(async () => expect(await goneAway()).toBe(goneBefore + 1), { timeout: 5_000 })
+    expect((await health(server)).status).toBe(200)
+    const after = await postJson(server, "/v1/chat/completions", long({ max_tokens: 2 }))
+    expect(after.status).toBe(200)
   })
 
   it("answers 429 with Retry-After when the queue is full, and 408 when the queue wait times out", async () => {
