@@ -69,6 +69,10 @@ const bodyChunks = (incoming: Http.IncomingMessage, limitBytes: number) =>
       resume(Effect.succeed(chunks))
       return
     }
+    if (incoming.destroyed) {
+      resume(Effect.fail(new BodyNotJson({ reason: "the body could not be read" })))
+      return
+    }
     let received = 0
     const done = (result: Effect.Effect<Array<Buffer>, BodyTooLarge | BodyNotJson>) => {
       stop()
