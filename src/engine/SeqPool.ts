@@ -40,8 +40,8 @@ export interface SlotLease {
   readonly requestId: string
   /** Leading prompt tokens already in the slot's KV: only the rest needs evaluating. */
   readonly reusedTokens: number
-  /** Records how many KV cells the holder's sequence occupies now. */
-  readonly setCells: (cells: number) => Effect.Effect<void>
+  /** Records how many KV cells the holder's sequence occupies now (synchronous: the generation calls it every token). */
+  readonly setCells: (cells: number) => void
 }
 
 export interface PrefixCacheStats {
@@ -326,10 +326,9 @@ export class SeqPool extends Effect.Service<SeqPool>()("weft/SeqPool", {
             slot,
             requestId,
             reusedTokens: held.cells,
-            setCells: (cells) =>
-              Effect.sync(() => {
-                held.cells = cells
-              })
+            setCells: (cells) => {
+              held.cells = cells
+            }
           }
           return lease
         })

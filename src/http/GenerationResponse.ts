@@ -214,15 +214,6 @@ const sseFrames = (run: GenerationRun, includeUsage: boolean) => {
   }
 }
 
-/** A generation that failed after its stream started is logged; the client gets the failure in-band. */
-const midStreamFailureLog = ({ event }: ChoiceEvent): Option.Option<Effect.Effect<void>> => {
-  if (event._tag !== "Finished") return Option.none()
-  const outcome = finishedOutcome(event)
-  return outcome._tag === "Failed" && outcome.failure._tag === "DecodeFailed"
-    ? Option.some(Effect.logError("Generation failed mid-stream", outcome.failure))
-    : Option.none()
-}
-
 const utf8 = new TextEncoder()
 
 /** `frames` as one write: nothing for none. */
@@ -233,17 +224,15 @@ const encodedFrames = (frames: ReadonlyArray<string>): Chunk.Chunk<Uint8Array> =
  * Answers with Server-Sent Events. Headers go out only once the request holds a slot, so admission failures and
  * queue timeouts still get their own status codes; later failures arrive as an in-band `data: {"error": …}` frame.
  * Each chunk of events goes out as one write; a stage per event (frame, flatten, encode) costs more than the frames.
+ * A generation that fails mid-stream is logged by the request log ("request failed", with its error), not here: an
+ * effect per chunk to log the rare failure cost every token a few of its Effect steps.
  */
 export const sseResponse = (run: GenerationRun, includeUsage: boolean) =>
   Effect.map(startedEvents(untilFailure(run.events), ({ event }) => event), (events) => {
     const framesOf = sseFrames(run, includeUsage)
     return HttpServerResponse.stream(
       events.pipe(
-        Stream.mapChunksEffect((chunk) => {
-          const body = encodedFrames(Chunk.toReadonlyArray(chunk).flatMap(framesOf))
-          const logs = Chunk.filterMap(chunk, midStreamFailureLog)
-          return Chunk.isEmpty(logs) ? Effect.succeed(body) : Effect.as(Effect.all(logs, { discard: true }), body)
-        }),
+        Stream.mapChunks((chunk) => encodedFrames(Chunk.toReadonlyArray(chunk).flatMap(framesOf))),
         // Another choice may still be refused (its queue place, its prompt) after the first one started.
         Stream.catchAll((failure) => Stream.succeed(utf8.encode(frame({ error: errorReply(failure).error }))))
       ),

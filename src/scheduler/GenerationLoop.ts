@@ -49,6 +49,10 @@ export interface GenerationContext {
   readonly leaveQueue: (id: string) => Effect.Effect<void>
 }
 
+/** `consume`'s answers when a token does not end the generation, and when the stop text does. */
+const continueGenerating = Effect.succeed(undefined)
+const stoppedByText = Effect.succeed<Outcome>({ finishReason: "stop" })
+
 /** One request's run: waits for its turn and a slot, then decodes until a stop, a limit or the end of the context. */
 export const runGeneration = (
   { backend, leaveQueue, pool, registry }: GenerationContext,
@@ -86,7 +90,7 @@ export const runGeneration = (
     const { prefilled, reused } = yield* withStageLimit(sharedPrompt(backend, request, lease), "firstToken", limits.firstTokenMs)
     if (reused !== lease.reusedTokens) {
       progress.cachedTokens = reused
-      yield* lease.setCells(reused)
+      lease.setCells(reused)
       yield* registry.patch(request.id, () => ({ cachedTokens: reused }))
     }
     // Waiting for a shared prompt counts towards the first token.
@@ -101,17 +105,24 @@ export const runGeneration = (
     let cells = 0
     const logprobs = request.sampling.logprobs === undefined ? undefined : new LogprobRenderer(backend.detokenize, request.prompt)
 
-    /** Sends `text` with the tokens (and their logprobs) taken in since the last delta; `last` sends even no text. */
-    const emit = (text: string, last = false) => {
-      if (text.length === 0 && !(last && logprobs?.hasPending === true)) return Effect.void
+    const clock = yield* Effect.clock
+
+    /**
+     * Sends `text` with the tokens (and their logprobs) taken in since the last delta; `last` sends even no text.
+     * The mailbox is unbounded, so the offer never waits (or fails: it ends only after the generation).
+     */
+    const emit = (text: string, last = false): void => {
+      if (text.length === 0 && !(last && logprobs?.hasPending === true)) return
       const tokens = unreportedTokens
       unreportedTokens = 0
-      return mailbox.offer(GenerationEvent.Delta({ text, tokens, logprobs: logprobs?.take() }))
+      mailbox.unsafeOffer(GenerationEvent.Delta({ text, tokens, logprobs: logprobs?.take() }))
     }
-    const finishWithRest = (finishReason: FinishReason) => {
-      const rest = assembler.finish()
-      return Effect.as(emit(rest.text, true), { finishReason: rest.stopped ? "stop" : finishReason } satisfies Outcome)
-    }
+    const finishWithRest = (finishReason: FinishReason) =>
+      Effect.sync((): Outcome => {
+        const rest = assembler.finish()
+        emit(rest.text, true)
+        return { finishReason: rest.stopped ? "stop" : finishReason }
+      })
 
     const firstStep = withStageLimit(generation.next, "firstToken", firstTokenMs).pipe(
       Effect.tap(() => prefilled),
@@ -128,24 +139,24 @@ export const runGeneration = (
 
     const atLimit = () => request.maxTokens !== undefined && progress.completionTokens >= request.maxTokens
 
-    /** Takes in one step's result; an outcome when it ends the generation. */
-    const consume = (step: StepResult) =>
-      Effect.gen(function*() {
-        cells = step.cells
-        yield* lease.setCells(cells)
-        if (step._tag === "EndOfGeneration") return yield* finishWithRest("stop")
-        progress.completionTokens += 1
-        unreportedTokens += 1
-        yield* Effect.flatMap(Clock.currentTimeMillis, (now) => registry.tokenGenerated({ record: running, at: now, token: step.token }))
-        logprobs?.add(step.token, step.logprobs)
-        const out = assembler.push(step.token)
-        yield* emit(out.text)
-        if (out.stopped) {
-          yield* emit("", true)
-          return { finishReason: "stop" } satisfies Outcome
-        }
-        return undefined
-      })
+    /**
+     * Takes in one step's result; an outcome when it ends the generation. Runs for every token, so it does its work
+     * synchronously, in one step of the fiber.
+     */
+    const consume = (step: StepResult): Effect.Effect<Outcome | undefined> => {
+      cells = step.cells
+      lease.setCells(cells)
+      if (step._tag === "EndOfGeneration") return finishWithRest("stop")
+      progress.completionTokens += 1
+      unreportedTokens += 1
+      registry.tokenGenerated({ record: running, at: clock.unsafeCurrentTimeMillis(), token: step.token })
+      logprobs?.add(step.token, step.logprobs)
+      const out = assembler.push(step.token)
+      emit(out.text)
+      if (!out.stopped) return continueGenerating
+      emit("", true)
+      return stoppedByText
+    }
 
     if (atLimit()) return yield* finishWithRest("length")
     const firstOutcome = yield* Effect.flatMap(firstStep, consume)

@@ -159,11 +159,10 @@ export const makeRequestRegistry = (recentCapacity: number) =>
       /** Completes once no request is queued or running. */
       awaitIdle: liveCount.changes.pipe(Stream.takeUntil((count) => count === 0), Stream.runDrain),
       publish: (event: SchedulerEvent) => PubSub.publish(events, event),
-      /** Tells every token observer of `token`. */
-      tokenGenerated: (token: GeneratedToken) =>
-        Effect.sync(() => {
-          for (const observer of tokenObservers) observer(token)
-        }),
+      /** Tells every token observer of `token`, synchronously (the generating fiber calls it every token). */
+      tokenGenerated: (token: GeneratedToken): void => {
+        for (const observer of tokenObservers) observer(token)
+      },
       /** Adds `observer` for as long as the scope lasts. */
       observeTokens: (observer: TokenObserver) =>
         Effect.acquireRelease(

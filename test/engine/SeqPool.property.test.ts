@@ -81,7 +81,7 @@ const runOperations = (operations: ReadonlyArray<Operation>, maxCachedTokens: nu
           sim.start(lease.slot, op.prompt.slice(lease.reusedTokens), { ...defaultSampling, seed: 1 }),
           scope
         )
-        for (let step = 0; step <= op.generate; step++) yield* lease.setCells((yield* generation.next).cells)
+        for (let step = 0; step <= op.generate; step++) lease.setCells((yield* generation.next).cells)
         held.push({ lease, scope })
       } else {
         if (held.length === 0) continue
@@ -132,7 +132,7 @@ describe("SeqPool slot choice", () => {
       const scope = yield* Scope.make()
       const lease = yield* Scope.extend(pool.acquire(`r${prompt.join("-")}`, { prompt }), scope)
       const generation = yield* Scope.extend(sim.start(lease.slot, prompt.slice(lease.reusedTokens), { ...defaultSampling, seed: 1 }), scope)
-      yield* lease.setCells((yield* generation.next).cells)
+      lease.setCells((yield* generation.next).cells)
       return { lease, scope }
     })
 
