@@ -6,7 +6,7 @@ import { replyFrom, scopedChild } from "./ScopedChild.js"
 /** What the JS-cost server tells the bench: its URL once, then its CPU time for each ask. */
 export type JsCostReply =
   | { readonly _tag: "Listening"; readonly url: string }
-  | { readonly _tag: "Cpu"; readonly usage: NodeJS.CpuUsage }
+  | { readonly _tag: "Cpu"; readonly usage: NodeJS.CpuUsage; readonly effectSteps: number }
 
 /** Server CPU time (all of its threads: the JS thread and V8's GC helpers) spent on Weft's own code. */
 export interface JsCostResult {
@@ -16,6 +16,11 @@ export interface JsCostResult {
   readonly perRequestMs: number
   /** Per `GET /health`, ms: what any request costs in routing and middleware. */
   readonly healthMs: number
+  /**
+   * The same three, counted in steps of Effect's runtime (operations its fibers ran). Unlike CPU time these do not
+   * depend on the machine or its load: a change to Weft's Effect code shows in them exactly.
+   */
+  readonly effectSteps: { readonly perToken: number; readonly perRequest: number; readonly health: number }
   /** Completions measured of each length. */
   readonly shortRequests: number
   readonly longRequests: number
@@ -61,7 +66,7 @@ const healthChecks = (url: string, count: number) =>
 
 /**
  * The JS-cost server, started in a child process for the scope, its simulated backend taking `tokenMs` per token: its
- * URL, and its CPU time so far (all its threads), in ms.
+ * URL, and its CPU time so far (all its threads, in ms) with the steps its Effect runtime ran.
  */
 export const jsCostServer = (tokenMs: number) =>
   Effect.gen(function*() {
@@ -77,8 +82,8 @@ export const jsCostServer = (tokenMs: number) =>
         request
       })
     const { url } = yield* reply("Listening")
-    const cpuMs = Effect.map(reply("Cpu", "cpu"), ({ usage }) => (usage.user + usage.system) / 1000)
-    return { url, cpuMs }
+    const cpu = Effect.map(reply("Cpu", "cpu"), ({ effectSteps, usage }) => ({ ms: (usage.user + usage.system) / 1000, effectSteps }))
+    return { url, cpu }
   })
 
 /**
@@ -94,21 +99,30 @@ export const jsCostServer = (tokenMs: number) =>
  */
 export const measureJsCost = (requests: number, tokenMs = 1): Effect.Effect<JsCostResult, JsCostFailed> =>
   Effect.scoped(Effect.gen(function*() {
-    const { cpuMs, url } = yield* jsCostServer(tokenMs)
-    const cpuOf = <E>(work: Effect.Effect<void, E>) =>
+    const { cpu, url } = yield* jsCostServer(tokenMs)
+    const costOf = <E>(work: Effect.Effect<void, E>, count: number) =>
       Effect.gen(function*() {
-        const before = yield* cpuMs
+        const before = yield* cpu
         yield* work
-        return (yield* cpuMs) - before
+        const after = yield* cpu
+        return { ms: (after.ms - before.ms) / count, effectSteps: (after.effectSteps - before.effectSteps) / count }
       })
 
     // Warm-up: the JIT, the prefix cache's slots, SQLite's statements.
     yield* completions(url, 20, shortTokens)
     yield* healthChecks(url, 20)
     const longRequests = Math.max(1, Math.ceil(requests / 4))
-    const shortCost = (yield* cpuOf(completions(url, requests, shortTokens))) / requests
-    const longCost = (yield* cpuOf(completions(url, longRequests, longTokens))) / longRequests
-    const healthMs = (yield* cpuOf(healthChecks(url, requests))) / requests
-    const perTokenMs = (longCost - shortCost) / (longTokens - shortTokens)
-    return { perTokenMs, perRequestMs: shortCost - shortTokens * perTokenMs, healthMs, shortRequests: requests, longRequests }
+    const short = yield* costOf(completions(url, requests, shortTokens), requests)
+    const long = yield* costOf(completions(url, longRequests, longTokens), longRequests)
+    const health = yield* costOf(healthChecks(url, requests), requests)
+    const perTokenMs = (long.ms - short.ms) / (longTokens - shortTokens)
+    const perTokenSteps = (long.effectSteps - short.effectSteps) / (longTokens - shortTokens)
+    return {
+      perTokenMs,
+      perRequestMs: short.ms - shortTokens * perTokenMs,
+      healthMs: health.ms,
+      effectSteps: { perToken: perTokenSteps, perRequest: short.effectSteps - shortTokens * perTokenSteps, health: health.effectSteps },
+      shortRequests: requests,
+      longRequests
+    }
   }))

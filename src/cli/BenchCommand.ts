@@ -187,9 +187,9 @@ export const benchCommand = Command.make("bench", options, (flags) =>
       const cost = yield* Effect.orDie(measureJsCost(flags.jsCostRequests, flags.jsCostTokenMs))
       yield* Console.log(
         `Weft's own JS, server CPU (all threads) over the simulated backend, ${cost.shortRequests} × 16-token and ${cost.longRequests} × 256-token streamed completions, ${flags.jsCostTokenMs} ms per token:\n` +
-          `  per token    ${cost.perTokenMs.toFixed(3)} ms\n` +
-          `  per request  ${cost.perRequestMs.toFixed(2)} ms (besides its tokens)\n` +
-          `  GET /health  ${cost.healthMs.toFixed(2)} ms`
+          `  per token    ${cost.perTokenMs.toFixed(3)} ms, ${cost.effectSteps.perToken.toFixed(1)} Effect steps\n` +
+          `  per request  ${cost.perRequestMs.toFixed(2)} ms, ${cost.effectSteps.perRequest.toFixed(0)} Effect steps (besides its tokens)\n` +
+          `  GET /health  ${cost.healthMs.toFixed(2)} ms, ${cost.effectSteps.health.toFixed(0)} Effect steps`
       )
       return
     }

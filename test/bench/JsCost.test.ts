@@ -13,6 +13,10 @@ describe("measureJsCost", () => {
       expect(Number.isFinite(cost.perTokenMs)).toBe(true)
       expect(Number.isFinite(cost.perRequestMs)).toBe(true)
       expect(cost.perRequestMs + 16 * cost.perTokenMs).toBeGreaterThan(0)
+      // The child's Effect runtime ran steps for each of them.
+      expect(cost.effectSteps.health).toBeGreaterThan(0)
+      expect(cost.effectSteps.perToken).toBeGreaterThan(0)
+      expect(cost.effectSteps.perRequest).toBeGreaterThan(cost.effectSteps.health)
     }), 60_000)
 
   it.live("runs its simulated backend at the token spacing asked for", () =>
