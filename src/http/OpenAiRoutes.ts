@@ -81,35 +81,36 @@ const metered = (backend: BackendShape, maxTokens: number | undefined) =>
     const principal = yield* currentPrincipal
     const limiter = yield* RateLimiter
     const usage = yield* RequestUsage
-    return (prompt: ReadonlyArray<number>, events: Stream.Stream<GenerationEvent, ApiFailure>): Stream.Stream<GenerationEvent, ApiFailure> =>
-      Stream.unwrapScoped(
+    return (prompt: ReadonlyArray<number>, events: Stream.Stream<GenerationEvent, ApiFailure>): Stream.Stream<GenerationEvent, ApiFailure> => {
+      let used: TokenUsage | undefined
+      // A pure pass over each chunk: an effect per event cost the token's stream a tenth of its Effect steps.
+      const counted = Stream.mapChunks(events, (chunk) => {
+        for (const event of chunk) {
+          if (event._tag === "Started") used = { promptTokens: event.promptTokens, completionTokens: 0 }
+          else if (event._tag === "Delta" && used !== undefined) used = { ...used, completionTokens: used.completionTokens + event.tokens }
+          else if (event._tag === "Finished") used = event.usage
+        }
+        return chunk
+      })
+      // Several choices each add theirs; prompt tokens of a prompt's repeated choices count each time here.
+      const noteUsage = Ref.update(usage, (before) =>
+        before === undefined || used === undefined
+          ? (used ?? before)
+          : { promptTokens: before.promptTokens + used.promptTokens, completionTokens: before.completionTokens + used.completionTokens })
+      // No caller, no limits: only the usage (for the audit log), without a scope of its own.
+      if (Option.isNone(principal)) return Stream.ensuring(counted, noteUsage)
+      const caller = principal.value
+      return Stream.unwrapScoped(
         Effect.gen(function*() {
           const room = Math.max(0, backend.info.contextSize - prompt.length)
           const reservation = { promptTokens: prompt.length, reservedCompletionTokens: Math.min(maxTokens ?? room, room), estimated: maxTokens === undefined }
-          const ticket = Option.isSome(principal) ? Option.some(yield* limiter.acquire(principal.value, reservation)) : Option.none()
-          let used: TokenUsage | undefined
+          const ticket = yield* limiter.acquire(caller, reservation)
           // Added after the ticket, so it runs before the ticket's slot is released.
-          yield* Effect.addFinalizer(() =>
-            Effect.zipRight(
-              // Several choices each add theirs; prompt tokens of a prompt's repeated choices count each time here.
-              Ref.update(usage, (before) =>
-                before === undefined || used === undefined
-                  ? (used ?? before)
-                  : { promptTokens: before.promptTokens + used.promptTokens, completionTokens: before.completionTokens + used.completionTokens }),
-              Option.match(ticket, { onNone: () => Effect.void, onSome: (held) => held.settle(used === undefined ? 0 : used.promptTokens + used.completionTokens) })
-            )
-          )
-          // A pure pass over each chunk: an effect per event cost the token's stream a tenth of its Effect steps.
-          return Stream.mapChunks(events, (chunk) => {
-            for (const event of chunk) {
-              if (event._tag === "Started") used = { promptTokens: event.promptTokens, completionTokens: 0 }
-              else if (event._tag === "Delta" && used !== undefined) used = { ...used, completionTokens: used.completionTokens + event.tokens }
-              else if (event._tag === "Finished") used = event.usage
-            }
-            return chunk
-          })
+          yield* Effect.addFinalizer(() => Effect.zipRight(noteUsage, ticket.settle(used === undefined ? 0 : used.promptTokens + used.completionTokens)))
+          return counted
         })
       )
+    }
   })
 
 const generationRoute = <A extends SharedRequest, I>(
