@@ -25,14 +25,10 @@ const medianPercentiles = (all: ReadonlyArray<Percentiles>): Percentiles => ({
  * Percentiles over every round's requests together where each round kept them, else the median of the rounds' own.
  * A round's p99 over a few dozen requests is its slowest one or two, and their median is no steadier.
  */
-const pooledPercentiles = (
-  rows: ReadonlyArray<LevelResult>,
-  of: (row: LevelResult) => Percentiles,
-  samplesOf: (samples: NonNullable<LevelResult["latencySamples"]>) => ReadonlyArray<number>
-): Percentiles =>
+const pooledPercentiles = (rows: ReadonlyArray<LevelResult>, latency: "ttftMs" | "e2eMs"): Percentiles =>
   rows.every((row) => row.latencySamples !== undefined)
-    ? percentiles(rows.flatMap((row) => samplesOf(row.latencySamples!)))
-    : medianPercentiles(rows.map(of))
+    ? percentiles(rows.flatMap((row) => row.latencySamples![latency]))
+    : medianPercentiles(rows.map((row) => row[latency]))
 
 /** One mode at one level over all its rounds: medians of each figure, TTFT and E2E percentiles over all requests. */
 export interface LevelSummary {
@@ -74,9 +70,9 @@ export const summarizeRun = (results: ReadonlyArray<LevelResult>): Array<LevelSu
       rounds: rows.length,
       tokensPerSecond: median(rows.map((row) => row.tokensPerSecond)),
       vsNaive: ratios.length === 0 ? undefined : median(ratios),
-      ttftMs: pooledPercentiles(rows, (row) => row.ttftMs, (samples) => samples.ttftMs),
+      ttftMs: pooledPercentiles(rows, "ttftMs"),
       itlMs: medianPercentiles(rows.map((row) => row.itlMs)),
-      e2eMs: pooledPercentiles(rows, (row) => row.e2eMs, (samples) => samples.e2eMs),
+      e2eMs: pooledPercentiles(rows, "e2eMs"),
       errors: rows.reduce((sum, row) => sum + row.errors, 0),
       backgroundLoad: loads.length === 0 ? undefined : median(loads)
     }
