@@ -79,7 +79,18 @@ export interface GenerationRun {
   readonly logprobs: boolean
   /** Set when the output may hold tool calls written in this syntax. */
   readonly toolSyntax?: ToolCallSyntax | undefined
+  /**
+   * The same events run chunk by chunk without a `Stream`, where the route could read the scheduler's mailbox
+   * directly (one plain choice); streamed answers use it when set.
+   */
+  readonly eachChunk?: EachChunk<ChoiceEvent> | undefined
 }
+
+/** Runs some events to their end, calling `onChunk` with each chunk in order and waiting for it. */
+export type EachChunk<A> = (onChunk: (chunk: Chunk.Chunk<A>) => Effect.Effect<void, ApiFailure>) => Effect.Effect<void, ApiFailure>
+
+/** `events` run chunk by chunk. */
+export const eachChunkOf = <A>(events: Stream.Stream<A, ApiFailure>): EachChunk<A> => (onChunk) => Stream.runForEachChunk(events, onChunk)
 
 /** Whether a finished choice ended in a failure, which fails the whole response. */
 const failed = (event: GenerationEvent) =>
@@ -233,7 +244,7 @@ export const sseResponse = (run: GenerationRun, includeUsage: boolean) =>
     const framesOf = sseFrames(run, includeUsage)
     return Effect.map(
       startedBody(
-        untilFailure(run.events),
+        run.eachChunk ?? eachChunkOf(untilFailure(run.events)),
         ({ event }) => event,
         (events) => encodedFrames(events.flatMap(framesOf)),
         // Another choice may still be refused (its queue place, its prompt) after the first one started.
@@ -244,9 +255,9 @@ export const sseResponse = (run: GenerationRun, includeUsage: boolean) =>
   })
 
 /**
- * Runs `events` on a fiber of the request's scope once the request holds a slot (a `Started` event), failing with the
- * admission or queue failure if it never does, and gives back a body that carries `bytesOf` each chunk of events from
- * the first. Headers go out only after this, so those failures keep their own status codes; a failure after it goes
+ * Runs the events (`eachChunk`) on a fiber of the request's scope until the request holds a slot (a `Started` event),
+ * failing with the admission or queue failure if it never does, and gives back a body that carries `bytesOf` each
+ * chunk of events from the first. Headers go out only after this, so those failures keep their own status codes; a failure after it goes
  * in-band as `failureBytes`.
  *
  * The events are written to a Node `Readable` by the fiber that runs them, rather than handed to the response as a
@@ -254,7 +265,7 @@ export const sseResponse = (run: GenerationRun, includeUsage: boolean) =>
  * into the body cost every token a second channel executor (about a fifth of its Effect steps).
  */
 export const startedBody = <A>(
-  events: Stream.Stream<A, ApiFailure>,
+  eachChunk: EachChunk<A>,
   eventOf: (item: A) => GenerationEvent,
   bytesOf: (items: ReadonlyArray<A>) => Uint8Array | undefined,
   failureBytes: (failure: ApiFailure) => Uint8Array
@@ -286,7 +297,7 @@ export const startedBody = <A>(
       return Effect.flatMap(outcomeOf(finished), (outcome) =>
         outcome._tag === "Failed" ? Effect.fail(outcome.failure) : Effect.dieMessage("generation finished without starting"))
     }
-    const run = Stream.runForEachChunk(events, written).pipe(
+    const run = eachChunk(written).pipe(
       Effect.catchAll((failure) => (open ? write(failureBytes(failure)) : Effect.fail(failure))),
       Effect.flatMap(() => (open ? Effect.void : Effect.dieMessage("generation stream ended before it started"))),
       Effect.onExit((exit) =>

@@ -1,10 +1,11 @@
 import { HttpRouter, HttpServerRequest, HttpServerResponse } from "@effect/platform"
-import { Clock, Effect, Option, Ref, Stream } from "effect"
-import type { Schema } from "effect"
+import { Chunk, Clock, Effect, Option, Ref, Stream } from "effect"
+import type { Schema, Scope } from "effect"
 import { randomUUID } from "node:crypto"
 import type { BackendShape } from "../engine/Backend.js"
 import type { GenerationEvent } from "../scheduler/GenerationRequest.js"
 import { PromptShare } from "../scheduler/PromptShare.js"
+import { openedBy } from "../scheduler/RequestScheduler.js"
 import { currentPrincipal } from "../identity/currentPrincipal.js"
 import { RateLimiter } from "../identity/RateLimiter.js"
 import { SessionStore } from "../sessions/SessionStore.js"
@@ -15,7 +16,7 @@ import { AdapterContexts } from "../host/AdapterContexts.js"
 import { InvalidParam, SessionNotFound } from "./HttpErrors.js"
 import type { ApiFailure } from "./OpenAiErrors.js"
 import { jsonResponse, sseResponse } from "./GenerationResponse.js"
-import type { ChoiceEvent } from "./GenerationResponse.js"
+import type { ChoiceEvent, EachChunk } from "./GenerationResponse.js"
 import { readJsonBody } from "./JsonBody.js"
 import { resolveModel } from "./ModelRoute.js"
 import type { Engine } from "../host/LocalEngine.js"
@@ -75,43 +76,91 @@ const mergeChoices = (choices: ReadonlyArray<Stream.Stream<GenerationEvent, ApiF
  * the completion tokens it may use reserved, holds a concurrency slot while it streams, then settles the tokens it
  * really used (those seen so far, if it ended early; none, if it never started) and notes them for the audit log.
  * Without `max_tokens`, the reservation is what the context leaves after the prompt, shrunk to fit the token limit.
+ * `stream` meters a choice's event stream; `open` meters one in the current scope and gives back the pass that counts
+ * each chunk of its events, for a route that reads them without a stream.
  */
 const metered = (backend: BackendShape, maxTokens: number | undefined) =>
   Effect.gen(function*() {
     const principal = yield* currentPrincipal
     const limiter = yield* RateLimiter
     const usage = yield* RequestUsage
-    return (prompt: ReadonlyArray<number>, events: Stream.Stream<GenerationEvent, ApiFailure>): Stream.Stream<GenerationEvent, ApiFailure> => {
+    const counter = () => {
       let used: TokenUsage | undefined
-      // A pure pass over each chunk: an effect per event cost the token's stream a tenth of its Effect steps.
-      const counted = Stream.mapChunks(events, (chunk) => {
+      const count = (chunk: Iterable<GenerationEvent>) => {
         for (const event of chunk) {
           if (event._tag === "Started") used = { promptTokens: event.promptTokens, completionTokens: 0 }
           else if (event._tag === "Delta" && used !== undefined) used = { ...used, completionTokens: used.completionTokens + event.tokens }
           else if (event._tag === "Finished") used = event.usage
         }
-        return chunk
-      })
+      }
       // Several choices each add theirs; prompt tokens of a prompt's repeated choices count each time here.
       const noteUsage = Ref.update(usage, (before) =>
         before === undefined || used === undefined
           ? (used ?? before)
           : { promptTokens: before.promptTokens + used.promptTokens, completionTokens: before.completionTokens + used.completionTokens })
-      // No caller, no limits: only the usage (for the audit log), without a scope of its own.
-      if (Option.isNone(principal)) return Stream.ensuring(counted, noteUsage)
-      const caller = principal.value
-      return Stream.unwrapScoped(
-        Effect.gen(function*() {
-          const room = Math.max(0, backend.info.contextSize - prompt.length)
-          const reservation = { promptTokens: prompt.length, reservedCompletionTokens: Math.min(maxTokens ?? room, room), estimated: maxTokens === undefined }
-          const ticket = yield* limiter.acquire(caller, reservation)
-          // Added after the ticket, so it runs before the ticket's slot is released.
-          yield* Effect.addFinalizer(() => Effect.zipRight(noteUsage, ticket.settle(used === undefined ? 0 : used.promptTokens + used.completionTokens)))
-          return counted
-        })
-      )
+      return { count, noteUsage, tokensUsed: () => (used === undefined ? 0 : used.promptTokens + used.completionTokens) }
     }
+    const open = (prompt: ReadonlyArray<number>) =>
+      Effect.gen(function*() {
+        const { count, noteUsage, tokensUsed } = counter()
+        if (Option.isNone(principal)) {
+          yield* Effect.addFinalizer(() => noteUsage)
+          return count
+        }
+        const room = Math.max(0, backend.info.contextSize - prompt.length)
+        const reservation = { promptTokens: prompt.length, reservedCompletionTokens: Math.min(maxTokens ?? room, room), estimated: maxTokens === undefined }
+        const ticket = yield* limiter.acquire(principal.value, reservation)
+        // Added after the ticket, so it runs before the ticket's slot is released.
+        yield* Effect.addFinalizer(() => Effect.zipRight(noteUsage, Effect.suspend(() => ticket.settle(tokensUsed()))))
+        return count
+      })
+    const stream = (prompt: ReadonlyArray<number>, events: Stream.Stream<GenerationEvent, ApiFailure>): Stream.Stream<GenerationEvent, ApiFailure> => {
+      // No caller, no limits: only the usage (for the audit log), without a scope of its own.
+      if (Option.isNone(principal)) {
+        const { count, noteUsage } = counter()
+        // A pure pass over each chunk: an effect per event cost the token's stream a tenth of its Effect steps.
+        return Stream.ensuring(Stream.mapChunks(events, (chunk) => (count(chunk), chunk)), noteUsage)
+      }
+      return Stream.unwrapScoped(Effect.map(open(prompt), (count) => Stream.mapChunks(events, (chunk) => (count(chunk), chunk))))
+    }
+    return { stream, open }
   })
+
+/** A choice as `localGeneration` submitted it: the scheduler's events, and what the route made of them. */
+interface Submitted {
+  readonly prompt: ReadonlyArray<number>
+  readonly generated: Stream.Stream<GenerationEvent, ApiFailure>
+  readonly events: Stream.Stream<GenerationEvent, ApiFailure>
+  /** Nothing between the two but the meter: no output check, no text plugin. */
+  readonly plain: boolean
+}
+
+/**
+ * A single choice's events read from the scheduler's mailbox in the reader's scope, metered as its stream would be,
+ * when nothing else stands between them (no output check, no plugin, no server-kept session); none otherwise. The
+ * stream's stages and executor cost every token about 20 Effect steps, and every request about a thousand.
+ */
+const directChunks = (
+  choices: ReadonlyArray<Stream.Stream<GenerationEvent, ApiFailure>>,
+  submitted: ReadonlyArray<Submitted>,
+  meter: (prompt: ReadonlyArray<number>) => Effect.Effect<(chunk: Iterable<GenerationEvent>) => void, ApiFailure, Scope.Scope>
+): EachChunk<ChoiceEvent> | undefined => {
+  const only = submitted[0]
+  if (choices.length !== 1 || submitted.length !== 1 || only === undefined || !only.plain || choices[0] !== only.events) return undefined
+  const opened = openedBy(only.generated)
+  if (Option.isNone(opened)) return undefined
+  return (onChunk) =>
+    Effect.scoped(Effect.gen(function*() {
+      const count = yield* meter(only.prompt)
+      const mailbox = yield* opened.value
+      while (true) {
+        const [events, done] = yield* mailbox.takeAll
+        count(events)
+        yield* onChunk(Chunk.map(events, (event) => ({ index: 0, event })))
+        if (done) return
+      }
+    }))
+}
 
 const generationRoute = <A extends SharedRequest, I>(
   options: OpenAiRoutesOptions,
@@ -155,8 +204,10 @@ const localGeneration = <A extends SharedRequest>(
     }
     const meter = yield* metered(backend, request.maxTokens)
     const seed = request.sampling.seed
-    const { choices, headers } = yield* runOf(backend, body, plan.n, (prompt, index, choice, promptShare, sessionId) =>
-      plugins.transformText(meter(prompt, validatedOutput(request.sampling.grammar, scheduler.submit({
+    // Each choice as submitted, to read a single plain one without a stream (`directChunks`).
+    const submitted: Array<Submitted> = []
+    const { choices, headers } = yield* runOf(backend, body, plan.n, (prompt, index, choice, promptShare, sessionId) => {
+      const generated = scheduler.submit({
         ...request,
         sessionId,
         // Each choice is a request of its own: its own id, and its own seed derived from the request's.
@@ -164,15 +215,24 @@ const localGeneration = <A extends SharedRequest>(
         prompt,
         promptShare,
         sampling: { ...request.sampling, seed: seed === undefined ? undefined : (seed + choice) >>> 0 }
-      }))), { requestId: id, model: meta.model, choice: index }))
+      })
+      const validated = validatedOutput(request.sampling.grammar, generated)
+      const metered = meter.stream(prompt, validated)
+      const events = plugins.transformText(metered, { requestId: id, model: meta.model, choice: index })
+      submitted.push({ prompt, generated, events, plain: validated === generated && events === metered })
+      return events
+    })
+    const merged = mergeChoices(choices)
+    const events = plugins.afterRequest(merged, { requestId: id, endpoint: kind === "chat" ? "chat" : "completions", model: meta.model, choices: choices.length })
     const run = {
       meta,
-      events: plugins.afterRequest(mergeChoices(choices), { requestId: id, endpoint: kind === "chat" ? "chat" : "completions", model: meta.model, choices: choices.length }),
+      events,
       choices: choices.length,
       choicesPerPrompt: plan.n,
       logprobs: request.sampling.logprobs !== undefined,
       // Each choice's output is parsed for tool calls on its own.
-      toolSyntax: plan.toolSyntax
+      toolSyntax: plan.toolSyntax,
+      eachChunk: events === merged ? directChunks(choices, submitted, meter.open) : undefined
     }
     const response = plan.stream ? yield* sseResponse(run, plan.includeUsage) : yield* jsonResponse(run)
     return headers === undefined ? response : HttpServerResponse.setHeaders(response, headers)

@@ -1,4 +1,5 @@
 import { Clock, Deferred, Duration, Effect, Exit, Fiber, FiberMap, HashMap, Mailbox, Option, Random, Stream } from "effect"
+import type { Scope } from "effect"
 import { Backend } from "../engine/Backend.js"
 import type { DecodeFailed } from "../engine/Backend.js"
 import { SeqPool } from "../engine/SeqPool.js"
@@ -42,6 +43,16 @@ export interface SchedulerStats {
   readonly draining: boolean
   readonly slots: SeqPoolStats
 }
+
+/** What opens each stream `submit` gave back: its mailbox, without a `Stream` in between. */
+const openers = new WeakMap<Stream.Stream<GenerationEvent, AdmissionRejected>, Effect.Effect<Mailbox.ReadonlyMailbox<GenerationEvent>, AdmissionRejected, Scope.Scope>>()
+
+/**
+ * How to open `events` as a mailbox, when they are exactly a scheduler's `submit` (not a wrapper such as an adapter's
+ * lease, which must run first): reading the mailbox in the caller's scope is then the same as running the stream.
+ */
+export const openedBy = (events: Stream.Stream<GenerationEvent, unknown>) =>
+  Option.fromNullable(openers.get(events as Stream.Stream<GenerationEvent, AdmissionRejected>))
 
 /**
  * Runs every generation as its own fiber: admits requests into a bounded priority queue, hands out sequence
@@ -92,36 +103,47 @@ export class RequestScheduler extends Effect.Service<RequestScheduler>()("weft/R
         yield* mailbox.end
       })
 
+    /**
+     * Admits `request` and gives back the mailbox its events arrive in; closing the scope cancels the request. Reached
+     * only through `submit`'s stream and `openedBy`, so a wrapper of `submit` (an adapter's lease) cannot be bypassed.
+     * Server-sent events read the mailbox directly: a `Stream` over it cost every token about 20 more Effect steps,
+     * and every request about a thousand.
+     */
+    const open = (request: GenerationRequest): Effect.Effect<Mailbox.ReadonlyMailbox<GenerationEvent>, AdmissionRejected, Scope.Scope> =>
+      Effect.gen(function*() {
+        const turn = yield* Deferred.make<void>()
+        yield* admission.admit(request, yield* currentOrigin, turn)
+        const seed = request.sampling.seed ?? (yield* Random.nextIntBetween(0, 2 ** 31 - 1))
+        const limits = effectiveTimeouts(settings.timeouts, request.timeouts)
+        const mailbox = yield* Mailbox.make<GenerationEvent>()
+        const progress: Progress = { completionTokens: 0, cachedTokens: 0 }
+        progressOf.set(request.id, progress)
+        const run = Effect.scoped(runGeneration(context, request, seed, limits, turn, mailbox, progress)).pipe(
+          Effect.withSpan("RequestScheduler.generation", {
+            attributes: { "weft.request_id": request.id, "weft.prompt_tokens": request.prompt.length }
+          }),
+          Effect.ensuring(admission.grantNextTurn),
+          (body) => withStageLimit(body, "total", limits.totalMs),
+          Effect.onExit((exit) => finish(request, mailbox, progress, exit)),
+          Effect.exit,
+          Effect.asVoid
+        )
+        yield* FiberMap.run(fibers, request.id, run)
+        yield* Effect.addFinalizer(() =>
+          Effect.zipRight(registry.markCancelReason(request.id, "client"), FiberMap.remove(fibers, request.id)).pipe(
+            Effect.ensuring(Effect.sync(() => progressOf.delete(request.id)))
+          )
+        )
+        return mailbox
+      })
+
     /** Admits `request` and streams its events; closing the stream early cancels the request. */
-    const submit = (request: GenerationRequest): Stream.Stream<GenerationEvent, AdmissionRejected> =>
-      Stream.unwrapScoped(
-        Effect.gen(function*() {
-          const turn = yield* Deferred.make<void>()
-          yield* admission.admit(request, yield* currentOrigin, turn)
-          const seed = request.sampling.seed ?? (yield* Random.nextIntBetween(0, 2 ** 31 - 1))
-          const limits = effectiveTimeouts(settings.timeouts, request.timeouts)
-          const mailbox = yield* Mailbox.make<GenerationEvent>()
-          const progress: Progress = { completionTokens: 0, cachedTokens: 0 }
-          progressOf.set(request.id, progress)
-          const run = Effect.scoped(runGeneration(context, request, seed, limits, turn, mailbox, progress)).pipe(
-            Effect.withSpan("RequestScheduler.generation", {
-              attributes: { "weft.request_id": request.id, "weft.prompt_tokens": request.prompt.length }
-            }),
-            Effect.ensuring(admission.grantNextTurn),
-            (body) => withStageLimit(body, "total", limits.totalMs),
-            Effect.onExit((exit) => finish(request, mailbox, progress, exit)),
-            Effect.exit,
-            Effect.asVoid
-          )
-          yield* FiberMap.run(fibers, request.id, run)
-          yield* Effect.addFinalizer(() =>
-            Effect.zipRight(registry.markCancelReason(request.id, "client"), FiberMap.remove(fibers, request.id)).pipe(
-              Effect.ensuring(Effect.sync(() => progressOf.delete(request.id)))
-            )
-          )
-          return Mailbox.toStream(mailbox)
-        })
-      )
+    const submit = (request: GenerationRequest): Stream.Stream<GenerationEvent, AdmissionRejected> => {
+      const opened = open(request)
+      const events = Stream.unwrapScoped(Effect.map(opened, Mailbox.toStream))
+      openers.set(events, opened)
+      return events
+    }
 
     /** Cancels a queued or running request; true when there was one to cancel. */
     const cancel = Effect.fn("RequestScheduler.cancel")(function*(id: string) {

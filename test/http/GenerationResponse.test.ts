@@ -2,7 +2,7 @@ import { describe, expect, it } from "@effect/vitest"
 import { Effect, Either, Exit, Scope, Stream } from "effect"
 import { identity } from "effect/Function"
 import type { Readable } from "node:stream"
-import { jsonResponse, startedBody } from "../../src/http/GenerationResponse.js"
+import { eachChunkOf, jsonResponse, startedBody } from "../../src/http/GenerationResponse.js"
 import type { ApiFailure } from "../../src/http/OpenAiErrors.js"
 import type { ChoiceEvent } from "../../src/http/GenerationResponse.js"
 import { GenerationEvent } from "../../src/scheduler/GenerationRequest.js"
@@ -52,14 +52,14 @@ describe("startedBody", () => {
     Effect.gen(function*() {
       const timedOut = new StageTimedOut({ stage: "queue", limitMs: 5 })
       const events = Stream.make<Array<GenerationEvent>>(GenerationEvent.Finished({ finishReason: "timeout", usage, error: timedOut }))
-      const result = yield* Effect.either(startedBody(events, identity, bytesOf, failureBytes))
+      const result = yield* Effect.either(startedBody(eachChunkOf(events), identity, bytesOf, failureBytes))
       expect(Either.isLeft(result) ? result.left : undefined).toBe(timedOut)
     }))
 
   it.scoped("carries every event from `Started` in order, then ends", () =>
     Effect.gen(function*() {
       const events = Stream.make<Array<GenerationEvent>>(started(0).event, delta("a"), delta("b"), finished)
-      const body = yield* startedBody(events, identity, bytesOf, failureBytes)
+      const body = yield* startedBody(eachChunkOf(events), identity, bytesOf, failureBytes)
       expect(yield* readAll(body)).toBe("ab.")
     }))
 
@@ -67,7 +67,7 @@ describe("startedBody", () => {
     Effect.gen(function*() {
       const failure = new StageTimedOut({ stage: "total", limitMs: 5 })
       const events = Stream.concat(Stream.make<Array<GenerationEvent>>(started(0).event, delta("a")), Stream.fail(failure))
-      const body = yield* startedBody(events, identity, bytesOf, failureBytes)
+      const body = yield* startedBody(eachChunkOf(events), identity, bytesOf, failureBytes)
       expect(yield* readAll(body)).toBe("a!StageTimedOut")
     }))
 
@@ -82,7 +82,7 @@ describe("startedBody", () => {
           Stream.concat(Stream.make(finished))
         )
       )
-      const body = yield* startedBody(events, identity, bytesOf, failureBytes)
+      const body = yield* startedBody(eachChunkOf(events), identity, bytesOf, failureBytes)
       yield* Effect.sleep("50 millis")
       // The body holds about its high-water mark (16 KiB) before the runner waits: a few pieces, not all 100.
       expect(pulled).toBeLessThan(10)
@@ -99,7 +99,7 @@ describe("startedBody", () => {
         }))
       )
       const scope = yield* Scope.make()
-      const body = yield* Scope.extend(startedBody(events, identity, bytesOf, failureBytes), scope)
+      const body = yield* Scope.extend(startedBody(eachChunkOf(events), identity, bytesOf, failureBytes), scope)
       yield* Effect.sleep("10 millis")
       expect(finalized).toBe(false)
       yield* Scope.close(scope, Exit.void)

@@ -1,9 +1,11 @@
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Either, Fiber, Stream, TestClock } from "effect"
+import { Effect, Either, Fiber, Option, Stream, TestClock } from "effect"
+import { identity } from "effect/Function"
+import type { GenerationEvent } from "../../src/scheduler/GenerationRequest.js"
 import { defaultSampling } from "../../src/engine/SamplingOptions.js"
 import { SeqPool } from "../../src/engine/SeqPool.js"
 import type { SimBackendConfig } from "../../src/engine/SimBackend.js"
-import { RequestScheduler } from "../../src/scheduler/RequestScheduler.js"
+import { openedBy, RequestScheduler } from "../../src/scheduler/RequestScheduler.js"
 import type { SchedulerSettings } from "../../src/scheduler/SchedulerConfig.js"
 import { collect, finishedOf, simEngine, simRequest as request } from "../support/simEngine.js"
 
@@ -206,5 +208,43 @@ describe("RequestScheduler", () => {
       const rejected = yield* collect(scheduler.submit(request("bad", { prompt: [1, 99_999] })))
       expect(Either.isLeft(rejected) && rejected.left).toMatchObject({ _tag: "PromptTokenInvalid", token: 99_999 })
       expect((yield* scheduler.inspect).recent[0]).toMatchObject({ id: "bad", state: "Rejected" })
+    }).pipe(Effect.provide(schedulerLayer())))
+
+  it.effect("openedBy: submit's own stream opens as its mailbox, with the same events, and closing the scope early cancels it", () =>
+    Effect.gen(function*() {
+      const scheduler = yield* RequestScheduler
+      // Only the scheduler's own stream: a wrapper (an adapter's lease, a stage) must run as a stream.
+      expect(Option.isNone(openedBy(Stream.map(scheduler.submit(request("w")), identity)))).toBe(true)
+      const opened = openedBy(scheduler.submit(request("a")))
+      expect(Option.isSome(opened)).toBe(true)
+      const reading = yield* Effect.fork(Effect.scoped(Effect.gen(function*() {
+        const mailbox = yield* Option.getOrThrow(opened)
+        const events: Array<GenerationEvent> = []
+        while (true) {
+          const [chunk, done] = yield* mailbox.takeAll
+          events.push(...chunk)
+          if (done) return events
+        }
+      })))
+      yield* TestClock.adjust(1000)
+      const events = yield* Fiber.join(reading)
+      const streamed = yield* Effect.fork(collect(scheduler.submit(request("s"))))
+      yield* TestClock.adjust(1000)
+      // The second run reuses the first's cached prefix, so `Started` and the usage differ in their cached tokens only.
+      const strip = (all: ReadonlyArray<GenerationEvent>) =>
+        all.map((event) => (event._tag === "Delta" ? event : event._tag === "Finished" ? [event.finishReason, event.usage.completionTokens] : event._tag))
+      expect(strip(events)).toEqual(strip(Either.getOrThrow(yield* Fiber.join(streamed))))
+      expect(finishedOf(events).usage).toEqual({ promptTokens: 3, completionTokens: 5, cachedTokens: 0 })
+
+      const early = yield* Effect.fork(Effect.scoped(Effect.gen(function*() {
+        const mailbox = yield* Option.getOrThrow(openedBy(scheduler.submit(request("b", { maxTokens: 100 }))))
+        yield* mailbox.take
+      })))
+      yield* TestClock.adjust(55)
+      yield* Fiber.join(early)
+      yield* TestClock.adjust(100)
+      const snapshot = yield* scheduler.inspect
+      expect(snapshot.recent[0]).toMatchObject({ id: "b", state: "Cancelled", cancelReason: "client" })
+      expect((yield* scheduler.stats).slots.free).toBe(1)
     }).pipe(Effect.provide(schedulerLayer())))
 })
