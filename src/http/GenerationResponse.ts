@@ -81,7 +81,7 @@ export interface GenerationRun {
   readonly toolSyntax?: ToolCallSyntax | undefined
   /**
    * The same events run chunk by chunk without a `Stream`, where the route could read the scheduler's mailbox
-   * directly (one plain choice); streamed answers use it when set.
+   * directly (one plain choice); both kinds of answer use it when set.
    */
   readonly eachChunk?: EachChunk<ChoiceEvent> | undefined
 }
@@ -135,17 +135,17 @@ export const jsonResponse = (
   run: GenerationRun
 ): Effect.Effect<HttpServerResponse.HttpServerResponse, ApiFailure> =>
   Effect.gen(function*() {
-    const states = yield* Stream.runFold(
-      untilFailure(run.events),
-      Array.from({ length: run.choices }, (): ChoiceState => ({ parts: [], logprobs: [], finished: undefined })),
-      (states, { event, index }) => {
-        const state = states[index]!
-        if (event._tag === "Delta") {
-          state.parts.push(event.text)
-          if (event.logprobs !== undefined) state.logprobs.push(...event.logprobs)
-        } else if (event._tag === "Finished") state.finished = event
-        return states
-      }
+    const states = Array.from({ length: run.choices }, (): ChoiceState => ({ parts: [], logprobs: [], finished: undefined }))
+    yield* (run.eachChunk ?? eachChunkOf(untilFailure(run.events)))((chunk) =>
+      Effect.sync(() => {
+        for (const { event, index } of chunk) {
+          const state = states[index]!
+          if (event._tag === "Delta") {
+            state.parts.push(event.text)
+            if (event.logprobs !== undefined) state.logprobs.push(...event.logprobs)
+          } else if (event._tag === "Finished") state.finished = event
+        }
+      })
     )
     // A failed choice ended the stream before the others finished: its failure is the answer.
     const outcomes = yield* Effect.forEach(states, (state) => state.finished === undefined ? Effect.succeed(undefined) : outcomeOf(state.finished))
