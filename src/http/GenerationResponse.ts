@@ -257,8 +257,8 @@ export const sseResponse = (run: GenerationRun, includeUsage: boolean) =>
 /**
  * Runs the events (`eachChunk`) on a fiber of the request's scope until the request holds a slot (a `Started` event),
  * failing with the admission or queue failure if it never does, and gives back a body that carries `bytesOf` each
- * chunk of events from the first. Headers go out only after this, so those failures keep their own status codes; a failure after it goes
- * in-band as `failureBytes`.
+ * chunk of events from the first. Headers go out only after this, so those failures keep their own status codes; a
+ * failure after it goes in-band as `failureBytes`.
  *
  * The events are written to a Node `Readable` by the fiber that runs them, rather than handed to the response as a
  * `Stream`: waiting for `Started` takes pulling the stream before the response exists, and a pulled stream turned back

@@ -217,9 +217,9 @@ const localGeneration = <A extends SharedRequest>(
         sampling: { ...request.sampling, seed: seed === undefined ? undefined : (seed + choice) >>> 0 }
       })
       const validated = validatedOutput(request.sampling.grammar, generated)
-      const metered = meter.stream(prompt, validated)
-      const events = plugins.transformText(metered, { requestId: id, model: meta.model, choice: index })
-      submitted.push({ prompt, generated, events, plain: validated === generated && events === metered })
+      const counted = meter.stream(prompt, validated)
+      const events = plugins.transformText(counted, { requestId: id, model: meta.model, choice: index })
+      submitted.push({ prompt, generated, events, plain: validated === generated && events === counted })
       return events
     })
     const merged = mergeChoices(choices)

@@ -106,8 +106,8 @@ export class RequestScheduler extends Effect.Service<RequestScheduler>()("weft/R
     /**
      * Admits `request` and gives back the mailbox its events arrive in; closing the scope cancels the request. Reached
      * only through `submit`'s stream and `openedBy`, so a wrapper of `submit` (an adapter's lease) cannot be bypassed.
-     * Server-sent events read the mailbox directly: a `Stream` over it cost every token about 20 more Effect steps,
-     * and every request about a thousand.
+     * The answer of a single plain choice reads the mailbox directly: a `Stream` over it cost every token about 20
+     * more Effect steps, and every request about a thousand.
      */
     const open = (request: GenerationRequest): Effect.Effect<Mailbox.ReadonlyMailbox<GenerationEvent>, AdmissionRejected, Scope.Scope> =>
       Effect.gen(function*() {
