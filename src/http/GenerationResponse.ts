@@ -255,6 +255,18 @@ export const sseResponse = (run: GenerationRun, includeUsage: boolean) =>
   })
 
 /**
+ * Whether a generation's first events hold its `Started`. Fails with its failure when it finished without starting
+ * (refused, or timed out in the queue), so the answer keeps that failure's status code.
+ */
+const hasStarted = (events: ReadonlyArray<GenerationEvent>): Effect.Effect<boolean, ApiFailure> => {
+  if (events.some((event) => event._tag === "Started")) return Effect.succeed(true)
+  const finished = events.find((event): event is Finished => event._tag === "Finished")
+  if (finished === undefined) return Effect.succeed(false)
+  return Effect.flatMap(outcomeOf(finished), (outcome) =>
+    outcome._tag === "Failed" ? Effect.fail(outcome.failure) : Effect.dieMessage("generation finished without starting"))
+}
+
+/**
  * Runs the events (`eachChunk`) on a fiber of the request's scope until the request holds a slot (a `Started` event),
  * failing with the admission or queue failure if it never does, and gives back a body that carries `bytesOf` each
  * chunk of events from the first. Headers go out only after this, so those failures keep their own status codes; a
@@ -286,16 +298,12 @@ export const startedBody = <A>(
     const written = (chunk: Chunk.Chunk<A>): Effect.Effect<void, ApiFailure> => {
       if (open) return write(bytesOf(Chunk.toReadonlyArray(chunk)))
       for (const item of chunk) head.push(item)
-      const headEvents = head.map(eventOf)
-      if (headEvents.some((event) => event._tag === "Started")) {
+      return Effect.flatMap(hasStarted(head.map(eventOf)), (hasIt) => {
+        if (!hasIt) return Effect.void
         open = true
         Deferred.unsafeDone(started, Exit.void)
         return write(bytesOf(head.splice(0)))
-      }
-      const finished = headEvents.find((event): event is Finished => event._tag === "Finished")
-      if (finished === undefined) return Effect.void
-      return Effect.flatMap(outcomeOf(finished), (outcome) =>
-        outcome._tag === "Failed" ? Effect.fail(outcome.failure) : Effect.dieMessage("generation finished without starting"))
+      })
     }
     const run = eachChunk(written).pipe(
       Effect.catchAll((failure) => (open ? write(failureBytes(failure)) : Effect.fail(failure))),
@@ -334,21 +342,13 @@ export const startedEvents = <A>(events: Stream.Stream<A, ApiFailure>, eventOf: 
     // Pulled in the request's scope, which stays open until the response body is fully written.
     const pull = yield* Stream.toPull(events)
     const head: Array<A> = []
-    const started = () => head.some((item) => eventOf(item)._tag === "Started")
-    while (!started()) {
+    while (!(yield* hasStarted(head.map(eventOf)))) {
       const next = yield* pull.pipe(
         Effect.map(Option.some),
         Effect.catchAll(Option.match({ onNone: () => Effect.succeed(Option.none()), onSome: (error) => Effect.fail(error) }))
       )
       if (Option.isNone(next)) return yield* Effect.dieMessage("generation stream ended before it started")
       head.push(...Chunk.toReadonlyArray(next.value))
-      const finished = head.map(eventOf).find((event): event is Finished => event._tag === "Finished")
-      if (finished !== undefined && !started()) {
-        const outcome = yield* outcomeOf(finished)
-        return yield* outcome._tag === "Failed"
-          ? Effect.fail(outcome.failure)
-          : Effect.dieMessage("generation finished without starting")
-      }
     }
     return Stream.concat(Stream.fromIterable(head), Stream.repeatEffectChunkOption(pull))
   })

@@ -69,8 +69,9 @@ const bodyChunks = (incoming: Http.IncomingMessage, limitBytes: number) =>
       resume(Effect.succeed(chunks))
       return
     }
+    const unreadable = () => Effect.fail(new BodyNotJson({ reason: "the body could not be read" }))
     if (incoming.destroyed) {
-      resume(Effect.fail(new BodyNotJson({ reason: "the body could not be read" })))
+      resume(unreadable())
       return
     }
     let received = 0
@@ -86,7 +87,7 @@ const bodyChunks = (incoming: Http.IncomingMessage, limitBytes: number) =>
       else chunks.push(chunk)
     }
     const onEnd = () => done(Effect.succeed(chunks))
-    const onFailure = () => done(Effect.fail(new BodyNotJson({ reason: "the body could not be read" })))
+    const onFailure = () => done(unreadable())
     const stop = () => {
       incoming.off("data", onData)
       incoming.off("end", onEnd)
